@@ -1,0 +1,35 @@
+# The README's two commands: `make test` and `make run`. Each creates .venv on first use and
+# installs everything a fresh machine needs (CPU torch from the pinned wheel, triton, the package
+# in editable mode with its dev extras), then runs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+TORCH_VERSION := 2.13.0
+TRITON_VERSION := 3.6.0
+
+.PHONY: test run bench install clean
+
+$(STAMP): setup.py Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) triton==$(TRITON_VERSION)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The kernels run on the CPU through Triton's interpreter; tests/conftest.py sets
+# TRITON_INTERPRET=1 before triton is imported.
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+run: $(STAMP)
+	$(PY) -m litelora_fast validate
+
+bench: $(STAMP)
+	$(PY) -m pytest -q benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

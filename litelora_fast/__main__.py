@@ -1,0 +1,34 @@
+"""Command line: ``python -m litelora_fast <command> [options]``.
+
+Each command lives in its own module and exposes ``main(argv)``; this file only routes.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module implementing `main(argv)`, one-line help)
+COMMANDS = {
+    "validate": ("litelora_fast.validate", "fused-or-fast path vs the reference on random shapes"),
+}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m litelora_fast",
+        description="litelora-fast: fused gated multi-LoRA linear layers and the LiteLoRA gate.",
+        epilog="commands:\n" + "\n".join(f"  {name:<10} {help_}"
+                                          for name, (_, help_) in COMMANDS.items())
+        + "\n\n`python -m litelora_fast <command> --help` shows a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=sorted(COMMANDS), metavar="command")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    ns = parser.parse_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
+    module = importlib.import_module(COMMANDS[ns.command][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

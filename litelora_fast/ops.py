@@ -1,0 +1,195 @@
+"""The public op ``gated_lora_linear``: validate, pick a backend, run the registered custom op.
+
+The forward and backward are two ``torch.library.custom_op`` s (``litelora_fast::gated_lora_fwd``
+and ``::gated_lora_bwd``) tied together by ``register_autograd``. Being opaque custom ops, they can
+read gate values on the host (zero-gate skipping decides launch sizes) and still be traced by
+``torch.compile`` without graph breaks; their fake implementations give the output shapes.
+
+One implementation serves every device: it picks the backend at call time (``backends.py``), so
+interpreter-mode tests on CPU tensors really run the Triton kernels (no CPU kernel is registered
+that would route them to the fallback).
+
+Saved for backward: ``x`` and ``S = x @ A_act^T`` (``N x R``), never per-adapter intermediates;
+``S * G_E`` is recomputed from ``S`` when ``dB`` is needed.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import backends
+from .plan import make_plan
+from .validation import Problem, RankOffsets, Scaling, validate
+
+
+def _problem_from(x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling) -> Problem:
+    # The op's arguments are already normalised; rebuild the Problem the planner reads.
+    return Problem(x2d=x2d, lead_shape=(x2d.shape[0],), weight=weight, bias=bias, lora_A=lora_A,
+                   lora_B=lora_B, gates=gates2d, gates2d=gates2d, per_row_gates=True,
+                   rank_offsets=list(rank_offsets), scaling=list(scaling))
+
+
+@torch.library.custom_op("litelora_fast::gated_lora_fwd", mutates_args=())
+def _gated_lora_fwd(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                    lora_A: torch.Tensor, lora_B: torch.Tensor, gates2d: torch.Tensor,
+                    rank_offsets: list[int], scaling: list[float], keep_zero_gates: bool,
+                    backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns ``y`` ``(N, D_out)`` and ``S`` ``(N, R)`` (columns of inactive adapters are 0)."""
+    p = _problem_from(x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling)
+    plan = make_plan(p, keep_zero_gates)
+    n, R = x2d.shape[0], lora_A.shape[0]
+    if plan is None:
+        return F.linear(x2d, weight, bias), x2d.new_zeros(n, R)
+    be = backends.select_backend(x2d, backend or None)
+    S, SG = be.shrink(x2d, plan.lora_A, gates2d, plan.col_adapter, plan.col_scale)
+    y = be.fused_forward(x2d, weight, bias, SG, plan.lora_B)
+    if plan.rank != R:
+        S_full = x2d.new_zeros(n, R)
+        S_full.index_copy_(1, _active_columns(p, plan.active), S)
+        S = S_full
+    return y, S
+
+
+@_gated_lora_fwd.register_fake
+def _(x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling, keep_zero_gates, backend):
+    n = x2d.shape[0]
+    return x2d.new_empty(n, weight.shape[0]), x2d.new_empty(n, lora_A.shape[0])
+
+
+def _active_columns(p: Problem, active: list) -> torch.Tensor:
+    o = p.rank_offsets
+    return torch.cat([torch.arange(o[k], o[k + 1], device=p.lora_A.device) for k in active])
+
+
+@torch.library.custom_op("litelora_fast::gated_lora_bwd", mutates_args=())
+def _gated_lora_bwd(dy: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor,
+                    lora_A: torch.Tensor, lora_B: torch.Tensor, gates2d: torch.Tensor,
+                    S: torch.Tensor, rank_offsets: list[int], scaling: list[float],
+                    keep_zero_gates: bool, backend: str, needs: list[bool]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                               torch.Tensor, torch.Tensor]:
+    """Gradients ``(dx, dW, db, dA, dB, dg_rows)``; an unneeded one is an empty tensor."""
+    need_x, need_W, need_b, need_A, need_B, need_g = needs
+    p = _problem_from(x2d, weight, None, lora_A, lora_B, gates2d, rank_offsets, scaling)
+    plan = make_plan(p, keep_zero_gates)
+    be = backends.select_backend(dy, backend or None)
+    # Custom-op outputs must not alias each other: one fresh empty tensor per unneeded grad.
+    dx, dW, db, dA, dB, dg = (dy.new_empty(0) for _ in range(6))
+    dS = P = None
+    if plan is not None:
+        cols = None if plan.rank == S.shape[1] else _active_columns(p, plan.active)
+        S_act = S if cols is None else S[:, cols]
+        if need_x or need_A or need_g:
+            dS, P = be.grad_shrink(dy, plan.lora_B, S_act, gates2d, plan.col_adapter,
+                                   plan.col_scale, need_g)
+        if need_A:
+            dA = _scatter(be.matmul_tn(dS, x2d, lora_A.dtype), cols, lora_A, dim=0)
+        if need_B:
+            SG = (S_act.to(plan.col_scale.dtype) * backends.expanded_gates(gates2d, plan.col_adapter,
+                                                          plan.col_scale)).to(dy.dtype)
+            dB = _scatter(be.matmul_tn(dy, SG, lora_B.dtype), cols, lora_B, dim=1)
+        if need_g:
+            dg = torch.zeros(dy.shape[0], gates2d.shape[1], dtype=P.dtype, device=dy.device)
+            dg.index_add_(1, plan.col_adapter.long(), P)
+            dg = dg.to(gates2d.dtype)
+    elif need_g:
+        dg = torch.zeros(dy.shape[0], gates2d.shape[1], dtype=gates2d.dtype, device=dy.device)
+    if need_x:
+        if plan is None:
+            dx = be.fused_dx(dy, weight, None, None)
+        else:
+            dx = be.fused_dx(dy, weight, dS, plan.lora_A)
+    if need_W:
+        dW = be.matmul_tn(dy, x2d, weight.dtype)
+    if need_b:
+        db = dy.sum(0, dtype=torch.float32).to(dy.dtype)
+    if need_A and plan is None:
+        dA = torch.zeros_like(lora_A)
+    if need_B and plan is None:
+        dB = torch.zeros_like(lora_B)
+    return dx, dW, db, dA, dB, dg
+
+
+def _scatter(grad_act: torch.Tensor, cols, like: torch.Tensor, dim: int) -> torch.Tensor:
+    """Place the active columns' gradient (along ``dim``) into a zero gradient shaped ``like``."""
+    if cols is None:
+        return grad_act
+    return grad_act.new_zeros(like.shape).index_copy_(dim, cols, grad_act)
+
+
+@_gated_lora_bwd.register_fake
+def _(dy, x2d, weight, lora_A, lora_B, gates2d, S, rank_offsets, scaling, keep_zero_gates,
+      backend, needs):
+    shapes = [x2d.shape, weight.shape, (weight.shape[0],), lora_A.shape, lora_B.shape,
+              gates2d.shape]
+    dtypes = [dy.dtype, weight.dtype, dy.dtype, lora_A.dtype, lora_B.dtype, gates2d.dtype]
+    return tuple(dy.new_empty(s if need else (0,), dtype=dt)
+                 for s, dt, need in zip(shapes, dtypes, needs))
+
+
+def _setup_context(ctx, inputs, output):
+    x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling, keep_zero, backend = inputs
+    _, S = output
+    ctx.save_for_backward(x2d, weight, lora_A, lora_B, gates2d, S)
+    ctx.static = (rank_offsets, scaling, keep_zero, backend)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, dy, _dS_unused):
+    x2d, weight, lora_A, lora_B, gates2d, S = ctx.saved_tensors
+    rank_offsets, scaling, keep_zero, backend = ctx.static
+    need = ctx.needs_input_grad
+    needs = [need[0], need[1], ctx.has_bias and need[2], need[3], need[4], need[5]]
+    if not any(needs):
+        return (None,) * 10
+    grads = _gated_lora_bwd(dy, x2d, weight, lora_A, lora_B, gates2d, S, rank_offsets, scaling,
+                            keep_zero, backend, needs)
+    out = [g if n else None for g, n in zip(grads, needs)]
+    return (*out[:6], None, None, None, None)
+
+
+_gated_lora_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _autocast(tensors, device_type: str):
+    """Follow autocast like ``F.linear``: the matmul operands run in the autocast dtype."""
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return [t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors]
+
+
+def gated_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                      lora_A: torch.Tensor, lora_B: torch.Tensor, gates: torch.Tensor,
+                      rank_offsets: RankOffsets = None, scaling: Scaling = None,
+                      *, backend: Optional[str] = None) -> torch.Tensor:
+    """``y = x @ W^T + b + sum_k g_k * s_k * (x @ A_k^T) @ B_k^T`` through the fused path.
+
+    Args:
+        x: ``(..., D_in)`` input.
+        weight: ``(D_out, D_in)`` base weight; ``bias``: ``(D_out,)`` or ``None``.
+        lora_A: ``(R, D_in)`` packed down-projections; ``lora_B``: ``(D_out, R)`` packed
+            up-projections, ``R = sum r_k``.
+        gates: ``(K,)`` one gate per adapter, or ``x.shape[:-1] + (K,)`` one per row and adapter.
+        rank_offsets: ``(K+1,)`` ints, adapter ``k`` owns columns ``[o_k, o_{k+1})``; ``None``
+            means equal ranks ``R // K``.
+        scaling: per-adapter ``s_k`` (``(K,)`` tensor, list or float); ``None`` means 1.0.
+        backend: ``"torch"`` or ``"triton"`` to force one (testing, benchmarks); ``None`` picks
+            Triton for CUDA tensors and for CPU tensors under ``TRITON_INTERPRET=1``.
+
+    Differentiable in ``x``, ``weight``, ``bias``, ``lora_A``, ``lora_B`` and ``gates``, each only
+    where it requires grad. Adapters whose gate is exactly zero everywhere (and does not require
+    grad) are skipped entirely.
+    """
+    if backend not in (None, "torch", "triton"):
+        raise ValueError(f"backend must be None, 'torch' or 'triton', got {backend!r}")
+    if isinstance(x, torch.Tensor):
+        x, weight, bias, lora_A, lora_B = _autocast([x, weight, bias, lora_A, lora_B],
+                                                    x.device.type)
+    p = validate(x, weight, bias, lora_A, lora_B, gates, rank_offsets, scaling)
+    keep_zero = bool(gates.requires_grad and torch.is_grad_enabled())
+    y2d, _ = _gated_lora_fwd(p.x2d, weight, bias, lora_A, lora_B, p.gates2d, p.rank_offsets,
+                             p.scaling, keep_zero, backend or "")
+    return y2d.reshape(*p.lead_shape, weight.shape[0])

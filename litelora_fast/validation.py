@@ -1,0 +1,200 @@
+"""Argument checking for the public op: every argument is checked once, here, and normalised into a
+``Problem`` that the planner, the backends and the reference consume.
+
+Errors are ``TypeError`` (wrong kind or dtype) or ``ValueError`` (wrong shape, rank table or
+device) and always name the argument and the shapes involved, so that a user never meets a
+Triton crash or a silent broadcast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+RankOffsets = Union[None, torch.Tensor, Sequence[int]]
+Scaling = Union[None, float, int, torch.Tensor, Sequence[float]]
+
+
+@dataclass
+class Problem:
+    """One call of the op, flattened to rows.
+
+    ``gates2d`` is ``(N, K)``: per-row gates reshaped, or per-adapter gates ``(K,)`` expanded with
+    row stride 0 (autograd sums the expansion's gradient over rows for free).
+    """
+
+    x2d: torch.Tensor
+    lead_shape: tuple
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
+    lora_A: torch.Tensor
+    lora_B: torch.Tensor
+    gates: torch.Tensor
+    gates2d: torch.Tensor
+    per_row_gates: bool
+    rank_offsets: list
+    scaling: list
+
+    @property
+    def num_rows(self) -> int:
+        return self.x2d.shape[0]
+
+    @property
+    def num_adapters(self) -> int:
+        return len(self.scaling)
+
+    @property
+    def ranks(self) -> list:
+        o = self.rank_offsets
+        return [o[k + 1] - o[k] for k in range(len(o) - 1)]
+
+
+def _shape(t) -> str:
+    return "None" if t is None else str(tuple(t.shape))
+
+
+def _check_tensor(name: str, t, ndim: Optional[int] = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {_shape(t)}")
+
+
+def _check_float(name: str, t: torch.Tensor) -> None:
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating tensor (float16/bfloat16/float32/float64), "
+                        f"got {t.dtype}")
+
+
+def normalize_rank_offsets(rank_offsets: RankOffsets, num_adapters: int, total_rank: int) -> list:
+    """Return the rank table as a list of ``K+1`` ints, checked against ``R`` and ``K``."""
+    K, R = num_adapters, total_rank
+    if rank_offsets is None:
+        if K == 0:
+            if R != 0:
+                raise ValueError(f"gates has K = 0 adapters but lora_A has R = {R} rank rows")
+            return [0]
+        if R % K != 0:
+            raise ValueError(f"rank_offsets is None, so every adapter must have rank R // K, but "
+                             f"R = {R} (lora_A rows) is not divisible by K = {K} (gates.shape[-1]); "
+                             f"pass rank_offsets for ragged ranks")
+        r = R // K
+        return [k * r for k in range(K + 1)]
+    if isinstance(rank_offsets, torch.Tensor):
+        if rank_offsets.dim() != 1 or rank_offsets.dtype.is_floating_point or rank_offsets.is_complex():
+            raise TypeError(f"rank_offsets must be a 1-D integer tensor, got dtype "
+                            f"{rank_offsets.dtype} and shape {_shape(rank_offsets)}")
+        offsets = [int(v) for v in rank_offsets.tolist()]
+    else:
+        try:
+            offsets = list(rank_offsets)
+        except TypeError:
+            raise TypeError(f"rank_offsets must be None, a list of ints or an int tensor, "
+                            f"got {type(rank_offsets).__name__}") from None
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in offsets):
+            raise TypeError(f"rank_offsets must hold ints, got {offsets!r}")
+    if len(offsets) != K + 1:
+        raise ValueError(f"rank_offsets must have K + 1 = {K + 1} entries (K = gates.shape[-1]), "
+                         f"got {len(offsets)}: {offsets}")
+    if offsets[0] != 0 or offsets[-1] != R:
+        raise ValueError(f"rank_offsets must start at 0 and end at R = {R} (lora_A rows), "
+                         f"got {offsets}")
+    if any(b < a for a, b in zip(offsets, offsets[1:])):
+        raise ValueError(f"rank_offsets must be non-decreasing, got {offsets}")
+    return offsets
+
+
+def normalize_scaling(scaling: Scaling, num_adapters: int) -> list:
+    """Return one float scaling per adapter (``None`` means 1.0)."""
+    K = num_adapters
+    if scaling is None:
+        return [1.0] * K
+    if isinstance(scaling, bool):
+        raise TypeError("scaling must be a float, a list of K floats or a (K,) tensor, got bool")
+    if isinstance(scaling, (int, float)):
+        return [float(scaling)] * K
+    if isinstance(scaling, torch.Tensor):
+        if scaling.requires_grad:
+            raise TypeError("scaling is a constant of the op and must not require grad; "
+                            "put a trainable magnitude into gates instead")
+        if scaling.dim() == 0:
+            return [float(scaling)] * K
+        if scaling.dim() != 1 or scaling.shape[0] != K:
+            raise ValueError(f"scaling must have shape (K,) = ({K},), got {_shape(scaling)}")
+        return [float(v) for v in scaling.tolist()]
+    try:
+        values = [float(v) for v in scaling]
+    except (TypeError, ValueError):
+        raise TypeError(f"scaling must be a float, a list of K floats or a (K,) tensor, "
+                        f"got {type(scaling).__name__}") from None
+    if len(values) != K:
+        raise ValueError(f"scaling must have K = {K} entries (K = gates.shape[-1]), "
+                         f"got {len(values)}")
+    return values
+
+
+def validate(x, weight, bias, lora_A, lora_B, gates,
+             rank_offsets: RankOffsets = None, scaling: Scaling = None) -> Problem:
+    """Check the public op's arguments and return the normalised ``Problem``."""
+    _check_tensor("x", x)
+    if x.dim() < 1:
+        raise ValueError(f"x must have at least 1 dimension (..., D_in), got shape {_shape(x)}")
+    _check_float("x", x)
+    _check_tensor("weight", weight, 2)
+    _check_tensor("lora_A", lora_A, 2)
+    _check_tensor("lora_B", lora_B, 2)
+    _check_tensor("gates", gates)
+    if bias is not None:
+        _check_tensor("bias", bias, 1)
+
+    d_out, d_in = weight.shape
+    if x.shape[-1] != d_in:
+        raise ValueError(f"x's last dimension must equal weight's D_in = {d_in} "
+                         f"(weight is (D_out, D_in) = {_shape(weight)}), got x of shape {_shape(x)}")
+    if bias is not None and bias.shape[0] != d_out:
+        raise ValueError(f"bias must have shape (D_out,) = ({d_out},), got {_shape(bias)}")
+    R = lora_A.shape[0]
+    if lora_A.shape[1] != d_in:
+        raise ValueError(f"lora_A must have shape (R, D_in) = (R, {d_in}), got {_shape(lora_A)}")
+    if lora_B.shape != (d_out, R):
+        raise ValueError(f"lora_B must have shape (D_out, R) = ({d_out}, {R}) to match weight "
+                         f"{_shape(weight)} and lora_A {_shape(lora_A)}, got {_shape(lora_B)}")
+
+    for name, t in (("weight", weight), ("bias", bias), ("lora_A", lora_A), ("lora_B", lora_B)):
+        if t is not None and t.dtype != x.dtype:
+            raise TypeError(f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
+    _check_float("gates", gates)
+    for name, t in (("weight", weight), ("bias", bias), ("lora_A", lora_A), ("lora_B", lora_B),
+                    ("gates", gates)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}; "
+                             f"all tensors must share one device")
+
+    lead = tuple(x.shape[:-1])
+    if gates.dim() == 0:
+        raise ValueError("gates must have shape (K,) or x's leading dims + (K,), got a scalar; "
+                         "use gates of shape (1,) for one adapter")
+    K = gates.shape[-1]
+    if gates.dim() == 1:
+        per_row = False
+    elif tuple(gates.shape[:-1]) == lead:
+        per_row = True
+    else:
+        raise ValueError(f"gates must have shape (K,) (per adapter) or x's leading dims + (K,) = "
+                         f"{lead + ('K',)} (per row), got {_shape(gates)} for x of shape {_shape(x)}")
+
+    offsets = normalize_rank_offsets(rank_offsets, K, R)
+    scales = normalize_scaling(scaling, K)
+
+    x2d = x.reshape(-1, d_in)
+    n = x2d.shape[0]
+    if per_row:
+        gates2d = gates.reshape(n, K)
+    else:
+        gates2d = gates.unsqueeze(0).expand(n, K)
+    return Problem(x2d=x2d, lead_shape=lead, weight=weight, bias=bias, lora_A=lora_A,
+                   lora_B=lora_B, gates=gates, gates2d=gates2d, per_row_gates=per_row,
+                   rank_offsets=offsets, scaling=scales)

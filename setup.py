@@ -1,0 +1,26 @@
+"""Packaging for litelora-fast.
+
+The Triton kernels live in the top-level folder ``kernels/`` of the repository but install as the
+subpackage ``litelora_fast.kernels`` (never as a top-level module named ``kernels``).
+"""
+from setuptools import setup
+
+setup(
+    name="litelora-fast",
+    version="0.1.0",
+    description="Fused Triton kernels for a linear layer with a gated bank of LoRA adapters, "
+    "and the LiteLoRA recruit-or-reuse gate for continual fine-tuning.",
+    python_requires=">=3.10",
+    packages=["litelora_fast", "litelora_fast.kernels"],
+    package_dir={"litelora_fast": "litelora_fast", "litelora_fast.kernels": "kernels"},
+    install_requires=[
+        "torch>=2.4",
+        "triton>=3.2; platform_system == 'Linux'",
+        "numpy",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-benchmark", "matplotlib", "scikit-learn"],
+        "peft": ["peft", "transformers"],
+    },
+    entry_points={"console_scripts": ["litelora-fast=litelora_fast.__main__:main"]},
+)
