@@ -16,7 +16,9 @@ setup(
     install_requires=[
         "torch>=2.4",
         "triton>=3.2; platform_system == 'Linux'",
-        "numpy",
+        # triton 3.6.0's interpreter calls int() on 1-element arrays, a TypeError from numpy 2.4
+        # on (triton issue 9171, fixed after 3.6.0): every TRITON_INTERPRET=1 loop needs numpy<2.4.
+        "numpy<2.4",
     ],
     extras_require={
         "dev": ["pytest", "pytest-benchmark", "matplotlib", "scikit-learn"],
