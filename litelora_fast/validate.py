@@ -1,0 +1,117 @@
+"""``python -m litelora_fast validate``: the fused (or fast) path against the float64 reference.
+
+Draws random problems over a spread of shapes, runs forward and backward through
+``gated_lora_linear`` and through ``gated_lora_linear_ref`` in float64, and prints one row per
+problem: shape, dtype, backend, and the relative error ``||out - ref|| / ||ref||`` of the output
+and of each gradient. Exits non-zero when an error exceeds its dtype's bound.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from . import backends
+from .ops import gated_lora_linear
+from .reference import gated_lora_linear_ref
+
+NAMES = ("x", "weight", "bias", "lora_A", "lora_B", "gates")
+# Bounds: fp32 on the CPU is exact to ~1e-6; tf32 tensor cores (fp32 on a GPU) ~1e-3;
+# half precision rounds every operand to 8-11 mantissa bits.
+BOUNDS = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 3e-2}
+TF32_BOUND = 5e-3
+
+# (rows, D_in, D_out, ranks, per-row gates, zero-gate adapters): odd sizes, ragged ranks, N = 1.
+SHAPES = [
+    ((1,), 64, 48, [8], False, ()),
+    ((37,), 96, 80, [4, 8, 2], False, ()),
+    ((4, 33), 128, 72, [8, 8, 8, 8], True, ()),
+    ((129,), 160, 200, [16, 16, 16, 16, 16, 16, 16, 16], False, (1, 4, 5)),
+    ((2, 65), 72, 136, [3, 5, 7], True, (2,)),
+]
+
+
+def _draw(lead, d_in, d_out, ranks, per_row, zero, dtype, device):
+    R, K = sum(ranks), len(ranks)
+    g = torch.rand(*(lead if per_row else ()), K, device=device) + 0.25
+    for k in zero:
+        g[..., k] = 0
+    t = dict(x=torch.randn(*lead, d_in, device=device),
+             weight=torch.randn(d_out, d_in, device=device) / d_in ** 0.5,
+             bias=torch.randn(d_out, device=device),
+             lora_A=torch.randn(R, d_in, device=device) / d_in ** 0.5,
+             lora_B=torch.randn(d_out, R, device=device), gates=g)
+    offsets = [0]
+    for r in ranks:
+        offsets.append(offsets[-1] + r)
+    scaling = [2.0 / max(r, 1) for r in ranks]
+    cast = {k: v.to(dtype) if k != "gates" else v for k, v in t.items()}
+    return cast, offsets, scaling
+
+
+def _run(fn, t, offsets, scaling, dy, dtype=None):
+    leaves = {k: v.detach().to(dtype or v.dtype).requires_grad_() for k, v in t.items()}
+    y = fn(*(leaves[k] for k in NAMES), offsets, scaling)
+    y.backward(dy.to(y.dtype))
+    return y.detach(), {k: v.grad for k, v in leaves.items()}
+
+
+def _rel(a, b) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def validate_all(dtypes, device, backend=None, seed=None, log=print) -> bool:
+    """Run every shape in every dtype; print the table; return True when all are in bounds."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    header = f"{'shape (N x Din -> Dout, ranks)':<50} {'dtype':<9} {'backend':<7} {'y':>8} " + \
+             " ".join(f"{'d' + n:>8}" for n in NAMES) + "  ok"
+    log(header)
+    log("-" * len(header))
+    ok_all = True
+    for lead, d_in, d_out, ranks, per_row, zero in SHAPES:
+        for dtype in dtypes:
+            t, offsets, scaling = _draw(lead, d_in, d_out, ranks, per_row, zero, dtype, device)
+            dy = torch.randn(*lead, d_out, device=device)
+            be = backend or backends.select_backend(t["x"]).name
+
+            def ours(*a):
+                return gated_lora_linear(*a, backend=backend)
+
+            y, grads = _run(ours, t, offsets, scaling, dy)
+            y_ref, g_ref = _run(gated_lora_linear_ref, t, offsets, scaling, dy, torch.float64)
+            errs = [_rel(y, y_ref)] + [_rel(grads[n], g_ref[n]) for n in NAMES]
+            bound = BOUNDS[dtype]
+            if dtype == torch.float32 and device.type == "cuda" and be == "triton":
+                bound = TF32_BOUND
+            ok = max(errs) < bound
+            ok_all &= ok
+            rows = "x".join(map(str, lead))
+            shape = f"{rows} x {d_in} -> {d_out}, r={ranks}" + (" per-row" if per_row else "")
+            log(f"{shape[:50]:<50} {str(dtype)[6:]:<9} {be:<7} "
+                + " ".join(f"{e:8.1e}" for e in errs) + f"  {'yes' if ok else 'NO'}")
+    return ok_all
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m litelora_fast validate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtypes", default=None,
+                        help="comma list of float32,float16,bfloat16 (default: float32 on the "
+                             "CPU, all three on a GPU)")
+    parser.add_argument("--backend", choices=["torch", "triton"], default=None,
+                        help="force a backend (default: Triton on CUDA, PyTorch on the CPU unless "
+                             "TRITON_INTERPRET=1)")
+    parser.add_argument("--seed", type=int, default=None, help="default: a fresh random seed")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    names = args.dtypes or ("float32,float16,bfloat16" if device.type == "cuda" else "float32")
+    dtypes = [getattr(torch, n.strip()) for n in names.split(",")]
+    seed = args.seed if args.seed is not None else int(time.time()) % 100000
+    print(f"validate: device={device} torch={torch.__version__} seed={seed}")
+    ok = validate_all(dtypes, device, args.backend, seed)
+    print("all within bounds" if ok else "SOME ERRORS EXCEED THEIR BOUND")
+    return 0 if ok else 1

@@ -1,0 +1,123 @@
+"""Shared inputs for tests of the public op: named cases, random tensors, the float64 oracle.
+
+A case fixes the shapes (rows, widths, adapter ranks) and the gate kind; ``make_inputs`` draws
+fresh random tensors for it from the global generator (seeded per test by the ``seed`` fixture).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pytest
+import torch
+
+from litelora_fast.reference import gated_lora_linear_ref
+
+ARG_NAMES = ("x", "weight", "bias", "lora_A", "lora_B", "gates")
+
+
+@dataclass
+class Case:
+    lead: tuple                       # x's leading dims
+    d_in: int
+    d_out: int
+    ranks: list                       # r_k per adapter (ragged allowed, 0 allowed)
+    per_row: bool = False
+    bias: bool = True
+    zero_gates: tuple = ()            # adapters whose gate is exactly 0
+    strided_x: bool = False           # x is a non-contiguous view
+    scaling: Optional[list] = None
+    trainable: dict = field(default_factory=lambda: dict.fromkeys(ARG_NAMES, True))
+
+    @property
+    def rank_offsets(self) -> list:
+        out = [0]
+        for r in self.ranks:
+            out.append(out[-1] + r)
+        return out
+
+
+def case_params(cases: dict) -> list:
+    return [pytest.param(c, id=name) for name, c in cases.items()]
+
+
+# Shapes named for their purpose: odd sizes, one row, one adapter, ragged ranks, 3-D input.
+CASES = {
+    "N1-K1": Case(lead=(1,), d_in=13, d_out=7, ranks=[4]),
+    "N37-K3-ragged": Case(lead=(37,), d_in=29, d_out=19, ranks=[3, 1, 6], scaling=[2.0, 0.5, 1.5]),
+    "3d-perrow-K4": Case(lead=(3, 11), d_in=24, d_out=17, ranks=[2, 5, 2, 3], per_row=True),
+    "zero-gates": Case(lead=(20,), d_in=16, d_out=12, ranks=[4, 4, 4, 4], zero_gates=(1, 2)),
+    "zero-gates-perrow-nobias": Case(lead=(2, 9), d_in=10, d_out=21, ranks=[3, 2, 4],
+                                     per_row=True, bias=False, zero_gates=(0,)),
+    "strided-x": Case(lead=(15,), d_in=18, d_out=9, ranks=[2, 2], strided_x=True),
+    "rank0-adapter": Case(lead=(8,), d_in=12, d_out=10, ranks=[3, 0, 2]),
+    "Din1": Case(lead=(6,), d_in=1, d_out=5, ranks=[1, 2]),
+}
+
+
+def make_inputs(case: Case, dtype=torch.float32, device="cpu") -> dict:
+    """Fresh random tensors for ``case`` (leaves, with requires_grad as the case says)."""
+    K, R = len(case.ranks), sum(case.ranks)
+    t = {}
+    x = torch.randn(*case.lead, case.d_in * (2 if case.strided_x else 1), dtype=dtype,
+                    device=device)
+    t["x"] = x[..., ::2] if case.strided_x else x
+    t["weight"] = torch.randn(case.d_out, case.d_in, dtype=dtype, device=device) / case.d_in ** 0.5
+    t["bias"] = torch.randn(case.d_out, dtype=dtype, device=device) if case.bias else None
+    t["lora_A"] = torch.randn(R, case.d_in, dtype=dtype, device=device) / case.d_in ** 0.5
+    t["lora_B"] = torch.randn(case.d_out, R, dtype=dtype, device=device)
+    gshape = (*case.lead, K) if case.per_row else (K,)
+    g = torch.rand(gshape, dtype=dtype, device=device) + 0.25
+    for k in case.zero_gates:
+        g[..., k] = 0.0
+    t["gates"] = g
+    for name in ARG_NAMES:
+        if t[name] is not None and case.trainable.get(name, False):
+            if name == "x" and case.strided_x:
+                base = x.detach().requires_grad_()
+                t["x"] = base[..., ::2]
+                t["_x_leaf"] = base
+            else:
+                t[name] = t[name].detach().requires_grad_()
+    return t
+
+
+def call(fn, case: Case, t: dict):
+    return fn(t["x"], t["weight"], t["bias"], t["lora_A"], t["lora_B"], t["gates"],
+              case.rank_offsets, case.scaling)
+
+
+def leaves(t: dict) -> dict:
+    """The tensors whose .grad the test compares (the strided x's base stands for x)."""
+    out = {}
+    for name in ARG_NAMES:
+        leaf = t.get("_x_leaf") if name == "x" and "_x_leaf" in t else t[name]
+        if leaf is not None and leaf.requires_grad:
+            out[name] = leaf
+    return out
+
+
+def oracle(case: Case, t: dict, dy: torch.Tensor):
+    """Float64 reference output and gradients for the same draw."""
+    t64 = {}
+    for name in ARG_NAMES:
+        v = t["_x_leaf"] if name == "x" and "_x_leaf" in t else t[name]
+        if v is None:
+            t64[name] = None
+            continue
+        v = v.detach().double().requires_grad_(v.requires_grad)
+        t64[name] = v
+    x_leaf = t64["x"]
+    if "_x_leaf" in t:
+        t64["_x_leaf"] = x_leaf
+        t64["x"] = x_leaf[..., ::2]
+    y = call(gated_lora_linear_ref, case, t64)
+    y.backward(dy.double())
+    grads = {name: v.grad for name, v in leaves(t64).items()}
+    return y.detach(), grads
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    denom = ref.norm().item()
+    return (out - ref).norm().item() / (denom if denom > 0 else 1.0)

@@ -1,0 +1,138 @@
+"""The public op on the PyTorch fast path (CPU tensors) against the float64 reference."""
+import dataclasses
+
+import pytest
+import torch
+
+import litelora_fast as llf
+from litelora_fast import backends
+from op_cases import ARG_NAMES, CASES, call, case_params, leaves, make_inputs, oracle, rel_err
+
+# Which arguments train: all; the usual LoRA setup (frozen base); gates frozen (so zero-gate
+# adapters are skipped); only the gates (LiteLoRA's phase 2); only x (a frozen layer mid-network).
+TRAINABLE = {
+    "all": set(ARG_NAMES),
+    "frozen-base": {"x", "lora_A", "lora_B", "gates"},
+    "frozen-gates": {"x", "lora_A", "lora_B"},
+    "gates-only": {"gates"},
+    "x-only": {"x"},
+}
+# fp32 on the CPU: a few hundred-term dot products and one rounding of S*G_E, ~1e-6 observed.
+TOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+
+
+def _with_trainable(case, names):
+    return dataclasses.replace(case, trainable={n: n in names for n in ARG_NAMES})
+
+
+@pytest.mark.parametrize("trainable", list(TRAINABLE), ids=list(TRAINABLE))
+@pytest.mark.parametrize("case", case_params(CASES))
+def test_forward_and_grads_match_float64(case, trainable, fast_path, seed):
+    case = _with_trainable(case, TRAINABLE[trainable])
+    t = make_inputs(case, torch.float32)
+    y = call(llf.gated_lora_linear, case, t)
+    assert y.shape == (*case.lead, case.d_out) and y.dtype == torch.float32
+    dy = torch.randn_like(y)
+    y_ref, g_ref = oracle(case, t, dy)
+    assert rel_err(y, y_ref) < TOL[torch.float32]
+    if not leaves(t):
+        return
+    y.backward(dy)
+    for name, leaf in leaves(t).items():
+        assert leaf.grad is not None, name
+        assert rel_err(leaf.grad, g_ref[name]) < TOL[torch.float32], name
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("case", case_params({k: CASES[k] for k in ("N37-K3-ragged",
+                                                                     "3d-perrow-K4")}))
+def test_half_precision(case, dtype, fast_path, seed):
+    t = make_inputs(case, dtype)
+    y = call(llf.gated_lora_linear, case, t)
+    dy = torch.randn_like(y)
+    y_ref, g_ref = oracle(case, t, dy)
+    assert y.dtype == dtype
+    assert rel_err(y, y_ref) < TOL[dtype]
+    y.backward(dy)
+    for name, leaf in leaves(t).items():
+        assert rel_err(leaf.grad, g_ref[name]) < TOL[dtype], name
+
+
+@pytest.mark.parametrize("case", case_params({k: CASES[k] for k in
+                                              ("N37-K3-ragged", "3d-perrow-K4", "zero-gates",
+                                               "strided-x")}))
+def test_gradcheck_float64(case, fast_path, seed):
+    small = dataclasses.replace(case, lead=(3,) if not case.per_row else (1, 3))
+    t = make_inputs(small, torch.float64)
+    names = [n for n in ARG_NAMES if t[n] is not None]
+
+    def fn(*args):
+        kw = dict(zip(names, args))
+        return llf.gated_lora_linear(kw["x"], kw["weight"], kw.get("bias"), kw["lora_A"],
+                                     kw["lora_B"], kw["gates"], small.rank_offsets, small.scaling)
+
+    assert torch.autograd.gradcheck(fn, tuple(t[n] for n in names))
+
+
+def test_all_zero_gates_return_exactly_the_base_linear(fast_path, seed):
+    case = CASES["zero-gates"]
+    t = make_inputs(dataclasses.replace(case, zero_gates=(0, 1, 2, 3)))
+    with torch.no_grad():
+        y = call(llf.gated_lora_linear, case, t)
+        assert torch.equal(y, torch.nn.functional.linear(t["x"], t["weight"], t["bias"]))
+
+
+def test_zero_gate_adapters_are_skipped(fast_path, seed, monkeypatch):
+    """Frozen zero gates shrink the packed bank: the shrink only sees the live columns."""
+    seen = []
+    real = backends.TorchBackend.shrink
+    monkeypatch.setattr(backends.TorchBackend, "shrink",
+                        staticmethod(lambda x, A, *a: seen.append(A.shape[0]) or real(x, A, *a)))
+    case = _with_trainable(CASES["zero-gates"], {"x", "lora_A", "lora_B"})
+    t = make_inputs(case)
+    call(llf.gated_lora_linear, case, t).sum().backward()
+    assert seen == [8]                              # 2 of 4 rank-4 adapters are live
+    assert torch.count_nonzero(t["lora_A"].grad[4:12]) == 0   # skipped adapters: exact zeros
+    assert torch.count_nonzero(t["lora_A"].grad[:4]) > 0
+
+
+def test_trainable_zero_gate_still_gets_its_gradient(fast_path, seed):
+    case = _with_trainable(CASES["zero-gates"], {"gates"})
+    t = make_inputs(case)
+    y = call(llf.gated_lora_linear, case, t)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    _, g_ref = oracle(case, t, dy)
+    assert torch.all(t["gates"].grad[[1, 2]] != 0)
+    assert rel_err(t["gates"].grad, g_ref["gates"]) < 1e-5
+
+
+def test_float_and_tensor_scaling_and_offsets_forms_agree(fast_path, seed):
+    case = CASES["N37-K3-ragged"]
+    t = make_inputs(case)
+    args = (t["x"], t["weight"], t["bias"], t["lora_A"], t["lora_B"], t["gates"])
+    a = llf.gated_lora_linear(*args, case.rank_offsets, case.scaling)
+    b = llf.gated_lora_linear(*args, torch.tensor(case.rank_offsets), torch.tensor(case.scaling))
+    assert torch.equal(a, b)
+    c = llf.gated_lora_linear(*args[:4], t["lora_B"], t["gates"], case.rank_offsets, 2.0)
+    d = llf.gated_lora_linear(*args, case.rank_offsets, [2.0, 2.0, 2.0])
+    assert torch.equal(c, d)
+
+
+def test_equal_ranks_by_default(fast_path, seed):
+    case = dataclasses.replace(CASES["zero-gates"], zero_gates=())
+    t = make_inputs(case)
+    a = llf.gated_lora_linear(t["x"], t["weight"], t["bias"], t["lora_A"], t["lora_B"], t["gates"])
+    b = call(llf.gated_lora_linear, case, t)
+    assert torch.equal(a, b)
+
+
+def test_autocast_runs_the_matmuls_in_bf16(fast_path, seed):
+    case = CASES["N37-K3-ragged"]
+    t = make_inputs(case)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = call(llf.gated_lora_linear, case, t)
+        y_lin = torch.nn.functional.linear(t["x"], t["weight"], t["bias"])
+    assert y.dtype == y_lin.dtype == torch.bfloat16
+    y_ref, _ = oracle(case, t, torch.zeros(y.shape))
+    assert rel_err(y, y_ref) < TOL[torch.bfloat16]
