@@ -121,3 +121,16 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     out, ref = out.double(), ref.double()
     denom = ref.norm().item()
     return (out - ref).norm().item() / (denom if denom > 0 else 1.0)
+
+
+def check_against_oracle(case: Case, t: dict, y: torch.Tensor, tol: float) -> None:
+    """Backpropagate a random ``dy`` through ``y`` and compare output and grads with float64."""
+    dy = torch.randn_like(y)
+    y_ref, g_ref = oracle(case, t, dy)
+    assert rel_err(y, y_ref) < tol
+    if not leaves(t):
+        return
+    y.backward(dy)
+    for name, leaf in leaves(t).items():
+        assert leaf.grad is not None, name
+        assert rel_err(leaf.grad, g_ref[name]) < tol, name
