@@ -8,6 +8,7 @@ gradients back into the full ``lora_A``/``lora_B``).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -59,10 +60,21 @@ def make_plan(p: Problem, gates_need_grad: bool) -> Optional[Plan]:
     else:
         cols = torch.cat([torch.arange(a, b, device=device) for a, b in spans])
         lora_A, lora_B = p.lora_A.index_select(0, cols), p.lora_B.index_select(1, cols)
+    scale_dtype = torch.float64 if p.x2d.dtype == torch.float64 else torch.float32
+    col_adapter, col_scale = _column_tables(tuple(active), tuple(spans),
+                                            tuple(p.scaling[k] for k in active), scale_dtype,
+                                            str(device))
+    return Plan(active=active, lora_A=lora_A, lora_B=lora_B,
+                col_adapter=col_adapter, col_scale=col_scale)
+
+
+@functools.lru_cache(maxsize=256)
+def _column_tables(active: tuple, spans: tuple, scales: tuple, scale_dtype: torch.dtype,
+                   device: str):
+    # Cached: building the tables costs a host-to-device copy per call, and a training loop asks
+    # for the same few bank layouts over and over. The tensors are never written to.
     col_adapter = torch.cat([torch.full((b - a,), k, dtype=torch.int32)
                              for k, (a, b) in zip(active, spans)])
-    scale_dtype = torch.float64 if p.x2d.dtype == torch.float64 else torch.float32
-    col_scale = torch.cat([torch.full((b - a,), p.scaling[k], dtype=scale_dtype)
-                           for k, (a, b) in zip(active, spans)])
-    return Plan(active=active, lora_A=lora_A, lora_B=lora_B,
-                col_adapter=col_adapter.to(device), col_scale=col_scale.to(device))
+    col_scale = torch.cat([torch.full((b - a,), s, dtype=scale_dtype)
+                           for s, (a, b) in zip(scales, spans)])
+    return col_adapter.to(device), col_scale.to(device)
