@@ -1,0 +1,336 @@
+"""The backward launchers ``grad_shrink``, ``fused_dx`` and ``matmul_tn`` called directly, run by
+Triton's interpreter on CPU tensors, against a float64 reference.
+
+Every output buffer is pre-filled with NaN (passed as ``out=``), so an element the kernel forgets
+to write fails the comparison. Shapes cross the interpreter configs' tile edges (16/32-row tiles,
+32-wide reduction steps, 16..128-wide adapter tiles) without being multiples of them.
+"""
+import pytest
+import torch
+
+from litelora_fast.kernels import LAUNCH_COUNTS, tuning
+from litelora_fast.kernels import backward as bwd
+from litelora_fast.kernels import weight_grad
+# Shared kernel-test helpers (NaN buffers, relative error, plan tables, strided layouts, gates).
+from test_kernels_forward import DTYPES, TOL, column_tables, make_gates, nan_like, rel_err, strided
+
+
+def grad_shrink_ref(dy, lora_B, S, gates2d, col_adapter, col_scale):
+    dS_g = dy.double() @ lora_B.double()
+    G_E = gates2d.double()[:, col_adapter.long()] * col_scale.double()
+    P = dS_g * S.double() * col_scale.double() if S is not None else None
+    return dS_g * G_E, P
+
+
+def run_grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, need_gate_grad):
+    N, R = dy.shape[0], lora_B.shape[1]
+    out = (nan_like((N, R), dy.dtype), nan_like((N, R), torch.float32) if need_gate_grad else None)
+    dS, P = bwd.grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, need_gate_grad, out=out)
+    assert dS is out[0] and P is out[1]
+    return dS, P
+
+
+def run_fused_dx(dy, weight, dS, lora_A):
+    dx = nan_like((dy.shape[0], weight.shape[1]), dy.dtype)
+    assert bwd.fused_dx(dy, weight, dS, lora_A, out=dx) is dx
+    return dx
+
+
+def run_matmul_tn(a, b, out_dtype, split_n=None):
+    out = nan_like((a.shape[1], b.shape[1]), out_dtype)
+    assert bwd.matmul_tn(a, b, out_dtype, out=out, split_n=split_n) is out
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# grad_shrink
+# --------------------------------------------------------------------------------------------
+GRAD_SHRINK_CASES = [
+    # id: N, D_out, ranks, skipped adapters, gate mode, layout of dy / lora_B
+    pytest.param(37, 45, [3, 5, 7], (1,), "per_row", "contiguous", id="N37-D45-ragged-skip1"),
+    pytest.param(1, 33, [4, 6], (), "per_row", "contiguous", id="N1"),
+    pytest.param(20, 1, [2, 3], (), "per_row", "contiguous", id="Dout1"),
+    pytest.param(50, 40, [1], (), "per_adapter", "contiguous", id="K1-R1-per_adapter"),
+    pytest.param(33, 70, [8, 8, 4, 1], (), "per_adapter", "transposed", id="K4-stride0-transposed"),
+    pytest.param(41, 52, [2, 9, 6], (0,), "zero", "sliced", id="zero-gates-sliced"),
+    # R_act = 150 > the 128-column tile: two column blocks per row block.
+    pytest.param(19, 24, [64, 86], (), "per_row", "contiguous", id="R150-two-col-blocks"),
+]
+
+
+@pytest.mark.parametrize("need_gate_grad", [True, False], ids=["gate_grad", "no_gate_grad"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,D_out,ranks,skip,gate_mode,layout", GRAD_SHRINK_CASES)
+def test_grad_shrink_matches_float64(seed, dtype, N, D_out, ranks, skip, gate_mode, layout,
+                                     need_gate_grad):
+    K = len(ranks)
+    col_adapter, col_scale = column_tables(ranks, (torch.rand(K) * 2 + 0.25).tolist(), skip)
+    R_act = col_adapter.numel()
+    dy = strided(torch.randn(N, D_out, dtype=dtype), layout)
+    lora_B = strided(torch.randn(D_out, R_act, dtype=dtype) / D_out ** 0.5, layout)
+    gates2d = make_gates(gate_mode, N, K)
+    # Without the gate gradient S is not needed: passing None proves the kernel never reads it.
+    S = strided(torch.randn(N, R_act, dtype=dtype), layout) if need_gate_grad else None
+    dS, P = run_grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, need_gate_grad)
+    dS_ref, P_ref = grad_shrink_ref(dy, lora_B, S, gates2d, col_adapter, col_scale)
+    assert dS.dtype == dtype and dS.is_contiguous()
+    assert rel_err(dS, dS_ref) < TOL[dtype]
+    if need_gate_grad:
+        # P comes straight from the fp32 accumulator: fp32 accuracy even for fp16 inputs, up to
+        # the fp16 rounding of nothing but the inputs themselves (exact in float64).
+        assert P.dtype == torch.float32 and rel_err(P, P_ref) < TOL[torch.float32]
+    else:
+        assert P is None
+    if gate_mode == "zero":
+        zero_cols = gates2d[0, col_adapter.long()] == 0
+        assert zero_cols.any() and (dS[:, zero_cols] == 0).all()
+        if need_gate_grad:   # a zero gate still has a gradient
+            assert (P[:, zero_cols] != 0).any()
+
+
+@pytest.mark.parametrize("gate_dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_grad_shrink_upcasts_low_precision_gates(seed, gate_dtype):
+    N, D_out, ranks = 30, 27, [3, 4]
+    col_adapter, col_scale = column_tables(ranks, [0.5, 2.0])
+    dy, lora_B, S = torch.randn(N, D_out), torch.randn(D_out, 7), torch.randn(N, 7)
+    gates2d = torch.randn(N, 2).to(gate_dtype)
+    dS, P = run_grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, True)
+    dS_ref, P_ref = grad_shrink_ref(dy, lora_B, S, gates2d, col_adapter, col_scale)
+    assert rel_err(dS, dS_ref) < TOL[torch.float32]
+    assert rel_err(P, P_ref) < TOL[torch.float32]
+
+
+def test_grad_shrink_rejects_bad_shapes_and_dtypes():
+    dy, lora_B = torch.randn(5, 8), torch.randn(8, 3)
+    col_adapter, col_scale = column_tables([3], [1.0])
+    gates2d = torch.randn(5, 1)
+    with pytest.raises(ValueError, match="lora_B"):
+        bwd.grad_shrink(dy, torch.randn(9, 3), None, gates2d, col_adapter, col_scale, False)
+    with pytest.raises(ValueError, match="gates2d"):
+        bwd.grad_shrink(dy, lora_B, None, torch.randn(4, 1), col_adapter, col_scale, False)
+    with pytest.raises(ValueError, match="S"):
+        bwd.grad_shrink(dy, lora_B, torch.randn(5, 2), gates2d, col_adapter, col_scale, True)
+    with pytest.raises(TypeError, match="dtype"):
+        bwd.grad_shrink(dy, lora_B.half(), None, gates2d, col_adapter, col_scale, False)
+    with pytest.raises(ValueError, match="dS"):
+        bwd.grad_shrink(dy, lora_B, None, gates2d, col_adapter, col_scale, False,
+                        out=(torch.empty(5, 4), None))
+
+
+# --------------------------------------------------------------------------------------------
+# fused_dx
+# --------------------------------------------------------------------------------------------
+FUSED_DX_CASES = [
+    # id: N, D_in, D_out, R_act, layout of dy / weight, layout of dS / lora_A
+    pytest.param(37, 45, 53, 10, "contiguous", "contiguous", id="N37-D45x53-R10"),
+    pytest.param(29, 40, 35, 0, "contiguous", "contiguous", id="R0-base-only"),
+    pytest.param(1, 70, 33, 7, "contiguous", "contiguous", id="N1"),
+    pytest.param(66, 1, 17, 3, "contiguous", "contiguous", id="Din1"),
+    pytest.param(30, 19, 1, 1, "contiguous", "contiguous", id="Dout1-R1"),
+    pytest.param(40, 38, 45, 21, "transposed", "transposed", id="transposed"),
+    pytest.param(35, 47, 39, 12, "sliced", "sliced", id="sliced"),
+    # R_act = 70 > the 64-column adapter tile: two adapter K-steps, the second ragged.
+    pytest.param(18, 34, 20, 70, "contiguous", "contiguous", id="R70-two-adapter-steps"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,D_in,D_out,R_act,layout,adapter_layout", FUSED_DX_CASES)
+def test_fused_dx_matches_float64(seed, dtype, N, D_in, D_out, R_act, layout, adapter_layout):
+    dy = strided(torch.randn(N, D_out, dtype=dtype), layout)
+    weight = strided(torch.randn(D_out, D_in, dtype=dtype) / D_out ** 0.5, layout)
+    if R_act:
+        dS = strided(torch.randn(N, R_act, dtype=dtype), adapter_layout)
+        lora_A = strided(torch.randn(R_act, D_in, dtype=dtype) / R_act ** 0.5, adapter_layout)
+    else:
+        dS, lora_A = torch.randn(N, 0, dtype=dtype), torch.randn(0, D_in, dtype=dtype)
+    dx = run_fused_dx(dy, weight, dS, lora_A)
+    ref = dy.double() @ weight.double() + dS.double() @ lora_A.double()
+    assert dx.dtype == dtype and dx.is_contiguous()
+    assert rel_err(dx, ref) < TOL[dtype]
+
+
+def test_fused_dx_without_adapters_is_the_base_gemm(seed):
+    dy, weight = torch.randn(21, 34), torch.randn(34, 25)
+    dx = run_fused_dx(dy, weight, None, None)
+    assert rel_err(dx, dy.double() @ weight.double()) < TOL[torch.float32]
+    with pytest.raises(ValueError, match="both"):
+        bwd.fused_dx(dy, weight, torch.randn(21, 2), None)
+
+
+def test_fused_dx_rejects_bad_shapes_and_dtypes():
+    dy, weight, dS, lora_A = torch.randn(5, 8), torch.randn(8, 6), torch.randn(5, 3), torch.randn(3, 6)
+    with pytest.raises(ValueError, match="weight"):
+        bwd.fused_dx(dy, torch.randn(7, 6), dS, lora_A)
+    with pytest.raises(ValueError, match="lora_A"):
+        bwd.fused_dx(dy, weight, dS, torch.randn(3, 5))
+    with pytest.raises(TypeError, match="dtype"):
+        bwd.fused_dx(dy, weight.half(), dS, lora_A)
+    with pytest.raises(ValueError, match="dx"):
+        bwd.fused_dx(dy, weight, dS, lora_A, out=torch.empty(5, 6, dtype=torch.float16))
+
+
+# --------------------------------------------------------------------------------------------
+# matmul_tn
+# --------------------------------------------------------------------------------------------
+MATMUL_TN_CASES = [
+    # id: N, M, P, layout of a / b
+    pytest.param(100, 45, 13, "contiguous", id="dB-like-M45-P13"),
+    pytest.param(100, 13, 45, "contiguous", id="dA-like-M13-P45-swapped"),
+    pytest.param(70, 75, 90, "contiguous", id="dW-like-wide-P90"),
+    pytest.param(1, 37, 20, "contiguous", id="N1"),
+    pytest.param(64, 1, 1, "contiguous", id="M1-P1"),
+    pytest.param(90, 33, 41, "transposed", id="transposed"),
+    pytest.param(81, 50, 70, "sliced", id="sliced"),
+]
+
+
+@pytest.mark.parametrize("split_n", [None, 3], ids=["auto", "split3"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,M,P,layout", MATMUL_TN_CASES)
+def test_matmul_tn_matches_float64(seed, dtype, N, M, P, layout, split_n):
+    a = strided(torch.randn(N, M, dtype=dtype), layout)
+    b = strided(torch.randn(N, P, dtype=dtype), layout)
+    out = run_matmul_tn(a, b, dtype, split_n)
+    assert out.dtype == dtype and out.is_contiguous()
+    assert rel_err(out, a.double().t() @ b.double()) < TOL[dtype]
+
+
+def test_matmul_tn_fp16_inputs_fp32_output(seed):
+    a, b = torch.randn(97, 40, dtype=torch.float16), torch.randn(97, 9, dtype=torch.float16)
+    out = run_matmul_tn(a, b, torch.float32, split_n=4)
+    # fp32 output of exact fp16 inputs: only fp32 accumulation error remains.
+    assert rel_err(out, a.double().t() @ b.double()) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize("M,P", [(45, 13), (13, 45), (75, 90)], ids=["narrow", "swapped", "wide"])
+def test_matmul_tn_split_is_deterministic(seed, M, P):
+    """The split-N path (fp32 partials summed in a fixed order, no atomics) is bitwise
+    reproducible, and agrees with the unsplit kernel to fp32 rounding."""
+    N = 300   # chunks of 96 rows under the interpreter: 96, 96, 96, 12
+    a, b = torch.randn(N, M), torch.randn(N, P)
+    before = LAUNCH_COUNTS.copy()
+    first = run_matmul_tn(a, b, torch.float32, split_n=4)
+    second = run_matmul_tn(a, b, torch.float32, split_n=4)
+    assert LAUNCH_COUNTS["matmul_tn_sum_partials"] - before["matmul_tn_sum_partials"] == 2
+    assert torch.equal(first, second)
+    unsplit = run_matmul_tn(a, b, torch.float32, split_n=1)
+    assert rel_err(first, unsplit.double()) < TOL[torch.float32]
+    assert rel_err(first, a.double().t() @ b.double()) < TOL[torch.float32]
+
+
+def test_matmul_tn_more_splits_than_chunks(seed):
+    """A split count above what N allows collapses to whole chunks (no empty chunk is summed)."""
+    a, b = torch.randn(40, 20), torch.randn(40, 18)
+    out = run_matmul_tn(a, b, torch.float32, split_n=16)
+    assert rel_err(out, a.double().t() @ b.double()) < TOL[torch.float32]
+
+
+def test_split_count_heuristic():
+    sms = 132   # H200
+    # dB at the benchmark shape: 32 output tiles cannot fill 132 SMs -> split N.
+    assert weight_grad.split_count(8192, 4096, 16, sms) == 5
+    # Too few rows to amortise a split's partial write.
+    assert weight_grad.split_count(1500, 4096, 16, sms) == 1
+    assert weight_grad.split_count(2048, 4096, 16, sms) == 2
+    # dW: thousands of output tiles fill the GPU on their own.
+    assert weight_grad.split_count(8192, 4096, 14336, sms) == 1
+
+
+def test_matmul_tn_rejects_bad_shapes_and_dtypes():
+    with pytest.raises(ValueError, match="matmul_tn"):
+        bwd.matmul_tn(torch.randn(5, 3), torch.randn(6, 2), torch.float32)
+    with pytest.raises(TypeError, match="dtype"):
+        bwd.matmul_tn(torch.randn(5, 3), torch.randn(5, 2).half(), torch.float32)
+    with pytest.raises(ValueError, match="out"):
+        bwd.matmul_tn(torch.randn(5, 3), torch.randn(5, 2), torch.float32, out=torch.empty(2, 3))
+    with pytest.raises(ValueError, match="split_n"):
+        bwd.matmul_tn(torch.randn(5, 3), torch.randn(5, 2), torch.float32, split_n=0)
+
+
+# --------------------------------------------------------------------------------------------
+# The three launchers chained into the layer's backward, as the op runs them.
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("gate_mode", ["per_row", "per_adapter"])
+def test_layer_backward_matches_float64_autograd(seed, dtype, gate_mode):
+    """Random (seeded) shapes, a strided 3-D input flattened to rows, ragged ranks with one
+    adapter inactive: dx, dA, dB and the gate gradient from the kernels against float64 autograd
+    of ``y = x W^T + (S * G_E) B^T``."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = (int(v) for v in torch.randint(1, 6, (2,), generator=g))
+    D_in, D_out = (int(v) for v in torch.randint(17, 70, (2,), generator=g))
+    ranks = [int(v) for v in torch.randint(1, 9, (3,), generator=g)]
+    scaling = [0.5, 1.0, 2.0]
+    col_adapter, col_scale = column_tables(ranks, scaling, skip=(1,))
+    R_act = col_adapter.numel()
+    x2d = torch.randn(B, T, D_in + 3, dtype=dtype)[..., :D_in].reshape(-1, D_in)
+    N = x2d.shape[0]
+    weight = torch.randn(D_out, D_in, dtype=dtype) / D_in ** 0.5
+    lora_A = torch.randn(R_act, D_in, dtype=dtype) / D_in ** 0.5
+    lora_B = torch.randn(D_out, R_act, dtype=dtype)
+    gates = torch.randn(N, 3) if gate_mode == "per_row" else torch.randn(3)
+    gates2d = gates if gate_mode == "per_row" else gates.unsqueeze(0).expand(N, 3)
+    dy = torch.randn(N, D_out, dtype=dtype)
+
+    # float64 autograd of the layer.
+    leaves = [t.detach().double().requires_grad_() for t in (x2d, lora_A, lora_B, gates)]
+    x64, A64, B64, g64 = leaves
+    g2 = g64 if gate_mode == "per_row" else g64.unsqueeze(0).expand(N, 3)
+    G_E = g2[:, col_adapter.long()] * col_scale.double()
+    y = x64 @ weight.double().t() + ((x64 @ A64.t()) * G_E) @ B64.t()
+    y.backward(dy.double())
+
+    # The kernels (S and SG as the forward saves them, in the input dtype).
+    S = (x2d.double() @ lora_A.double().t()).to(dtype)
+    SG = (S.double() * gates2d.double()[:, col_adapter.long()] * col_scale.double()).to(dtype)
+    dS, P = run_grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, True)
+    dx = run_fused_dx(dy, weight, dS, lora_A)
+    dA = run_matmul_tn(dS, x2d, dtype)
+    dB = run_matmul_tn(dy, SG, dtype, split_n=2)
+    dg_rows = torch.zeros(N, 3, dtype=torch.float64).index_add_(1, col_adapter.long(), P.double())
+    dg = dg_rows if gate_mode == "per_row" else dg_rows.sum(0)
+
+    # fp16 also rounds S, SG and dS to fp16 before they feed the next GEMM (~1e-3 relative).
+    tol = TOL[dtype]
+    assert rel_err(dx, x64.grad) < tol
+    assert rel_err(dA, A64.grad) < tol
+    assert rel_err(dB, B64.grad) < tol
+    assert rel_err(dg, g64.grad) < tol
+
+
+def test_launch_counts_prove_the_kernels_ran():
+    dy, lora_B, S = torch.randn(6, 16), torch.randn(16, 3), torch.randn(6, 3)
+    col_adapter, col_scale = column_tables([3], [1.0])
+    before = LAUNCH_COUNTS.copy()
+    dS, _ = bwd.grad_shrink(dy, lora_B, S, torch.randn(6, 1), col_adapter, col_scale, True)
+    bwd.fused_dx(dy, torch.randn(16, 9), dS, torch.randn(3, 9))
+    bwd.matmul_tn(dS, torch.randn(6, 9), torch.float32, split_n=1)
+    bwd.matmul_tn(dy, dS, torch.float32, split_n=1)
+    delta = {k: LAUNCH_COUNTS[k] - before[k] for k in
+             ("grad_shrink", "fused_dx", "matmul_tn", "matmul_tn_sum_partials")}
+    assert delta == {"grad_shrink": 1, "fused_dx": 1, "matmul_tn": 2, "matmul_tn_sum_partials": 0}
+
+
+@pytest.mark.skipif(tuning.INTERPRET or not torch.cuda.is_available(),
+                    reason="bf16 needs a GPU: under TRITON_INTERPRET=1 tl.dot on bfloat16 operands "
+                    "is wrong (triton issue 11584)")
+def test_bf16_on_gpu(seed):
+    dev, dtype = "cuda", torch.bfloat16
+    N, D_in, D_out = 1000, 257, 190
+    col_adapter, col_scale = column_tables([16, 5], [2.0, 0.5])
+    col_adapter, col_scale = col_adapter.to(dev), col_scale.to(dev)
+    dy = torch.randn(N, D_out, device=dev, dtype=dtype)
+    weight = torch.randn(D_out, D_in, device=dev, dtype=dtype) / D_out ** 0.5
+    lora_A = torch.randn(21, D_in, device=dev, dtype=dtype) / 21 ** 0.5
+    lora_B = torch.randn(D_out, 21, device=dev, dtype=dtype) / D_out ** 0.5
+    S = torch.randn(N, 21, device=dev, dtype=dtype)
+    gates2d = torch.randn(N, 2, device=dev)
+    dS, P = bwd.grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, True)
+    dS_ref, P_ref = grad_shrink_ref(dy, lora_B, S, gates2d, col_adapter, col_scale)
+    dx = bwd.fused_dx(dy, weight, dS, lora_A)
+    dB = bwd.matmul_tn(dy, S, dtype, split_n=3)
+    # bf16 keeps 8 mantissa bits (unit roundoff 3.9e-3) in every stored output.
+    assert rel_err(dS, dS_ref) < 2e-2 and rel_err(P, P_ref) < 2e-2
+    assert rel_err(dx, dy.double() @ weight.double() + dS.double() @ lora_A.double()) < 2e-2
+    assert rel_err(dB, dy.double().t() @ S.double()) < 2e-2

@@ -1,0 +1,79 @@
+"""The launch helpers of ``kernels.tuning``: shared-memory fitting, the untuned first-fit launch,
+tile widths and output-buffer checks. Pure Python: no kernel runs here."""
+import pytest
+import torch
+import triton
+
+from litelora_fast.kernels import tuning
+
+
+def cfg(bm, bk, warps=4, stages=4):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
+
+def per_stage(elem_bytes):
+    return lambda c: (c.kwargs["BLOCK_M"] + 128) * c.kwargs["BLOCK_K"] * elem_bytes
+
+
+def test_fit_stages_keeps_fitting_configs_unchanged():
+    kept = tuning.fit_stages([cfg(64, 64, stages=4)], per_stage(2))   # 4 x 24 KiB
+    assert [(c.kwargs, c.num_warps, c.num_stages) for c in kept] == \
+        [({"BLOCK_M": 64, "BLOCK_K": 64}, 4, 4)]
+
+
+def test_fit_stages_lowers_stages_then_drops():
+    # 128 x 256 tiles: 256 KiB per fp32 stage -> 2 stages exceed the budget: dropped.
+    # 128 x 64 tiles: 64 KiB per fp32 stage -> 5 stages lowered to 3.
+    kept = tuning.fit_stages([cfg(128, 256, stages=3), cfg(128, 64, stages=5)], per_stage(4))
+    assert [(c.kwargs["BLOCK_K"], c.num_stages) for c in kept] == [(64, 3)]
+    assert all(c.num_stages * per_stage(4)(c) <= tuning.SMEM_BUDGET for c in kept)
+
+
+def test_fit_stages_removes_configs_that_become_equal():
+    kept = tuning.fit_stages([cfg(128, 64, stages=5), cfg(128, 64, stages=4)], per_stage(4))
+    assert len(kept) == 1 and kept[0].num_stages == 3
+
+
+class _RecordingKernel:
+    """Stands in for a JIT kernel: records the grid and keyword arguments of each launch."""
+
+    arg_names = ["x_ptr", "n"]
+    __name__ = "recording_kernel"
+
+    def __init__(self):
+        self.launches = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((grid, args, kwargs))
+
+
+def test_first_fit_launches_the_first_config_that_fits():
+    kernel = _RecordingKernel()
+    configs = [cfg(128, 256, stages=3), cfg(64, 32, warps=8, stages=2)]
+    prune = lambda cs, nargs, **kw: tuning.fit_stages(cs, per_stage(nargs["x_ptr"].element_size()))
+    launch = tuning._FirstFit(kernel, configs, prune)
+    launch[lambda meta: (triton.cdiv(meta["n"], meta["BLOCK_M"]),)](torch.empty(1), 300, FLAG=True)
+    grid, args, kwargs = kernel.launches[0]
+    assert grid == (5,)
+    assert kwargs == {"FLAG": True, "BLOCK_M": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 2}
+
+
+@pytest.mark.parametrize("r,cap,expected", [(1, 64, 16), (16, 64, 16), (17, 64, 32), (70, 64, 64),
+                                            (100, 128, 128), (0, 64, 16)])
+def test_block_r(r, cap, expected):
+    assert tuning.block_r(r, cap) == expected
+
+
+def test_dot_precision_is_exact_on_the_cpu():
+    assert tuning.dot_precision(torch.empty(1)) == "ieee"
+
+
+def test_check_out_allocates_or_validates():
+    fresh = tuning.check_out(None, "y", (3, 4), torch.float16, torch.device("cpu"))
+    assert fresh.shape == (3, 4) and fresh.dtype == torch.float16 and fresh.is_contiguous()
+    given = torch.empty(3, 4)
+    assert tuning.check_out(given, "y", (3, 4), torch.float32, torch.device("cpu")) is given
+    with pytest.raises(ValueError, match=r"y: expected a \(3, 4\)"):
+        tuning.check_out(torch.empty(4, 3), "y", (3, 4), torch.float32, torch.device("cpu"))
+    with pytest.raises(ValueError, match="float16"):
+        tuning.check_out(given, "y", (3, 4), torch.float16, torch.device("cpu"))
