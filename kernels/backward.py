@@ -30,7 +30,8 @@ __all__ = ["grad_shrink", "fused_dx", "matmul_tn", "AOT_SPECS"]
 # Launch configs (data). Target: H200 (Hopper, sm_90, 132 SMs), bf16, N in {2048, 8192, 16384}
 # rows, D_out / D_in in {4096, 14336}, R_act in 16..256. UNTUNED: written without a GPU from the
 # Hopper rules of thumb (tiles of >= 64 rows per warpgroup so tl.dot lowers to wgmma, 3-5 stages
-# inside 227 KiB of shared memory); autotuning picks among them per shape on first use.
+# inside 227 KiB of shared memory); autotuning picks among them per shape on first use. The first
+# entry of each list is what LITELORA_AUTOTUNE=0 launches (after the shared-memory fit).
 # ---------------------------------------------------------------------------------------------
 
 # grad_shrink streams dy (N x D_out) once against a thin lora_B (D_out x R): memory-bound. Small
@@ -48,9 +49,9 @@ GRAD_SHRINK_CONFIGS = [
 # Hopper GEMM tiles of the Triton matmul tutorial. GROUP_M orders tiles so a group of row tiles
 # reuses the same weight column tiles from L2.
 FUSED_DX_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=5),
 ]

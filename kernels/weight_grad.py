@@ -31,15 +31,16 @@ __all__ = ["matmul_tn", "split_count"]
 # ---------------------------------------------------------------------------------------------
 # Launch configs (data). Target: H200 (Hopper, sm_90, 132 SMs), bf16, reduction N in
 # {2048, 8192, 16384}. UNTUNED: written without a GPU from Hopper rules of thumb (>= 64 rows per
-# warpgroup for wgmma, 3-5 stages inside 227 KiB of shared memory).
+# warpgroup for wgmma, 3-5 stages inside 227 KiB of shared memory). The first entry of each list
+# is what LITELORA_AUTOTUNE=0 launches (after the shared-memory fit).
 # ---------------------------------------------------------------------------------------------
 
 # Wide outputs: dW (4096 x 14336 or 4096 x 4096) and banks with R_act > 64. Compute-bound GEMM
 # tiles, as for the forward GEMM.
 MATMUL_TN_WIDE_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_P": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
     triton.Config({"BLOCK_M": 128, "BLOCK_P": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 256, "BLOCK_P": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_P": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
     triton.Config({"BLOCK_M": 128, "BLOCK_P": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
 ]
 
