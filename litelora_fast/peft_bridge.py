@@ -1,0 +1,244 @@
+"""PEFT LoRA adapters in and out of the ``GatedLoRALinear`` bank: :func:`from_peft`, :func:`to_peft`.
+
+PEFT is optional (``pip install litelora-fast[peft]``); it is imported when these are called.
+
+The two layouts are the same numbers: PEFT's adapter ``name`` in a ``lora.Linear`` is
+``lora_A[name].weight`` ``(r, D_in)``, ``lora_B[name].weight`` ``(D_out, r)`` and
+``scaling[name]`` (``lora_alpha / r``, or ``lora_alpha / sqrt(r)`` with rsLoRA); it adds
+``B(A(x)) * scaling`` for each *active* adapter. Our adapter ``k`` holds the same ``A_k``, ``B_k``
+and ``alpha_k = scaling * r_k`` (so the scaling is exact under either convention), and its gate
+says whether it is on: gate 1 for PEFT's active adapters, 0 for the others (a zero gate costs
+nothing in the fused kernel).
+
+Gates going out: PEFT has no gate, so a gate value ``g != 1`` is folded into the exported
+``lora_alpha`` (``alpha_k * g``, per layer through ``alpha_pattern``); the weights go out
+untouched. An adapter whose gate is 0 in every layer is exported with its own alpha and left
+inactive.
+
+Not supported (a ``ValueError`` names the layer): merged adapters (unmerge first), DoRA and the
+other LoRA variants, ``lora_bias``, LoRA on embeddings or convolutions, ``fan_in_fan_out`` bases
+(GPT-2's ``Conv1D``), ``modules_to_save``. PEFT's ``lora_dropout`` has no counterpart: outputs match
+in eval mode (or with dropout 0).
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .inject import _all_names, _set_module, extract_base, injected_layers
+from .layer import GatedLoRALinear
+
+# Attribute set on each layer by from_peft: PEFT's adapter name of bank entry k (to_peft reuses it).
+NAMES_ATTR = "llf_adapter_names"
+
+
+def _require_peft():
+    try:
+        import peft
+    except ImportError as err:
+        raise ImportError("from_peft/to_peft need PEFT: pip install 'litelora-fast[peft]' "
+                          "(or pip install peft)") from err
+    return peft
+
+
+def _unwrap(peft_model: nn.Module):
+    """``(inner model, adapter order)`` for a ``PeftModel``, a ``LoraModel`` or a plain model whose
+    layers PEFT's ``inject_adapter_in_model`` wrapped."""
+    peft = _require_peft()
+    order = list(getattr(peft_model, "peft_config", {}) or {})
+    model = peft_model
+    if isinstance(model, peft.PeftModel):
+        model = model.base_model
+    if isinstance(model, peft.tuners.tuners_utils.BaseTuner):
+        model = model.model
+    return model, order
+
+
+def _check_lora_layer(name: str, layer) -> None:
+    peft = _require_peft()
+    base = layer.get_base_layer()
+    problems = []
+    if type(base) is not nn.Linear:
+        problems.append(f"its base layer is a {type(base).__name__}, not an nn.Linear")
+    if getattr(layer, "fan_in_fan_out", False):
+        problems.append("fan_in_fan_out=True")
+    if layer.merged:
+        problems.append(f"adapters {layer.merged_adapters} are merged into the base weight "
+                        "(call unmerge_adapter() first)")
+    if getattr(layer, "lora_variant", None):
+        problems.append(f"adapters {sorted(layer.lora_variant)} use a LoRA variant (e.g. DoRA)")
+    if any(getattr(layer, "lora_bias", {}).values()):
+        problems.append("lora_bias=True")
+    if not isinstance(layer, peft.tuners.lora.Linear):
+        problems.append(f"it is a {type(layer).__name__}, not a lora.Linear")
+    if problems:
+        raise ValueError(f"from_peft cannot convert PEFT layer {name!r}: " + "; ".join(problems))
+
+
+def from_peft(peft_model: nn.Module) -> nn.Module:
+    """Turn a PEFT LoRA model into the same model with ``GatedLoRALinear`` layers, in place.
+
+    Every PEFT adapter of a layer (any number, any ranks and alphas) becomes an entry of its
+    bank, in the order the adapters were added to the model; its gate is 1.0 if PEFT has it active
+    (``set_adapter``, also a list of names) and 0.0 otherwise, so the output equals PEFT's
+    (in eval mode: PEFT's ``lora_dropout`` is dropped). Adapter weights keep their
+    ``requires_grad``; the base stays frozen and is shared, not copied.
+
+    Returns the underlying model (``peft_model.get_base_model()`` for a ``PeftModel``), no longer
+    wrapped by PEFT. Each layer records PEFT's names of its bank entries in ``llf_adapter_names``;
+    :func:`to_peft` reuses them. When some adapters target only some layers, adapter ``k`` of a
+    layer is the ``k``-th of the model's adapters that target that layer.
+    """
+    peft = _require_peft()
+    model, order = _unwrap(peft_model)
+    wrappers = [n for n, m in model.named_modules()
+                if type(m).__name__ in ("ModulesToSaveWrapper", "TrainableTokensWrapper")]
+    if wrappers:
+        raise ValueError(f"from_peft does not convert modules_to_save / trainable tokens "
+                         f"(found {wrappers[:4]}); save those modules separately")
+    lora_layers = [(n, m) for n, m in model.named_modules()
+                   if isinstance(m, peft.tuners.lora.LoraLayer)]
+    if not lora_layers:
+        raise ValueError(f"from_peft found no PEFT LoRA layer in the {type(model).__name__}")
+    for name, layer in lora_layers:     # check everything before changing anything
+        _check_lora_layer(name, layer)
+    all_names = _all_names(model)
+    for name, layer in lora_layers:
+        gated = _bank_from_lora_layer(layer, order)
+        for alias in all_names[id(layer)]:
+            _set_module(model, alias, gated)
+    # PEFT copies its config dict onto the wrapped model (and deletes it when it unloads); a
+    # stale one would make a later get_peft_model think the adapters are still there.
+    if "peft_config" in vars(model):
+        del model.peft_config
+    return model
+
+
+def _bank_from_lora_layer(layer, order: list) -> GatedLoRALinear:
+    names = [n for n in order if n in layer.lora_A] + [n for n in layer.lora_A if n not in order]
+    gated = GatedLoRALinear.from_linear(layer.get_base_layer())
+    active = set() if layer.disable_adapters else set(layer.active_adapters)
+    dtype = gated.weight.dtype
+    with torch.no_grad():
+        for name in names:
+            A, B = layer.lora_A[name].weight, layer.lora_B[name].weight
+            r = A.shape[0]
+            k = gated.add_adapter(rank=r, alpha=layer.scaling[name] * r)
+            A_k, B_k = gated.adapter(k)
+            # PEFT may keep adapters in fp32 beside a half-precision base; the bank is one dtype.
+            A_k.copy_(A.to(dtype))
+            B_k.copy_(B.to(dtype))
+            A_k.requires_grad_(A.requires_grad)
+            B_k.requires_grad_(B.requires_grad)
+            gated.gates[k] = 1.0 if name in active else 0.0
+    setattr(gated, NAMES_ATTR, names)
+    gated.train(layer.training)
+    return gated
+
+
+def _gate_values(name: str, layer: GatedLoRALinear) -> list:
+    """The per-adapter gates in effect: ``set_gates`` tensor if any, else the ``gates``
+    Parameter. Per-row routing has no PEFT equivalent."""
+    external = getattr(layer, "_external_gates", None)
+    if external is not None:
+        return [float(v) for v in external.detach().tolist()]
+    if layer.gate_mode != "per_adapter":
+        raise ValueError(f"to_peft cannot export layer {name!r}: gate={layer.gate_mode!r} routes "
+                         "each row to its own mix, which PEFT cannot express; set per-adapter "
+                         "gates with layer.set_gates(g) first")
+    return [float(v) for v in layer.gates.detach().tolist()]
+
+
+def _alphas(layer: GatedLoRALinear) -> list:
+    """``alpha_k`` of each adapter: the layer's own record when it has one (exact, so configs show
+    16, not 15.999...), else ``scaling_k * r_k``."""
+    alphas = getattr(layer, "_alphas", None)
+    if alphas is not None and len(alphas) == layer.num_adapters:
+        return [float(a) for a in alphas]
+    return [s * r for s, r in zip(layer.scaling, layer.ranks)]
+
+
+def _layer_names(name: str, layer: GatedLoRALinear,
+                 adapter_names: Optional[Sequence[str]]) -> list:
+    K = layer.num_adapters
+    if adapter_names is not None:
+        if len(adapter_names) < K:
+            raise ValueError(f"adapter_names has {len(adapter_names)} names but layer {name!r} "
+                             f"has {K} adapters")
+        return list(adapter_names[:K])
+    recorded = getattr(layer, NAMES_ATTR, None)
+    if recorded is not None and len(recorded) == K:
+        return list(recorded)
+    return [f"adapter_{k}" for k in range(K)]
+
+
+def _config_for(peft, entries: list):
+    """One ``LoraConfig`` for one adapter name over the layers that hold it. ``entries``: list of
+    ``(layer name, r, alpha)``; the most common r / alpha are the defaults, the rest go in
+    ``rank_pattern`` / ``alpha_pattern`` under the escaped full name (PEFT matches those keys as
+    regexes anchored at the end of the module name)."""
+    r0 = Counter(r for _, r, _ in entries).most_common(1)[0][0]
+    a0 = Counter(a for _, _, a in entries).most_common(1)[0][0]
+    return peft.LoraConfig(
+        r=r0, lora_alpha=a0, target_modules=[n for n, _, _ in entries],
+        rank_pattern={re.escape(n): r for n, r, _ in entries if r != r0},
+        alpha_pattern={re.escape(n): a for n, _, a in entries if a != a0},
+        lora_dropout=0.0, bias="none", init_lora_weights=False)
+
+
+def to_peft(model: nn.Module, adapter_names: Optional[Sequence[str]] = None):
+    """Write the banks of ``model``'s ``GatedLoRALinear`` layers back as PEFT LoRA adapters.
+
+    In place: the layers become ``nn.Linear`` again (sharing their base Parameters) and the model
+    is wrapped with ``peft.get_peft_model``; ``copy.deepcopy(model)`` first to keep the gated one.
+
+    Args:
+        model: a model with ``GatedLoRALinear`` layers (from :func:`inject` or :func:`from_peft`).
+        adapter_names: PEFT's name for bank entry ``k``; default: the names ``from_peft`` recorded,
+            else ``adapter_0``, ``adapter_1``, ...
+
+    Returns a ``PeftModel`` whose output equals ``model``'s: the adapters with a non-zero gate in
+    some layer are active (``base_model.set_adapter(list)``), a gate ``g`` other than 1 is folded
+    into that layer's ``lora_alpha`` (``alpha_k * g``). ``save_pretrained`` writes every adapter;
+    PEFT loads them back with ``PeftModel.from_pretrained`` + ``load_adapter`` and
+    ``base_model.set_adapter(names)`` re-activates several at once.
+    """
+    peft = _require_peft()
+    layers = injected_layers(model)
+    if not layers:
+        raise ValueError(f"to_peft found no GatedLoRALinear in the {type(model).__name__}")
+    per_name: dict = {}     # adapter name -> [(layer name, r, alpha, gate, A, B)]
+    for lname, layer in layers.items():
+        gates = _gate_values(lname, layer)
+        names = _layer_names(lname, layer, adapter_names)
+        for k, (aname, r, alpha, g) in enumerate(zip(names, layer.ranks, _alphas(layer), gates)):
+            A, B = layer.adapter(k)
+            per_name.setdefault(aname, []).append((lname, r, alpha, g, A.detach(), B.detach()))
+    if not per_name:
+        raise ValueError("to_peft: the GatedLoRALinear layers hold no adapter; add one first")
+    active = [n for n, es in per_name.items() if any(g != 0 for *_, g, _, _ in es)]
+    configs = {}
+    for aname, entries in per_name.items():
+        on = aname in active
+        # A gate folds into alpha only for an adapter that is on somewhere; one that is off
+        # everywhere keeps its alpha and is simply left inactive.
+        configs[aname] = _config_for(
+            peft, [(ln, r, alpha * g if on else alpha) for ln, r, alpha, g, _, _ in entries])
+    extract_base(model)
+    names = list(per_name)
+    wrapped = peft.get_peft_model(model, configs[names[0]], adapter_name=names[0])
+    for aname in names[1:]:
+        wrapped.add_adapter(aname, configs[aname])
+    inner = wrapped.base_model.model
+    with torch.no_grad():
+        for aname, entries in per_name.items():
+            for lname, _, _, _, A, B in entries:
+                lora = inner.get_submodule(lname)
+                lora.lora_A[aname].weight.copy_(A)
+                lora.lora_B[aname].weight.copy_(B)
+    wrapped.base_model.set_adapter(active)
+    return wrapped
