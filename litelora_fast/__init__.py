@@ -8,6 +8,10 @@ Public API (SPEC section 2)::
 """
 from . import reference
 from .ops import gated_lora_linear
+from .layer import GatedLoRALinear
+from .inject import extract_base, inject
+from .peft_bridge import from_peft, to_peft
 
-__all__ = ["gated_lora_linear", "reference"]
+__all__ = ["gated_lora_linear", "reference", "GatedLoRALinear", "inject", "extract_base",
+           "from_peft", "to_peft"]
 __version__ = "0.1.0"

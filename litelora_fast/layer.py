@@ -1,0 +1,332 @@
+"""``GatedLoRALinear``: the drop-in ``nn.Linear`` with a gated bank of LoRA adapters.
+
+The module owns the parameters and the bookkeeping (recruit, freeze, remove, state-dict rebuild);
+the arithmetic is one call of :func:`litelora_fast.gated_lora_linear` on the packed bank.
+
+Storage: adapter ``k`` is two Parameters, ``lora_A[k]`` ``(r_k, D_in)`` and ``lora_B[k]``
+``(D_out, r_k)`` in two ``ParameterList`` s, so freezing is per adapter and an optimizer keeps its
+references when later adapters are recruited. They are packed with ``torch.cat`` at every forward
+(``R x D`` elements: small next to the GEMMs). Per-adapter ``alpha_k`` (scaling ``alpha_k / r_k``,
+the PEFT convention) and the adapters' ``requires_grad`` flags travel in the state dict as extra
+state.
+
+Gates, in the order a forward looks for them:
+
+1. ``forward(x, gates=...)``: explicit gates, ``(K,)`` or ``x.shape[:-1] + (K,)``;
+2. ``set_gates(g)``: external task-level gates ``(K,)`` (LiteLoRA: one tensor shared by every
+   layer, possibly requiring grad), used until ``set_gates(None)``;
+3. the layer's own gates. ``gate="per_adapter"``: the Parameter ``gates`` ``(K,)``, init 1.0,
+   **frozen by default** (``layer.gates.requires_grad_(True)`` learns the mix; a trainable gate
+   cannot be skipped at zero). ``gate="per_row"``: a learned router,
+   ``g = 2 * sigmoid(x @ router_weight^T + router_bias)`` ``(..., K)``, zero-initialised so every
+   gate starts at exactly 1.0, and trainable by default.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .ops import gated_lora_linear
+from .reference import gated_lora_linear_ref
+
+GATE_MODES = ("per_adapter", "per_row")
+
+
+class GatedLoRALinear(nn.Module):
+    """``y = x @ W^T + b + sum_k g_k * (alpha_k / r_k) * (x @ A_k^T) @ B_k^T``.
+
+    Args:
+        in_features, out_features, bias: as ``nn.Linear``; the base weight and bias are frozen.
+        rank: default rank of recruited adapters; ``alpha``: default ``alpha_k`` (scaling
+            ``alpha / rank``).
+        num_adapters: adapters recruited at construction (B at zero: the output is unchanged).
+        gate: ``"per_adapter"`` (a ``(K,)`` gate Parameter) or ``"per_row"`` (a learned router);
+            see the module docstring.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, rank: int = 8,
+                 alpha: float = 16, num_adapters: int = 0, gate: str = "per_adapter",
+                 device=None, dtype=None):
+        super().__init__()
+        if gate not in GATE_MODES:
+            raise ValueError(f"gate must be one of {GATE_MODES}, got {gate!r}")
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        _check_rank(rank, "rank")
+        if not isinstance(num_adapters, int) or num_adapters < 0:
+            raise ValueError(f"num_adapters must be an int >= 0, got {num_adapters!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.rank, self.alpha, self.gate_mode = rank, float(alpha), gate
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory),
+                                   requires_grad=False)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **factory), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+        self._reset_base()
+        self.lora_A = nn.ParameterList()
+        self.lora_B = nn.ParameterList()
+        self._alphas: list = []
+        self._external_gates: Optional[torch.Tensor] = None
+        self._resize_gates([])
+        for _ in range(num_adapters):
+            self.add_adapter()
+
+    def _reset_base(self) -> None:
+        if self.weight.is_meta:
+            return
+        # nn.Linear's initialisation, so a fresh layer behaves like a fresh nn.Linear.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, rank: int = 8, alpha: float = 16,
+                    num_adapters: int = 0, gate: str = "per_adapter") -> "GatedLoRALinear":
+        """Wrap a trained ``nn.Linear``: its weight and bias Parameters are *shared* (no copy) and
+        frozen (``requires_grad=False``, which the original module sees too)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"from_linear expects an nn.Linear, got {type(linear).__name__}")
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                    rank=rank, alpha=alpha, num_adapters=0, gate=gate, device="meta",
+                    dtype=linear.weight.dtype)
+        layer.weight = linear.weight.requires_grad_(False)
+        if linear.bias is not None:
+            layer.bias = linear.bias.requires_grad_(False)
+        layer._resize_gates([])     # the gate Parameters move to the real device
+        for _ in range(num_adapters):
+            layer.add_adapter()
+        return layer
+
+    # ----------------------------------------------------------------------------- the bank
+    @property
+    def num_adapters(self) -> int:
+        return len(self.lora_A)
+
+    @property
+    def ranks(self) -> list:
+        """``[r_0, ..., r_{K-1}]``."""
+        return [a.shape[0] for a in self.lora_A]
+
+    @property
+    def rank_offsets(self) -> list:
+        """``(K+1,)`` list: adapter ``k`` owns columns ``[o_k, o_{k+1})`` of the packed bank."""
+        return list(itertools.accumulate(self.ranks, initial=0))
+
+    @property
+    def scaling(self) -> list:
+        """``[alpha_k / r_k]`` as Python floats."""
+        return [a / r for a, r in zip(self._alphas, self.ranks)]
+
+    @property
+    def active_adapters(self) -> list:
+        """Indices ``k`` whose gate in effect is not exactly zero: the ``set_gates`` tensor when one
+        is set, else the ``gates`` Parameter (``per_adapter``). In ``per_row`` mode without
+        external gates every adapter is active (the router's ``2 * sigmoid`` is never zero).
+        Gates passed to ``forward`` are per call and not seen here."""
+        g = self._external_gates
+        if g is None and self.gate_mode == "per_adapter":
+            g = self.gates
+        if g is None:
+            return list(range(self.num_adapters))
+        return [k for k, v in enumerate(g.detach().tolist()) if v != 0]
+
+    def adapter(self, k: int):
+        """``(A_k, B_k)``: adapter ``k``'s Parameters, ``(r_k, D_in)`` and ``(D_out, r_k)``."""
+        k = self._check_index(k)
+        return self.lora_A[k], self.lora_B[k]
+
+    def is_frozen(self, k: int) -> bool:
+        A, B = self.adapter(k)
+        return not (A.requires_grad or B.requires_grad)
+
+    def add_adapter(self, rank: Optional[int] = None, alpha: Optional[float] = None) -> int:
+        """Recruit an adapter and return its index ``K``. ``A`` gets PEFT's kaiming-uniform init,
+        ``B`` zeros, so the output is unchanged; its gate starts at 1.0."""
+        rank = self.rank if rank is None else rank
+        _check_rank(rank, "rank")
+        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
+        A = torch.empty(rank, self.in_features, **factory)
+        nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+        self.lora_A.append(nn.Parameter(A))
+        self.lora_B.append(nn.Parameter(torch.zeros(self.out_features, rank, **factory)))
+        self._alphas.append(self.alpha if alpha is None else float(alpha))
+        K = self.num_adapters
+        self._resize_gates(list(range(K - 1)) + [None])
+        return K - 1
+
+    def freeze_adapter(self, k: int) -> None:
+        """Stop training adapter ``k``: its ``A_k`` and ``B_k`` no longer get gradients."""
+        for p in self.adapter(k):
+            p.requires_grad_(False)
+
+    def remove_adapter(self, k: int) -> None:
+        """Drop adapter ``k`` with its gate (or router row); adapters after it shift down by one.
+        Gates set with ``set_gates`` must then be reset to the new ``K``."""
+        k = self._check_index(k)
+        keep = [i for i in range(self.num_adapters) if i != k]
+        self.lora_A = nn.ParameterList([self.lora_A[i] for i in keep])
+        self.lora_B = nn.ParameterList([self.lora_B[i] for i in keep])
+        del self._alphas[k]
+        self._resize_gates(keep)
+
+    def _check_index(self, k) -> int:
+        K = self.num_adapters
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(f"adapter index must be an int, got {type(k).__name__}")
+        if not -K <= k < K:
+            raise IndexError(f"adapter index {k} out of range for a layer with {K} adapters")
+        return k % K
+
+    def _resize_gates(self, keep: list) -> None:
+        """Rebuild the gate Parameters for the new bank. ``keep[i]`` is the old index of new
+        adapter ``i``, or ``None`` for a new one (gate 1.0, router row 0 -> gate 1.0)."""
+        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
+        old = self._parameters
+        if self.gate_mode == "per_adapter":
+            values = torch.ones(len(keep), **factory)
+            grad = False
+            if old.get("gates") is not None and not old["gates"].is_meta:
+                g = old["gates"]
+                grad = g.requires_grad
+                for i, j in enumerate(keep):
+                    if j is not None:
+                        values[i] = g.detach()[j]
+            self.gates = nn.Parameter(values, requires_grad=grad)
+            return
+        weight = torch.zeros(len(keep), self.in_features, **factory)
+        bias = torch.zeros(len(keep), **factory)
+        grad = True
+        if old.get("router_weight") is not None and not old["router_weight"].is_meta:
+            w, b = old["router_weight"], old["router_bias"]
+            grad = w.requires_grad
+            for i, j in enumerate(keep):
+                if j is not None:
+                    weight[i], bias[i] = w.detach()[j], b.detach()[j]
+        self.router_weight = nn.Parameter(weight, requires_grad=grad)
+        self.router_bias = nn.Parameter(bias, requires_grad=grad)
+
+    # ----------------------------------------------------------------------------- gates
+    def set_gates(self, gates: Optional[torch.Tensor]) -> None:
+        """Use ``gates`` ``(K,)`` (task-level, may require grad, may be shared by many layers) in
+        every later forward instead of the layer's own gates; ``None`` restores them. The tensor is
+        held by reference, not registered: it is in neither ``parameters()`` nor ``state_dict()``."""
+        if gates is not None:
+            if not isinstance(gates, torch.Tensor):
+                raise TypeError(f"set_gates expects a (K,) tensor or None, "
+                                f"got {type(gates).__name__}")
+            self._check_gate_shape(gates, None, "set_gates")
+        self._external_gates = gates
+
+    def _check_gate_shape(self, gates: torch.Tensor, x: Optional[torch.Tensor], name: str):
+        K = self.num_adapters
+        shapes = [(K,)] if x is None else [(K,), tuple(x.shape[:-1]) + (K,)]
+        if tuple(gates.shape) not in shapes:
+            raise ValueError(f"{name}: gates must have shape "
+                             f"{' or '.join(str(s) for s in shapes)} for a layer with K = {K} "
+                             f"adapters, got {tuple(gates.shape)}")
+
+    def _gates_for(self, x: torch.Tensor, gates: Optional[torch.Tensor]) -> torch.Tensor:
+        if gates is not None:
+            if not isinstance(gates, torch.Tensor):
+                raise TypeError(f"gates must be a tensor, got {type(gates).__name__}")
+            self._check_gate_shape(gates, x, "forward")
+            return gates
+        if self._external_gates is not None:
+            self._check_gate_shape(self._external_gates, None, "set_gates")
+            return self._external_gates
+        if self.gate_mode == "per_adapter":
+            return self.gates
+        return 2.0 * torch.sigmoid(F.linear(x, self.router_weight, self.router_bias))
+
+    # ----------------------------------------------------------------------------- forward
+    def _check_input(self, x) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must have shape (..., in_features) = (..., {self.in_features}), "
+                             f"got {tuple(x.shape)}")
+        if x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"x has dtype {x.dtype} but the layer's weight is {self.weight.dtype} "
+                            f"(shape {tuple(self.weight.shape)}); cast one to the other")
+
+    def packed_bank(self):
+        """``(lora_A, lora_B)`` packed: ``(R, D_in)`` and ``(D_out, R)``, differentiable."""
+        if self.num_adapters == 1:
+            return self.lora_A[0], self.lora_B[0]
+        return torch.cat(list(self.lora_A), 0), torch.cat(list(self.lora_B), 1)
+
+    def forward(self, x: torch.Tensor, gates: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x`` ``(..., in_features)`` -> ``(..., out_features)``; ``gates`` overrides the
+        layer's own gates for this call (see the module docstring)."""
+        self._check_input(x)
+        if self.num_adapters == 0:
+            return F.linear(x, self.weight, self.bias)
+        g = self._gates_for(x, gates)
+        lora_A, lora_B = self.packed_bank()
+        return gated_lora_linear(x, self.weight, self.bias, lora_A, lora_B, g,
+                                 self.rank_offsets, self.scaling)
+
+    def reference_forward(self, x: torch.Tensor,
+                          gates: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The same module through the unfused reference ``gated_lora_linear_ref``."""
+        self._check_input(x)
+        if self.num_adapters == 0:
+            return F.linear(x, self.weight, self.bias)
+        lora_A, lora_B = self.packed_bank()
+        return gated_lora_linear_ref(x, self.weight, self.bias, lora_A, lora_B,
+                                     self._gates_for(x, gates), self.rank_offsets, self.scaling)
+
+    def extra_repr(self) -> str:
+        base = "frozen" if not self.weight.requires_grad else "trainable"
+        adapters = ", ".join(
+            f"{k}: r={r} s={s:g}{' frozen' if self.is_frozen(k) else ''}"
+            for k, (r, s) in enumerate(zip(self.ranks, self.scaling)))
+        external = ", external gates" if self._external_gates is not None else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, base={base}, gate={self.gate_mode}{external}, "
+                f"adapters=[{adapters}]")
+
+    # ----------------------------------------------------------------------------- state dict
+    def get_extra_state(self) -> dict:
+        return {"alphas": list(self._alphas),
+                "requires_grad": [[A.requires_grad, B.requires_grad]
+                                  for A, B in zip(self.lora_A, self.lora_B)]}
+
+    def set_extra_state(self, state: dict) -> None:
+        alphas, flags = state["alphas"], state["requires_grad"]
+        if len(alphas) != self.num_adapters or len(flags) != self.num_adapters:
+            raise ValueError(f"extra state describes {len(alphas)} adapters, the layer has "
+                             f"{self.num_adapters}")
+        self._alphas = [float(a) for a in alphas]
+        for (A, B), (ga, gb) in zip(zip(self.lora_A, self.lora_B), flags):
+            A.requires_grad_(ga)
+            B.requires_grad_(gb)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Rebuild the bank (count and ranks) from the saved shapes before the ordinary load copies
+        # values into it, so a freshly constructed layer accepts any saved bank.
+        ranks = []
+        while f"{prefix}lora_A.{len(ranks)}" in state_dict:
+            ranks.append(state_dict[f"{prefix}lora_A.{len(ranks)}"].shape[0])
+        if ranks != self.ranks:
+            while self.num_adapters:
+                self.remove_adapter(self.num_adapters - 1)
+            for r in ranks:
+                self.add_adapter(rank=r)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+def _check_rank(rank, name: str) -> None:
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {rank!r}")

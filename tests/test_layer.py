@@ -1,0 +1,349 @@
+"""``GatedLoRALinear``: drop-in equality, the adapter bank's life cycle, gates, state dict, errors.
+
+Numbers are checked against a float64 copy of the same layer run through ``reference_forward``
+(the unfused loop), on fresh random draws (``seed`` fixture). Most tests use the PyTorch fast path
+(``fast_path``); two run the Triton kernels under the interpreter.
+"""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import litelora_fast as llf
+from litelora_fast import GatedLoRALinear
+from op_cases import rel_err
+
+# Import the kernels now, at collection, while TRITON_INTERPRET=1: the first op call of a fast-path
+# test (TRITON_INTERPRET=0) makes torch import triton, and @triton.jit functions built then are not
+# interpreted, so a later interpreter test of this file alone would fail.
+try:
+    from litelora_fast.kernels import backward as _backward, forward as _forward  # noqa: F401
+except ImportError:
+    pass
+
+# fp32 on CPU: GEMMs of width <= 40 agree with float64 to ~1e-7; 1e-5 leaves room for the gate
+# products and the packing order without hiding a wrong term (those give errors of order 1).
+TOL = 1e-5
+
+
+def randomize(layer: GatedLoRALinear) -> GatedLoRALinear:
+    """Give every adapter a non-zero B (fresh ones start at 0 and would hide the adapter path)."""
+    with torch.no_grad():
+        for B in layer.lora_B:
+            B.normal_()
+    return layer
+
+
+def make_layer(ranks=(3, 5, 2), gate="per_adapter", d_in=23, d_out=17, bias=True, alphas=None):
+    layer = GatedLoRALinear(d_in, d_out, bias=bias, rank=4, alpha=8, gate=gate)
+    for k, r in enumerate(ranks):
+        layer.add_adapter(rank=r, alpha=None if alphas is None else alphas[k])
+    return randomize(layer)
+
+
+def float64_oracle(layer, x, dy, gates=None):
+    """Output and parameter gradients of a float64 copy through the unfused reference."""
+    ref = copy.deepcopy(layer).double()
+    ext = layer._external_gates
+    if ext is not None:
+        ref.set_gates(ext.detach().double().requires_grad_(ext.requires_grad))
+    x64 = x.detach().double().requires_grad_(x.requires_grad)
+    g64 = None if gates is None else gates.detach().double().requires_grad_(gates.requires_grad)
+    y = ref.reference_forward(x64, g64)
+    y.backward(dy.double())
+    grads = {n: p.grad for n, p in ref.named_parameters() if p.requires_grad}
+    if x.requires_grad:
+        grads["x"] = x64.grad
+    if g64 is not None and g64.requires_grad:
+        grads["gates_arg"] = g64.grad
+    if ext is not None and ext.requires_grad:
+        grads["external"] = ref._external_gates.grad
+    return y.detach(), grads
+
+
+def check_layer(layer, x, gates=None):
+    """Forward + backward of ``layer`` against the float64 oracle, every gradient compared."""
+    y = layer(x, gates)
+    dy = torch.randn_like(y)
+    y_ref, g_ref = float64_oracle(layer, x, dy, gates)
+    assert y.dtype == x.dtype and y.shape == x.shape[:-1] + (layer.out_features,)
+    assert rel_err(y, y_ref) < TOL
+    y.backward(dy)
+    got = {n: p.grad for n, p in layer.named_parameters() if p.requires_grad}
+    if x.requires_grad:
+        got["x"] = x.grad
+    if gates is not None and gates.requires_grad:
+        got["gates_arg"] = gates.grad
+    ext = layer._external_gates
+    if ext is not None and ext.requires_grad:
+        got["external"] = ext.grad
+    assert got.keys() == g_ref.keys()
+    for name, grad in got.items():
+        assert grad is not None, name
+        assert rel_err(grad, g_ref[name]) < TOL, name
+    return y
+
+
+# ------------------------------------------------------------------------------- drop-in
+@pytest.mark.parametrize("lead", [(1,), (7,), (3, 5)], ids=["N1", "N7", "3d"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_from_linear_without_adapters_is_bitwise_linear(lead, bias, fast_path, seed):
+    linear = nn.Linear(19, 11, bias=bias)
+    layer = GatedLoRALinear.from_linear(linear)
+    x = torch.randn(*lead, 19)
+    assert torch.equal(layer(x), linear(x))
+    assert layer.weight is linear.weight and not layer.weight.requires_grad
+    assert layer.num_adapters == 0 and layer.active_adapters == []
+
+
+@pytest.mark.parametrize("gates_train", [False, True], ids=["frozen-gates", "trainable-gates"])
+@pytest.mark.parametrize("lead", [(9,), (2, 4)], ids=["2d", "3d"])
+def test_all_zero_gates_is_bitwise_linear(lead, gates_train, fast_path, seed):
+    linear = nn.Linear(21, 13)
+    layer = randomize(GatedLoRALinear.from_linear(linear, rank=3, num_adapters=3))
+    with torch.no_grad():
+        layer.gates.zero_()
+    layer.gates.requires_grad_(gates_train)
+    x = torch.randn(*lead, 21)
+    assert torch.equal(layer(x), linear(x))
+    assert layer.active_adapters == []
+
+
+def test_new_adapters_leave_the_output_unchanged(fast_path, seed):
+    linear = nn.Linear(16, 12)
+    layer = GatedLoRALinear.from_linear(linear, rank=4, alpha=8, num_adapters=2)
+    x = torch.randn(5, 16)
+    assert torch.equal(layer(x), linear(x))    # B_k = 0: adding exact zeros
+    assert layer.scaling == [2.0, 2.0]
+    A, B = layer.adapter(1)
+    assert A.shape == (4, 16) and B.shape == (12, 4) and A.abs().sum() > 0 and B.abs().sum() == 0
+
+
+# ------------------------------------------------------------------------------- numerics
+@pytest.mark.parametrize("lead", [(1,), (13,), (3, 7)], ids=["N1", "N13", "3d"])
+@pytest.mark.parametrize("ranks", [(4,), (3, 1, 6)], ids=["K1", "K3-ragged"])
+def test_forward_and_grads_match_float64(ranks, lead, fast_path, seed):
+    layer = make_layer(ranks, alphas=[2.0 * (k + 1) for k in range(len(ranks))])
+    layer.weight.requires_grad_(True)
+    layer.gates.requires_grad_(True)
+    with torch.no_grad():
+        layer.gates.uniform_(0.25, 1.5)
+    check_layer(layer, torch.randn(*lead, layer.in_features, requires_grad=True))
+
+
+def test_zero_gate_adapter_is_skipped(fast_path, seed):
+    layer = make_layer((3, 5, 2))
+    with torch.no_grad():
+        layer.gates.copy_(torch.tensor([0.7, 0.0, 1.3]))
+    assert layer.active_adapters == [0, 2]
+    x = torch.randn(11, layer.in_features)
+    check_layer(layer, x)
+    without = copy.deepcopy(layer)
+    without.remove_adapter(1)
+    # A frozen zero gate skips its adapter entirely: even NaN weights there cannot leak in.
+    with torch.no_grad():
+        layer.lora_A[1].fill_(float("nan"))
+    assert torch.equal(layer(x), without(x))
+
+
+# ------------------------------------------------------------------------------- life cycle
+def test_freeze_adapter_gets_no_grad(fast_path, seed):
+    layer = make_layer((3, 4, 2))
+    layer.freeze_adapter(0)
+    layer.freeze_adapter(-1)          # negative indices count from the end
+    assert [layer.is_frozen(k) for k in range(3)] == [True, False, True]
+    check_layer(layer, torch.randn(10, layer.in_features))
+    assert all(p.grad is None for k in (0, 2) for p in layer.adapter(k))
+    assert all(p.grad is not None for p in layer.adapter(1))
+    assert layer.weight.grad is None and layer.bias.grad is None and layer.gates.grad is None
+    trainable = {n for n, p in layer.named_parameters() if p.requires_grad}
+    assert trainable == {"lora_A.1", "lora_B.1"}
+
+
+def test_remove_adapter_shifts_later_ones_down(fast_path, seed):
+    layer = make_layer((3, 4, 2), alphas=[1.0, 2.0, 3.0])
+    with torch.no_grad():
+        layer.gates.copy_(torch.tensor([0.5, 1.5, 2.5]))
+    layer.freeze_adapter(2)
+    kept = [layer.adapter(k) for k in (0, 2)]
+    layer.remove_adapter(1)
+    assert layer.num_adapters == 2 and layer.ranks == [3, 2]
+    assert [p for k in range(2) for p in layer.adapter(k)] == [p for ab in kept for p in ab]
+    assert layer.gates.tolist() == [0.5, 2.5] and layer.scaling == [1.0 / 3, 3.0 / 2]
+    assert layer.is_frozen(1) and not layer.is_frozen(0)
+    check_layer(layer, torch.randn(6, layer.in_features))
+    k = layer.add_adapter()
+    assert k == 2 and layer.ranks == [3, 2, 4] and layer.gates.tolist() == [0.5, 2.5, 1.0]
+
+
+def test_remove_every_adapter_returns_to_linear(fast_path, seed):
+    layer = make_layer((2, 2))
+    layer.remove_adapter(0)
+    layer.remove_adapter(0)
+    x = torch.randn(4, layer.in_features)
+    assert layer.num_adapters == 0 and layer.gates.shape == (0,)
+    assert torch.equal(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+
+
+# ------------------------------------------------------------------------------- state dict
+@pytest.mark.parametrize("gate", ["per_adapter", "per_row"])
+def test_state_dict_rebuilds_the_bank_in_a_fresh_layer(gate, fast_path, seed):
+    src = make_layer((3, 1, 6), gate=gate, alphas=[4.0, 1.0, 9.0])
+    src.freeze_adapter(0)
+    with torch.no_grad():
+        if gate == "per_adapter":
+            src.gates.uniform_(0.5, 1.5)
+        else:
+            src.router_weight.normal_()
+            src.router_bias.normal_()
+    fresh = GatedLoRALinear(src.in_features, src.out_features, rank=2, gate=gate,
+                            num_adapters=1)
+    result = fresh.load_state_dict(src.state_dict())
+    assert not result.missing_keys and not result.unexpected_keys
+    assert fresh.ranks == [3, 1, 6] and fresh.scaling == src.scaling
+    assert [fresh.is_frozen(k) for k in range(3)] == [True, False, False]
+    x = torch.randn(2, 5, src.in_features)
+    assert torch.equal(fresh(x), src(x))
+    again = fresh.state_dict()
+    for key, value in src.state_dict().items():
+        if key.endswith("_extra_state"):
+            assert again[key] == value
+        else:
+            assert torch.equal(again[key], value), key
+
+
+# ------------------------------------------------------------------------------- gates
+def test_explicit_per_row_gates_override(fast_path, seed):
+    layer = make_layer((2, 3, 4))
+    x = torch.randn(3, 6, layer.in_features, requires_grad=True)
+    g = torch.rand(3, 6, 3) + 0.1
+    g[..., 1] = 0.0                       # adapter 1 skipped in some rows... here in all rows
+    g[0, 0, 1] = 0.7                      # ...but one row uses it
+    check_layer(layer, x, g.requires_grad_())
+
+
+def test_per_row_router_starts_at_one_and_learns(fast_path, seed):
+    layer = make_layer((2, 5), gate="per_row")
+    x = torch.randn(4, 3, layer.in_features)
+    ones = torch.ones(4, 3, 2)
+    assert torch.equal(layer(x), layer(x, ones))   # zero router: 2 * sigmoid(0) == 1 exactly
+    with torch.no_grad():
+        layer.router_weight.normal_()
+        layer.router_bias.normal_()
+    check_layer(layer, x)
+    assert layer.router_weight.grad.abs().sum() > 0
+    assert layer.active_adapters == [0, 1]
+
+
+def test_set_gates_shared_across_layers(fast_path, seed):
+    g = (torch.rand(3) + 0.25).requires_grad_()
+    layers = [make_layer((2, 3, 1)), make_layer((4, 4, 4))]
+    for layer in layers:
+        layer.set_gates(g)
+    x = torch.randn(8, layers[0].in_features)
+    # Each layer's gradient of the shared gate against float64, then both layers in one graph:
+    # autograd must add the two contributions.
+    total = torch.zeros(3, dtype=torch.float64)
+    for layer in layers:
+        g.grad = None
+        check_layer(layer, x)
+        g.grad = None
+        layer(x).sum().backward()
+        total += g.grad.double()
+    g.grad = None
+    (layers[0](x).sum() + layers[1](x).sum()).backward()
+    assert rel_err(g.grad, total) < TOL
+    assert layers[0].gates.grad is None
+    layers[0].set_gates(torch.tensor([0.0, 2.0, 0.0]))
+    assert layers[0].active_adapters == [1]
+    layers[0].set_gates(None)
+    assert layers[0].active_adapters == [0, 1, 2]
+    assert torch.equal(layers[0](x), layers[0](x, layers[0].gates))
+
+
+def test_set_gates_must_follow_the_bank(fast_path, seed):
+    layer = make_layer((2, 2))
+    layer.set_gates(torch.ones(2))
+    layer.add_adapter()
+    with pytest.raises(ValueError, match=r"K = 3 adapters, got \(2,\)"):
+        layer(torch.randn(2, layer.in_features))
+
+
+# ------------------------------------------------------------------------------- training
+def test_short_training_run_lowers_the_loss(fast_path, seed):
+    d_in, d_out = 12, 6
+    teacher = nn.Linear(d_in, d_out)
+    layer = GatedLoRALinear.from_linear(nn.Linear(d_in, d_out), rank=4, alpha=4)
+    layer.add_adapter()
+    layer.freeze_adapter(0)
+    layer.add_adapter()
+    x = torch.randn(64, d_in)
+    target = teacher(x).detach()
+    opt = torch.optim.Adam([p for p in layer.parameters() if p.requires_grad], lr=3e-2)
+    losses = []
+    for _ in range(40):
+        loss = nn.functional.mse_loss(layer(x), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert torch.equal(layer.lora_B[0], torch.zeros_like(layer.lora_B[0]))   # frozen stays put
+
+
+# ------------------------------------------------------------------------------- errors
+def test_input_errors_name_the_shapes(fast_path):
+    layer = make_layer((2, 3))
+    with pytest.raises(ValueError, match=r"\(\.\.\., 23\), got \(4, 22\)"):
+        layer(torch.randn(4, 22))
+    with pytest.raises(TypeError, match="float64 but the layer's weight is torch.float32"):
+        layer(torch.randn(4, 23, dtype=torch.float64))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        layer([1.0] * 23)
+    with pytest.raises(ValueError, match=r"\(2,\) or \(4, 2\) for a layer with K = 2"):
+        layer(torch.randn(4, 23), torch.ones(3))
+    with pytest.raises(ValueError, match=r"got \(2, 2\)"):
+        layer.set_gates(torch.ones(2, 2))
+    with pytest.raises(IndexError, match="index 2 out of range for a layer with 2 adapters"):
+        layer.adapter(2)
+    with pytest.raises(ValueError, match="rank must be an int >= 1, got 0"):
+        layer.add_adapter(rank=0)
+    with pytest.raises(ValueError, match="gate must be one of"):
+        GatedLoRALinear(4, 4, gate="per_token")
+    with pytest.raises(TypeError, match="expects an nn.Linear"):
+        GatedLoRALinear.from_linear(nn.Conv1d(2, 2, 1))
+
+
+def test_extra_repr_is_readable():
+    layer = make_layer((3, 1), alphas=[6.0, 2.0])
+    layer.freeze_adapter(0)
+    text = repr(layer)
+    assert "in_features=23, out_features=17, bias=True, base=frozen, gate=per_adapter" in text
+    assert "adapters=[0: r=3 s=2 frozen, 1: r=1 s=2]" in text
+
+
+# ------------------------------------------------------------------------------- kernels
+def _require_kernels():
+    for name in ("forward", "backward"):
+        pytest.importorskip(f"litelora_fast.kernels.{name}",
+                            reason=f"litelora_fast.kernels.{name} is not importable yet")
+    from litelora_fast import kernels
+    return kernels
+
+
+@pytest.mark.parametrize("gate", ["per_adapter", "per_row"])
+def test_layer_runs_the_kernels_under_the_interpreter(gate, interpreter, seed):
+    kernels = _require_kernels()
+    layer = make_layer((3, 1, 4), gate=gate, d_in=20, d_out=11)
+    layer.freeze_adapter(1)
+    if gate == "per_adapter":
+        layer.gates.requires_grad_(True)
+        with torch.no_grad():
+            layer.gates.copy_(torch.tensor([0.6, 1.2, 0.0]))
+    else:
+        with torch.no_grad():
+            layer.router_weight.normal_()
+    before = sum(kernels.LAUNCH_COUNTS.values())
+    check_layer(layer, torch.randn(2, 9, 20, requires_grad=True))
+    assert sum(kernels.LAUNCH_COUNTS.values()) > before, "the Triton kernels did not run"
