@@ -53,12 +53,13 @@ FUSED_FORWARD_CONFIGS = [
     # Fewer, narrower tiles for N = 2048 rows so every SM still gets work.
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_SIZE_M": 8}, num_warps=4, num_stages=4),
 ]
-# The shrink reads x once and writes N x R_act: memory-bound. Row tiles of 32..128 trade parallel
-# programs (N = 2048 gives 16..64 of them) against re-reading lora_A's tile per program.
+# The shrink reads x once and writes N x R_act: memory-bound. Row tiles of 64 or 128 trade parallel
+# programs (N = 2048 gives 16..32 of them) against re-reading lora_A's tile per program; 64 rows is
+# the floor, as wgmma needs 64 rows per warpgroup (32-row tiles compile to the older mma.sync).
 SHRINK_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_K": 128}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_M": 128, "BLOCK_K": 64}, num_warps=8, num_stages=4),
-    triton.Config({"BLOCK_M": 32, "BLOCK_K": 128}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_K": 128}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
 ]
 # Under TRITON_INTERPRET=1: small tiles so that test shapes of tens of rows still cross several
@@ -326,3 +327,53 @@ def fused_forward(x2d, weight, bias, SG, lora_B, *, out=None):
         )
     LAUNCH_COUNTS["fused_forward"] += 1
     return y
+
+
+# ---------------------------------------------------------------------------------------------
+# Ahead-of-time compile specs for ``kernels.inspect.compile_report``: every shipped config in the
+# benchmark dtype (bf16) at the BLOCK_R values the launchers pick for R_act = 16 (K = 1) and the
+# largest tile (R_act >= 64 or 128), with the stages ``fit_stages`` would launch, plus one fp16
+# variant. Arguments are specialised as the JIT would see them at the benchmark shapes: unit inner
+# strides are constants, every other size/stride a multiple of 16.
+# ---------------------------------------------------------------------------------------------
+def _aot_specs():
+    from .inspect import make_spec
+
+    def aligned(fn, constexprs, unaligned=()):
+        return [a for a in fn.arg_names if a not in constexprs and a not in unaligned]
+
+    specs = []
+    variants = [("bf16", br, c) for br in (16, FUSED_MAX_BLOCK_R)
+                for c in fit_stages(FUSED_FORWARD_CONFIGS, lambda c: _fused_smem_per_stage(c, 2))]
+    variants.append(("fp16", 16, fit_stages(FUSED_FORWARD_CONFIGS[:1],
+                                            lambda c: _fused_smem_per_stage(c, 2))[0]))
+    for dtype, br, c in variants:
+        consts = dict(c.kwargs, HAS_BIAS=True, DOT_PRECISION="tf32", BLOCK_R=br, stride_xk=1,
+                      stride_wk=1, stride_bias=1, stride_sgr=1, stride_br=1, stride_yo=1)
+        ptrs = {p: f"*{dtype}" for p in ("x_ptr", "w_ptr", "bias_ptr", "sg_ptr", "lora_b_ptr", "y_ptr")}
+        k = c.kwargs
+        label = (f"{k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} G{k['GROUP_SIZE_M']} R{br} "
+                 f"w{c.num_warps} s{c.num_stages} {dtype}")
+        specs.append(make_spec("fused_forward", _fused_forward_kernel, ptrs, consts, c.num_warps,
+                               c.num_stages, aligned=aligned(_fused_forward_kernel, consts),
+                               config=label))
+
+    variants = [("bf16", br, c) for br in (16, SHRINK_MAX_BLOCK_R)
+                for c in fit_stages(SHRINK_CONFIGS, lambda c, br=br: _shrink_smem_per_stage(c, 2, br))]
+    variants.append(("fp16", 16, fit_stages(SHRINK_CONFIGS[:1],
+                                            lambda c: _shrink_smem_per_stage(c, 2, 16))[0]))
+    for dtype, br, c in variants:
+        consts = dict(c.kwargs, DOT_PRECISION="tf32", BLOCK_R=br, stride_xk=1, stride_ak=1,
+                      stride_gk=1, stride_sr=1, stride_sgr=1)
+        ptrs = {p: f"*{dtype}" for p in ("x_ptr", "lora_a_ptr", "gates_ptr", "s_ptr", "sg_ptr")}
+        ptrs.update(col_adapter_ptr="*i32", col_scale_ptr="*fp32")
+        k = c.kwargs
+        label = f"{k['BLOCK_M']}x{br}x{k['BLOCK_K']} w{c.num_warps} s{c.num_stages} {dtype}"
+        # Per-row gates (N, K) with K = 8 adapters: the gates' row stride is not a multiple of 16.
+        specs.append(make_spec("shrink", _shrink_kernel, ptrs, consts, c.num_warps, c.num_stages,
+                               aligned=aligned(_shrink_kernel, consts, ("stride_gn",)),
+                               config=label))
+    return specs
+
+
+AOT_SPECS = _aot_specs()
