@@ -11,6 +11,8 @@ import sys
 # command -> (module implementing `main(argv)`, one-line help)
 COMMANDS = {
     "validate": ("litelora_fast.validate", "fused-or-fast path vs the reference on random shapes"),
+    "roofline": ("litelora_fast.roofline", "FLOPs, bytes and predicted H200 times of each benchmark case"),
+    "report": ("litelora_fast.report", "pytest-benchmark JSON -> markdown table and speedup plot"),
 }
 
 

@@ -1,0 +1,132 @@
+"""One benchmark case end to end: check the peers once against a float64 oracle, then time every
+peer in the requested mode and put the numbers side by side into ``benchmark.extra_info``.
+
+Headline numbers: ``extra_info["ms_<peer>"]``, the median of ``timing.median_ms`` (do_bench on the
+GPU, perf_counter on the CPU). pytest-benchmark's own statistics time ``ours`` only, with its host
+clock around a synced call (``benchmark.pedantic``), as a cross-check.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from cases import Case, Inputs, make_inputs
+from litelora_fast import roofline
+from litelora_fast.reference import gated_lora_linear_ref
+from peers import PEERS
+import timing
+
+# Relative error ||out - ref|| / ||ref|| against the float64 oracle, worst of y and the gradients.
+# bf16 rounds each stored value to 8 significant bits (unit roundoff 3.9e-3) and the backward
+# chains two such roundings (S, dS); fp16's roundoff is 4.9e-4; fp32 on a GPU runs our dots in
+# TF32 (10-bit mantissa, ~5e-4 per operand); fp32 on the CPU is exact fp32 arithmetic (~1e-7 per
+# op, reductions of a few thousand terms). Each bound leaves ~4-10x headroom over that.
+ERROR_BOUNDS = {("cuda", "bfloat16"): 2e-2, ("cuda", "float16"): 5e-3,
+                ("cuda", "float32"): 5e-3, ("cpu", "float32"): 1e-5}
+CHECKED_PEERS = ("ours", "reference", "packed")
+
+_case_facts = {}   # case id -> {"rel_err_<peer>", "saved_bytes_<peer>", "peak_bytes_<peer>"}
+
+
+def _grad_inputs(peer: str, inp: Inputs) -> list:
+    return [inp.x] if peer == "base" else inp.grad_inputs()
+
+
+def make_fn(peer: str, inp: Inputs, mode: str):
+    """The callable timed for ``peer`` in ``mode``; the backward mode runs its forward here, once,
+    and keeps the graph (``retain_graph``) so only the backward is timed. ``autograd.grad`` returns
+    the gradients without accumulating them into ``.grad``."""
+    f, args, wrt = PEERS[peer], inp.args(), _grad_inputs(peer, inp)
+    if mode == "forward":
+        return lambda: f(*args)
+    if mode == "backward":
+        y = f(*args)
+        return lambda: torch.autograd.grad(y, wrt, inp.dy, retain_graph=True)
+    if mode == "fwd_bwd":
+        return lambda: torch.autograd.grad(f(*args), wrt, inp.dy)
+    raise ValueError(f"mode must be one of {roofline.MODES}, got {mode!r}")
+
+
+def _outputs(fn, inp: Inputs) -> list:
+    y = fn(*inp.args())
+    return [y.detach(), *torch.autograd.grad(y, inp.grad_inputs(), inp.dy)]
+
+
+def rel_err(outs: list, refs: list) -> float:
+    worst = 0.0
+    for o, r in zip(outs, refs):
+        err = float((o.double() - r).norm() / r.norm().clamp_min(1e-30))
+        if not math.isfinite(err):
+            return math.inf
+        worst = max(worst, err)
+    return worst
+
+
+def check_once(case: Case, seed: int) -> dict:
+    """Correctness of every checked peer against the float64 reference, plus the memory facts;
+    computed once per case (the first mode that runs it), on inputs of their own seed."""
+    if case.id in _case_facts:
+        return _case_facts[case.id]
+    inp = make_inputs(case, seed)
+    refs = _outputs(gated_lora_linear_ref, inp.upcast(torch.float64))
+    bound = ERROR_BOUNDS[(case.device, case.dtype)]
+    facts = {}
+    for peer in CHECKED_PEERS:
+        err = rel_err(_outputs(PEERS[peer], inp), refs)
+        facts[f"rel_err_{peer}"] = err
+        if not err <= bound:
+            pytest.fail(f"{peer} on {case.id}: relative error {err:.3g} > {bound:g} "
+                        f"(seed {seed})")
+    del refs
+    for peer in PEERS:
+        args = inp.args()
+        facts[f"saved_bytes_{peer}"] = timing.saved_bytes(
+            lambda: PEERS[peer](*args), [t for t in args if isinstance(t, torch.Tensor)])
+        facts[f"peak_bytes_{peer}"] = timing.peak_bytes(make_fn(peer, inp, "fwd_bwd"), case.device)
+    facts["check_seed"] = seed
+    _case_facts[case.id] = facts
+    return facts
+
+
+def versions() -> dict:
+    import triton
+
+    import litelora_fast
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"torch": torch.__version__, "triton": triton.__version__,
+            "litelora_fast": litelora_fast.__version__, "cuda_device": dev,
+            "load_avg_1min": os.getloadavg()[0]}
+
+
+def run_case(benchmark, case: Case, mode: str) -> None:
+    if case.device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device: the bf16 GPU cases run on a GPU machine "
+                    "(benchmarks/gpu_check.sh); the CPU cases ran instead")
+    seed = torch.seed() % 2**31
+    info = benchmark.extra_info
+    info.update(case=case.to_dict(), case_id=case.id, mode=mode, seed=seed,
+                timer=timing.describe(case.device), **versions())
+    info.update(check_once(case, seed + 1))
+
+    inp = make_inputs(case, seed)
+    if case.device == "cuda":
+        ms = {}
+        for peer in PEERS:   # one peer's graph alive at a time
+            fn = make_fn(peer, inp, mode)
+            ms[peer] = timing.gpu_median_ms(fn)
+            del fn
+    else:
+        ms = timing.cpu_median_ms({peer: make_fn(peer, inp, mode) for peer in PEERS})
+    benchmark.pedantic(timing.synced(make_fn("ours", inp, mode), case.device), rounds=10,
+                       warmup_rounds=1)
+    for peer, t in ms.items():
+        c = roofline.cost(case, peer, mode)
+        info[f"ms_{peer}"] = t
+        info[f"tflops_{peer}"] = c["flops"] / (t * 1e-3) / 1e12
+        info[f"gbps_{peer}"] = c["bytes"] / (t * 1e-3) / 1e9
+        info[f"speedup_vs_{peer}"] = t / ms["ours"]
+        if case.device == "cuda":
+            info[f"predicted_ms_{peer}"] = c["seconds"] * 1e3
