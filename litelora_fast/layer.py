@@ -122,6 +122,11 @@ class GatedLoRALinear(nn.Module):
         return list(itertools.accumulate(self.ranks, initial=0))
 
     @property
+    def alphas(self) -> list:
+        """``[alpha_0, ..., alpha_{K-1}]`` as recruited (exact, unlike ``scaling * rank``)."""
+        return list(self._alphas)
+
+    @property
     def scaling(self) -> list:
         """``[alpha_k / r_k]`` as Python floats."""
         return [a / r for a, r in zip(self._alphas, self.ranks)]
@@ -225,6 +230,11 @@ class GatedLoRALinear(nn.Module):
                                 f"got {type(gates).__name__}")
             self._check_gate_shape(gates, None, "set_gates")
         self._external_gates = gates
+
+    @property
+    def external_gates(self) -> Optional[torch.Tensor]:
+        """The tensor given to ``set_gates``, or ``None`` when the layer's own gates are used."""
+        return self._external_gates
 
     def _check_gate_shape(self, gates: torch.Tensor, x: Optional[torch.Tensor], name: str):
         K = self.num_adapters

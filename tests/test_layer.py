@@ -45,7 +45,7 @@ def make_layer(ranks=(3, 5, 2), gate="per_adapter", d_in=23, d_out=17, bias=True
 def float64_oracle(layer, x, dy, gates=None):
     """Output and parameter gradients of a float64 copy through the unfused reference."""
     ref = copy.deepcopy(layer).double()
-    ext = layer._external_gates
+    ext = layer.external_gates
     if ext is not None:
         ref.set_gates(ext.detach().double().requires_grad_(ext.requires_grad))
     x64 = x.detach().double().requires_grad_(x.requires_grad)
@@ -58,7 +58,7 @@ def float64_oracle(layer, x, dy, gates=None):
     if g64 is not None and g64.requires_grad:
         grads["gates_arg"] = g64.grad
     if ext is not None and ext.requires_grad:
-        grads["external"] = ref._external_gates.grad
+        grads["external"] = ref.external_gates.grad
     return y.detach(), grads
 
 
@@ -75,7 +75,7 @@ def check_layer(layer, x, gates=None):
         got["x"] = x.grad
     if gates is not None and gates.requires_grad:
         got["gates_arg"] = gates.grad
-    ext = layer._external_gates
+    ext = layer.external_gates
     if ext is not None and ext.requires_grad:
         got["external"] = ext.grad
     assert got.keys() == g_ref.keys()
@@ -121,7 +121,8 @@ def test_new_adapters_leave_the_output_unchanged(fast_path, seed):
 
 
 # ------------------------------------------------------------------------------- numerics
-@pytest.mark.parametrize("lead", [(1,), (13,), (3, 7)], ids=["N1", "N13", "3d"])
+@pytest.mark.parametrize("lead", [(1,), (13,), (3, 7), "strided"],
+                         ids=["N1", "N13", "3d", "3d-transposed"])
 @pytest.mark.parametrize("ranks", [(4,), (3, 1, 6)], ids=["K1", "K3-ragged"])
 def test_forward_and_grads_match_float64(ranks, lead, fast_path, seed):
     layer = make_layer(ranks, alphas=[2.0 * (k + 1) for k in range(len(ranks))])
@@ -129,7 +130,12 @@ def test_forward_and_grads_match_float64(ranks, lead, fast_path, seed):
     layer.gates.requires_grad_(True)
     with torch.no_grad():
         layer.gates.uniform_(0.25, 1.5)
-    check_layer(layer, torch.randn(*lead, layer.in_features, requires_grad=True))
+    if lead == "strided":
+        x = torch.randn(5, 4, layer.in_features).transpose(0, 1).requires_grad_()
+        assert not x.is_contiguous()
+    else:
+        x = torch.randn(*lead, layer.in_features, requires_grad=True)
+    check_layer(layer, x)
 
 
 def test_zero_gate_adapter_is_skipped(fast_path, seed):
@@ -171,6 +177,7 @@ def test_remove_adapter_shifts_later_ones_down(fast_path, seed):
     assert layer.num_adapters == 2 and layer.ranks == [3, 2]
     assert [p for k in range(2) for p in layer.adapter(k)] == [p for ab in kept for p in ab]
     assert layer.gates.tolist() == [0.5, 2.5] and layer.scaling == [1.0 / 3, 3.0 / 2]
+    assert layer.alphas == [1.0, 3.0]
     assert layer.is_frozen(1) and not layer.is_frozen(0)
     check_layer(layer, torch.randn(6, layer.in_features))
     k = layer.add_adapter()
