@@ -4,11 +4,19 @@ peer in the requested mode and put the numbers side by side into ``benchmark.ext
 Headline numbers: ``extra_info["ms_<peer>"]``, the median of ``timing.median_ms`` (do_bench on the
 GPU, perf_counter on the CPU). pytest-benchmark's own statistics time ``ours`` only, with its host
 clock around a synced call (``benchmark.pedantic``), as a cross-check.
+
+Two environment variables make a time-boxed run safe (``gpu_check.sh`` sets both):
+``LITELORA_BENCH_DEADLINE`` (seconds since the epoch) skips the cases that would start after it, so
+pytest ends cleanly and writes its JSON; ``LITELORA_BENCH_JSONL`` appends each case's
+``extra_info`` as one JSON line as soon as it is measured (kept even if the run is killed;
+``python -m litelora_fast report`` reads it too).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+import time
 
 import pytest
 import torch
@@ -105,6 +113,9 @@ def run_case(benchmark, case: Case, mode: str) -> None:
     if case.device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device: the bf16 GPU cases run on a GPU machine "
                     "(benchmarks/gpu_check.sh); the CPU cases ran instead")
+    deadline = os.environ.get("LITELORA_BENCH_DEADLINE")
+    if deadline and time.time() > float(deadline):
+        pytest.skip("LITELORA_BENCH_DEADLINE has passed: this run's time budget is spent")
     seed = torch.seed() % 2**31
     info = benchmark.extra_info
     info.update(case=case.to_dict(), case_id=case.id, mode=mode, seed=seed,
@@ -130,3 +141,8 @@ def run_case(benchmark, case: Case, mode: str) -> None:
         info[f"speedup_vs_{peer}"] = t / ms["ours"]
         if case.device == "cuda":
             info[f"predicted_ms_{peer}"] = c["seconds"] * 1e3
+    jsonl = os.environ.get("LITELORA_BENCH_JSONL")
+    if jsonl:
+        with open(jsonl, "a") as f:
+            f.write(json.dumps({"name": getattr(benchmark, "name", case.id), "extra_info": info})
+                    + "\n")

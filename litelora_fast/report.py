@@ -130,10 +130,20 @@ def plot(rows: list, path: str, title: str) -> None:
     plt.close(fig)
 
 
+def load(path: str) -> dict:
+    """pytest-benchmark JSON, or the harness's ``LITELORA_BENCH_JSONL`` lines (``.jsonl``: one
+    ``{"name", "extra_info"}`` per case, written as the run goes, so a killed run still reports)."""
+    with open(path) as f:
+        if not path.endswith(".jsonl"):
+            return json.load(f)
+        entries = [json.loads(line) for line in f if line.strip()]
+    return {"datetime": "unknown (JSON lines of a run that did not finish)", "machine_info": {},
+            "benchmarks": entries}
+
+
 def write_report(json_path: str, out_dir: str, name: str = None) -> tuple:
     """Write ``<name>.md`` and ``<name>.png`` under ``out_dir``; returns their paths."""
-    with open(json_path) as f:
-        data = json.load(f)
+    data = load(json_path)
     rows = load_rows(data)
     if not rows:
         raise ValueError(f"{json_path} holds no litelora-fast benchmark entries "

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from dataclasses import dataclass, fields
 from typing import Optional
 
@@ -253,8 +252,8 @@ def cost(case: Case, peer: str, mode: str) -> dict:
 
 def load_measured(path: str) -> dict:
     """``{(case_id, mode): (Case, {peer: ms})}`` from a pytest-benchmark JSON of our benchmarks."""
-    with open(path) as f:
-        data = json.load(f)
+    from .report import load
+    data = load(path)
     out = {}
     for b in data.get("benchmarks", []):
         info = b.get("extra_info", {})
