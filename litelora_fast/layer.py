@@ -20,6 +20,11 @@ Gates, in the order a forward looks for them:
    cannot be skipped at zero). ``gate="per_row"``: a learned router,
    ``g = 2 * sigmoid(x @ router_weight^T + router_bias)`` ``(..., K)``, zero-initialised so every
    gate starts at exactly 1.0, and trainable by default.
+
+Data parallelism (tested on CPU/gloo, ``tests/test_distributed.py``): DDP and FSDP2
+(``fully_shard``) give the single-process gradients. Recruit or remove adapters before wrapping
+(the wrappers fix the parameter set), and a ``set_gates`` tensor is averaged across ranks only if
+it is a Parameter of the wrapped model.
 """
 from __future__ import annotations
 
