@@ -12,6 +12,11 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# One CPU thread: on a shared machine with few cores, intra-op threads spin-wait on each other and
+# a 512x256x256 matmul's median went from 1 ms to 40 ms at load 7 on 2 cores (seen 2026-11-29).
+# The GPU cases only launch work from the CPU, so this does not touch them.
+torch.set_num_threads(1)
+
 
 def pytest_addoption(parser):
     parser.addoption("--full", action="store_true", default=False,

@@ -118,13 +118,15 @@ def plot(rows: list, path: str, title: str) -> None:
                             label=f"vs {peer}, {mode}")
         ax.axhline(1.0, color="gray", linewidth=0.8)
         ax.set_xscale("log", base=2)
+        ks = sorted({i["case"].k for i in items})
+        ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("K (adapters)")
         ax.set_ylabel("speedup of ours (x)")
         ax.set_title(f"{device} {dtype} {d_in}x{d_out} N={N} r={r}", fontsize=9)
         ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -161,7 +163,7 @@ def write_report(json_path: str, out_dir: str, name: str = None) -> tuple:
                       "", table(rows), "", f"![speedup vs K]({name}.png)", ""])
     with open(md_path, "w") as f:
         f.write(text)
-    plot(rows, png_path, " | ".join(h.lstrip("- ") for h in head[:3]))
+    plot(rows, png_path, "\n".join(h.lstrip("- ") for h in head[:3]))
     return md_path, png_path
 
 

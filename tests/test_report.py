@@ -1,0 +1,80 @@
+"""``python -m litelora_fast report``: the markdown table and the PNG from a real benchmark JSON.
+
+The input is ``benchmarks/results/cpu_bench.json``, written by a real CPU run of
+``pytest benchmarks/ --benchmark-json``; a second input is the same run cut to JSON lines (the
+form a killed GPU run leaves behind).
+"""
+import json
+import os
+
+import pytest
+
+from litelora_fast import report
+
+BENCH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "cpu_bench.json")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    with open(BENCH) as f:
+        return json.load(f)
+
+
+def _rows(md: str) -> list:
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+
+
+def test_table_has_one_row_per_benchmark_with_its_numbers(bench, tmp_path):
+    assert report.main([BENCH, "--out", str(tmp_path), "--name", "t"]) == 0
+    md = (tmp_path / "t.md").read_text()
+    rows = _rows(md)
+    infos = [b["extra_info"] for b in bench["benchmarks"]]
+    assert len(rows) == len(infos) > 0
+    head = [c.strip() for c in md.splitlines()[md.splitlines().index(
+        next(line for line in md.splitlines() if line.startswith("| shape")))].strip("|").split("|")]
+    col = {name: i for i, name in enumerate(head)}
+    by_key = {(r[col["K"]], r[col["gates"]], r[col["zero gates"]], r[col["mode"]]): r for r in rows}
+    for info in infos:
+        c = info["case"]
+        key = (str(c["k"]), "train" if c["train_gates"] else "frozen",
+               f"{int(c['k'] * c['sparsity'])}/{c['k']}", info["mode"])
+        row = by_key[key]
+        assert row[col["ours ms"]] == f"{info['ms_ours']:.3f}"
+        assert row[col["(a) ref ms"]] == f"{info['ms_reference']:.3f}"
+        assert row[col["x vs (a)"]] == f"{info['ms_reference'] / info['ms_ours']:.2f}"
+        assert row[col["x vs (b)"]] == f"{info['ms_packed'] / info['ms_ours']:.2f}"
+
+
+def test_header_names_date_device_and_versions(bench, tmp_path):
+    md_path, _ = report.write_report(BENCH, str(tmp_path), "h")
+    md = open(md_path).read()
+    info = bench["benchmarks"][0]["extra_info"]
+    assert bench["datetime"] in md
+    assert "CPU only" in md
+    assert f"torch {info['torch']}" in md and f"triton {info['triton']}" in md
+    assert "perf_counter median" in md
+
+
+def test_plot_is_a_png(tmp_path):
+    _, png = report.write_report(BENCH, str(tmp_path), "p")
+    with open(png, "rb") as f:
+        data = f.read()
+    assert data[:8] == PNG_MAGIC and len(data) > 5000
+
+
+def test_reads_json_lines_of_an_unfinished_run(bench, tmp_path):
+    lines = tmp_path / "cut.jsonl"
+    kept = bench["benchmarks"][:2]
+    lines.write_text("".join(json.dumps({"name": b["name"], "extra_info": b["extra_info"]}) + "\n"
+                             for b in kept))
+    md_path, _ = report.write_report(str(lines), str(tmp_path))
+    assert len(_rows(open(md_path).read())) == 2
+
+
+def test_rejects_a_json_without_our_entries(tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"benchmarks": [{"name": "x", "extra_info": {}}]}))
+    with pytest.raises(ValueError, match="no litelora-fast benchmark entries"):
+        report.write_report(str(other), str(tmp_path))
