@@ -109,10 +109,18 @@ def versions() -> dict:
             "load_avg_1min": os.getloadavg()[0]}
 
 
+def _kernels_interpreted() -> bool:
+    from litelora_fast.kernels import tuning
+    return tuning.INTERPRET
+
+
 def run_case(benchmark, case: Case, mode: str) -> None:
     if case.device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device: the bf16 GPU cases run on a GPU machine "
                     "(benchmarks/gpu_check.sh); the CPU cases ran instead")
+    if case.device == "cuda" and _kernels_interpreted():
+        pytest.skip("TRITON_INTERPRET=1 was set when triton was imported (tests/ in the same "
+                    "pytest run?): the kernels are interpreted; run `pytest benchmarks/` alone")
     deadline = os.environ.get("LITELORA_BENCH_DEADLINE")
     if deadline and time.time() > float(deadline):
         pytest.skip("LITELORA_BENCH_DEADLINE has passed: this run's time budget is spent")
