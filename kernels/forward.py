@@ -333,7 +333,7 @@ def fused_forward(x2d, weight, bias, SG, lora_B, *, out=None):
 # Ahead-of-time compile specs for ``kernels.inspect.compile_report``: every shipped config in the
 # benchmark dtype (bf16) at the BLOCK_R values the launchers pick for R_act = 16 (K = 1) and the
 # largest tile (R_act >= 64 or 128), with the stages ``fit_stages`` would launch, plus one fp16
-# variant. Arguments are specialised as the JIT would see them at the benchmark shapes: unit inner
+# and one fp32 variant. Arguments are specialised as the JIT would see them at the benchmark shapes: unit inner
 # strides are constants, every other size/stride a multiple of 16.
 # ---------------------------------------------------------------------------------------------
 def _aot_specs():
@@ -347,6 +347,9 @@ def _aot_specs():
                 for c in fit_stages(FUSED_FORWARD_CONFIGS, lambda c: _fused_smem_per_stage(c, 2))]
     variants.append(("fp16", 16, fit_stages(FUSED_FORWARD_CONFIGS[:1],
                                             lambda c: _fused_smem_per_stage(c, 2))[0]))
+    # fp32 (TF32 wgmma) with the widest tile, whose stages fit_stages lowers to fit.
+    variants.append(("fp32", FUSED_MAX_BLOCK_R, fit_stages(
+        FUSED_FORWARD_CONFIGS[1:2], lambda c: _fused_smem_per_stage(c, 4))[0]))
     for dtype, br, c in variants:
         consts = dict(c.kwargs, HAS_BIAS=True, DOT_PRECISION="tf32", BLOCK_R=br, stride_xk=1,
                       stride_wk=1, stride_bias=1, stride_sgr=1, stride_br=1, stride_yo=1)
@@ -362,6 +365,8 @@ def _aot_specs():
                 for c in fit_stages(SHRINK_CONFIGS, lambda c, br=br: _shrink_smem_per_stage(c, 2, br))]
     variants.append(("fp16", 16, fit_stages(SHRINK_CONFIGS[:1],
                                             lambda c: _shrink_smem_per_stage(c, 2, 16))[0]))
+    variants.append(("fp32", SHRINK_MAX_BLOCK_R, fit_stages(
+        SHRINK_CONFIGS[:1], lambda c: _shrink_smem_per_stage(c, 4, SHRINK_MAX_BLOCK_R))[0]))
     for dtype, br, c in variants:
         consts = dict(c.kwargs, DOT_PRECISION="tf32", BLOCK_R=br, stride_xk=1, stride_ak=1,
                       stride_gk=1, stride_sr=1, stride_sgr=1)
