@@ -13,6 +13,8 @@ COMMANDS = {
     "validate": ("litelora_fast.validate", "fused-or-fast path vs the reference on random shapes"),
     "roofline": ("litelora_fast.roofline", "FLOPs, bytes and predicted H200 times of each benchmark case"),
     "report": ("litelora_fast.report", "pytest-benchmark JSON -> markdown table and speedup plot"),
+    "inspect": ("litelora_fast.kernels.inspect",
+                "ahead-of-time sm_90 compile report of every kernel config (no GPU needed)"),
 }
 
 

@@ -32,8 +32,10 @@ class TorchBackend:
     name = "torch"
 
     @staticmethod
-    def shrink(x2d, lora_A, gates2d, col_adapter, col_scale):
+    def shrink(x2d, lora_A, gates2d, col_adapter, col_scale, S_out=None):
         S = x2d @ lora_A.t()
+        if S_out is not None:
+            S = S_out.copy_(S)
         SG = (S.to(col_scale.dtype) * expanded_gates(gates2d, col_adapter, col_scale)).to(x2d.dtype)
         return S, SG
 
@@ -69,9 +71,12 @@ class TritonBackend:
     name = "triton"
 
     @staticmethod
-    def shrink(x2d, lora_A, gates2d, col_adapter, col_scale):
+    def shrink(x2d, lora_A, gates2d, col_adapter, col_scale, S_out=None):
         from .kernels import forward
-        return forward.shrink(x2d, lora_A, gates2d, col_adapter, col_scale)
+        out = None
+        if S_out is not None:
+            out = (S_out, torch.empty_like(S_out, memory_format=torch.contiguous_format))
+        return forward.shrink(x2d, lora_A, gates2d, col_adapter, col_scale, out=out)
 
     @staticmethod
     def fused_forward(x2d, weight, bias, SG, lora_B):

@@ -36,20 +36,23 @@ def _gated_lora_fwd(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
                     lora_A: torch.Tensor, lora_B: torch.Tensor, gates2d: torch.Tensor,
                     rank_offsets: list[int], scaling: list[float], keep_zero_gates: bool,
                     backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns ``y`` ``(N, D_out)`` and ``S`` ``(N, R)`` (columns of inactive adapters are 0)."""
+    """Returns ``y`` ``(N, D_out)`` and ``S`` ``(N, R)``: active adapters' S first, then zeros."""
     p = _problem_from(x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling)
     plan = make_plan(p, keep_zero_gates)
     n, R = x2d.shape[0], lora_A.shape[0]
     if plan is None:
         return F.linear(x2d, weight, bias), x2d.new_zeros(n, R)
     be = backends.select_backend(x2d, backend or None)
-    S, SG = be.shrink(x2d, plan.lora_A, gates2d, plan.col_adapter, plan.col_scale)
-    y = be.fused_forward(x2d, weight, bias, SG, plan.lora_B)
+    # S is saved in an (N, R) buffer whose first R_act columns are the active adapters' S in plan
+    # order (the backward reads that view back: no scatter, no gather). The tail is zeroed so the
+    # op's output is deterministic.
+    S_buf = x2d.new_empty(n, R)
     if plan.rank != R:
-        S_full = x2d.new_zeros(n, R)
-        S_full.index_copy_(1, _active_columns(p, plan.active), S)
-        S = S_full
-    return y, S
+        S_buf[:, plan.rank:].zero_()
+    _, SG = be.shrink(x2d, plan.lora_A, gates2d, plan.col_adapter, plan.col_scale,
+                      S_out=S_buf[:, :plan.rank])
+    y = be.fused_forward(x2d, weight, bias, SG, plan.lora_B)
+    return y, S_buf
 
 
 @_gated_lora_fwd.register_fake
@@ -80,7 +83,7 @@ def _gated_lora_bwd(dy: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor,
     dS = P = None
     if plan is not None:
         cols = None if plan.rank == S.shape[1] else _active_columns(p, plan.active)
-        S_act = S if cols is None else S[:, cols]
+        S_act = S[:, :plan.rank]
         if need_x or need_A or need_g:
             dS, P = be.grad_shrink(dy, plan.lora_B, S_act, gates2d, plan.col_adapter,
                                    plan.col_scale, need_g)

@@ -75,7 +75,8 @@ def test_zero_gate_adapters_are_skipped(fast_path, seed, monkeypatch):
     seen = []
     real = backends.TorchBackend.shrink
     monkeypatch.setattr(backends.TorchBackend, "shrink",
-                        staticmethod(lambda x, A, *a: seen.append(A.shape[0]) or real(x, A, *a)))
+                        staticmethod(lambda x, A, *a, **kw: seen.append(A.shape[0])
+                                     or real(x, A, *a, **kw)))
     case = _with_trainable(CASES["zero-gates"], {"x", "lora_A", "lora_B"})
     t = make_inputs(case)
     call(llf.gated_lora_linear, case, t).sum().backward()
