@@ -74,7 +74,8 @@ def binary_concrete(logit: torch.Tensor, tau: float = 1.0, noise: Optional[str] 
                                                          generator)
     soft = torch.sigmoid(z / tau)
     hard = (soft > 0.5).to(soft.dtype)
-    return hard + soft - soft.detach()
+    # (soft - soft.detach()) is exactly 0 in the forward, so the value is exactly 0.0 or 1.0
+    return hard + (soft - soft.detach())
 
 
 def _snapshot(magnitudes, head: nn.Module):

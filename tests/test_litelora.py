@@ -1,0 +1,165 @@
+"""The LiteLoRA gate and the continual learner's mechanics (decisions on real streams: test_cl.py).
+
+Training runs on the PyTorch fast path (``fast_path`` fixture: the interpreter would take minutes).
+"""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from litelora_fast.inject import inject
+from litelora_fast.litelora import ContinualLearner, binary_concrete, sample_noise
+
+# fp32 on CPU, widths <= 24: a forward through the fused fast path and a float64 re-computation
+# agree to ~1e-7 relative; 1e-5 leaves room for the packing order.
+TOL = 1e-5
+
+
+@pytest.mark.parametrize("tau", [0.5, 1.0, 2.0])
+def test_binary_concrete_forward_is_hard_backward_is_soft(seed, tau):
+    logit = torch.randn(64, generator=torch.Generator().manual_seed(seed)).requires_grad_(True)
+    g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    beta = binary_concrete(logit, tau, "logistic", g1)
+    assert set(beta.detach().unique().tolist()) <= {0.0, 1.0}
+    beta.sum().backward()
+    z = (logit.detach() + sample_noise(logit.shape, "logistic", generator=g2)) / tau
+    soft = torch.sigmoid(z)
+    assert torch.equal(beta.detach(), (soft > 0.5).float())
+    assert torch.allclose(logit.grad, soft * (1 - soft) / tau, rtol=1e-5, atol=1e-7)
+
+
+def test_binary_concrete_eval_has_no_noise(seed):
+    logit = torch.randn(100, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(binary_concrete(logit, noise=None), (logit > 0).float())
+
+
+@pytest.mark.parametrize("kind", ["logistic", "gumbel"])
+def test_gate_on_probability(seed, kind):
+    """Logistic noise: P(on) = sigmoid(l); Gumbel noise: P(l + G > 0) = 1 - exp(-exp(l))."""
+    g = torch.Generator().manual_seed(seed)
+    l = float(torch.empty(1).uniform_(-1.5, 1.5, generator=g))
+    n = 40000
+    on = binary_concrete(torch.full((n,), l), 1.0, kind, g).mean().item()
+    want = 1 / (1 + math.exp(-l)) if kind == "logistic" else 1 - math.exp(-math.exp(l))
+    assert abs(on - want) < 0.015        # 40000 Bernoulli draws: std <= 0.0025, 6 sigma
+
+
+def _model(seed):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 8))
+    return inject(net, target_modules=["0", "2"], rank=2, alpha=4)
+
+
+def _task(g, n=64):
+    X = torch.randn(n, 12, generator=g)
+    return X, torch.tanh(X @ torch.randn(12, 8, generator=g))
+
+
+FAST = dict(epochs=2, reuse_epochs=2, gate_epochs=1, gate_batch_size=16, batch_size=32)
+
+
+def test_learner_stores_gates_and_never_forgets(seed, fast_path):
+    g = torch.Generator().manual_seed(seed)
+    tasks = [_task(g) for _ in range(3)]
+    learner = ContinualLearner(_model(seed), lam=-10.0, seed=seed, **FAST)   # lam < 0: keep
+    first = None
+    snapshots = []
+    for t, (X, Y) in enumerate(tasks):
+        rec = learner.learn_task(X, Y, F.mse_loss)
+        assert rec.recruited
+        if t == 0:
+            first = learner.predict(0, X)
+            snapshots = [p.detach().clone() for layer in learner.layers
+                         for p in layer.adapter(0)]
+    # one magnitude per task and adapter, shared by every layer: gate * n_i (old adapters) and
+    # the gate itself (the task's own adapter) agree across the two layers
+    for t, rec in enumerate(learner.records):
+        assert rec.gates.shape == (2, t + 1)
+        mags = [[float(rec.gates[l, i]) * (learner.norms[l][i] if i < t else 1.0)
+                 for i in range(t + 1)] for l in range(2)]
+        assert mags[0] == pytest.approx(mags[1], rel=1e-5)
+    assert learner.active_adapters == 3
+    assert all(layer.num_adapters == 3 and all(layer.is_frozen(k) for k in range(3))
+               for layer in learner.layers)
+    # task 0's adapters are bit-identical and its prediction unchanged after later tasks
+    now = [p.detach() for layer in learner.layers for p in layer.adapter(0)]
+    assert all(torch.equal(a, b) for a, b in zip(snapshots, now))
+    assert torch.equal(learner.predict(0, tasks[0][0]), first)
+    # layers are handed back their own gates after every forward
+    assert all(layer._external_gates is None for layer in learner.layers)
+
+
+def test_learner_prediction_matches_float64_recomputation(seed, fast_path):
+    g = torch.Generator().manual_seed(seed)
+    learner = ContinualLearner(_model(seed), lam=-10.0, seed=seed, **FAST)
+    for _ in range(2):
+        learner.learn_task(*_task(g), F.mse_loss)
+    X = torch.randn(20, 12, generator=g)
+    rec = learner.records[1]
+    h = X.double()
+    for l, layer in enumerate(learner.layers):
+        W = layer.weight.double()
+        y = h @ W.T + layer.bias.double()
+        for k, i in enumerate(learner.bank_ids[l]):
+            A, B = (p.double() for p in layer.adapter(k))
+            y = y + rec.gates[l, i].double() * layer.scaling[k] * (h @ A.T) @ B.T
+        h = torch.tanh(y) if l == 0 else y
+    out = learner.predict(1, X).double()
+    assert ((out - h).norm() / h.norm()).item() < TOL
+    # an old adapter's gate is its magnitude over n_i = s_i ||B_i|| ||A_i|| (SD-LoRA normalisation)
+    layer = learner.layers[0]
+    A, B = layer.adapter(0)
+    n0 = layer.scaling[0] * float(A.norm() * B.norm())
+    assert abs(learner.norms[0][0] - n0) <= 1e-6 * n0
+
+
+def test_prune_removes_candidate_everywhere(seed, fast_path):
+    g = torch.Generator().manual_seed(seed)
+    opts = dict(FAST, gate_batch_size=4)                 # 16 gate steps
+    learner = ContinualLearner(_model(seed), lam=100.0, seed=seed, **opts)  # recruiting too dear
+    X0, Y0 = _task(g)
+    learner.learn_task(X0, Y0, F.mse_loss)
+    before = learner.predict(0, X0)
+    rec = learner.learn_task(*_task(g), F.mse_loss)
+    assert not rec.recruited and rec.gate_prob[0] < 0.5
+    assert learner.active_adapters == 1
+    assert all(layer.num_adapters == 1 and ids == [0]
+               for layer, ids in zip(learner.layers, learner.bank_ids))
+    assert learner.records[0].recruited                 # task 0 is always kept
+    assert torch.equal(learner.predict(0, X0), before)
+    assert learner.predict(1, X0).shape == Y0.shape     # served by reuse
+
+
+def test_per_layer_gates_and_baselines(seed, fast_path):
+    g = torch.Generator().manual_seed(seed)
+    tasks = [_task(g) for _ in range(2)]
+    per_layer = ContinualLearner(_model(seed), per_layer_gates=True, seed=seed, **FAST)
+    shared = ContinualLearner(_model(seed), method="shared", seed=seed, **FAST)
+    sdlora = ContinualLearner(_model(seed), method="sdlora", seed=seed, **FAST)
+    for X, Y in tasks:
+        rec = per_layer.learn_task(X, Y, F.mse_loss)
+        assert len(rec.gate_prob) == 2                     # one logit per layer
+        shared.learn_task(X, Y, F.mse_loss, head=nn.Linear(8, 8))
+        sdlora.learn_task(X, Y, F.mse_loss)
+    for l, layer in enumerate(per_layer.layers):
+        assert layer.num_adapters == len(per_layer.bank_ids[l]) >= 1
+    assert shared.active_adapters == 1 and shared.layers[0].num_adapters == 1
+    assert sdlora.active_adapters == 2 and all(r.recruited for r in sdlora.records)
+    assert per_layer.num_params() > 0
+
+
+def test_learner_errors():
+    with pytest.raises(ValueError, match="no GatedLoRALinear"):
+        ContinualLearner(nn.Sequential(nn.Linear(3, 3)))
+    with pytest.raises(ValueError, match="method"):
+        ContinualLearner(_model(0), method="ewc")
+    with pytest.raises(ValueError, match="noise"):
+        ContinualLearner(_model(0), noise="gauss")
+    m = _model(0)
+    m[0].add_adapter()
+    with pytest.raises(ValueError, match="no adapters"):
+        ContinualLearner(m)
+    with pytest.raises(ValueError, match="tau"):
+        binary_concrete(torch.zeros(2), tau=0.0)
