@@ -287,8 +287,10 @@ class GatedLoRALinear(nn.Module):
             return F.linear(x, self.weight, self.bias)
         g = self._gates_for(x, gates)
         lora_A, lora_B = self.packed_bank()
+        # Frozen adapters are left out of the weight-gradient GEMMs (only the newest trains).
+        trainable = [a.requires_grad or b.requires_grad for a, b in zip(self.lora_A, self.lora_B)]
         return gated_lora_linear(x, self.weight, self.bias, lora_A, lora_B, g,
-                                 self.rank_offsets, self.scaling)
+                                 self.rank_offsets, self.scaling, trainable_adapters=trainable)
 
     def reference_forward(self, x: torch.Tensor,
                           gates: Optional[torch.Tensor] = None) -> torch.Tensor:

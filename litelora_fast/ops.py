@@ -14,13 +14,13 @@ Saved for backward: ``x`` and ``S = x @ A_act^T`` (``N x R``), never per-adapter
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from . import backends
-from .plan import make_plan
+from .plan import make_plan, weight_grad_columns
 from .validation import Problem, RankOffsets, Scaling, validate
 
 
@@ -35,7 +35,7 @@ def _problem_from(x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scal
 def _gated_lora_fwd(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                     lora_A: torch.Tensor, lora_B: torch.Tensor, gates2d: torch.Tensor,
                     rank_offsets: list[int], scaling: list[float], keep_zero_gates: bool,
-                    backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+                    grad_adapters: list[bool], backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns ``y`` ``(N, D_out)`` and ``S`` ``(N, R)``: active adapters' S first, then zeros."""
     p = _problem_from(x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling)
     plan = make_plan(p, keep_zero_gates)
@@ -56,21 +56,18 @@ def _gated_lora_fwd(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
 
 
 @_gated_lora_fwd.register_fake
-def _(x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling, keep_zero_gates, backend):
+def _(x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling, keep_zero_gates,
+      grad_adapters, backend):
     n = x2d.shape[0]
     return x2d.new_empty(n, weight.shape[0]), x2d.new_empty(n, lora_A.shape[0])
-
-
-def _active_columns(p: Problem, active: list) -> torch.Tensor:
-    o = p.rank_offsets
-    return torch.cat([torch.arange(o[k], o[k + 1], device=p.lora_A.device) for k in active])
 
 
 @torch.library.custom_op("litelora_fast::gated_lora_bwd", mutates_args=())
 def _gated_lora_bwd(dy: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor,
                     lora_A: torch.Tensor, lora_B: torch.Tensor, gates2d: torch.Tensor,
                     S: torch.Tensor, rank_offsets: list[int], scaling: list[float],
-                    keep_zero_gates: bool, backend: str, needs: list[bool]
+                    keep_zero_gates: bool, grad_adapters: list[bool], backend: str,
+                    needs: list[bool]
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                torch.Tensor, torch.Tensor]:
     """Gradients ``(dx, dW, db, dA, dB, dg_rows)``; an unneeded one is an empty tensor."""
@@ -82,17 +79,22 @@ def _gated_lora_bwd(dy: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor,
     dx, dW, db, dA, dB, dg = (dy.new_empty(0) for _ in range(6))
     dS = P = None
     if plan is not None:
-        cols = None if plan.rank == S.shape[1] else _active_columns(p, plan.active)
         S_act = S[:, :plan.rank]
         if need_x or need_A or need_g:
             dS, P = be.grad_shrink(dy, plan.lora_B, S_act, gates2d, plan.col_adapter,
                                    plan.col_scale, need_g)
-        if need_A:
-            dA = _scatter(be.matmul_tn(dS, x2d, lora_A.dtype), cols, lora_A, dim=0)
-        if need_B:
-            SG = (S_act.to(plan.col_scale.dtype) * backends.expanded_gates(gates2d, plan.col_adapter,
-                                                          plan.col_scale)).to(dy.dtype)
-            dB = _scatter(be.matmul_tn(dy, SG, lora_B.dtype), cols, lora_B, dim=1)
+        local, full = weight_grad_columns(plan, grad_adapters)
+        if need_A and not local:
+            dA = torch.zeros_like(lora_A)
+        elif need_A:
+            dA_part = be.matmul_tn(_take(dS, local), x2d, lora_A.dtype)
+            dA = _place(dA_part, full, lora_A, dim=0)
+        if need_B and not local:
+            dB = torch.zeros_like(lora_B)
+        elif need_B:
+            G_E = backends.expanded_gates(gates2d, plan.col_adapter, plan.col_scale)
+            SG = (S_act.to(G_E.dtype) * G_E).to(dy.dtype)
+            dB = _place(be.matmul_tn(dy, _take(SG, local), lora_B.dtype), full, lora_B, dim=1)
         if need_g:
             dg = torch.zeros(dy.shape[0], gates2d.shape[1], dtype=P.dtype, device=dy.device)
             dg.index_add_(1, plan.col_adapter.long(), P)
@@ -115,16 +117,37 @@ def _gated_lora_bwd(dy: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor,
     return dx, dW, db, dA, dB, dg
 
 
-def _scatter(grad_act: torch.Tensor, cols, like: torch.Tensor, dim: int) -> torch.Tensor:
-    """Place the active columns' gradient (along ``dim``) into a zero gradient shaped ``like``."""
-    if cols is None:
-        return grad_act
-    return grad_act.new_zeros(like.shape).index_copy_(dim, cols, grad_act)
+def _span(cols: list):
+    """``(start, stop)`` when ``cols`` is one contiguous stretch, else ``None``."""
+    if cols and cols[-1] - cols[0] + 1 == len(cols):
+        return cols[0], cols[-1] + 1
+    return None
+
+
+def _take(t: torch.Tensor, cols: list) -> torch.Tensor:
+    """Columns ``cols`` of ``t``: a view for one stretch, a gather otherwise."""
+    span = _span(cols)
+    if span is not None:
+        return t[:, span[0]:span[1]]
+    return t.index_select(1, torch.tensor(cols, device=t.device))
+
+
+def _place(grad_part: torch.Tensor, cols: list, like: torch.Tensor, dim: int) -> torch.Tensor:
+    """The gradient of ``like`` whose slices ``cols`` along ``dim`` are ``grad_part``, else 0."""
+    if len(cols) == like.shape[dim] and _span(cols) is not None:
+        return grad_part
+    full = grad_part.new_zeros(like.shape)
+    span = _span(cols)
+    if span is not None:
+        full.narrow(dim, span[0], span[1] - span[0]).copy_(grad_part)
+    elif cols:
+        full.index_copy_(dim, torch.tensor(cols, device=like.device), grad_part)
+    return full
 
 
 @_gated_lora_bwd.register_fake
 def _(dy, x2d, weight, lora_A, lora_B, gates2d, S, rank_offsets, scaling, keep_zero_gates,
-      backend, needs):
+      grad_adapters, backend, needs):
     shapes = [x2d.shape, weight.shape, (weight.shape[0],), lora_A.shape, lora_B.shape,
               gates2d.shape]
     dtypes = [dy.dtype, weight.dtype, dy.dtype, lora_A.dtype, lora_B.dtype, gates2d.dtype]
@@ -133,24 +156,25 @@ def _(dy, x2d, weight, lora_A, lora_B, gates2d, S, rank_offsets, scaling, keep_z
 
 
 def _setup_context(ctx, inputs, output):
-    x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling, keep_zero, backend = inputs
+    (x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling, keep_zero,
+     grad_adapters, backend) = inputs
     _, S = output
     ctx.save_for_backward(x2d, weight, lora_A, lora_B, gates2d, S)
-    ctx.static = (rank_offsets, scaling, keep_zero, backend)
+    ctx.static = (rank_offsets, scaling, keep_zero, grad_adapters, backend)
     ctx.has_bias = bias is not None
 
 
 def _backward(ctx, dy, _dS_unused):
     x2d, weight, lora_A, lora_B, gates2d, S = ctx.saved_tensors
-    rank_offsets, scaling, keep_zero, backend = ctx.static
+    rank_offsets, scaling, keep_zero, grad_adapters, backend = ctx.static
     need = ctx.needs_input_grad
     needs = [need[0], need[1], ctx.has_bias and need[2], need[3], need[4], need[5]]
     if not any(needs):
-        return (None,) * 10
+        return (None,) * 11
     grads = _gated_lora_bwd(dy, x2d, weight, lora_A, lora_B, gates2d, S, rank_offsets, scaling,
-                            keep_zero, backend, needs)
+                            keep_zero, grad_adapters, backend, needs)
     out = [g if n else None for g, n in zip(grads, needs)]
-    return (*out[:6], None, None, None, None)
+    return (*out[:6], None, None, None, None, None)
 
 
 _gated_lora_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -167,7 +191,8 @@ def _autocast(tensors, device_type: str):
 def gated_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                       lora_A: torch.Tensor, lora_B: torch.Tensor, gates: torch.Tensor,
                       rank_offsets: RankOffsets = None, scaling: Scaling = None,
-                      *, backend: Optional[str] = None) -> torch.Tensor:
+                      *, trainable_adapters: Optional[Sequence[bool]] = None,
+                      backend: Optional[str] = None) -> torch.Tensor:
     """``y = x @ W^T + b + sum_k g_k * s_k * (x @ A_k^T) @ B_k^T`` through the fused path.
 
     Args:
@@ -179,6 +204,10 @@ def gated_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         rank_offsets: ``(K+1,)`` ints, adapter ``k`` owns columns ``[o_k, o_{k+1})``; ``None``
             means equal ranks ``R // K``.
         scaling: per-adapter ``s_k`` (``(K,)`` tensor, list or float); ``None`` means 1.0.
+        trainable_adapters: optional ``K`` booleans: ``dA``/``dB`` are computed only for these
+            adapters' columns (the others' gradient is zero). In continual learning the module
+            passes its unfrozen adapters, so frozen ones cost no weight-gradient GEMM even though
+            ``lora_A``/``lora_B`` as a whole require grad. ``None``: every adapter.
         backend: ``"torch"`` or ``"triton"`` to force one (testing, benchmarks); ``None`` picks
             Triton for CUDA tensors and for CPU tensors under ``TRITON_INTERPRET=1``.
 
@@ -193,6 +222,16 @@ def gated_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
                                                     x.device.type)
     p = validate(x, weight, bias, lora_A, lora_B, gates, rank_offsets, scaling)
     keep_zero = bool(gates.requires_grad and torch.is_grad_enabled())
+    K = p.num_adapters
+    if trainable_adapters is None:
+        grad_adapters = [True] * K
+    else:
+        grad_adapters = [bool(v) for v in trainable_adapters]
+        if len(grad_adapters) != K:
+            raise ValueError(f"trainable_adapters must have K = {K} entries (K = gates.shape[-1]), "
+                             f"got {len(grad_adapters)}")
     y2d, _ = _gated_lora_fwd(p.x2d, weight, bias, lora_A, lora_B, p.gates2d, p.rank_offsets,
-                             p.scaling, keep_zero, backend or "")
-    return y2d.reshape(*p.lead_shape, weight.shape[0])
+                             p.scaling, keep_zero, grad_adapters, backend or "")
+    # Not a view of y2d (what matmul does too): FSDP2 warns that in-place ops on a returned view
+    # would bypass its pre-backward hook.
+    return torch.ops.aten._unsafe_view(y2d, (*p.lead_shape, weight.shape[0]))

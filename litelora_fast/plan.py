@@ -22,6 +22,7 @@ class Plan:
     """The packed active bank of one call."""
 
     active: list                      # active adapter indices, ascending
+    spans: list                       # (start, stop) of each active adapter in the full R
     lora_A: torch.Tensor              # (R_act, D_in)
     lora_B: torch.Tensor              # (D_out, R_act)
     col_adapter: torch.Tensor         # (R_act,) int32: adapter index of each column
@@ -64,7 +65,7 @@ def make_plan(p: Problem, gates_need_grad: bool) -> Optional[Plan]:
     col_adapter, col_scale = _column_tables(tuple(active), tuple(spans),
                                             tuple(p.scaling[k] for k in active), scale_dtype,
                                             str(device))
-    return Plan(active=active, lora_A=lora_A, lora_B=lora_B,
+    return Plan(active=active, spans=spans, lora_A=lora_A, lora_B=lora_B,
                 col_adapter=col_adapter, col_scale=col_scale)
 
 
@@ -78,3 +79,18 @@ def _column_tables(active: tuple, spans: tuple, scales: tuple, scale_dtype: torc
     col_scale = torch.cat([torch.full((b - a,), s, dtype=scale_dtype)
                            for s, (a, b) in zip(scales, spans)])
     return col_adapter.to(device), col_scale.to(device)
+
+
+def weight_grad_columns(plan: Plan, grad_adapters: list) -> tuple:
+    """Columns whose ``dA``/``dB`` are computed: the active adapters that train.
+
+    Returns ``(local, full)``: their positions in the packed bank and in the full ``R``. In
+    continual learning only the newest adapter trains, so this is usually one short stretch.
+    """
+    local, full, pos = [], [], 0
+    for k, (a, b) in zip(plan.active, plan.spans):
+        if grad_adapters[k]:
+            local.extend(range(pos, pos + b - a))
+            full.extend(range(a, b))
+        pos += b - a
+    return local, full

@@ -8,6 +8,11 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Import triton now, under the variable: a fast-path test would otherwise be the first to import
+# it (through torch's dynamo machinery) with the variable at 0, and later interpreter tests would
+# meet compiled-mode @triton.jit objects.
+import triton  # noqa: E402,F401
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

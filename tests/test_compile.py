@@ -117,7 +117,8 @@ def test_opcheck_forward_op(keep_zero, fast_path, seed):
     if not keep_zero:
         gates2d = gates2d.detach()
         gates2d[:, 1] = 0.0
-    args = (x2d, weight, bias, lora_A, lora_B, gates2d, [0, 2, 5], [2.0, 0.5], keep_zero, "torch")
+    args = (x2d, weight, bias, lora_A, lora_B, gates2d, [0, 2, 5], [2.0, 0.5], keep_zero,
+            [True, True], "torch")
     torch.library.opcheck(torch.ops.litelora_fast.gated_lora_fwd.default, args)
 
 
@@ -125,9 +126,10 @@ def test_opcheck_backward_op(fast_path, seed):
     x2d, weight, bias, lora_A, lora_B, gates2d = (t.detach() for t in _op_args(7))
     S = x2d @ lora_A.t()
     dy = torch.randn(7, 6)
-    for needs in ([True] * 6, [True, False, False, False, True, True]):
+    for needs, grad_adapters in (([True] * 6, [True, True]),
+                                 ([True, False, False, False, True, True], [False, True])):
         args = (dy, x2d, weight, lora_A, lora_B, gates2d, S, [0, 2, 5], [2.0, 0.5], True,
-                "torch", needs)
+                grad_adapters, "torch", needs)
         torch.library.opcheck(torch.ops.litelora_fast.gated_lora_bwd.default, args)
 
 

@@ -125,3 +125,36 @@ def test_autocast_runs_the_matmuls_in_bf16(fast_path, seed):
     assert y.dtype == y_lin.dtype == torch.bfloat16
     y_ref, _ = oracle(case, t, torch.zeros(y.shape))
     assert rel_err(y, y_ref) < TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("trainable_adapters", [[False, True, False], [True, False, True],
+                                                [False, False, False]], ids=str)
+def test_frozen_adapters_get_no_weight_gradient_gemm(trainable_adapters, fast_path, seed,
+                                                     monkeypatch):
+    """Only trainable adapters' columns enter the dA/dB GEMMs; the others' gradients are 0."""
+    widths = []
+    real = backends.TorchBackend.matmul_tn
+    monkeypatch.setattr(backends.TorchBackend, "matmul_tn",
+                        staticmethod(lambda a, b, dt: widths.append((a.shape[1], b.shape[1]))
+                                     or real(a, b, dt)))
+    case = _with_trainable(CASES["N37-K3-ragged"], {"x", "lora_A", "lora_B", "gates"})
+    t = make_inputs(case)
+    y = llf.gated_lora_linear(t["x"], t["weight"], t["bias"], t["lora_A"], t["lora_B"],
+                              t["gates"], case.rank_offsets, case.scaling,
+                              trainable_adapters=trainable_adapters)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    _, g_ref = oracle(case, t, dy)
+    o = case.rank_offsets
+    mask = torch.zeros(o[-1], dtype=torch.bool)
+    for k, train in enumerate(trainable_adapters):
+        mask[o[k]:o[k + 1]] = train
+    r_train = int(mask.sum())
+    assert widths == ([(r_train, case.d_in), (case.d_out, r_train)] if r_train else [])
+    assert rel_err(t["lora_A"].grad, g_ref["lora_A"] * mask[:, None]) < 1e-5
+    assert rel_err(t["lora_B"].grad, g_ref["lora_B"] * mask[None, :]) < 1e-5
+    for name in ("x", "gates"):
+        assert rel_err(t[name].grad, g_ref[name]) < 1e-5
+    with pytest.raises(ValueError, match="trainable_adapters must have K = 3"):
+        llf.gated_lora_linear(t["x"], t["weight"], t["bias"], t["lora_A"], t["lora_B"],
+                              t["gates"], case.rank_offsets, trainable_adapters=[True])
