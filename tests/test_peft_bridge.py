@@ -224,3 +224,26 @@ def test_to_peft_errors():
     net = llf.inject(Net(), ["q_proj"], num_adapters=2)
     with pytest.raises(ValueError, match=r"adapter_names has 1 names.*2 adapters"):
         llf.to_peft(net, adapter_names=["only"])
+
+
+def test_from_peft_keeps_the_modules_to_save_in_use(fast_path, seed):
+    """A classifier trained beside the adapters (``modules_to_save``): the active adapter's copy
+    replaces the wrapper."""
+    net = Net().double()
+    model = None
+    for name in ("task0", "task1"):
+        config = peft.LoraConfig(init_lora_weights=False, modules_to_save=["head"],
+                                 **CONFIGS[name])
+        if model is None:
+            model = peft.get_peft_model(net, config, adapter_name=name)
+        else:
+            model.add_adapter(name, config)
+    model.set_adapter("task1")
+    with torch.no_grad():
+        for p in model.base_model.model.head.modules_to_save["task1"].parameters():
+            p.normal_()
+    x = torch.randn(4, 16, dtype=torch.float64)
+    ref = model.eval()(x)
+    net = llf.from_peft(model)
+    assert type(net.head) is nn.Linear
+    assert rel_err(net(x), ref) < TOL_F64
