@@ -154,6 +154,8 @@ def inject(model: nn.Module, target_modules: TargetModules, rank: int = 8, alpha
     ``model.llf_injected`` (the list of swapped names, cumulative over calls), and
     :func:`injected_layers` (the ``GatedLoRALinear`` modules by name). The base Parameters are
     shared with the old layers and frozen; :func:`extract_base` restores their ``requires_grad``.
+    Only the swapped layers are frozen: for adapter-only training call
+    ``model.requires_grad_(False)`` before ``inject`` (adapters recruited later are trainable).
     """
     names = find_targets(model, target_modules)
     all_names = _all_names(model)
