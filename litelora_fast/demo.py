@@ -127,6 +127,7 @@ def save_figure(results: dict, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     for row, (stream, summary) in enumerate(results.items()):
@@ -140,8 +141,13 @@ def save_figure(results: dict, path: str) -> None:
                               label=LABELS[method])
         axes[row, 0].set_title(f"{stream}: mean accuracy over tasks seen")
         axes[row, 1].set_title(f"{stream}: adapters in the bank")
+        low, high = axes[row, 0].get_ylim()
+        if low < 0:     # the shared adapter can fall below the bare base (< 0): clip, say so
+            axes[row, 0].set_ylim(0, min(high, 101))
+            axes[row, 0].set_title(f"{stream}: mean accuracy over tasks seen (clipped at 0)")
         for ax in axes[row]:
             ax.set_xlabel("after task")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
     axes[0, 0].legend()
     fig.tight_layout()

@@ -132,7 +132,7 @@ class ContinualLearner:
                  tau: float = 1.0, noise: str = "logistic", gate_init: float = 0.5,
                  per_layer_gates: bool = False, epochs: int = 20, reuse_epochs: int = 10,
                  gate_epochs: int = 1, batch_size: int = 64, gate_batch_size: int = 8,
-                 lr: float = 1e-2, magnitude_lr: float = 0.2, gate_lr: float = 0.1,
+                 lr: float = 1e-2, magnitude_lr: float = 0.4, gate_lr: float = 0.1,
                  seed: int = 0):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
