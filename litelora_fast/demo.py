@@ -110,15 +110,16 @@ def run_demo(orders: int = 3, quick: bool = False, progress: bool = True,
 
 
 def format_table(stream: str, summary: dict) -> str:
-    n = next(iter(summary.values()))["num_tasks"]
+    first = next(iter(summary.values()))
+    n, orders = first["num_tasks"], len(first["per_order"])
     metric = "explained shift %" if stream == "planted" else "accuracy %"
-    lines = [f"{stream} ({n} tasks, mean +- std over {len(next(iter(summary.values()))['per_order'])}"
-             f" task orders; {metric})",
+    lines = [f"{stream} ({n} tasks, mean +- std over {orders} task orders; {metric})",
              f"  {'method':<22} {'avg acc':>13} {'forgetting':>12} {'adapters':>9} "
              f"{'params':>8} {'seconds':>8}"]
     for method, s in summary.items():
-        lines.append(f"  {LABELS[method]:<22} {s['avg_accuracy']:7.2f}+-{s['avg_accuracy_std']:<4.2f}"
-                     f" {s['forgetting']:7.2f}+-{s['forgetting_std']:<4.1f}"
+        lines.append(f"  {LABELS[method]:<22} {s['avg_accuracy']:7.2f}"
+                     f"+-{s['avg_accuracy_std']:<4.2f} {s['forgetting']:7.2f}"
+                     f"+-{s['forgetting_std']:<4.1f}"
                      f" {s['active_adapters']:5.2f}/{n:<3d}{s['params']:8.0f} {s['seconds']:8.1f}")
     return "\n".join(lines)
 
@@ -157,12 +158,13 @@ def save_figure(results: dict, path: str) -> None:
 
 def demo_main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m litelora_fast demo",
-                                description="LiteLoRA vs one adapter per task vs one shared adapter "
-                                "on the planted and digits streams (CPU, no download).")
+                                description="LiteLoRA vs one adapter per task vs one shared "
+                                "adapter on the planted and digits streams (CPU, no download).")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--png", metavar="PATH", default="litelora_demo.png",
                    help="figure path (default %(default)s; '' for none)")
-    p.add_argument("--orders", type=int, default=3, choices=(1, 2, 3), help="task orders per stream")
+    p.add_argument("--orders", type=int, default=3, choices=(1, 2, 3),
+                   help="task orders per stream")
     p.add_argument("--quick", action="store_true", help="fewer epochs (a smoke run)")
     p.add_argument("--save-dir", metavar="DIR", help="save the order-0 checkpoints for `analyze`")
     p.add_argument("--no-progress", action="store_true")

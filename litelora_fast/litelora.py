@@ -8,8 +8,10 @@ stream of tasks. It follows SD-LoRA + LiteLoRA (SPEC section 3) and writes each 
     g_t = beta_t * alpha_t           (the current candidate, not normalised)
 
 so adapter i adds ``alpha_i * B_i A_i x / (||B_i|| ||A_i||)`` once frozen, exactly SD-LoRA's
-normalised direction with a trainable magnitude. One gate tensor is shared by every adapted layer
-(``per_layer_gates=True`` gives each layer its own logit and magnitudes instead).
+normalised direction with a trainable magnitude (init 1.0; Adam at ``magnitude_lr`` 0.4, because a
+magnitude must travel to ``||Delta W||_F``, several units, within the warm-up). One logit and one
+magnitude per adapter and task are shared by every adapted layer (``per_layer_gates=True`` gives
+each layer its own logit and magnitudes instead).
 
 Per task t (``method="litelora"``):
 
@@ -23,9 +25,14 @@ Per task t (``method="litelora"``):
    ``beta_t`` is a binary-concrete gate: ``soft = sigmoid((l + noise) / tau)``, hard ``soft > 0.5``
    in the forward, the soft gradient in the backward (straight-through). Logistic noise by
    default (``noise="gumbel"`` as in the authors' code); noise only on the current logit, only in
-   training. With logistic noise the gate is off with probability ``sigmoid(-l)``; an off sample
-   pushes ``l`` up by the loss slope of switching the candidate back on, and ``lam`` pushes it down
-   on every sample, so ``l`` settles above 0 iff the candidate's marginal gain beats ~``2 * lam``.
+   training. The gate switches between two whole states (our choice, the paper is silent): *reuse*
+   (the magnitudes and head at the end of step 0) and *recruit* (those of step 1, plus the
+   candidate); magnitudes and head parameters are interpolated by ``beta_t``, so a hard 0 or 1 is
+   exactly one state. Without this, switching the candidate off would leave a head and magnitudes
+   tuned to work *with* it, and reuse would always look worse than it is. With logistic noise the
+   gate is off with probability ``sigmoid(-l)``; an off sample pushes ``l`` up by the loss slope
+   towards the recruit state, ``lam`` pushes it down on every sample, so ``l`` settles above 0
+   iff recruiting gains more than about ``2 * lam`` of training loss.
 3. keep iff ``sigmoid(l_t) >= 0.5``: freeze it. Else remove it from the layers for good and re-tune
    the kept magnitudes and the head (``reuse_epochs``): the task is served by reuse.
 
@@ -141,7 +148,8 @@ class ContinualLearner:
         self.model, self.method = model, method
         self.layers = [m for _, m in gated_layers(model)]
         if not self.layers:
-            raise ValueError("model has no GatedLoRALinear layer: call llf.inject(model, ...) first")
+            raise ValueError("model has no GatedLoRALinear layer: call "
+                             "llf.inject(model, ...) first")
         if any(m.num_adapters for m in self.layers):
             raise ValueError("the GatedLoRALinear layers must start with no adapters, found "
                              f"{[m.num_adapters for m in self.layers]}")
