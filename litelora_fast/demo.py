@@ -228,7 +228,7 @@ def analyze_main(argv=None) -> int:
         fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.6), squeeze=False)
         for ax, (name, rep) in zip(axes[0], reports.items()):
             im = ax.imshow(rep["phi_A"], vmin=0, vmax=1, cmap="viridis")
-            ax.set_title(f"{name}: phi(A_i, A_j)")
+            ax.set_title(f"layer {name}: phi(A_i, A_j)")
             ax.set_xlabel("adapter j")
             ax.set_ylabel("adapter i")
             fig.colorbar(im, ax=ax)
