@@ -1,6 +1,7 @@
 """Command line: ``python -m litelora_fast <command> [options]``.
 
-Each command lives in its own module and exposes ``main(argv)``; this file only routes.
+Each command lives in its own module as a function ``main(argv)`` (or the function named after a
+colon); this file only routes.
 """
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import argparse
 import importlib
 import sys
 
-# command -> (module implementing `main(argv)`, one-line help)
+# command -> ("module[:function]" implementing `fn(argv) -> exit code`, one-line help)
 COMMANDS = {
+    "demo": ("litelora_fast.demo:demo_main",
+             "LiteLoRA vs one-adapter-per-task vs one shared adapter on two CPU task streams"),
+    "analyze": ("litelora_fast.demo:analyze_main",
+                "adapter redundancy of a saved checkpoint: subspace similarity matrix + heat map"),
     "validate": ("litelora_fast.validate", "fused-or-fast path vs the reference on random shapes"),
     "roofline": ("litelora_fast.roofline", "FLOPs, bytes and predicted H200 times of each benchmark case"),
     "report": ("litelora_fast.report", "pytest-benchmark JSON -> markdown table and speedup plot"),
@@ -30,8 +35,9 @@ def main(argv=None) -> int:
     parser.add_argument("command", choices=sorted(COMMANDS), metavar="command")
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     ns = parser.parse_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
-    module = importlib.import_module(COMMANDS[ns.command][0])
-    return int(module.main(argv[1:]) or 0)
+    module_name, _, function = COMMANDS[ns.command][0].partition(":")
+    command = getattr(importlib.import_module(module_name), function or "main")
+    return int(command(argv[1:]) or 0)
 
 
 if __name__ == "__main__":
