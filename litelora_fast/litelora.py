@@ -77,8 +77,9 @@ def binary_concrete(logit: torch.Tensor, tau: float = 1.0, noise: Optional[str] 
     (no noise)."""
     if tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}")
-    z = logit if noise is None else logit + sample_noise(logit.shape, noise, logit.device,
-                                                         generator)
+    # noise drawn on the generator's device (the CPU) and moved: one seeded stream anywhere
+    z = logit if noise is None else logit + sample_noise(logit.shape, noise, None,
+                                                         generator).to(logit.device)
     soft = torch.sigmoid(z / tau)
     hard = (soft > 0.5).to(soft.dtype)
     # (soft - soft.detach()) is exactly 0 in the forward, so the value is exactly 0.0 or 1.0
@@ -155,6 +156,8 @@ class ContinualLearner:
                              f"{[m.num_adapters for m in self.layers]}")
         for p in model.parameters():
             p.requires_grad_(False)
+        # gates, magnitudes and logits live in float32 on the layers' device
+        self.device = self.layers[0].weight.device
         self.lam, self.tau, self.noise, self.gate_init = lam, tau, noise, gate_init
         self.per_layer_gates = per_layer_gates
         self.epochs, self.reuse_epochs, self.gate_epochs = epochs, reuse_epochs, gate_epochs
@@ -184,7 +187,7 @@ class ContinualLearner:
                     continue
                 padded = torch.cat([G[l], G.new_zeros(max(ids) + 1 - G.shape[1])]) \
                     if max(ids) >= G.shape[1] else G[l]
-                layer.set_gates(padded[torch.tensor(ids, dtype=torch.long)])
+                layer.set_gates(padded[torch.tensor(ids, dtype=torch.long, device=G.device)])
             yield
         finally:
             for layer in self.layers:
@@ -192,7 +195,7 @@ class ContinualLearner:
 
     def _norm_table(self, n_ids: int) -> torch.Tensor:
         """``(L, n_ids)``: ``n_i`` of each frozen adapter in each layer (1 where absent)."""
-        N = torch.ones(len(self.layers), n_ids)
+        N = torch.ones(len(self.layers), n_ids, device=self.device)
         for l, norms in enumerate(self.norms):
             for i, n in norms.items():
                 if i < n_ids:
@@ -203,14 +206,14 @@ class ContinualLearner:
         """Training-time gates ``(L, t+1)``: normalised magnitudes of old ids, then the
         candidate's ``beta * alpha`` (or 0 when absent)."""
         L = len(self.layers)
-        present = torch.zeros(L, t + 1)
+        present = torch.zeros(L, t + 1, device=self.device)
         for l, ids in enumerate(self.bank_ids):
             present[l, [i for i in ids if i <= t]] = 1.0
         cols = []
         if t > 0:
             cols.append((magnitudes.expand(L, t) / self._norm_table(t)))
         if cand_alpha is None:
-            cols.append(torch.zeros(L, 1))
+            cols.append(torch.zeros(L, 1, device=self.device))
         else:
             cols.append((cand_beta * cand_alpha).expand(L).unsqueeze(1))
         # ids absent from a layer (pruned there, or not recruited yet) get exactly 0
@@ -218,7 +221,7 @@ class ContinualLearner:
 
     # ------------------------------------------------------------------------------ training
     def _batches(self, X, Y, batch_size):
-        perm = torch.randperm(X.shape[0], generator=self.generator)
+        perm = torch.randperm(X.shape[0], generator=self.generator).to(X.device)
         for s in range(0, X.shape[0], batch_size):
             idx = perm[s:s + batch_size]
             yield X[idx], Y[idx]
@@ -245,7 +248,7 @@ class ContinualLearner:
     def learn_task(self, X: torch.Tensor, Y: torch.Tensor, loss_fn: Callable,
                    head: Optional[nn.Module] = None) -> TaskRecord:
         """Learn the next task from ``(X, Y)``; ``head`` maps the model's output to the task's
-        prediction (a new one per task, or ``None`` for the identity)."""
+        prediction (a new one per task, on the model's device, or ``None`` for the identity)."""
         start = time.perf_counter()
         t = len(self.records)
         head = nn.Identity() if head is None else head
@@ -259,12 +262,13 @@ class ContinualLearner:
             if t == 0:
                 self._recruit(0)
             A_B = self._candidate_params(0)
-            ones = torch.ones(1, 1)
+            ones = torch.ones(1, 1, device=self.device)
             self._fit(X, Y, loss_fn, head, self.epochs, self.batch_size,
                       [{"params": A_B + head_params, "lr": lr}], lambda: ones)
             return self._finish(t, True, [True], [1.0], ones.clone(), head, start)
 
-        magnitudes = torch.ones(G_groups, t, requires_grad=True) if t > 0 else None
+        dev = {"device": self.device}
+        magnitudes = torch.ones(G_groups, t, requires_grad=True, **dev) if t > 0 else None
         mag_group = [{"params": [magnitudes], "lr": self.magnitude_lr}] if t > 0 else []
         gated = self.method == "litelora" and t > 0
         if gated:                                         # 0. reuse warm-up
@@ -274,8 +278,8 @@ class ContinualLearner:
         reuse = _snapshot(magnitudes, head)
 
         self._recruit(t)                                  # 1. candidate with gate 1
-        cand_alpha = torch.ones(G_groups, requires_grad=True)
-        one = torch.ones(G_groups)
+        cand_alpha = torch.ones(G_groups, requires_grad=True, **dev)
+        one = torch.ones(G_groups, **dev)
         self._fit(X, Y, loss_fn, head, self.epochs, self.batch_size,
                   mag_group + [{"params": self._candidate_params(t) + head_params, "lr": lr},
                                {"params": [cand_alpha], "lr": self.magnitude_lr}],
@@ -290,7 +294,7 @@ class ContinualLearner:
         prob = [1.0] * G_groups
         if gated:                                         # 2. gate logit only
             recruit = _snapshot(magnitudes, head)
-            logit = torch.full((G_groups,), float(self.gate_init), requires_grad=True)
+            logit = torch.full((G_groups,), float(self.gate_init), requires_grad=True, **dev)
             beta = {}
 
             # The gate chooses between two whole states: reuse (phase-0 magnitudes and head) and
@@ -315,7 +319,7 @@ class ContinualLearner:
             prob = torch.sigmoid(logit.detach()).tolist()
             keep = [p >= 0.5 for p in prob]             # 3. decide
 
-        final_alpha = cand_alpha.detach() * torch.tensor(keep, dtype=torch.float32)
+        final_alpha = cand_alpha.detach() * torch.tensor(keep, dtype=torch.float32, **dev)
         self._settle(t, keep)
         if not all(keep):                               # re-tune the reuse mix and the head
             if not any(keep):
