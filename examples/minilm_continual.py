@@ -146,7 +146,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    n_train, n_test, epochs = (64, 48, 3) if args.fast else (320, 200, 6)
+    n_train, n_test, epochs = (96, 48, 4) if args.fast else (320, 200, 6)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     start = time.perf_counter()
