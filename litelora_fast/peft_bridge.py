@@ -1,4 +1,4 @@
-"""PEFT LoRA adapters in and out of the ``GatedLoRALinear`` bank: :func:`from_peft`, :func:`to_peft`.
+"""PEFT LoRA adapters in and out of the ``GatedLoRALinear`` bank: ``from_peft``, ``to_peft``.
 
 PEFT is optional (``pip install litelora-fast[peft]``); it is imported when these are called.
 

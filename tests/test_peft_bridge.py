@@ -11,8 +11,6 @@ import os
 import pytest
 import torch
 import torch.nn as nn
-# Under conftest's TRITON_INTERPRET=1, before a fast-path call imports triton with it at 0.
-import triton  # noqa: F401
 
 import litelora_fast as llf
 from litelora_fast.inject import injected_layers
