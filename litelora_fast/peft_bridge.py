@@ -156,7 +156,7 @@ def _bank_from_lora_layer(layer, order: list) -> GatedLoRALinear:
 def _gate_values(name: str, layer: GatedLoRALinear) -> list:
     """The per-adapter gates in effect: ``set_gates`` tensor if any, else the ``gates``
     Parameter. Per-row routing has no PEFT equivalent."""
-    external = getattr(layer, "_external_gates", None)
+    external = layer.external_gates
     if external is not None:
         return [float(v) for v in external.detach().tolist()]
     if layer.gate_mode != "per_adapter":
@@ -167,12 +167,9 @@ def _gate_values(name: str, layer: GatedLoRALinear) -> list:
 
 
 def _alphas(layer: GatedLoRALinear) -> list:
-    """``alpha_k`` of each adapter: the layer's own record when it has one (exact, so configs show
-    16, not 15.999...), else ``scaling_k * r_k``."""
-    alphas = getattr(layer, "_alphas", None)
-    if alphas is not None and len(alphas) == layer.num_adapters:
-        return [float(a) for a in alphas]
-    return [s * r for s, r in zip(layer.scaling, layer.ranks)]
+    """``alpha_k`` of each adapter, as the layer records it (exact, so configs show 16, not the
+    15.999... that ``scaling_k * r_k`` could give)."""
+    return [float(a) for a in layer.alphas]
 
 
 def _layer_names(name: str, layer: GatedLoRALinear,

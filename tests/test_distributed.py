@@ -9,6 +9,7 @@ import copy
 import datetime
 import os
 import socket
+import sys
 
 import pytest
 import torch
@@ -98,6 +99,12 @@ def _worker(rank: int, port: int, seed: int) -> None:
         dist.destroy_process_group()
     if failures:
         raise AssertionError("\n".join(failures))
+    # A clean pass leaves at once: in about one run in four, torch 2.13's interpreter shutdown
+    # in a worker that ran gloo aborts ("terminate called without an active exception") after
+    # every check has passed and the process group is destroyed, which spawn reports as SIGABRT.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def test_ddp_and_fsdp2_grads_equal_single_process(seed):
