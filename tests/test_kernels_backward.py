@@ -296,7 +296,12 @@ def test_layer_backward_matches_float64_autograd(seed, dtype, gate_mode):
     assert rel_err(dx, x64.grad) < tol
     assert rel_err(dA, A64.grad) < tol
     assert rel_err(dB, B64.grad) < tol
-    assert rel_err(dg, g64.grad) < tol
+    # The gate gradient sums terms of random sign: bound its error by the sum of |terms| (the
+    # scale its rounding is relative to, see op_cases.gate_grad_scale), not by |dg|.
+    terms = ((x64 @ A64.t()) * (dy.double() @ B64) * col_scale.double()).abs().detach()
+    scale = torch.zeros(N, 3, dtype=torch.float64).index_add_(1, col_adapter.long(), terms)
+    scale = scale if gate_mode == "per_row" else scale.sum(0)
+    assert (dg - g64.grad).norm() / scale.norm() < tol
 
 
 def test_launch_counts_prove_the_kernels_ran():
