@@ -17,10 +17,15 @@ def expanded_gates(gates2d: torch.Tensor, col_adapter: torch.Tensor,
                    col_scale: torch.Tensor) -> torch.Tensor:
     """``G_E`` in ``col_scale``'s dtype (float32; float64 on the float64 path): ``(R_act,)`` for
     per-adapter gates (row stride 0), else ``(N, R_act)``."""
-    idx = col_adapter.long()
+    # index_select takes the int32 table as is (no int64 copy of it per call).
     if gates2d.stride(0) == 0 or gates2d.shape[0] == 1:
-        return gates2d[0].to(col_scale.dtype)[idx] * col_scale
-    return gates2d.to(col_scale.dtype)[:, idx] * col_scale
+        return as_dtype(gates2d[0], col_scale.dtype).index_select(0, col_adapter) * col_scale
+    return as_dtype(gates2d, col_scale.dtype).index_select(1, col_adapter) * col_scale
+
+
+def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)`` without the dispatcher round trip when ``t`` already has that dtype."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 class TorchBackend:
@@ -36,7 +41,8 @@ class TorchBackend:
         S = x2d @ lora_A.t()
         if S_out is not None:
             S = S_out.copy_(S)
-        SG = (S.to(col_scale.dtype) * expanded_gates(gates2d, col_adapter, col_scale)).to(x2d.dtype)
+        G_E = expanded_gates(gates2d, col_adapter, col_scale)
+        SG = as_dtype(as_dtype(S, col_scale.dtype) * G_E, x2d.dtype)
         return S, SG
 
     @staticmethod
@@ -48,9 +54,9 @@ class TorchBackend:
 
     @staticmethod
     def grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, need_gate_grad):
-        dS_g = (dy @ lora_B).to(col_scale.dtype)
-        dS = (dS_g * expanded_gates(gates2d, col_adapter, col_scale)).to(dy.dtype)
-        P = dS_g * S.to(col_scale.dtype) * col_scale if need_gate_grad else None
+        dS_g = as_dtype(dy @ lora_B, col_scale.dtype)
+        dS = as_dtype(dS_g * expanded_gates(gates2d, col_adapter, col_scale), dy.dtype)
+        P = dS_g * as_dtype(S, col_scale.dtype) * col_scale if need_gate_grad else None
         return dS, P
 
     @staticmethod
@@ -62,7 +68,7 @@ class TorchBackend:
 
     @staticmethod
     def matmul_tn(a, b, out_dtype):
-        return (a.t() @ b).to(out_dtype)
+        return as_dtype(a.t() @ b, out_dtype)
 
 
 class TritonBackend:

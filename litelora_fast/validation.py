@@ -189,12 +189,15 @@ def validate(x, weight, bias, lora_A, lora_B, gates,
     offsets = normalize_rank_offsets(rank_offsets, K, R)
     scales = normalize_scaling(scaling, K)
 
-    x2d = x.reshape(-1, d_in)
+    # Already-2-D tensors are used as they are and (K,) gates expand in one step: each view op
+    # skipped saves host time and, for a tensor that trains, an autograd node per call.
+    # (reshape(-1, 0) raises for D_in = 0, so that case still goes through it.)
+    x2d = x if x.dim() == 2 and d_in > 0 else x.reshape(-1, d_in)
     n = x2d.shape[0]
     if per_row:
-        gates2d = gates.reshape(n, K)
+        gates2d = gates if gates.dim() == 2 else gates.reshape(n, K)
     else:
-        gates2d = gates.unsqueeze(0).expand(n, K)
+        gates2d = gates.expand(n, K)
     return Problem(x2d=x2d, lead_shape=lead, weight=weight, bias=bias, lora_A=lora_A,
                    lora_B=lora_B, gates=gates, gates2d=gates2d, per_row_gates=per_row,
                    rank_offsets=offsets, scaling=scales)
