@@ -193,7 +193,11 @@ def test_matmul_tn_matches_float64(seed, dtype, N, M, P, layout, split_n):
     b = strided(torch.randn(N, P, dtype=dtype), layout)
     out = run_matmul_tn(a, b, dtype, split_n)
     assert out.dtype == dtype and out.is_contiguous()
-    assert rel_err(out, a.double().t() @ b.double()) < TOL[dtype]
+    # Each output is an inner product over N terms of random sign; its rounding is relative to
+    # sum |terms|, not to the (possibly cancelled) result: M1-P1 is a single such sum.
+    a64, b64 = a.double(), b.double()
+    scale = (a64.abs().t() @ b64.abs()).norm()
+    assert (out.double() - a64.t() @ b64).norm() / scale < TOL[dtype]
 
 
 def test_matmul_tn_fp16_inputs_fp32_output(seed):
