@@ -65,19 +65,25 @@ def test_litelora_recruits_novel_reuses_redundant(seed, fast_path):
 
 
 def test_digits_fewer_adapters_at_matched_accuracy(seed, fast_path):
+    """Two fresh seeds x three class orders. Stated tolerance: LiteLoRA's mean accuracy within 2.0
+    points of one adapter per task, with fewer active adapters than tasks. In the sweep behind
+    digits.DEFAULTS (20 seeds) no pair of seeds missed it; single seeds ranged from -2.16 to +2.04 points.
+    """
     pytest.importorskip("sklearn")
     from litelora_fast.cl import run_digits
     torch.set_num_threads(1)
     lite_acc, base_acc, adapters = [], [], []
-    for order in range(3):
-        lite = run_digits(order, seed=seed + order)
-        base = run_digits(order, method="sdlora", seed=seed + order)
-        lite_acc.append(lite["avg_accuracy"])
-        base_acc.append(base["avg_accuracy"])
-        adapters.append(lite["active_adapters"])
-        assert base["active_adapters"] == 5
-    assert sum(adapters) < 3 * 5, adapters
-    assert sum(lite_acc) / 3 >= sum(base_acc) / 3 - 2.0, (lite_acc, base_acc)
+    for s in (seed % 10_000, (seed + 7919) % 10_000):
+        for order in range(3):
+            lite = run_digits(order, seed=s + order)
+            base = run_digits(order, method="sdlora", seed=s + order)
+            lite_acc.append(lite["avg_accuracy"])
+            base_acc.append(base["avg_accuracy"])
+            adapters.append(lite["active_adapters"])
+            assert base["active_adapters"] == 5
+    assert sum(adapters) < 5 * len(adapters), adapters
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    assert mean(lite_acc) >= mean(base_acc) - 2.0, (lite_acc, base_acc)
 
 
 def test_demo_and_analyze_smoke(tmp_path, fast_path, capsys):
