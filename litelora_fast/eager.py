@@ -36,8 +36,9 @@ def run(p, weight, bias, lora_A, lora_B, keep_zero: bool, grad_adapters: list,
         backend: str) -> torch.Tensor:
     """``y2d`` of the validated problem ``p``, recording the autograd function when needed."""
     x2d, gates2d = p.x2d, p.gates2d
-    if torch.is_grad_enabled() and torch._C._any_requires_grad(x2d, weight, bias, lora_A, lora_B,
-                                                                gates2d):
+    # (plain Python rather than torch._C._any_requires_grad: the GPU machine runs an older torch)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (x2d, weight, bias, lora_A, lora_B, gates2d)):
         return _GatedLoRA.apply(x2d, weight, bias, lora_A, lora_B, gates2d, p, keep_zero,
                                 grad_adapters, backend)
     plan = make_plan(p, keep_zero)
