@@ -177,6 +177,9 @@ def main(argv=None) -> int:
                         help="output folder (default: benchmarks/results/)")
     parser.add_argument("--name", help="file stem of the outputs (default: the JSON's stem)")
     ns = parser.parse_args(argv)
+    if not os.path.isfile(ns.json):
+        parser.error(f"no such file: {ns.json} (write one with "
+                     "`pytest benchmarks/ --benchmark-json BENCH.json`)")
     md_path, png_path = write_report(ns.json, ns.out, ns.name)
     print(f"wrote {md_path} and {png_path}")
     return 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 from dataclasses import dataclass, fields
 from typing import Optional
 
@@ -304,6 +305,8 @@ def main(argv=None) -> int:
     ns = parser.parse_args(argv)
     measured = None
     if ns.measured:
+        if not os.path.isfile(ns.measured):
+            parser.error(f"no such file: {ns.measured}")
         measured = load_measured(ns.measured)
         cases = list({c.id: c for c, _ in measured.values()}.values())
         if not cases:

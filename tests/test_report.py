@@ -78,3 +78,10 @@ def test_rejects_a_json_without_our_entries(tmp_path):
     other.write_text(json.dumps({"benchmarks": [{"name": "x", "extra_info": {}}]}))
     with pytest.raises(ValueError, match="no litelora-fast benchmark entries"):
         report.write_report(str(other), str(tmp_path))
+
+
+def test_cli_names_a_missing_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        report.main([str(tmp_path / "missing.json"), "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "no such file" in capsys.readouterr().err

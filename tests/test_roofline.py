@@ -147,3 +147,10 @@ def test_cli_prints_predictions_and_measured(tmp_path, capsys):
     assert len(rows) == 1
     # measured 1000 us, 2x ours
     assert "| 1000.0 | 2.00 |" in rows[0]
+
+
+def test_cli_names_a_missing_measured_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        roofline.main(["--measured", str(tmp_path / "missing.json")])
+    assert exc.value.code == 2
+    assert "no such file" in capsys.readouterr().err
