@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from litelora_fast.reference import gated_lora_linear_ref
+from litelora_fast.validation import normalize_scaling
 
 ARG_NAMES = ("x", "weight", "bias", "lora_A", "lora_B", "gates")
 
@@ -135,8 +136,7 @@ def gate_grad_scale(x, lora_A, lora_B, dy, rank_offsets, scaling, per_row: bool)
     dS_g = dy.detach().double().reshape(-1, d_out) @ lora_B.detach().double()
     terms = (S * dS_g).abs()
     K = len(rank_offsets) - 1
-    scales = [1.0] * K if scaling is None else \
-        [float(scaling)] * K if isinstance(scaling, (int, float)) else [float(v) for v in scaling]
+    scales = normalize_scaling(scaling, K)
     out = torch.stack([terms[:, rank_offsets[k]:rank_offsets[k + 1]].sum(1) * abs(scales[k])
                        for k in range(K)], dim=1)
     return out.reshape(*x.shape[:-1], K) if per_row else out.sum(0)
