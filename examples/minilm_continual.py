@@ -137,7 +137,8 @@ def accuracy(learner, t: int, X, Y) -> float:
 # ---------------------------------------------------------------------------- the run
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--fast", action="store_true", help="96 training sentences per task instead of 320 (CI)")
+    parser.add_argument("--fast", action="store_true",
+                        help="96 training sentences per task instead of 320 (CI)")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=16)
     parser.add_argument("--method", default="litelora", choices=["litelora", "sdlora", "shared"])
