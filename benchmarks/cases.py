@@ -1,6 +1,6 @@
 """Benchmark cases and their inputs.
 
-The GPU grid (and its default subset) is ``litelora_fast.roofline.gpu_cases``, so the roofline
+The GPU grids are ``litelora_fast.tools.bench_cases.gpu_cases``, so the roofline
 model and the benchmarks always talk about the same cases. The CPU cases are small fp32 shapes of
 the same layer, run on every machine so that ``pytest benchmarks/`` always gives numbers.
 """
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from litelora_fast.roofline import Case, gpu_cases  # noqa: F401  (re-exported for the tests)
+from litelora_fast.tools.bench_cases import Case, gpu_cases  # noqa: F401  (re-exported)
 
 CPU_CASES = [
     Case(256, 256, 512, 1, 8, dtype="float32", device="cpu"),

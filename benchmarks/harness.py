@@ -22,9 +22,11 @@ import pytest
 import torch
 
 from cases import Case, Inputs, make_inputs
-from litelora_fast import roofline
 from litelora_fast.reference import gated_lora_linear_ref
-from peers import PEERS
+from litelora_fast.tools import roofline
+from litelora_fast.tools.bench_cases import MODES, PEERS, applicable
+from peers import FUNCTIONAL_PEERS
+import peft_peer
 import timing
 
 # Relative error ||out - ref|| / ||ref|| against the float64 oracle, worst of y and the gradients.
@@ -34,36 +36,68 @@ import timing
 # op, reductions of a few thousand terms). Each bound leaves ~4-10x headroom over that.
 ERROR_BOUNDS = {("cuda", "bfloat16"): 2e-2, ("cuda", "float16"): 5e-3,
                 ("cuda", "float32"): 5e-3, ("cpu", "float32"): 1e-5}
-CHECKED_PEERS = ("ours", "reference", "packed")
+CHECKED_PEERS = ("ours", "reference", "packed", "peft")
+BENCH_ROUNDS = 10   # pytest-benchmark's own rounds of ours (a cross-check, not the headline)
 
 _case_facts = {}   # case id -> {"rel_err_<peer>", "saved_bytes_<peer>", "peak_bytes_<peer>"}
 
 
-def _grad_inputs(peer: str, inp: Inputs) -> list:
-    return [inp.x] if peer == "base" else inp.grad_inputs()
+class Bound:
+    """One peer bound to one case's inputs: ``forward()`` runs it, ``wrt`` is what it
+    differentiates, ``packed(grads)`` maps its gradients to the reference's layout."""
+
+    def __init__(self, peer: str, case: Case, inp: Inputs):
+        self.peer = peer
+        if peer == "peft":
+            layer = peft_peer.PeftPeer(case, inp)
+            self.forward, self.wrt, self.packed = layer.forward, layer.wrt(), layer.packed_grads
+        else:
+            f, args = FUNCTIONAL_PEERS[peer], inp.args()
+            self.forward = lambda: f(*args)
+            self.wrt = [inp.x] if peer == "base" else inp.grad_inputs()
+            self.packed = list
 
 
-def make_fn(peer: str, inp: Inputs, mode: str):
-    """The callable timed for ``peer`` in ``mode``; the backward mode runs its forward here, once,
-    and keeps the graph (``retain_graph``) so only the backward is timed. ``autograd.grad`` returns
-    the gradients without accumulating them into ``.grad``."""
-    f, args, wrt = PEERS[peer], inp.args(), _grad_inputs(peer, inp)
+def peers_for(case: Case) -> tuple:
+    """``(peers to run, {peer: reason skipped})`` for ``case``."""
+    skipped = {}
+    for peer in PEERS:
+        if not applicable(case, peer):
+            skipped[peer] = "PEFT has no trainable gates"
+        elif peer == "peft" and peft_peer.available():
+            skipped[peer] = peft_peer.available()
+    return tuple(p for p in PEERS if p not in skipped), skipped
+
+
+def make_fn(bound: Bound, dy, mode: str):
+    """The callable timed for a bound peer in ``mode``; the backward mode runs its forward here,
+    once, and keeps the graph (``retain_graph``) so only the backward is timed.
+    ``autograd.grad`` returns the gradients without accumulating them into ``.grad``."""
+    f, wrt = bound.forward, bound.wrt
     if mode == "forward":
-        return lambda: f(*args)
+        return f
     if mode == "backward":
-        y = f(*args)
-        return lambda: torch.autograd.grad(y, wrt, inp.dy, retain_graph=True)
+        y = f()
+        return lambda: torch.autograd.grad(y, wrt, dy, retain_graph=True)
     if mode == "fwd_bwd":
-        return lambda: torch.autograd.grad(f(*args), wrt, inp.dy)
-    raise ValueError(f"mode must be one of {roofline.MODES}, got {mode!r}")
+        return lambda: torch.autograd.grad(f(), wrt, dy)
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
-def _outputs(fn, inp: Inputs) -> list:
-    y = fn(*inp.args())
-    return [y.detach(), *torch.autograd.grad(y, inp.grad_inputs(), inp.dy)]
+def _outputs(bound: Bound, dy) -> list:
+    y = bound.forward()
+    return [y.detach(), *bound.packed(list(torch.autograd.grad(y, bound.wrt, dy)))]
+
+
+def _reference_outputs(inp: Inputs) -> list:
+    """float64 y and gradients, in the order ``_outputs`` returns them."""
+    up = inp.upcast(torch.float64)
+    y = gated_lora_linear_ref(*up.args())
+    return [y.detach(), *torch.autograd.grad(y, up.grad_inputs(), up.dy)]
 
 
 def rel_err(outs: list, refs: list) -> float:
+    """Worst ``||out - ref|| / ||ref||`` over the pairs (inf on any non-finite value)."""
     worst = 0.0
     for o, r in zip(outs, refs):
         err = float((o.double() - r).norm() / r.norm().clamp_min(1e-30))
@@ -79,34 +113,48 @@ def check_once(case: Case, seed: int) -> dict:
     if case.id in _case_facts:
         return _case_facts[case.id]
     inp = make_inputs(case, seed)
-    refs = _outputs(gated_lora_linear_ref, inp.upcast(torch.float64))
+    refs = _reference_outputs(inp)
     bound = ERROR_BOUNDS[(case.device, case.dtype)]
-    facts = {}
-    for peer in CHECKED_PEERS:
-        err = rel_err(_outputs(PEERS[peer], inp), refs)
+    run, skipped = peers_for(case)
+    facts = {f"skipped_{p}": why for p, why in skipped.items()}
+    for peer in (p for p in CHECKED_PEERS if p in run):
+        outs = _outputs(Bound(peer, case, inp), inp.dy)
+        # PEFT's gradients are x, A, B (no gates): compare with the reference's first three.
+        err = rel_err(outs, refs[:len(outs)])
         facts[f"rel_err_{peer}"] = err
         if not err <= bound:
             pytest.fail(f"{peer} on {case.id}: relative error {err:.3g} > {bound:g} "
                         f"(seed {seed})")
     del refs
-    for peer in PEERS:
-        args = inp.args()
-        facts[f"saved_bytes_{peer}"] = timing.saved_bytes(
-            lambda: PEERS[peer](*args), [t for t in args if isinstance(t, torch.Tensor)])
-        facts[f"peak_bytes_{peer}"] = timing.peak_bytes(make_fn(peer, inp, "fwd_bwd"), case.device)
+    for peer in run:
+        b = Bound(peer, case, inp)
+        inputs = [inp.x, inp.weight, inp.lora_A, inp.lora_B, inp.gates, *b.wrt]
+        facts[f"saved_bytes_{peer}"] = timing.saved_bytes(b.forward, inputs)
+        facts[f"peak_bytes_{peer}"] = timing.peak_bytes(make_fn(b, inp.dy, "fwd_bwd"), case.device)
     facts["check_seed"] = seed
     _case_facts[case.id] = facts
     return facts
 
 
 def versions() -> dict:
+    import importlib.metadata
+
     import triton
 
     import litelora_fast
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    peft = None if peft_peer.available() else importlib.metadata.version("peft")
     return {"torch": torch.__version__, "triton": triton.__version__,
-            "litelora_fast": litelora_fast.__version__, "cuda_device": dev,
+            "litelora_fast": litelora_fast.__version__, "peft": peft, "cuda_device": dev,
             "load_avg_1min": os.getloadavg()[0]}
+
+
+def implementation_of_ours(case: Case, inp: Inputs) -> str:
+    """Which implementation ``gated_lora_linear`` ran for this case: on the CPU the PyTorch fast
+    path; on CUDA the op's measured choice (kernels or the cuBLAS composite)."""
+    if case.device != "cuda":
+        return "torch fast path"
+    return "kernels"   # TODO(H2's API): ask the op which implementation this shape uses
 
 
 def _kernels_interpreted() -> bool:
@@ -131,18 +179,23 @@ def run_case(benchmark, case: Case, mode: str) -> None:
     info.update(check_once(case, seed + 1))
 
     inp = make_inputs(case, seed)
+    run, _ = peers_for(case)
     if case.device == "cuda":
         ms = {}
-        for peer in PEERS:   # one peer's graph alive at a time
-            fn = make_fn(peer, inp, mode)
+        for peer in run:   # one peer's graph alive at a time
+            fn = make_fn(Bound(peer, case, inp), inp.dy, mode)
             ms[peer] = timing.gpu_median_ms(fn)
             del fn
     else:
-        ms = timing.cpu_median_ms({peer: make_fn(peer, inp, mode) for peer in PEERS})
-    benchmark.pedantic(timing.synced(make_fn("ours", inp, mode), case.device), rounds=10,
-                       warmup_rounds=1)
+        ms = timing.cpu_median_ms({peer: make_fn(Bound(peer, case, inp), inp.dy, mode)
+                                   for peer in run})
+    info["impl_ours"] = implementation_of_ours(case, inp)
+    benchmark.pedantic(timing.synced(make_fn(Bound("ours", case, inp), inp.dy, mode),
+                                     case.device), rounds=BENCH_ROUNDS, warmup_rounds=1)
     for peer, t in ms.items():
-        c = roofline.cost(case, peer, mode)
+        # ours: the FLOPs and bytes of the implementation it ran (the model's pick if unknown)
+        impl = info["impl_ours"] if info["impl_ours"] in roofline.IMPLS else "ours"
+        c = roofline.cost(case, impl if peer == "ours" else peer, mode)
         info[f"ms_{peer}"] = t
         info[f"tflops_{peer}"] = c["flops"] / (t * 1e-3) / 1e12
         info[f"gbps_{peer}"] = c["bytes"] / (t * 1e-3) / 1e9

@@ -1,5 +1,6 @@
-"""The benchmark peers of SPEC section 4, each as ``fn(x, weight, bias, lora_A, lora_B, gates,
-rank_offsets, scaling) -> y``.
+"""The functional benchmark peers (docs/MATH.md, section 6), each as ``fn(x, weight, bias, lora_A,
+lora_B, gates, rank_offsets, scaling) -> y``; the fifth peer, PEFT's own layer, is a module and
+lives in ``peft_peer.py``.
 
 - ``ours``: ``litelora_fast.gated_lora_linear`` (Triton on CUDA, the PyTorch fast path on CPU);
 - ``reference`` (a): ``gated_lora_linear_ref``, the loop over adapters as PEFT does it;
@@ -57,7 +58,7 @@ def base_linear(x, weight, bias, *_):
     return F.linear(x, weight, bias)
 
 
-PEERS = {
+FUNCTIONAL_PEERS = {
     "ours": litelora_fast.gated_lora_linear,
     "reference": gated_lora_linear_ref,
     "packed": packed_lora_linear,

@@ -10,7 +10,7 @@ import pytest
 
 from cases import CPU_CASES
 from harness import run_case
-from litelora_fast.roofline import MODES
+from litelora_fast.tools.bench_cases import MODES
 
 
 @pytest.mark.parametrize("mode", MODES)

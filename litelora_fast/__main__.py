@@ -1,7 +1,11 @@
 """Command line: ``python -m litelora_fast <command> [options]``.
 
-Each command lives in its own module as a function ``main(argv)`` (or the function named after a
-colon); this file only routes.
+Each command lives in its own module (the tools in ``litelora_fast.tools``) as a function
+``main(argv)`` (or the function named after a colon); this file only routes. While a command
+runs, ``sys.argv[0]`` is ``python -m litelora_fast <command>``, so every command's ``--help`` and
+usage errors name it properly; a ``FileNotFoundError`` or ``ValueError`` from a command (a
+missing input file, an input that holds nothing to work on) becomes a one-line error on stderr
+and exit code 2, like argparse's own usage errors.
 """
 from __future__ import annotations
 
@@ -15,9 +19,9 @@ COMMANDS = {
              "LiteLoRA vs one-adapter-per-task vs one shared adapter on two CPU task streams"),
     "analyze": ("litelora_fast.demo:analyze_main",
                 "adapter redundancy of a saved checkpoint: subspace similarity matrix + heat map"),
-    "validate": ("litelora_fast.validate", "fused-or-fast path vs the reference on random shapes"),
-    "roofline": ("litelora_fast.roofline", "FLOPs, bytes and predicted H200 times of each benchmark case"),
-    "report": ("litelora_fast.report", "pytest-benchmark JSON -> markdown table and speedup plot"),
+    "validate": ("litelora_fast.tools.validate", "fused-or-fast path vs the reference on random shapes"),
+    "roofline": ("litelora_fast.tools.roofline", "FLOPs, bytes and predicted H200 times of each benchmark case"),
+    "report": ("litelora_fast.tools.report", "pytest-benchmark JSON -> markdown table and speedup plot"),
     "inspect": ("litelora_fast.kernels.inspect",
                 "ahead-of-time sm_90 compile report of every kernel config (no GPU needed)"),
 }
@@ -37,7 +41,19 @@ def main(argv=None) -> int:
     ns = parser.parse_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
     module_name, _, function = COMMANDS[ns.command][0].partition(":")
     command = getattr(importlib.import_module(module_name), function or "main")
-    return int(command(argv[1:]) or 0)
+    prog = f"python -m litelora_fast {ns.command}"
+    saved_argv0 = sys.argv[0] if sys.argv else None
+    if sys.argv:
+        sys.argv[0] = prog   # argparse's default prog is basename(sys.argv[0])
+    try:
+        return int(command(argv[1:]) or 0)
+    except (FileNotFoundError, ValueError) as e:
+        # A usage problem (missing file, empty input), not a bug: one line, no traceback.
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if saved_argv0 is not None:
+            sys.argv[0] = saved_argv0
 
 
 if __name__ == "__main__":

@@ -1,19 +1,71 @@
-"""The command line: help lists the commands; `validate` checks the op against the reference."""
+"""The command line: help lists the commands with their proper prog, usage errors are one line,
+`validate` checks the op against the reference in an untruncated table."""
 import subprocess
 import sys
 
+import pytest
+
 from litelora_fast.__main__ import COMMANDS, main
+from litelora_fast.tools import validate
+
+
+def _run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "litelora_fast", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
 
 
 def test_help_lists_every_command():
-    out = subprocess.run([sys.executable, "-m", "litelora_fast", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+    out = _run("--help")
+    assert out.returncode == 0, out.stderr
     for name in COMMANDS:
-        assert name in out
+        assert f"  {name} " in out.stdout
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_help_names_its_prog(command, capsys):
+    # In-process (the router sets argv[0] around the command), so this costs no interpreter start.
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m litelora_fast {command}"), out[:200]
+    assert "__main__.py" not in out
+
+
+def test_help_prog_through_the_interpreter():
+    out = _run("roofline", "--help")
+    assert out.returncode == 0 and out.stdout.startswith("usage: python -m litelora_fast roofline")
+
+
+@pytest.mark.parametrize("args", [["report", "missing.json"], ["roofline", "--measured", "m.json"],
+                                  ["analyze", "missing.pt"]], ids=lambda a: a[0])
+def test_a_missing_input_is_one_line_and_exit_code_2(args, tmp_path):
+    out = _run(*args, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert lines[0].startswith(f"python -m litelora_fast {args[0]}: error: ")
+    assert args[-1] in lines[0]
+    assert list(tmp_path.iterdir()) == []   # nothing written on failure
+
+
+def test_a_value_error_from_a_command_is_one_line(monkeypatch, capsys):
+    def broken(argv):
+        raise ValueError("the input holds nothing to work on")
+    monkeypatch.setitem(COMMANDS, "broken", ("litelora_fast.tools.validate:main", "test"))
+    monkeypatch.setattr(validate, "main", broken)
+    assert main(["broken"]) == 2
+    err = capsys.readouterr().err
+    assert err == "python -m litelora_fast broken: error: the input holds nothing to work on\n"
 
 
 def test_validate_passes_on_the_fast_path(fast_path, capsys, seed):
     assert main(["validate", "--seed", str(seed)]) == 0
     out = capsys.readouterr().out
     assert "all within bounds" in out and "float32" in out
-    assert out.count(" yes") == 5
+    assert out.count(" yes") == len(validate.SHAPES)
+    # untruncated: every shape label appears whole, the longest included
+    labels = [validate.shape_label(*s[:5]) for s in validate.SHAPES]
+    assert max(len(label) for label in labels) > 50
+    for label in labels:
+        assert label in out

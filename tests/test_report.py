@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from litelora_fast import report
+from litelora_fast.tools import report
 
 BENCH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "cpu_bench.json")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -80,8 +80,34 @@ def test_rejects_a_json_without_our_entries(tmp_path):
         report.write_report(str(other), str(tmp_path))
 
 
-def test_cli_names_a_missing_file(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:
+def test_a_missing_file_is_a_file_not_found_error(tmp_path):
+    # (the command line turns it into a one-line error: tests/test_cli.py)
+    with pytest.raises(FileNotFoundError, match="no such file"):
         report.main([str(tmp_path / "missing.json"), "--out", str(tmp_path)])
-    assert exc.value.code == 2
-    assert "no such file" in capsys.readouterr().err
+
+
+def test_peft_peer_columns(bench, tmp_path):
+    md_path, _ = report.write_report(BENCH, str(tmp_path), "peft")
+    md = open(md_path).read()
+    head = next(line for line in md.splitlines() if line.startswith("| shape"))
+    col = {name.strip(): i for i, name in enumerate(head.strip("|").split("|"))}
+    by_key = {}
+    for r in _rows(md):
+        by_key[(r[col["K"]], r[col["gates"]], r[col["zero gates"]], r[col["mode"]])] = r
+    for b in bench["benchmarks"]:
+        info, c = b["extra_info"], b["extra_info"]["case"]
+        row = by_key[(str(c["k"]), "train" if c["train_gates"] else "frozen",
+                      f"{int(c['k'] * c['sparsity'])}/{c['k']}", info["mode"])]
+        if c["train_gates"]:   # PEFT has no gates to train
+            assert row[col["PEFT ms"]] == "-" and row[col["x vs PEFT"]] == "-"
+        else:
+            assert row[col["PEFT ms"]] == f"{info['ms_peft']:.3f}"
+            assert row[col["x vs PEFT"]] == f"{info['ms_peft'] / info['ms_ours']:.2f}"
+        assert row[col["ours impl"]] == info["impl_ours"]
+
+
+def test_default_output_folder_is_out_under_the_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert report.main([os.path.abspath(BENCH), "--name", "d"]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["d.md", "d.png"]

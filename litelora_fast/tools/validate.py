@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from . import backends
-from .ops import gated_lora_linear
-from .reference import gated_lora_linear_ref
+from .. import backends
+from ..ops import gated_lora_linear
+from ..reference import gated_lora_linear_ref
 
 NAMES = ("x", "weight", "bias", "lora_A", "lora_B", "gates")
 # Bounds: fp32 on the CPU is exact to ~1e-6; tf32 tensor cores (fp32 on a GPU) ~1e-3;
@@ -62,11 +62,18 @@ def _rel(a, b) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
+def shape_label(lead, d_in, d_out, ranks, per_row) -> str:
+    rows = "x".join(map(str, lead))
+    return f"{rows} x {d_in} -> {d_out}, r={ranks}" + (" per-row" if per_row else "")
+
+
 def validate_all(dtypes, device, backend=None, seed=None, log=print) -> bool:
-    """Run every shape in every dtype; print the table; return True when all are in bounds."""
+    """Run every shape in every dtype; print the table (never truncated: the shape column is as
+    wide as its longest entry); return True when all are in bounds."""
     if seed is not None:
         torch.manual_seed(seed)
-    header = f"{'shape (N x Din -> Dout, ranks)':<50} {'dtype':<9} {'backend':<7} {'y':>8} " + \
+    width = max(len(shape_label(*s[:5])) for s in SHAPES)
+    header = f"{'shape (N x Din -> Dout, ranks)':<{width}} {'dtype':<9} {'backend':<7} {'y':>8} " + \
              " ".join(f"{'d' + n:>8}" for n in NAMES) + "  ok"
     log(header)
     log("-" * len(header))
@@ -88,9 +95,8 @@ def validate_all(dtypes, device, backend=None, seed=None, log=print) -> bool:
                 bound = TF32_BOUND
             ok = max(errs) < bound
             ok_all &= ok
-            rows = "x".join(map(str, lead))
-            shape = f"{rows} x {d_in} -> {d_out}, r={ranks}" + (" per-row" if per_row else "")
-            log(f"{shape[:50]:<50} {str(dtype)[6:]:<9} {be:<7} "
+            shape = shape_label(lead, d_in, d_out, ranks, per_row)
+            log(f"{shape:<{width}} {str(dtype)[6:]:<9} {be:<7} "
                 + " ".join(f"{e:8.1e}" for e in errs) + f"  {'yes' if ok else 'NO'}")
     return ok_all
 

@@ -2,42 +2,25 @@
 
 Reads the JSON that ``pytest benchmarks/ --benchmark-json BENCH.json`` writes, keeps our
 benchmark entries (those whose ``extra_info`` has a ``case_id``), and writes under ``--out``
-(default ``benchmarks/results/``):
+(default ``out/``):
 
 - ``<name>.md``: date, device, versions and timer, then one row per case and mode with every
   peer's headline time (``extra_info["ms_<peer>"]``), our speedup over each peer, our TFLOP/s,
   activation memory saved for backward, peak memory (GPU) and our error against float64;
-- ``<name>.png``: speedup of ours over the reference (a) and the packed path (b) against K, one
+- ``<name>.png``: speedup of ours over the reference (a), the packed path (b) and PEFT against K, one
   panel per shape (cases with no zero gates and frozen gates; all cases if there are none).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections import defaultdict
 
-from .roofline import MODES, PEERS, Case
+from . import bench_json
+from .bench_cases import MODES
 
-_MODE_ORDER = {m: i for i, m in enumerate(MODES)}
 _MODE_STYLE = {"fwd_bwd": "-", "forward": "--", "backward": ":"}
-
-
-def load_rows(data: dict) -> list:
-    """Our entries' ``extra_info`` dicts, with ``case`` turned into a ``Case``, sorted."""
-    rows = []
-    for b in data.get("benchmarks", []):
-        info = dict(b.get("extra_info", {}))
-        if "case_id" not in info:
-            continue
-        info["case"] = Case.from_dict(info["case"])
-        rows.append(info)
-
-    def key(i):
-        c = i["case"]
-        return (c.device, c.dtype, c.d_in, c.d_out, c.n, c.r, c.sparsity, c.train_gates, c.k,
-                _MODE_ORDER.get(i["mode"], 9))
-    return sorted(rows, key=key)
+_PLOT_PEERS = (("reference", "tab:red"), ("packed", "tab:blue"), ("peft", "tab:green"))
 
 
 def header(data: dict, rows: list) -> list:
@@ -47,7 +30,8 @@ def header(data: dict, rows: list) -> list:
     devices = {r["case"].device for r in rows}
     if devices == {"cpu"} or not device:
         cpu = mi.get("cpu", {}).get("brand_raw") or mi.get("processor") or "unknown CPU"
-        where = f"CPU only ({cpu}, {mi.get('cpu_threads', '?')} torch threads)"
+        cores = mi.get("cpu", {}).get("count", "?")
+        where = f"CPU only ({cpu}, {cores} cores, {mi.get('cpu_threads', '?')} torch threads)"
     else:
         where = f"GPU {device} (CUDA {mi.get('cuda_runtime', '?')})"
     loads = [r["load_avg_1min"] for r in rows if r.get("load_avg_1min") is not None]
@@ -56,6 +40,7 @@ def header(data: dict, rows: list) -> list:
              f"- torch {first.get('torch', mi.get('torch', '?'))}, "
              f"triton {first.get('triton', mi.get('triton', '?'))}, "
              f"litelora-fast {first.get('litelora_fast', mi.get('litelora_fast', '?'))}, "
+             f"peft {first.get('peft', mi.get('peft', '?'))}, "
              f"python {mi.get('python_version', '?')}",
              f"- timer (headline numbers): {first.get('timer', '?')}"]
     if devices == {"cpu"} and loads:
@@ -72,29 +57,37 @@ def _mb(v) -> str:
     return "-" if v is None else f"{v / 2**20:.2f}"
 
 
+TABLE_PEERS = ("ours", "reference", "packed", "base", "peft")
+
+
 def table(rows: list) -> str:
+    """One row per case and mode: every peer's headline time, our speedups, the implementation
+    ours ran (``impl_ours``, on CUDA), memory and our error against float64."""
     head = ["shape", "N", "K", "r", "zero gates", "gates", "mode", "ours ms", "(a) ref ms",
-            "(b) packed ms", "(c) base ms", "x vs (a)", "x vs (b)", "ours / (c)",
-            "ours TFLOP/s", "saved MB ours / (a) / (b)", "peak MB ours / (a)", "err ours"]
+            "(b) packed ms", "(c) base ms", "PEFT ms", "x vs (a)", "x vs (b)", "x vs PEFT",
+            "ours / (c)", "ours impl", "ours TFLOP/s", "saved MB ours / (a) / (b) / PEFT",
+            "peak MB ours / (a)", "err ours", "err PEFT"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i in rows:
         c = i["case"]
-        ms = {p: i.get(f"ms_{p}") for p in PEERS}
+        ms = {p: i.get(f"ms_{p}") for p in TABLE_PEERS}
         row = [f"{c.d_in}x{c.d_out}", str(c.n), str(c.k), str(c.r), f"{c.zero_gates}/{c.k}",
                "train" if c.train_gates else "frozen", i["mode"],
-               *(_f(ms[p], ".3f") for p in PEERS),
-               _f(i.get("speedup_vs_reference"), ".2f"), _f(i.get("speedup_vs_packed"), ".2f"),
+               *(_f(ms[p], ".3f") for p in TABLE_PEERS),
+               *(_f(i.get(f"speedup_vs_{p}"), ".2f") for p in ("reference", "packed", "peft")),
                _f(ms["ours"] / ms["base"] if ms["ours"] and ms["base"] else None, ".2f"),
+               i.get("impl_ours") or "-",
                _f(i.get("tflops_ours"), ".2f"),
-               " / ".join(_mb(i.get(f"saved_bytes_{p}")) for p in ("ours", "reference", "packed")),
+               " / ".join(_mb(i.get(f"saved_bytes_{p}"))
+                          for p in ("ours", "reference", "packed", "peft")),
                " / ".join(_mb(i.get(f"peak_bytes_{p}")) for p in ("ours", "reference")),
-               _f(i.get("rel_err_ours"), ".1e")]
+               _f(i.get("rel_err_ours"), ".1e"), _f(i.get("rel_err_peft"), ".1e")]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
 def plot(rows: list, path: str, title: str) -> None:
-    """Speedup of ours over (a) and (b) vs K, one panel per shape."""
+    """Speedup of ours over (a), (b) and PEFT vs K, one panel per shape."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -106,10 +99,10 @@ def plot(rows: list, path: str, title: str) -> None:
         panels[(c.device, c.dtype, c.d_in, c.d_out, c.n, c.r)].append(i)
     n = max(len(panels), 1)
     cols = min(n, 3)
-    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(5 * cols, 3.8 * ((n + cols - 1) // cols)),
-                             squeeze=False)
+    nrows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.8 * nrows), squeeze=False)
     for ax, ((device, dtype, d_in, d_out, N, r), items) in zip(axes.flat, sorted(panels.items())):
-        for peer, color in (("reference", "tab:red"), ("packed", "tab:blue")):
+        for peer, color in _PLOT_PEERS:
             for mode in MODES:
                 pts = sorted((i["case"].k, i[f"speedup_vs_{peer}"]) for i in items
                              if i["mode"] == mode and i.get(f"speedup_vs_{peer}") is not None)
@@ -132,34 +125,24 @@ def plot(rows: list, path: str, title: str) -> None:
     plt.close(fig)
 
 
-def load(path: str) -> dict:
-    """pytest-benchmark JSON, or the harness's ``LITELORA_BENCH_JSONL`` lines (``.jsonl``: one
-    ``{"name", "extra_info"}`` per case, written as the run goes, so a killed run still reports)."""
-    with open(path) as f:
-        if not path.endswith(".jsonl"):
-            return json.load(f)
-        entries = [json.loads(line) for line in f if line.strip()]
-    return {"datetime": "unknown (JSON lines of a run that did not finish)", "machine_info": {},
-            "benchmarks": entries}
-
-
 def write_report(json_path: str, out_dir: str, name: str = None) -> tuple:
     """Write ``<name>.md`` and ``<name>.png`` under ``out_dir``; returns their paths."""
-    data = load(json_path)
-    rows = load_rows(data)
-    if not rows:
-        raise ValueError(f"{json_path} holds no litelora-fast benchmark entries "
-                         f"(expected pytest-benchmark JSON of `pytest benchmarks/`)")
+    data = bench_json.load(json_path)
+    rows = bench_json.rows(data, json_path)
     name = name or os.path.splitext(os.path.basename(json_path))[0]
     os.makedirs(out_dir, exist_ok=True)
     md_path, png_path = os.path.join(out_dir, name + ".md"), os.path.join(out_dir, name + ".png")
     head = header(data, rows)
     text = "\n".join([f"# Benchmark: {name}", "", *head, "",
-                      "Peers: ours = `gated_lora_linear`; (a) = `gated_lora_linear_ref` (loop over "
-                      "adapters); (b) = packed plain PyTorch (`benchmarks/peers.py`); (c) = "
-                      "`F.linear` alone. `x vs (a)` = time of (a) / time of ours (> 1: ours is "
-                      "faster). `saved MB` = activation memory autograd keeps for backward; "
-                      "`err ours` = relative error vs the float64 reference (y and all grads).",
+                      "Peers: ours = `gated_lora_linear` (`ours impl`: the implementation the op "
+                      "chose on CUDA, kernels or the cuBLAS composite); (a) = "
+                      "`gated_lora_linear_ref` (loop over adapters); (b) = packed plain PyTorch "
+                      "(`benchmarks/peers.py`); (c) = `F.linear` alone; PEFT = PEFT's own LoRA "
+                      "layer with the same adapters active at once (gates folded into its "
+                      "scalings; '-' with trainable gates, which PEFT does not have). "
+                      "`x vs (a)` = time of (a) / time of ours (> 1: ours is faster). `saved MB` "
+                      "= activation memory autograd keeps for backward; `err` = relative error "
+                      "vs the float64 reference (y and all grads).",
                       "", table(rows), "", f"![speedup vs K]({name}.png)", ""])
     with open(md_path, "w") as f:
         f.write(text)
@@ -170,16 +153,14 @@ def write_report(json_path: str, out_dir: str, name: str = None) -> tuple:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m litelora_fast report",
-        description="Turn `pytest benchmarks/ --benchmark-json BENCH.json` into a markdown table "
-                    "and a PNG plot of speedup vs K.")
+        description="Turn `pytest benchmarks/ --benchmark-json BENCH.json` (or the JSON lines of "
+                    "an unfinished run) into a markdown table and a PNG plot of speedup vs K.")
     parser.add_argument("json", metavar="BENCH.json")
-    parser.add_argument("--out", default=os.path.join("benchmarks", "results"),
-                        help="output folder (default: benchmarks/results/)")
+    parser.add_argument("--out", default="out",
+                        help="output folder (default: out/; never a tracked folder unless you "
+                             "name one)")
     parser.add_argument("--name", help="file stem of the outputs (default: the JSON's stem)")
     ns = parser.parse_args(argv)
-    if not os.path.isfile(ns.json):
-        parser.error(f"no such file: {ns.json} (write one with "
-                     "`pytest benchmarks/ --benchmark-json BENCH.json`)")
     md_path, png_path = write_report(ns.json, ns.out, ns.name)
     print(f"wrote {md_path} and {png_path}")
     return 0
