@@ -1,31 +1,22 @@
 """The five primitives of the op (see docs/DESIGN.md), twice: plain PyTorch and Triton.
 
-``TorchBackend`` is the CPU fast path: one packed shrink GEMM, the gate scaling, ``addmm`` into the
-base output; its backward uses the same packed GEMMs. ``TritonBackend`` forwards to the launchers in
-``litelora_fast.kernels``. Both take and return the same tensors, so the autograd op in ``ops.py``
-is written once.
+``TorchBackend`` is the CPU fast path and the cuBLAS composite on a GPU: one packed shrink GEMM,
+the gate scaling, ``addmm`` into the base output; its backward uses the same packed GEMMs.
+``TritonBackend`` forwards to the launchers in ``litelora_fast.kernels``. Both take and return the
+same tensors, so the op's math (``op_math.py``) is written once over either.
+
+``select_backend`` holds the fixed rules (device, dtype, interpreter, empty problems, a forced
+choice); on CUDA, ``autotune.py`` then picks between the two by measurement.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional
 
 import torch
 
-
-def expanded_gates(gates2d: torch.Tensor, col_adapter: torch.Tensor,
-                   col_scale: torch.Tensor) -> torch.Tensor:
-    """``G_E`` in ``col_scale``'s dtype (float32; float64 on the float64 path): ``(R_act,)`` for
-    per-adapter gates (row stride 0), else ``(N, R_act)``."""
-    # index_select takes the int32 table as is (no int64 copy of it per call).
-    if gates2d.stride(0) == 0 or gates2d.shape[0] == 1:
-        return as_dtype(gates2d[0], col_scale.dtype).index_select(0, col_adapter) * col_scale
-    return as_dtype(gates2d, col_scale.dtype).index_select(1, col_adapter) * col_scale
-
-
-def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t.to(dtype)`` without the dispatcher round trip when ``t`` already has that dtype."""
-    return t if t.dtype == dtype else t.to(dtype)
+from .op_math import as_dtype, expanded_gates
 
 
 class TorchBackend:
@@ -111,16 +102,58 @@ def interpreter_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def select_backend(x: torch.Tensor, override: Optional[str] = None):
-    """CUDA -> Triton; CPU -> the PyTorch fast path unless the interpreter is requested.
+BACKENDS = {"torch": TorchBackend, "triton": TritonBackend}
+_warned_bf16 = False
 
-    float64 always takes the PyTorch path: Hopper tensor cores have no fp64 mode worth a kernel,
-    and float64 is the dtype of gradcheck and of the oracle.
+
+def _triton_unusable(x: torch.Tensor) -> Optional[str]:
+    """Why the Triton kernels cannot run on ``x``'s device and dtype, or ``None``."""
+    if x.device.type == "cuda":
+        return None
+    if x.device.type != "cpu":
+        return f"the Triton kernels run on CUDA tensors only, got a {x.device.type} tensor"
+    if not interpreter_requested():
+        return ("the Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 (set before triton "
+                "is imported) to run them on CPU tensors; got CPU tensors without it")
+    if x.dtype == torch.bfloat16:
+        return ("Triton's interpreter computes bfloat16 tl.dot wrongly (triton issue 11584), so "
+                "bfloat16 CPU tensors cannot take the kernels under TRITON_INTERPRET=1")
+    return None
+
+
+def select_backend(x: torch.Tensor, override: Optional[str] = None, empty: bool = False):
+    """The fixed part of the choice: CUDA -> Triton; CPU -> the PyTorch fast path unless the
+    interpreter is requested.
+
+    Always the PyTorch path: float64 (Hopper tensor cores have no fp64 mode worth a kernel, and
+    float64 is the dtype of gradcheck and of the oracle), meta tensors, and ``empty`` problems
+    (a zero-size N, D_in or D_out: nothing for a kernel to do, even when ``"triton"`` is forced).
+    bfloat16 under the interpreter warns once and takes the PyTorch path. ``override`` forces one;
+    a forced ``"triton"`` that cannot run raises ``ValueError`` saying why (instead of a crash
+    inside Triton).
     """
     if override is not None:
-        return {"torch": TorchBackend, "triton": TritonBackend}[override]
-    if x.dtype == torch.float64:
+        if override not in BACKENDS:
+            raise ValueError(f"backend must be None, 'torch' or 'triton', got {override!r}")
+        if override == "triton":
+            why = _triton_unusable(x)
+            if why is not None:
+                raise ValueError(f"backend='triton': {why}")
+            if empty:
+                return TorchBackend        # nothing to launch: zeros and the bias, in PyTorch
+        return BACKENDS[override]
+    if x.dtype == torch.float64 or empty or x.is_meta:
         return TorchBackend
-    if x.is_cuda or (x.device.type == "cpu" and interpreter_requested()):
+    if x.is_cuda:
+        return TritonBackend
+    if x.device.type == "cpu" and interpreter_requested():
+        if x.dtype == torch.bfloat16:
+            global _warned_bf16
+            if not _warned_bf16:
+                _warned_bf16 = True
+                warnings.warn("TRITON_INTERPRET=1 with bfloat16 tensors: Triton's interpreter "
+                              "computes bfloat16 tl.dot wrongly (triton issue 11584), so these "
+                              "calls take the PyTorch path", RuntimeWarning, stacklevel=3)
+            return TorchBackend
         return TritonBackend
     return TorchBackend

@@ -1,15 +1,24 @@
-"""The public op ``gated_lora_linear``: validate, pick a backend, run the registered custom op.
+"""The public op ``gated_lora_linear``: validate, decide the active adapters, pick a backend, run.
 
-The forward and backward are two ``torch.library.custom_op`` s (``litelora_fast::gated_lora_fwd``
-and ``::gated_lora_bwd``) tied together by ``register_autograd``. Being opaque custom ops, they can
-read gate values on the host (zero-gate skipping decides launch sizes) and still be traced by
-``torch.compile`` without graph breaks; their fake implementations give the output shapes. Their
-math lives in ``compute.py``; a plain eager call runs that math without the dispatcher
-(``eager.py``), which saves tens of microseconds of host time per call.
+Two dispatch paths run the same math (``op_math.forward``/``op_math.backward``), so they agree
+bit for bit (``tests/test_dispatch_paths.py``):
 
-One implementation serves every device: it picks the backend at call time (``backends.py``), so
-interpreter-mode tests on CPU tensors really run the Triton kernels (no CPU kernel is registered
-that would route them to the fallback).
+- **direct** (a plain eager call): ``_GatedLoRA``, a ``torch.autograd.Function``. Calling a
+  ``torch.library.custom_op`` from Python costs tens of microseconds of host time per call
+  (boxing the arguments through the dispatcher, aliasing checks, and ``fill_defaults`` walking the
+  schema once per argument); for a plain eager call nothing the dispatcher does changes the result.
+  The forward keeps the active set and the backend; the backward re-packs the bank from them.
+- **custom ops** (``litelora_fast::gated_lora_fwd`` and ``::gated_lora_bwd``, tied together by
+  ``register_autograd``): whenever the dispatcher matters (``direct_ok`` is False): under
+  ``torch.compile``/``torch.export`` tracing (their fake implementations give the shapes, no graph
+  break), under a dispatch or torch-function mode (fake tensors, op counters), under functorch
+  transforms, for tensor subclasses.
+
+The active set is decided once per call, before either path, on the host (``plan.decide_active``:
+no device read in steady state) and handed to the path as a list of ints. The backend is chosen
+inside each path (``autotune.select``), where the tensors are real even under ``torch.compile``.
+The direct path's backward is ``once_differentiable``: a double backward raises, as it does
+through the custom ops (whose backward op has no autograd formula).
 
 Saved for backward: ``x`` and ``S = x @ A_act^T`` (``N x R``), never per-adapter intermediates;
 ``S * G_E`` is recomputed from ``S`` when ``dB`` is needed.
@@ -19,34 +28,42 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+from torch.autograd.function import once_differentiable
 
-from . import backends, compute, eager
-from .plan import make_plan
-from .validation import Problem, RankOffsets, Scaling, validate
+from . import autotune, op_math
+from .plan import PLAIN_TYPES, all_finite, decide_active, pack
+from .reference import gated_lora_linear_ref
+from .validation import RankOffsets, Scaling, validate
 
-
-def _problem_from(x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling) -> Problem:
-    # The op's arguments are already normalised; rebuild the Problem the planner reads.
-    return Problem(x2d=x2d, lead_shape=(x2d.shape[0],), weight=weight, bias=bias, lora_A=lora_A,
-                   lora_B=lora_B, gates=gates2d, gates2d=gates2d, per_row_gates=True,
-                   rank_offsets=list(rank_offsets), scaling=list(scaling))
+__all__ = ["gated_lora_linear", "direct_ok"]
 
 
+def _is_empty(x2d, weight) -> bool:
+    return x2d.shape[0] == 0 or x2d.shape[1] == 0 or weight.shape[0] == 0
+
+
+def _backend(x2d, weight, plan, gates2d, needs, backend: str):
+    """The backend class of one call (see ``autotune.select``)."""
+    return autotune.select(x2d, weight, plan, gates2d, needs, backend or None,
+                           empty=_is_empty(x2d, weight))
+
+
+# ------------------------------------------------------------------------------- custom ops
 @torch.library.custom_op("litelora_fast::gated_lora_fwd", mutates_args=())
 def _gated_lora_fwd(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                     lora_A: torch.Tensor, lora_B: torch.Tensor, gates2d: torch.Tensor,
-                    rank_offsets: list[int], scaling: list[float], keep_zero_gates: bool,
-                    grad_adapters: list[bool], backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+                    rank_offsets: list[int], scaling: list[float], active: list[int],
+                    grad_adapters: list[bool], backend: str, needs: list[bool]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns ``y`` ``(N, D_out)`` and ``S`` ``(N, R)``: active adapters' S first, then zeros."""
-    p = _problem_from(x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling)
-    plan = make_plan(p, keep_zero_gates)
-    be = None if plan is None else backends.select_backend(x2d, backend or None)
-    return compute.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be)
+    plan = pack(tuple(active), lora_A, lora_B, rank_offsets, scaling, x2d.dtype)
+    be = _backend(x2d, weight, plan, gates2d, needs, backend)
+    return op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be)
 
 
 @_gated_lora_fwd.register_fake
-def _(x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling, keep_zero_gates,
-      grad_adapters, backend):
+def _(x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling, active, grad_adapters,
+      backend, needs):
     n = x2d.shape[0]
     return x2d.new_empty(n, weight.shape[0]), x2d.new_empty(n, lora_A.shape[0])
 
@@ -55,23 +72,23 @@ def _(x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling, keep_ze
 def _gated_lora_bwd(dy: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor,
                     lora_A: torch.Tensor, lora_B: torch.Tensor, gates2d: torch.Tensor,
                     S: torch.Tensor, rank_offsets: list[int], scaling: list[float],
-                    keep_zero_gates: bool, grad_adapters: list[bool], backend: str,
-                    needs: list[bool]
+                    active: list[int], grad_adapters: list[bool], backend: str,
+                    needs: list[bool], fwd_needs: list[bool]
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                torch.Tensor, torch.Tensor]:
-    """Gradients ``(dx, dW, db, dA, dB, dg_rows)``; an unneeded one is an empty tensor."""
-    p = _problem_from(x2d, weight, None, lora_A, lora_B, gates2d, rank_offsets, scaling)
-    plan = make_plan(p, keep_zero_gates)
-    be = backends.select_backend(dy, backend or None)
-    grads = compute.backward(dy, x2d, weight, lora_A, lora_B, gates2d, S, plan, grad_adapters,
+    """Gradients ``(dx, dW, db, dA, dB, dg_rows)``; an unneeded one is an empty tensor.
+    ``fwd_needs`` are the forward's gradient needs: the backend choice is keyed on them."""
+    plan = pack(tuple(active), lora_A, lora_B, rank_offsets, scaling, x2d.dtype)
+    be = _backend(x2d, weight, plan, gates2d, fwd_needs, backend)
+    grads = op_math.backward(dy, x2d, weight, lora_A, lora_B, gates2d, S, plan, grad_adapters,
                              be, needs)
     # Custom-op outputs must not alias each other: one fresh empty tensor per unneeded grad.
     return tuple(dy.new_empty(0) if g is None else g for g in grads)
 
 
 @_gated_lora_bwd.register_fake
-def _(dy, x2d, weight, lora_A, lora_B, gates2d, S, rank_offsets, scaling, keep_zero_gates,
-      grad_adapters, backend, needs):
+def _(dy, x2d, weight, lora_A, lora_B, gates2d, S, rank_offsets, scaling, active, grad_adapters,
+      backend, needs, fwd_needs):
     shapes = [x2d.shape, weight.shape, (weight.shape[0],), lora_A.shape, lora_B.shape,
               gates2d.shape]
     dtypes = [dy.dtype, weight.dtype, dy.dtype, lora_A.dtype, lora_B.dtype, gates2d.dtype]
@@ -80,42 +97,93 @@ def _(dy, x2d, weight, lora_A, lora_B, gates2d, S, rank_offsets, scaling, keep_z
 
 
 def _setup_context(ctx, inputs, output):
-    (x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling, keep_zero,
-     grad_adapters, backend) = inputs
+    (x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling, active, grad_adapters,
+     backend, needs) = inputs
     _, S = output
     ctx.save_for_backward(x2d, weight, lora_A, lora_B, gates2d, S)
-    ctx.static = (rank_offsets, scaling, keep_zero, grad_adapters, backend)
+    ctx.static = (rank_offsets, scaling, active, grad_adapters, backend, needs)
     ctx.has_bias = bias is not None
 
 
 def _backward(ctx, dy, _dS_unused):
     x2d, weight, lora_A, lora_B, gates2d, S = ctx.saved_tensors
-    rank_offsets, scaling, keep_zero, grad_adapters, backend = ctx.static
-    need = ctx.needs_input_grad
-    needs = [need[0], need[1], ctx.has_bias and need[2], need[3], need[4], need[5]]
+    rank_offsets, scaling, active, grad_adapters, backend, fwd_needs = ctx.static
+    needs = op_math.needed_grads(ctx.needs_input_grad, ctx.has_bias)
     if not any(needs):
-        return (None,) * 11
+        return (None,) * 12
     grads = _gated_lora_bwd(dy, x2d, weight, lora_A, lora_B, gates2d, S, rank_offsets, scaling,
-                            keep_zero, grad_adapters, backend, needs)
-    out = [g if n else None for g, n in zip(grads, needs)]
-    return (*out[:6], None, None, None, None, None)
+                            active, grad_adapters, backend, needs, fwd_needs)
+    return (*(g if n else None for g, n in zip(grads, needs)), *(None,) * 6)
 
 
 _gated_lora_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+# ------------------------------------------------------------------------------- direct path
+def direct_ok(tensors) -> bool:
+    """True when running the op's math directly is indistinguishable from dispatching the op."""
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+            or torch._C._is_torch_function_mode_enabled()
+            or torch._C._functorch.peek_interpreter_stack() is not None):
+        return False
+    return all(t is None or type(t) in PLAIN_TYPES for t in tensors)
+
+
+class _GatedLoRA(torch.autograd.Function):
+    """Forward and backward of the op on plain tensors; saves what the custom op saves."""
+
+    @staticmethod
+    def forward(ctx, x2d, weight, bias, lora_A, lora_B, gates2d, p, active, grad_adapters,
+                backend, needs):
+        plan = pack(active, lora_A, lora_B, p.rank_offsets, p.scaling, x2d.dtype)
+        be = _backend(x2d, weight, plan, gates2d, needs, backend)
+        y, S = op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be)
+        # Only the active set and the backend are kept besides the saved tensors (no tensors
+        # outside save_for_backward, so saved-tensor hooks see everything the backward holds).
+        ctx.save_for_backward(x2d, weight, lora_A, lora_B, gates2d, S)
+        ctx.static = (p.rank_offsets, p.scaling, active, grad_adapters, be)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x2d, weight, lora_A, lora_B, gates2d, S = ctx.saved_tensors
+        rank_offsets, scaling, active, grad_adapters, be = ctx.static
+        needs = op_math.needed_grads(ctx.needs_input_grad, ctx.has_bias)
+        rest = (None,) * 5                 # p, active, grad_adapters, backend, needs
+        if not any(needs):
+            return (None,) * 6 + rest
+        plan = pack(active, lora_A, lora_B, rank_offsets, scaling, x2d.dtype)
+        grads = op_math.backward(dy, x2d, weight, lora_A, lora_B, gates2d, S, plan,
+                                 grad_adapters, be, needs)
+        return (*grads, *rest)
+
+
+# ------------------------------------------------------------------------------- public op
 def _autocast(tensors, device_type: str):
     """Follow autocast like ``F.linear``: the matmul operands run in the autocast dtype."""
-    if not torch.is_autocast_enabled(device_type):
+    # Devices without autocast (meta) have nothing to follow; asking them raises.
+    if (not torch.amp.is_autocast_available(device_type)
+            or not torch.is_autocast_enabled(device_type)):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
     return [t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors]
+
+
+def _flags(name: str, values, K: int) -> list:
+    flags = [bool(v) for v in values]
+    if len(flags) != K:
+        raise ValueError(f"{name} must have K = {K} entries (K = gates.shape[-1]), "
+                         f"got {len(flags)}")
+    return flags
 
 
 def gated_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                       lora_A: torch.Tensor, lora_B: torch.Tensor, gates: torch.Tensor,
                       rank_offsets: RankOffsets = None, scaling: Scaling = None,
                       *, trainable_adapters: Optional[Sequence[bool]] = None,
+                      nonzero_gates: Optional[Sequence[bool]] = None,
                       backend: Optional[str] = None) -> torch.Tensor:
     """``y = x @ W^T + b + sum_k g_k * s_k * (x @ A_k^T) @ B_k^T`` through the fused path.
 
@@ -127,17 +195,23 @@ def gated_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         gates: ``(K,)`` one gate per adapter, or ``x.shape[:-1] + (K,)`` one per row and adapter.
         rank_offsets: ``(K+1,)`` ints, adapter ``k`` owns columns ``[o_k, o_{k+1})``; ``None``
             means equal ranks ``R // K``.
-        scaling: per-adapter ``s_k`` (``(K,)`` tensor, list or float); ``None`` means 1.0.
+        scaling: per-adapter ``s_k``, finite real numbers (``(K,)`` tensor, list or float);
+            ``None`` means 1.0.
         trainable_adapters: optional ``K`` booleans: ``dA``/``dB`` are computed only for these
             adapters' columns (the others' gradient is zero). In continual learning the module
             passes its unfrozen adapters, so frozen ones cost no weight-gradient GEMM even though
             ``lora_A``/``lora_B`` as a whole require grad. ``None``: every adapter.
+        nonzero_gates: optional ``K`` booleans, a host-side hint: ``False`` promises that
+            adapter ``k``'s gate is zero in every row, so it is skipped without reading the
+            gates (useful for per-row gates, which are never read). Ignored when gates train.
         backend: ``"torch"`` or ``"triton"`` to force one (testing, benchmarks); ``None`` picks
-            Triton for CUDA tensors and for CPU tensors under ``TRITON_INTERPRET=1``.
+            by device (CUDA: the faster of the two, measured once per shape bucket, see
+            ``autotune.py``; CPU: PyTorch, or the kernels under ``TRITON_INTERPRET=1``).
 
     Differentiable in ``x``, ``weight``, ``bias``, ``lora_A``, ``lora_B`` and ``gates``, each only
     where it requires grad. Adapters whose gate is exactly zero everywhere (and does not require
-    grad) are skipped entirely.
+    grad) are skipped entirely; the gate values are read on the host only for frozen per-adapter
+    gates, once per version of the tensor (``plan.py``).
     """
     if backend not in (None, "torch", "triton"):
         raise ValueError(f"backend must be None, 'torch' or 'triton', got {backend!r}")
@@ -145,21 +219,31 @@ def gated_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         x, weight, bias, lora_A, lora_B = _autocast([x, weight, bias, lora_A, lora_B],
                                                     x.device.type)
     p = validate(x, weight, bias, lora_A, lora_B, gates, rank_offsets, scaling)
-    keep_zero = bool(gates.requires_grad and torch.is_grad_enabled())
     K = p.num_adapters
-    if trainable_adapters is None:
-        grad_adapters = [True] * K
+    grad_adapters = [True] * K if trainable_adapters is None else _flags(
+        "trainable_adapters", trainable_adapters, K)
+    hint = None if nonzero_gates is None else _flags("nonzero_gates", nonzero_gates, K)
+    x2d, gates2d = p.x2d, p.gates2d
+    grad_on = torch.is_grad_enabled()
+    needs = [grad_on and t is not None and t.requires_grad
+             for t in (x2d, weight, bias, lora_A, lora_B, gates2d)]
+    active, host_gates = decide_active(p, needs[5], hint)
+    if not all_finite(host_gates):
+        # inf/NaN gates: S * inf summed over an adapter's ranks mixes +inf and -inf into NaN,
+        # where the reference scales the adapter's finite update by inf. Rare: take its math.
+        return gated_lora_linear_ref(x, weight, bias, lora_A, lora_B, gates, p.rank_offsets,
+                                     p.scaling)
+    if direct_ok((x, weight, bias, lora_A, lora_B, gates)):
+        if any(needs):
+            y2d = _GatedLoRA.apply(x2d, weight, bias, lora_A, lora_B, gates2d, p, active,
+                                   grad_adapters, backend or "", needs)
+        else:
+            plan = pack(active, lora_A, lora_B, p.rank_offsets, p.scaling, x2d.dtype)
+            be = _backend(x2d, weight, plan, gates2d, needs, backend or "")
+            y2d, _ = op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be)
     else:
-        grad_adapters = [bool(v) for v in trainable_adapters]
-        if len(grad_adapters) != K:
-            raise ValueError(f"trainable_adapters must have K = {K} entries (K = gates.shape[-1]), "
-                             f"got {len(grad_adapters)}")
-    if eager.direct_ok((x, weight, bias, lora_A, lora_B, gates)):
-        # Plain eager call: the same math without the custom-op dispatch (see eager.py).
-        y2d = eager.run(p, weight, bias, lora_A, lora_B, keep_zero, grad_adapters, backend or "")
-    else:
-        y2d, _ = _gated_lora_fwd(p.x2d, weight, bias, lora_A, lora_B, p.gates2d, p.rank_offsets,
-                                 p.scaling, keep_zero, grad_adapters, backend or "")
+        y2d, _ = _gated_lora_fwd(x2d, weight, bias, lora_A, lora_B, gates2d, p.rank_offsets,
+                                 p.scaling, list(active), grad_adapters, backend or "", needs)
     # Not a view of y2d (what matmul does too): FSDP2 warns that in-place ops on a returned view
     # would bypass its pre-backward hook.
     return torch.ops.aten._unsafe_view(y2d, (*p.lead_shape, weight.shape[0]))

@@ -5,16 +5,34 @@ keeps its adapter active even at zero, because the gate's gradient ``s_k * sum_j
 that adapter's ``S``. The active columns are packed so kernels always see a dense bank: a view
 when they are one contiguous stretch of ``R``, an ``index_select`` otherwise (autograd scatters the
 gradients back into the full ``lora_A``/``lora_B``).
+
+No device-to-host read per call in steady state: a read stalls the launch queue on a GPU (and
+makes CUDA-graph capture impossible). So the gate values are read only
+
+- for per-adapter ``(K,)`` gates that do not train, and then once per *version* of the tensor:
+  ``GATE_CACHE`` (``validation.HostCopies``) keeps a host copy keyed on the tensor's identity,
+  ``_version`` (bumped by every in-place write: ``copy_``, ``zero_``, an optimizer step) and
+  storage address. A frozen gate
+  Parameter is read once; a fresh tensor per call is read once per call (pass
+  ``nonzero_gates=`` to the op to avoid that);
+- never for per-row gates (a new tensor every call): every ranked adapter is active, unless the
+  caller's host-side hint ``nonzero_gates`` rules some out;
+- never for trainable gates (every ranked adapter stays active anyway), for tensors whose values
+  cannot be read (meta, fake, tensor subclasses) or while ``torch.compile`` traces.
 """
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from .validation import Problem
+from .validation import HostCopies, Problem
+
+# Exact types only: a subclass may override dispatch (FakeTensor, DTensor); nn.Parameter does not.
+PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 @dataclass
@@ -33,46 +51,65 @@ class Plan:
         return self.lora_A.shape[0]
 
 
-def active_adapters(p: Problem, gates_need_grad: bool) -> tuple:
-    """Indices of the adapters that contribute to the output or to a needed gradient."""
-    ranked = _ranked(tuple(p.rank_offsets))
+# Host copies of frozen per-adapter gates (``GATE_CACHE.reads`` counts the device reads).
+GATE_CACHE = HostCopies()
+
+
+def readable(t: torch.Tensor) -> bool:
+    """True when ``t``'s values can be read on the host (not meta/fake/a subclass, not tracing)."""
+    return not torch.compiler.is_compiling() and type(t) in PLAIN_TYPES and not t.is_meta
+
+
+def decide_active(p: Problem, gates_need_grad: bool,
+                  nonzero_gates: Optional[tuple] = None) -> tuple:
+    """``(active, host_gates)``: the adapters that contribute to the output or to a needed
+    gradient, and the gate values when they were known on the host (else ``None``).
+
+    ``nonzero_gates``: optional ``K`` booleans from the caller; ``False`` promises that adapter
+    ``k``'s gate is zero in every row (it is skipped without reading the gates). Ignored when the
+    gates train: a zero gate's gradient still needs its adapter's ``S``.
+    """
+    offsets = tuple(p.rank_offsets)
+    # (dynamo traces this function; it does not go through the lru_cache wrapper)
+    ranked = _ranked_of(offsets) if torch.compiler.is_compiling() else _ranked(offsets)
     if gates_need_grad or not ranked:
-        return ranked
-    # One host sync: the set of live adapters decides the launch sizes.
-    if p.per_row_gates:
-        live = (p.gates.reshape(-1, p.num_adapters) != 0).any(dim=0)
-    else:
-        live = p.gates != 0
-    live = live.tolist()
-    return tuple(k for k in ranked if live[k])
+        return ranked, None
+    if nonzero_gates is not None:
+        ranked = tuple(k for k in ranked if nonzero_gates[k])
+    if p.per_row_gates or not readable(p.gates) or p.gates.numel() == 0:
+        return ranked, None
+    values = GATE_CACHE.values(p.gates)
+    return tuple(k for k in ranked if values[k] != 0), values
 
 
-@functools.lru_cache(maxsize=256)
-def _ranked(offsets: tuple) -> tuple:
+def all_finite(values: Optional[tuple]) -> bool:
+    """False when host gate values hold an inf or NaN (``None``: unknown, taken as finite)."""
+    return values is None or all(math.isfinite(v) for v in values)
+
+
+def _ranked_of(offsets: tuple) -> tuple:
+    """Adapters with rank > 0."""
     return tuple(k for k in range(len(offsets) - 1) if offsets[k + 1] > offsets[k])
 
 
-def make_plan(p: Problem, gates_need_grad: bool) -> Optional[Plan]:
-    """Pack the active adapters' columns; ``None`` when no adapter is active."""
-    active = active_adapters(p, gates_need_grad)
-    if not active:
-        return None
-    return pack(active, p.lora_A, p.lora_B, p.rank_offsets, p.scaling, p.x2d.dtype)
+_ranked = functools.lru_cache(maxsize=256)(_ranked_of)
 
 
 def pack(active: tuple, lora_A: torch.Tensor, lora_B: torch.Tensor, rank_offsets: list,
-         scaling: list, x_dtype: torch.dtype) -> Plan:
-    """The plan of a known, non-empty active set (no host sync): the backward re-packs the bank
-    from the forward's ``active`` instead of holding packed copies of it in between."""
+         scaling: list, x_dtype: torch.dtype) -> Optional[Plan]:
+    """The plan of a known active set (no host read); ``None`` when it is empty. The backward
+    re-packs the bank from the forward's ``active`` instead of holding packed copies of it."""
+    if not active:
+        return None
     scale_dtype = torch.float64 if x_dtype == torch.float64 else torch.float32
     spans, stretch, cols, col_adapter, col_scale = _layout(
-        active, tuple(rank_offsets), tuple(scaling), scale_dtype, lora_A.device)
+        tuple(active), tuple(rank_offsets), tuple(scaling), scale_dtype, lora_A.device)
     if stretch is not None:
         lo, hi = stretch
         lora_A, lora_B = lora_A[lo:hi], lora_B[:, lo:hi]
     else:
         lora_A, lora_B = lora_A.index_select(0, cols), lora_B.index_select(1, cols)
-    return Plan(active=active, spans=spans, lora_A=lora_A, lora_B=lora_B,
+    return Plan(active=tuple(active), spans=spans, lora_A=lora_A, lora_B=lora_B,
                 col_adapter=col_adapter, col_scale=col_scale)
 
 
@@ -103,19 +140,19 @@ def _layout(active: tuple, offsets: tuple, scales: tuple, scale_dtype: torch.dty
 def weight_grad_columns(plan: Plan, grad_adapters: list) -> tuple:
     """Columns whose ``dA``/``dB`` are computed: the active adapters that train.
 
-    Returns ``(local, full)``: their positions in the packed bank and in the full ``R``. In
-    continual learning only the newest adapter trains, so this is usually one short stretch.
+    Returns ``(local, full)`` tuples: their positions in the packed bank and in the full ``R``.
+    In continual learning only the newest adapter trains, so this is usually one short stretch.
     """
     return _weight_grad_columns(plan.active, plan.spans, tuple(grad_adapters))
 
 
 @functools.lru_cache(maxsize=256)
 def _weight_grad_columns(active: tuple, spans: tuple, grad_adapters: tuple) -> tuple:
-    # Cached (the lists are only read): the loop is pure layout, the same every training step.
+    # Cached (the tuples are only read): the loop is pure layout, the same every training step.
     local, full, pos = [], [], 0
     for k, (a, b) in zip(active, spans):
         if grad_adapters[k]:
             local.extend(range(pos, pos + b - a))
             full.extend(range(a, b))
         pos += b - a
-    return local, full
+    return tuple(local), tuple(full)

@@ -7,10 +7,12 @@ Triton crash or a silent broadcast.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -87,7 +89,7 @@ def normalize_rank_offsets(rank_offsets: RankOffsets, num_adapters: int, total_r
         if rank_offsets.dim() != 1 or rank_offsets.dtype.is_floating_point or rank_offsets.is_complex():
             raise TypeError(f"rank_offsets must be a 1-D integer tensor, got dtype "
                             f"{rank_offsets.dtype} and shape {_shape(rank_offsets)}")
-        offsets = [int(v) for v in rank_offsets.tolist()]
+        offsets = [int(v) for v in host_values(rank_offsets)]
     else:
         try:
             offsets = list(rank_offsets)
@@ -107,33 +109,98 @@ def normalize_rank_offsets(rank_offsets: RankOffsets, num_adapters: int, total_r
     return offsets
 
 
+def _real(v, what: str) -> float:
+    """``v`` as a finite Python float; strings, bytes, bools, complex numbers, NaN and inf are
+    rejected (``float("22")`` would otherwise take a string as a number)."""
+    if isinstance(v, (str, bytes, bytearray, bool)) or isinstance(v, complex):
+        raise TypeError(f"scaling must hold real numbers, got {what} {v!r}")
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"scaling must hold real numbers, got {what} of type "
+                        f"{type(v).__name__}") from None
+    if not math.isfinite(f):
+        raise ValueError(f"scaling must be finite, got {what} {f}")
+    return f
+
+
 def normalize_scaling(scaling: Scaling, num_adapters: int) -> list:
-    """Return one float scaling per adapter (``None`` means 1.0)."""
+    """Return one finite float scaling per adapter (``None`` means 1.0)."""
     K = num_adapters
     if scaling is None:
         return [1.0] * K
-    if isinstance(scaling, bool):
-        raise TypeError("scaling must be a float, a list of K floats or a (K,) tensor, got bool")
-    if isinstance(scaling, (int, float)):
-        return [float(scaling)] * K
     if isinstance(scaling, torch.Tensor):
         if scaling.requires_grad:
             raise TypeError("scaling is a constant of the op and must not require grad; "
                             "put a trainable magnitude into gates instead")
+        if scaling.dtype == torch.bool or scaling.is_complex():
+            raise TypeError(f"scaling must be a real tensor, got dtype {scaling.dtype}")
         if scaling.dim() == 0:
-            return [float(scaling)] * K
+            return [_real(v, "the value") for v in host_values(scaling)] * K
         if scaling.dim() != 1 or scaling.shape[0] != K:
             raise ValueError(f"scaling must have shape (K,) = ({K},), got {_shape(scaling)}")
-        return [float(v) for v in scaling.tolist()]
-    try:
-        values = [float(v) for v in scaling]
-    except (TypeError, ValueError):
+        return [_real(v, f"entry {k}") for k, v in enumerate(host_values(scaling))]
+    if isinstance(scaling, (str, bytes, bytearray)):
         raise TypeError(f"scaling must be a float, a list of K floats or a (K,) tensor, "
-                        f"got {type(scaling).__name__}") from None
+                        f"got {type(scaling).__name__} {scaling!r}")
+    try:
+        values = list(scaling)
+    except TypeError:
+        return [_real(scaling, "the value")] * K
+    values = [_real(v, f"entry {k}") for k, v in enumerate(values)]
     if len(values) != K:
         raise ValueError(f"scaling must have K = {K} entries (K = gates.shape[-1]), "
                          f"got {len(values)}")
     return values
+
+
+def check_scaling_range(scaling: list, dtype: torch.dtype) -> None:
+    """Every ``s_k`` must fit the dtype the op multiplies in (float32 below float64)."""
+    limit = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).max
+    for k, s in enumerate(scaling):
+        if abs(s) > limit:
+            raise ValueError(f"scaling entry {k} = {s:g} overflows the op's "
+                             f"{'float64' if dtype == torch.float64 else 'float32'} gate "
+                             f"arithmetic for x of dtype {dtype} (|scaling| <= {limit:.3g})")
+
+
+class HostCopies:
+    """Host copies of device tensors, read again only when the tensor changes.
+
+    Keyed on the tensor object (weakly: a dropped tensor drops its entry); an entry is valid while
+    the tensor's ``_version`` (bumped by every in-place write: ``copy_``, ``zero_``, an optimizer
+    step) and ``data_ptr()`` are those it was read at. Both are host fields, so a hit reads nothing
+    from the device. ``reads`` counts the device reads made. Tensors without a version counter
+    (inference tensors) are read every time.
+    """
+
+    def __init__(self):
+        self._entries = WeakIdKeyDictionary()
+        self.reads = 0
+
+    def values(self, t: torch.Tensor) -> tuple:
+        """``t``'s values as a (nested) tuple of Python numbers."""
+        try:
+            stamp = (t._version, t.data_ptr())
+        except RuntimeError:
+            stamp = None
+        hit = None if stamp is None else self._entries.get(t)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        self.reads += 1
+        values = tuple(t.detach().tolist())
+        if stamp is not None:
+            self._entries[t] = (stamp, values)
+        return values
+
+
+def host_values(t: torch.Tensor) -> tuple:
+    """A small constant tensor's values (``rank_offsets``, ``scaling``), read once per version of
+    the tensor: passing the same tensor every call costs no device read in steady state."""
+    return _CONSTS.values(t)
+
+
+_CONSTS = HostCopies()
 
 
 def validate(x, weight, bias, lora_A, lora_B, gates,
@@ -188,12 +255,13 @@ def validate(x, weight, bias, lora_A, lora_B, gates,
 
     offsets = normalize_rank_offsets(rank_offsets, K, R)
     scales = normalize_scaling(scaling, K)
+    check_scaling_range(scales, x.dtype)
 
     # Already-2-D tensors are used as they are and (K,) gates expand in one step: each view op
     # skipped saves host time and, for a tensor that trains, an autograd node per call.
-    # (reshape(-1, 0) raises for D_in = 0, so that case still goes through it.)
-    x2d = x if x.dim() == 2 and d_in > 0 else x.reshape(-1, d_in)
-    n = x2d.shape[0]
+    # (The row count is spelled out: reshape(-1, 0) cannot infer it for D_in = 0.)
+    n = math.prod(lead)
+    x2d = x if x.dim() == 2 else x.reshape(n, d_in)
     if per_row:
         gates2d = gates if gates.dim() == 2 else gates.reshape(n, K)
     else:

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from litelora_fast import GatedLoRALinear
-from op_cases import rel_err
+from numerics import assert_rel
 
 WORLD = 2
 # The parallel run sums the two halves' gradients in a different order than one process does.
@@ -80,8 +80,8 @@ def _check_wrapper(rank: int, seed: int, wrapper: str) -> None:
     assert set(got) == set(expected) == {"0.lora_A.1", "0.lora_B.1", "0.gates", "2.lora_A.1",
                                          "2.lora_B.1", "2.gates"}, (sorted(got), sorted(expected))
     for name, grad in got.items():
-        err = rel_err(grad, expected[name])
-        assert err < TOL, f"{name} differs from the single-process gradient by {err:.2e}"
+        assert_rel(f"{name} (vs the single-process gradient)", grad, expected[name],
+                   torch.float64, tol=TOL)
 
 
 def _worker(rank: int, port: int, seed: int) -> None:

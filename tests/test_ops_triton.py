@@ -11,15 +11,9 @@ import pytest
 import torch
 
 import litelora_fast as llf
+from litelora_fast import kernels
+from litelora_fast.kernels import backward, forward  # noqa: F401  (a broken kernel file fails here)
 from op_cases import ARG_NAMES, CASES, call, case_params, check_against_oracle, make_inputs
-
-kernels = pytest.importorskip("litelora_fast.kernels")
-pytest.importorskip("litelora_fast.kernels.forward")
-pytest.importorskip("litelora_fast.kernels.backward")
-
-# The interpreter computes tl.dot in numpy float32 (ieee): fp32 agrees with float64 to ~1e-6.
-# fp16 rounds inputs, S, S*G_E and the outputs to 11 bits: ~1e-3 observed, bound 1e-2.
-TOL = {torch.float32: 1e-5, torch.float16: 1e-2}
 TRAINABLE = {
     "all": set(ARG_NAMES),
     "frozen-base-and-gates": {"x", "lora_A", "lora_B"},
@@ -38,7 +32,7 @@ def test_kernels_match_float64(case, trainable, dtype, interpreter, seed):
     before = sum(kernels.LAUNCH_COUNTS.values())
     y = call(llf.gated_lora_linear, case, t)
     assert y.dtype == dtype
-    check_against_oracle(case, t, y, TOL[dtype])
+    check_against_oracle(case, t, y, dtype)
     assert sum(kernels.LAUNCH_COUNTS.values()) > before, "the Triton kernels did not run"
 
 

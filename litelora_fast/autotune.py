@@ -1,0 +1,273 @@
+"""Never slower than the cuBLAS composite: on CUDA the op picks, per shape bucket, the faster of
+its two implementations, measured once per machine.
+
+The candidates are the two backends of ``backends.py`` running the same math (``op_math.py``):
+
+- ``"triton"``: the fused kernels;
+- ``"torch"``: the cuBLAS composite that the best plain-PyTorch peer runs (packed shrink GEMM +
+  ``addmm`` into the base output, and the packed GEMMs of its backward).
+
+A *shape bucket* is ``(N rounded up to a power of two, D_in, D_out, R_act, dtype, gate kind,
+gradient needs)``. The first call of a bucket on a CUDA device times both candidates on that
+call's own tensors (forward, plus backward when a gradient is needed; a few warm-up runs, then
+the median of timed runs with CUDA events: the only host syncs, once per bucket), and keeps the
+winner in memory and on disk, in ``~/.cache/litelora_fast/autotune-<machine>.json`` (directory
+overridden by ``LITELORA_CACHE_DIR``). The machine key is the GPU name and the torch and triton
+versions, so a new driver stack or GPU tunes afresh and each shape is tuned once per machine, not
+once per process. Every later call is a dictionary lookup: no host sync.
+
+Never timed: CPU tensors (the PyTorch fast path, or the kernels under ``TRITON_INTERPRET=1``),
+a forced ``backend=``, float64/meta/empty problems (fixed rules in ``backends.select_backend``),
+``LITELORA_AUTOTUNE=0`` (always the kernels: a fixed, untimed choice), and calls made while a
+CUDA graph is being captured (the kernels, untimed, when the bucket is not tuned yet).
+
+``chosen_implementation(...)`` tells which implementation a shape uses; ``python -m litelora_fast
+tune`` (``tools/tune.py``) pre-tunes a model's shapes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import tempfile
+import warnings
+from typing import Callable, Optional
+
+import torch
+
+from . import backends, op_math
+
+CANDIDATES = ("triton", "torch")
+NEED_NAMES = ("x", "weight", "bias", "lora_A", "lora_B", "gates")
+FORMAT = 1
+
+
+def enabled() -> bool:
+    """False when ``LITELORA_AUTOTUNE=0`` asks for the fixed, untimed choice (the kernels)."""
+    return os.environ.get("LITELORA_AUTOTUNE", "1") not in ("0", "")
+
+
+def cache_dir() -> str:
+    """``$LITELORA_CACHE_DIR``, else ``~/.cache/litelora_fast``."""
+    return os.environ.get("LITELORA_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "litelora_fast")
+
+
+def n_bucket(n: int) -> int:
+    """``N`` rounded up to a power of two (at least 16): shapes within 2x share one choice."""
+    return max(16, 1 << max(0, n - 1).bit_length())
+
+
+def bucket(n: int, d_in: int, d_out: int, r_act: int, dtype: torch.dtype, per_row: bool,
+           needs) -> tuple:
+    """The in-memory key of a shape bucket (see the module docstring)."""
+    return (n_bucket(n), d_in, d_out, r_act, str(dtype).replace("torch.", ""),
+            "per_row" if per_row else "per_adapter", tuple(bool(v) for v in needs))
+
+
+def bucket_name(key: tuple) -> str:
+    """The on-disk spelling of a bucket, e.g. ``N8192-Din4096-Dout4096-R16-bfloat16-per_adapter-
+    grad:x,lora_A,lora_B`` (``grad:none`` for inference)."""
+    n, d_in, d_out, r, dtype, kind, needs = key
+    grads = ",".join(name for name, need in zip(NEED_NAMES, needs) if need) or "none"
+    return f"N{n}-Din{d_in}-Dout{d_out}-R{r}-{dtype}-{kind}-grad:{grads}"
+
+
+def cuda_timer(fn: Callable[[], None], warmup: int = 3, reps: int = 10) -> float:
+    """Median milliseconds of ``fn()`` on the current CUDA stream (syncs: tuning only)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def machine_of(device: torch.device) -> dict:
+    """The machine part of the cache key: GPU name, torch and triton versions."""
+    import triton
+    return {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__,
+            "triton": triton.__version__}
+
+
+class Tuner:
+    """Times the candidates of a bucket once and remembers the winner, in memory and on disk.
+
+    ``timer(fn) -> ms`` and ``machine(device) -> dict`` are injectable, so tests run on the CPU
+    with a fake clock and a fake GPU name; the defaults use CUDA events and the real device.
+    """
+
+    def __init__(self, directory: Optional[str] = None,
+                 timer: Callable[[Callable[[], None]], float] = cuda_timer,
+                 machine: Callable[[torch.device], dict] = machine_of):
+        self._directory = directory
+        self.timer = timer
+        self.machine = machine
+        self._choices: dict = {}          # (device, bucket) -> candidate name
+        self._machines: dict = {}         # device -> (machine dict, file path)
+        self._loaded: set = set()         # devices whose disk file was read
+        self._disk: dict = {}             # device -> {bucket name: winner} from the file
+
+    @property
+    def directory(self) -> str:
+        return self._directory or cache_dir()
+
+    def _machine(self, device: torch.device):
+        hit = self._machines.get(device)
+        if hit is None:
+            m = self.machine(device)
+            digest = hashlib.sha1(json.dumps(m, sort_keys=True).encode()).hexdigest()[:16]
+            hit = (m, os.path.join(self.directory, f"autotune-{digest}.json"))
+            self._machines[device] = hit
+        return hit
+
+    def path(self, device: torch.device) -> str:
+        """The cache file of ``device``'s machine."""
+        return self._machine(device)[1]
+
+    def _read(self, device: torch.device) -> dict:
+        """The entries of ``device``'s cache file; ``{}`` when it is missing or unreadable (a
+        corrupted file is reported once and then overwritten by the next tuning)."""
+        machine, path = self._machine(device)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            if data.get("format") != FORMAT or data.get("machine") != machine:
+                return {}
+            entries = data["entries"]
+            if not isinstance(entries, dict):
+                raise ValueError("entries is not a mapping")
+            return {k: v for k, v in entries.items()
+                    if isinstance(v, dict) and v.get("winner") in CANDIDATES}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            warnings.warn(f"litelora_fast autotune cache {path} is unreadable ({e}); "
+                          f"shapes will be tuned again and the file rewritten", RuntimeWarning)
+            return {}
+
+    def lookup(self, device: torch.device, key: tuple) -> Optional[str]:
+        """The remembered winner of a bucket (memory, then the disk file, read once per device),
+        or ``None``."""
+        hit = self._choices.get((device, key))
+        if hit is not None:
+            return hit
+        if device not in self._loaded:
+            self._loaded.add(device)
+            self._disk[device] = {name: e["winner"] for name, e in self._read(device).items()}
+        hit = self._disk.get(device, {}).get(bucket_name(key))
+        if hit is not None:
+            self._choices[(device, key)] = hit
+        return hit
+
+    def choose(self, device: torch.device, key: tuple, candidates: dict) -> str:
+        """The winner of a bucket: remembered, else timed now (``candidates``: name -> fn)."""
+        winner = self.lookup(device, key)
+        if winner is not None:
+            return winner
+        times = {name: float(self.timer(fn)) for name, fn in candidates.items()}
+        # Ties go to the earlier candidate in CANDIDATES (the kernels).
+        winner = min(times, key=lambda name: (times[name], CANDIDATES.index(name)))
+        self._choices[(device, key)] = winner
+        self._write(device, key, winner, times)
+        return winner
+
+    def _write(self, device, key, winner: str, times: dict) -> None:
+        """Merge one entry into the cache file (re-read first: other processes tune too)."""
+        machine, path = self._machine(device)
+        entries = self._read(device) if os.path.exists(path) else {}
+        entries[bucket_name(key)] = {"winner": winner,
+                                     "ms": {k: round(v, 6) for k, v in times.items()}}
+        data = {"format": FORMAT, "machine": machine, "entries": entries}
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)             # atomic: a reader never sees half a file
+        except OSError as e:
+            warnings.warn(f"litelora_fast autotune could not write {path} ({e}); the choice "
+                          f"is kept for this process only", RuntimeWarning)
+
+    def table(self) -> dict:
+        """``{(device, bucket name): winner}`` of the buckets this process has decided."""
+        return {(str(d), bucket_name(k)): v for (d, k), v in self._choices.items()}
+
+    def forget(self) -> None:
+        """Drop the in-memory choices (the disk file is read again at the next lookup)."""
+        self._choices.clear()
+        self._loaded.clear()
+        self._disk.clear()
+
+
+TUNER = Tuner()
+
+
+def _workload(be, x2d, weight, plan, gates2d, needs) -> Callable[[], None]:
+    """One forward (+ backward when a gradient is needed) of the call's packed bank on ``be``."""
+    A, B = plan.lora_A, plan.lora_B
+
+    def run():
+        with torch.no_grad():
+            y, S = op_math.forward(x2d, weight, None, A, B, gates2d, plan, be)
+            if any(needs):
+                op_math.backward(y, x2d, weight, A, B, gates2d, S, plan,
+                                 [True] * gates2d.shape[1], be, list(needs))
+    return run
+
+
+def select(x2d, weight, plan, gates2d, needs, override: Optional[str] = None,
+           empty: bool = False):
+    """The backend class of one call: the fixed rules (``backends.select_backend``), then, for
+    the kernels on a CUDA device, the tuned choice of the call's bucket (timed on this call's
+    tensors when the bucket is new)."""
+    be = backends.select_backend(x2d, override, empty)
+    if (be is not backends.TritonBackend or override is not None or not x2d.is_cuda
+            or plan is None or not enabled()):
+        return be
+    key = bucket(x2d.shape[0], x2d.shape[1], weight.shape[0], plan.rank, x2d.dtype,
+                 _per_row(gates2d), needs)
+    winner = TUNER.lookup(x2d.device, key)
+    if winner is None:
+        if torch.cuda.is_current_stream_capturing():
+            return be                      # no timing inside a graph capture
+        winner = TUNER.choose(x2d.device, key, {
+            name: _workload(backends.BACKENDS[name], x2d, weight, plan, gates2d, needs)
+            for name in CANDIDATES})
+    return backends.BACKENDS[winner]
+
+
+def _per_row(gates2d: torch.Tensor) -> bool:
+    # Per-adapter gates reach the op as (K,) expanded over rows: row stride 0.
+    return gates2d.shape[0] > 1 and gates2d.stride(0) != 0
+
+
+def chosen_implementation(n: int, d_in: int, d_out: int, r_act: int, dtype: torch.dtype,
+                          per_row_gates: bool = False,
+                          needs=(True, False, False, True, True, False),
+                          device="cuda") -> Optional[str]:
+    """Which implementation a shape uses: ``"triton"`` (the kernels) or ``"torch"`` (the cuBLAS
+    composite); ``None`` when its bucket on this CUDA device is not tuned yet (its first call
+    times both). ``needs``: which of ``(x, weight, bias, lora_A, lora_B, gates)`` require a
+    gradient (default: the usual LoRA training step). ``r_act``: the active adapters' total rank.
+    Off CUDA it is the fixed rule of ``backends.select_backend``."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        if dtype == torch.float64 or min(n, d_in, d_out) == 0:
+            return "torch"
+        interp = device.type == "cpu" and backends.interpreter_requested()
+        return "triton" if interp and dtype != torch.bfloat16 else "torch"
+    if dtype == torch.float64 or min(n, d_in, d_out) == 0:
+        return "torch"
+    if not enabled() or r_act == 0:
+        return "triton"
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return TUNER.lookup(device, bucket(n, d_in, d_out, r_act, dtype, per_row_gates, needs))
