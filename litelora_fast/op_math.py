@@ -117,7 +117,7 @@ def _weight_grads(be, dy, x2d, dS_train, SG_train, out_dtype):
     an operand not given. One launch for both where the backend has ``lora_weight_grads``."""
     both = getattr(be, "lora_weight_grads", None)
     if both is not None and dS_train is not None and SG_train is not None:
-        return both(dS_train, x2d, dy, SG_train, out_dtype)
+        return both(x2d, dy, dS_train, SG_train, out_dtype)
     dA = None if dS_train is None else be.matmul_tn(dS_train, x2d, out_dtype)
     dB = None if SG_train is None else be.matmul_tn(dy, SG_train, out_dtype)
     return dA, dB

@@ -179,7 +179,7 @@ class HostCopies:
         self.reads = 0
 
     def values(self, t: torch.Tensor) -> tuple:
-        """``t``'s values as a (nested) tuple of Python numbers."""
+        """``t``'s values, flattened, as a tuple of Python numbers."""
         try:
             stamp = (t._version, t.data_ptr())
         except RuntimeError:
@@ -188,7 +188,7 @@ class HostCopies:
         if hit is not None and hit[0] == stamp:
             return hit[1]
         self.reads += 1
-        values = tuple(t.detach().tolist())
+        values = tuple(t.detach().reshape(-1).tolist())
         if stamp is not None:
             self._entries[t] = (stamp, values)
         return values

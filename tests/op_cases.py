@@ -5,6 +5,7 @@ fresh random tensors for it from the global generator (seeded per test by the ``
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -115,7 +116,9 @@ def oracle(case: Case, t: dict, dy: torch.Tensor):
         t64["x"] = x_leaf[..., ::2]
     y = call(gated_lora_linear_ref, case, t64)
     y.backward(dy.double())
-    grads = {name: v.grad for name, v in leaves(t64).items()}
+    # (An input the reference never touches, e.g. lora_A with K = 0, has gradient zero.)
+    grads = {name: torch.zeros_like(v) if v.grad is None else v.grad
+             for name, v in leaves(t64).items()}
     return y.detach(), grads
 
 
@@ -127,10 +130,14 @@ def gate_grad_scale(x, lora_A, lora_B, dy, rank_offsets, scaling, per_row: bool)
     ``1e-7 * sum |terms|``) is large *relative to dg*. This scale, ``s_k * sum |terms|``, is what
     the rounding is relative to; a wrong formula still misses by O(1) of it."""
     d_in, d_out = lora_A.shape[1], lora_B.shape[0]
-    S = x.detach().double().reshape(-1, d_in) @ lora_A.detach().double().t()
-    dS_g = dy.detach().double().reshape(-1, d_out) @ lora_B.detach().double()
+    n = math.prod(x.shape[:-1])                       # rows (reshape(-1, 0) cannot infer it)
+    S = x.detach().double().reshape(n, d_in) @ lora_A.detach().double().t()
+    dS_g = dy.detach().double().reshape(n, d_out) @ lora_B.detach().double()
     terms = (S * dS_g).abs()
     K = len(rank_offsets) - 1
+    if K == 0:
+        return torch.zeros(*x.shape[:-1], 0, dtype=torch.float64) if per_row else \
+            torch.zeros(0, dtype=torch.float64)
     scales = normalize_scaling(scaling, K)
     out = torch.stack([terms[:, rank_offsets[k]:rank_offsets[k + 1]].sum(1) * abs(scales[k])
                        for k in range(K)], dim=1)
