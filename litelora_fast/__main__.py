@@ -22,6 +22,7 @@ COMMANDS = {
     "validate": ("litelora_fast.tools.validate", "fused-or-fast path vs the reference on random shapes"),
     "roofline": ("litelora_fast.tools.roofline", "FLOPs, bytes and predicted H200 times of each benchmark case"),
     "report": ("litelora_fast.tools.report", "pytest-benchmark JSON -> markdown table and speedup plot"),
+    "tune": ("litelora_fast.tools.tune", "pre-tune the kernels-vs-cuBLAS choice for a model's shapes (CUDA)"),
     "inspect": ("litelora_fast.kernels.inspect",
                 "ahead-of-time sm_90 compile report of every kernel config (no GPU needed)"),
 }

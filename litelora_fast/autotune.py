@@ -113,7 +113,9 @@ class Tuner:
         self._choices: dict = {}          # (device, bucket) -> candidate name
         self._machines: dict = {}         # device -> (machine dict, file path)
         self._loaded: set = set()         # devices whose disk file was read
-        self._disk: dict = {}             # device -> {bucket name: winner} from the file
+        self._disk: dict = {}             # device -> {bucket name: entry} from the file
+        self._warned: set = set()         # unreadable files already reported
+        self.times: dict = {}             # (device, bucket) -> {candidate: ms}
 
     @property
     def directory(self) -> str:
@@ -139,18 +141,21 @@ class Tuner:
         try:
             with open(path) as f:
                 data = json.load(f)
-            if data.get("format") != FORMAT or data.get("machine") != machine:
-                return {}
             entries = data["entries"]
             if not isinstance(entries, dict):
                 raise ValueError("entries is not a mapping")
+            if data.get("format") != FORMAT or data.get("machine") != machine:
+                return {}                  # another format or machine: tuned afresh
             return {k: v for k, v in entries.items()
                     if isinstance(v, dict) and v.get("winner") in CANDIDATES}
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            warnings.warn(f"litelora_fast autotune cache {path} is unreadable ({e}); "
-                          f"shapes will be tuned again and the file rewritten", RuntimeWarning)
+            if path not in self._warned:
+                self._warned.add(path)
+                warnings.warn(f"litelora_fast autotune cache {path} is unreadable ({e}); "
+                              f"shapes will be tuned again and the file rewritten",
+                              RuntimeWarning, stacklevel=2)
             return {}
 
     def lookup(self, device: torch.device, key: tuple) -> Optional[str]:
@@ -161,21 +166,35 @@ class Tuner:
             return hit
         if device not in self._loaded:
             self._loaded.add(device)
-            self._disk[device] = {name: e["winner"] for name, e in self._read(device).items()}
-        hit = self._disk.get(device, {}).get(bucket_name(key))
-        if hit is not None:
-            self._choices[(device, key)] = hit
-        return hit
+            self._disk[device] = self._read(device)
+        entry = self._disk.get(device, {}).get(bucket_name(key))
+        if entry is None:
+            return None
+        self._choices[(device, key)] = entry["winner"]
+        self.times[(device, key)] = entry.get("ms", {})
+        return entry["winner"]
 
     def choose(self, device: torch.device, key: tuple, candidates: dict) -> str:
         """The winner of a bucket: remembered, else timed now (``candidates``: name -> fn)."""
         winner = self.lookup(device, key)
         if winner is not None:
             return winner
-        times = {name: float(self.timer(fn)) for name, fn in candidates.items()}
+        times, errors = {}, {}
+        for name, fn in candidates.items():
+            try:
+                times[name] = float(self.timer(fn))
+            except Exception as e:         # a candidate that cannot run this shape loses
+                times[name], errors[name] = float("inf"), e
+        if len(errors) == len(candidates):
+            raise next(iter(errors.values()))
+        for name, e in errors.items():
+            warnings.warn(f"litelora_fast autotune: candidate {name!r} failed on "
+                          f"{bucket_name(key)} ({type(e).__name__}: {e}); not chosen",
+                          RuntimeWarning, stacklevel=2)
         # Ties go to the earlier candidate in CANDIDATES (the kernels).
         winner = min(times, key=lambda name: (times[name], CANDIDATES.index(name)))
         self._choices[(device, key)] = winner
+        self.times[(device, key)] = times
         self._write(device, key, winner, times)
         return winner
 
@@ -183,8 +202,8 @@ class Tuner:
         """Merge one entry into the cache file (re-read first: other processes tune too)."""
         machine, path = self._machine(device)
         entries = self._read(device) if os.path.exists(path) else {}
-        entries[bucket_name(key)] = {"winner": winner,
-                                     "ms": {k: round(v, 6) for k, v in times.items()}}
+        entries[bucket_name(key)] = {"winner": winner, "ms": {
+            k: (round(v, 6) if v != float("inf") else None) for k, v in times.items()}}
         data = {"format": FORMAT, "machine": machine, "entries": entries}
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -205,6 +224,8 @@ class Tuner:
         self._choices.clear()
         self._loaded.clear()
         self._disk.clear()
+        self._machines.clear()
+        self.times.clear()
 
 
 TUNER = Tuner()
@@ -220,6 +241,7 @@ def _workload(be, x2d, weight, plan, gates2d, needs) -> Callable[[], None]:
             if any(needs):
                 op_math.backward(y, x2d, weight, A, B, gates2d, S, plan,
                                  [True] * gates2d.shape[1], be, list(needs))
+    run.candidate = be.name               # (lets a test's fake timer tell the candidates apart)
     return run
 
 
@@ -242,6 +264,34 @@ def select(x2d, weight, plan, gates2d, needs, override: Optional[str] = None,
             name: _workload(backends.BACKENDS[name], x2d, weight, plan, gates2d, needs)
             for name in CANDIDATES})
     return backends.BACKENDS[winner]
+
+
+def tune_shape(n: int, d_in: int, d_out: int, ranks: list, dtype: torch.dtype,
+               per_row_gates: bool = False, needs=(True, False, False, True, True, False),
+               device="cuda", tuner: Optional[Tuner] = None) -> tuple:
+    """Tune one shape ahead of time on random tensors: ``(bucket key, winner)``. Every adapter
+    is active (``R_act = sum(ranks)``). ``tuner`` defaults to the op's own ``TUNER``."""
+    from .plan import pack
+    tuner = TUNER if tuner is None else tuner
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    K, R = len(ranks), sum(ranks)
+    offsets = [0]
+    for r in ranks:
+        offsets.append(offsets[-1] + r)
+    f = {"device": device, "dtype": dtype}
+    x2d = torch.randn(n, d_in, **f)
+    weight = torch.randn(d_out, d_in, **f) / max(d_in, 1) ** 0.5
+    A = torch.randn(R, d_in, **f) / max(d_in, 1) ** 0.5
+    B = torch.randn(d_out, R, **f)
+    gates2d = torch.rand(n, K, **f) if per_row_gates else torch.rand(K, **f).expand(n, K)
+    plan = pack(tuple(k for k in range(K) if ranks[k] > 0), A, B, offsets, [1.0] * K, dtype)
+    key = bucket(n, d_in, d_out, plan.rank, dtype, per_row_gates, needs)
+    winner = tuner.choose(device, key, {
+        name: _workload(backends.BACKENDS[name], x2d, weight, plan, gates2d, needs)
+        for name in CANDIDATES})
+    return key, winner
 
 
 def _per_row(gates2d: torch.Tensor) -> bool:
