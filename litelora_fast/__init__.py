@@ -1,12 +1,15 @@
 """litelora-fast: a linear layer with a gated bank of LoRA adapters, fused in Triton.
 
-Public API (SPEC section 2)::
+Public API (contract in docs/MATH.md)::
 
     import litelora_fast as llf
     y = llf.gated_lora_linear(x, weight, bias, lora_A, lora_B, gates, rank_offsets, scaling)
     y = llf.reference.gated_lora_linear_ref(...)          # the unfused oracle
     layer = llf.GatedLoRALinear(in_features, out_features, rank=8, alpha=16)
-    llf.inject(model, target_modules=["q_proj", "v_proj"], rank=8, alpha=16)
+    llf.inject(model, target_modules=["q_proj", "v_proj"], rank=8, alpha=16)  # rest frozen
+    llf.injected_layers(model); llf.print_trainable_parameters(model)
+    llf.save_adapters(model, "dir"); llf.load_adapters(model, "dir")  # banks only, safetensors
+    llf.set_active_adapters(model, ["task0"]); llf.merge_and_unload(model)
     learner = llf.ContinualLearner(model, method="litelora")   # recruit-or-reuse, per task:
     record = learner.learn_task(X, Y, loss_fn, head=head)      # record.recruited: kept or reused
     llf.redundancy, llf.cl                     # subspace overlap metrics; CPU task streams
@@ -14,11 +17,17 @@ Public API (SPEC section 2)::
 from . import reference
 from .ops import gated_lora_linear
 from .layer import GatedLoRALinear
-from .inject import extract_base, inject
+from .inject import extract_base, inject, injected_layers
 from .peft_bridge import from_peft, to_peft
+from .model_utils import print_trainable_parameters, set_active_adapters, trainable_parameters
+from .adapter_files import load_adapters, save_adapters
+from .merge import merge_and_unload
 from .litelora import ContinualLearner
 from . import cl, litelora, redundancy
 
 __all__ = ["gated_lora_linear", "reference", "GatedLoRALinear", "inject", "extract_base",
-           "from_peft", "to_peft", "ContinualLearner", "litelora", "redundancy", "cl"]
+           "injected_layers", "from_peft", "to_peft", "set_active_adapters",
+           "trainable_parameters", "print_trainable_parameters", "save_adapters",
+           "load_adapters", "merge_and_unload", "ContinualLearner", "litelora", "redundancy",
+           "cl"]
 __version__ = "0.1.0"

@@ -9,7 +9,9 @@ Name matching (PEFT's rules, so a PEFT config's ``target_modules`` works unchang
   ``r".*\\.(query|value)"``.
 
 Only modules of type ``nn.Linear`` are swapped; other matches (containers such as ``attention``)
-are left alone and listed in the summary. A ``GatedLoRALinear`` shares its base weight and bias
+are left alone and listed in the summary. As PEFT does, :func:`inject` freezes everything but the
+adapters by default (``freeze_base=True``), except the ``modules_to_save`` (e.g. a classifier
+head), which train; :func:`extract_base` gives the frozen Parameters their ``requires_grad`` back. A ``GatedLoRALinear`` shares its base weight and bias
 Parameters with the ``nn.Linear`` it replaces (no copy), so injection costs no memory and
 :func:`extract_base` hands back the very same base Parameters.
 """
@@ -30,6 +32,12 @@ TargetModules = Union[str, Iterable[str]]
 
 # Attribute set on the model by inject / extract_base: the names swapped, in module order.
 INJECTED_ATTR = "llf_injected"
+# Attribute set on the model by inject(freeze_base=True): names of the Parameters it froze
+# (extract_base unfreezes them).
+FROZEN_ATTR = "llf_frozen_by_inject"
+# Attribute set on the model by inject / from_peft: names of the modules trained beside the
+# adapters (PEFT's modules_to_save); to_peft and save_adapters carry them.
+MODULES_TO_SAVE_ATTR = "llf_modules_to_save"
 # Attribute set on each injected layer: the base Parameters' requires_grad before injection
 # (from_linear freezes them), restored by extract_base.
 _BASE_GRAD_ATTR = "_llf_base_requires_grad"
@@ -134,8 +142,46 @@ def find_targets(model: nn.Module, target_modules: TargetModules) -> list:
     return [name for name, _ in linear]
 
 
+def find_modules_to_save(model: nn.Module, modules_to_save) -> list:
+    """Full names of the modules ``modules_to_save`` selects (PEFT's rule: a name equal to an
+    entry or ending with ``"." + entry``); ``ValueError`` listing the model's top modules when an
+    entry selects nothing."""
+    if isinstance(modules_to_save, str) or not isinstance(modules_to_save, Iterable):
+        raise TypeError("modules_to_save must be a list of module names, got "
+                        f"{type(modules_to_save).__name__}")
+    found = []
+    for entry in modules_to_save:
+        if not isinstance(entry, str) or not entry:
+            raise TypeError(f"modules_to_save entries must be non-empty strings, got {entry!r}")
+        names = [n for n, _ in model.named_modules()
+                 if n and (n == entry or n.endswith("." + entry))]
+        if not names:
+            top = [n for n, _ in model.named_children()]
+            raise ValueError(f"modules_to_save entry {entry!r} matched no module; the model's "
+                             f"top-level modules are: {_short_list(top, 10)}")
+        found += [n for n in names if n not in found]
+    return found
+
+
+def _freeze_all_but_adapters(model: nn.Module, keep: list) -> list:
+    """Freeze every Parameter except those of the gated layers' banks (adapters, gates, router)
+    and of the modules ``keep`` (made trainable); return the names of those it froze."""
+    adapter_params = {id(p) for m in model.modules() if isinstance(m, GatedLoRALinear)
+                      for n, p in m.named_parameters() if n not in ("weight", "bias")}
+    for name in keep:
+        model.get_submodule(name).requires_grad_(True)
+    kept = {id(p) for name in keep for p in model.get_submodule(name).parameters()}
+    frozen = []
+    for name, p in model.named_parameters():
+        if p.requires_grad and id(p) not in adapter_params and id(p) not in kept:
+            p.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
 def inject(model: nn.Module, target_modules: TargetModules, rank: int = 8, alpha: float = 16,
-           num_adapters: int = 0, gate: str = "per_adapter", verbose: bool = False) -> nn.Module:
+           num_adapters: int = 0, gate: str = "per_adapter", freeze_base: bool = True,
+           modules_to_save: Iterable[str] = (), verbose: bool = False) -> nn.Module:
     """Swap the ``nn.Linear`` layers that ``target_modules`` selects for ``GatedLoRALinear`` in
     place, and return ``model``.
 
@@ -148,16 +194,27 @@ def inject(model: nn.Module, target_modules: TargetModules, rank: int = 8, alpha
             output does not change); with 0 (the default) each layer returns exactly
             ``linear(x)`` until adapters are added.
         gate: ``"per_adapter"`` or ``"per_row"`` (see ``GatedLoRALinear``).
+        freeze_base: freeze every Parameter of ``model`` except the adapters (and their gates)
+            and ``modules_to_save``, as PEFT does (default). ``False``: only the swapped layers'
+            base weight and bias are frozen; the rest keeps its ``requires_grad``.
+        modules_to_save: modules trained beside the adapters, e.g. ``["classifier"]`` (matched
+            like PEFT's: full name or last components). They are made trainable, recorded in
+            ``model.llf_modules_to_save``, written by ``save_adapters`` and handed to PEFT by
+            ``to_peft``.
         verbose: also print the summary (it is always logged at INFO on ``litelora_fast.inject``).
 
     What was swapped is reported three ways: the summary line (logged, printed if ``verbose``),
     ``model.llf_injected`` (the list of swapped names, cumulative over calls), and
     :func:`injected_layers` (the ``GatedLoRALinear`` modules by name). The base Parameters are
-    shared with the old layers and frozen; :func:`extract_base` restores their ``requires_grad``.
-    Only the swapped layers are frozen: for adapter-only training call
-    ``model.requires_grad_(False)`` before ``inject`` (adapters recruited later are trainable).
+    shared with the old layers and frozen; :func:`extract_base` restores their ``requires_grad``
+    and that of the Parameters ``freeze_base`` froze. Adapters recruited later are trainable.
     """
     names = find_targets(model, target_modules)
+    keep = find_modules_to_save(model, modules_to_save)
+    clash = [n for n in keep if any(t == n or t.startswith(n + ".") for t in names)]
+    if clash:
+        raise ValueError(f"modules_to_save {clash} contain layers that target_modules swaps; "
+                         "a module is either adapted or trained in full, not both")
     all_names = _all_names(model)
     for name in names:
         linear = model.get_submodule(name)
@@ -171,6 +228,14 @@ def inject(model: nn.Module, target_modules: TargetModules, rank: int = 8, alpha
             _set_module(model, alias, layer)
     previous = [n for n in getattr(model, INJECTED_ATTR, []) if n not in names]
     setattr(model, INJECTED_ATTR, previous + names)
+    saved = getattr(model, MODULES_TO_SAVE_ATTR, [])
+    setattr(model, MODULES_TO_SAVE_ATTR, saved + [n for n in keep if n not in saved])
+    if freeze_base:
+        frozen = _freeze_all_but_adapters(model, getattr(model, MODULES_TO_SAVE_ATTR))
+        setattr(model, FROZEN_ATTR, getattr(model, FROZEN_ATTR, []) + frozen)
+    elif keep:
+        for name in keep:
+            model.get_submodule(name).requires_grad_(True)
     _report(_summary(f"inject: swapped nn.Linear -> GatedLoRALinear (rank={rank}, "
                      f"alpha={alpha:g}) in", names), verbose)
     return model
@@ -185,7 +250,8 @@ def extract_base(model: nn.Module, verbose: bool = False) -> nn.Module:
     """Undo :func:`inject`: replace every ``GatedLoRALinear`` of ``model`` by an ``nn.Linear``
     holding its base weight and bias (the same Parameters, no copy), in place, and return
     ``model``. The adapters are dropped, not merged. The base Parameters get back the
-    ``requires_grad`` they had before ``inject`` (layers made another way keep theirs).
+    ``requires_grad`` they had before ``inject`` (layers made another way keep theirs), and so do
+    the Parameters that ``inject(freeze_base=True)`` froze.
 
     ``model`` may itself be a ``GatedLoRALinear``: the ``nn.Linear`` is returned.
     """
@@ -193,20 +259,39 @@ def extract_base(model: nn.Module, verbose: bool = False) -> nn.Module:
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if isinstance(model, GatedLoRALinear):
         return _to_linear(model)
+    return _unload(model, injected_layers(model), _to_linear,
+                   "extract_base: restored GatedLoRALinear -> nn.Linear in", verbose)
+
+
+def _unload(model: nn.Module, layers: dict, to_linear, message: str, verbose: bool) -> nn.Module:
+    """Swap each of ``layers`` for ``to_linear(layer)`` under every name it has, forget the
+    injection (unfreeze, drop attributes), report, return ``model``."""
     all_names = _all_names(model)
-    layers = injected_layers(model)
     for layer in layers.values():
-        linear = _to_linear(layer)
+        linear = to_linear(layer)
         for alias in all_names[id(layer)]:
             _set_module(model, alias, linear)
-    if hasattr(model, INJECTED_ATTR):
-        delattr(model, INJECTED_ATTR)
-    _report(_summary("extract_base: restored GatedLoRALinear -> nn.Linear in", list(layers)),
-            verbose)
+    _forget_injection(model)
+    _report(_summary(message, list(layers)), verbose)
     return model
 
 
+def _forget_injection(model: nn.Module) -> None:
+    """Unfreeze what ``inject(freeze_base=True)`` froze and drop inject's model attributes."""
+    for name in getattr(model, FROZEN_ATTR, []):
+        model.get_parameter(name).requires_grad_(True)
+    for attr in (INJECTED_ATTR, FROZEN_ATTR, MODULES_TO_SAVE_ATTR):
+        if hasattr(model, attr):
+            delattr(model, attr)
+
+
 def _to_linear(layer: GatedLoRALinear) -> nn.Linear:
+    # Merged adapters are subtracted first: extract_base hands back the base, not a merged one.
+    layer.unmerge()
+    return _linear_of(layer)
+
+
+def _linear_of(layer: GatedLoRALinear) -> nn.Linear:
     # Built on the meta device, then handed the layer's own Parameters: nothing is allocated.
     linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
                        device="meta", dtype=layer.weight.dtype)

@@ -7,8 +7,15 @@ Storage: adapter ``k`` is two Parameters, ``lora_A[k]`` ``(r_k, D_in)`` and ``lo
 ``(D_out, r_k)`` in two ``ParameterList`` s, so freezing is per adapter and an optimizer keeps its
 references when later adapters are recruited. They are packed with ``torch.cat`` at every forward
 (``R x D`` elements: small next to the GEMMs). Per-adapter ``alpha_k`` (scaling ``alpha_k / r_k``,
-the PEFT convention) and the adapters' ``requires_grad`` flags travel in the state dict as extra
-state.
+the PEFT convention), names, ``requires_grad`` flags and merged state travel in the state dict as
+extra state: one ``uint8`` tensor of JSON bytes (``layer_meta``), so safetensors,
+``save_pretrained`` and HF ``Trainer`` checkpoints store it. Loading a state dict copies into the
+live Parameters when the bank's layout matches (an optimizer built before keeps training them) and
+rebuilds the bank, with a warning, when it does not.
+
+Merging (:meth:`GatedLoRALinear.merge`) folds gated adapters into ``W`` for inference and zeroes
+their gates; :meth:`GatedLoRALinear.unmerge` subtracts them again (exact up to one rounding of
+``W`` each way).
 
 Gates, in the order a forward looks for them:
 
@@ -30,12 +37,15 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Optional
+import numbers
+import warnings
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import layer_meta
 from .ops import gated_lora_linear
 from .reference import gated_lora_linear_ref
 
@@ -48,7 +58,7 @@ class GatedLoRALinear(nn.Module):
     Args:
         in_features, out_features, bias: as ``nn.Linear``; the base weight and bias are frozen.
         rank: default rank of recruited adapters; ``alpha``: default ``alpha_k`` (scaling
-            ``alpha / rank``).
+            ``alpha / rank``), a finite non-zero real number.
         num_adapters: adapters recruited at construction (B at zero: the output is unchanged).
         gate: ``"per_adapter"`` (a ``(K,)`` gate Parameter) or ``"per_row"`` (a learned router);
             see the module docstring.
@@ -64,10 +74,11 @@ class GatedLoRALinear(nn.Module):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         _check_rank(rank, "rank")
+        alpha = _check_alpha(alpha, "alpha")
         if not isinstance(num_adapters, int) or num_adapters < 0:
             raise ValueError(f"num_adapters must be an int >= 0, got {num_adapters!r}")
         self.in_features, self.out_features = in_features, out_features
-        self.rank, self.alpha, self.gate_mode = rank, float(alpha), gate
+        self.rank, self.alpha, self.gate_mode = rank, alpha, gate
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory),
                                    requires_grad=False)
@@ -79,6 +90,8 @@ class GatedLoRALinear(nn.Module):
         self.lora_A = nn.ParameterList()
         self.lora_B = nn.ParameterList()
         self._alphas: list = []
+        self._names: list = []
+        self._merged: list = []     # per adapter: None, or the gate value it was merged with
         self._external_gates: Optional[torch.Tensor] = None
         self._resize_gates([])
         for _ in range(num_adapters):
@@ -88,10 +101,29 @@ class GatedLoRALinear(nn.Module):
         if self.weight.is_meta:
             return
         # nn.Linear's initialisation, so a fresh layer behaves like a fresh nn.Linear.
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_features)
-            nn.init.uniform_(self.bias, -bound, bound)
+        with torch.no_grad():
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+            if self.bias is not None:
+                bound = 1 / math.sqrt(self.in_features) if self.in_features else 0.0
+                nn.init.uniform_(self.bias, -bound, bound)
+
+    def reset_parameters(self) -> None:
+        """Initialise every Parameter as a fresh layer does: the base as ``nn.Linear``, each
+        ``A_k`` kaiming-uniform, each ``B_k`` zero, gates 1.0 (router 0). This is the reset of
+        deferred initialisation: ``GatedLoRALinear(..., device="meta")``, then
+        ``to_empty(device=...)`` (uninitialised memory), then ``reset_parameters()``. Merged
+        state is forgotten."""
+        self._reset_base()
+        with torch.no_grad():
+            for A, B in zip(self.lora_A, self.lora_B):
+                nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+                B.zero_()
+            if self.gate_mode == "per_adapter":
+                self.gates.fill_(1.0)
+            else:
+                self.router_weight.zero_()
+                self.router_bias.zero_()
+        self._merged = [None] * self.num_adapters
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int = 8, alpha: float = 16,
@@ -132,6 +164,18 @@ class GatedLoRALinear(nn.Module):
         return list(self._alphas)
 
     @property
+    def adapter_names(self) -> list:
+        """``[name_0, ..., name_{K-1}]``: ``adapter_k`` unless named in ``add_adapter`` (or by
+        ``from_peft``, which keeps PEFT's names). ``set_active_adapters`` and ``to_peft`` use
+        them; they travel in the state dict."""
+        return list(self._names)
+
+    @property
+    def merged_adapters(self) -> list:
+        """Indices of the adapters folded into ``W`` by :meth:`merge` (their gates read 0)."""
+        return [k for k, g in enumerate(self._merged) if g is not None]
+
+    @property
     def scaling(self) -> list:
         """``[alpha_k / r_k]`` as Python floats."""
         return [a / r for a, r in zip(self._alphas, self.ranks)]
@@ -154,21 +198,45 @@ class GatedLoRALinear(nn.Module):
         k = self._check_index(k)
         return self.lora_A[k], self.lora_B[k]
 
+    def adapter_index(self, key: Union[int, str]) -> int:
+        """The index of adapter ``key``: an index (negative counts from the end) or a name."""
+        if isinstance(key, str):
+            if key not in self._names:
+                raise KeyError(f"no adapter named {key!r}; this layer's adapters are "
+                               f"{self._names}")
+            return self._names.index(key)
+        return self._check_index(key)
+
     def is_frozen(self, k: int) -> bool:
         A, B = self.adapter(k)
         return not (A.requires_grad or B.requires_grad)
 
-    def add_adapter(self, rank: Optional[int] = None, alpha: Optional[float] = None) -> int:
+    def add_adapter(self, rank: Optional[int] = None, alpha: Optional[float] = None,
+                    name: Optional[str] = None) -> int:
         """Recruit an adapter and return its index ``K``. ``A`` gets PEFT's kaiming-uniform init,
-        ``B`` zeros, so the output is unchanged; its gate starts at 1.0."""
+        ``B`` zeros, so the output is unchanged; its gate starts at 1.0. ``alpha`` must be a
+        finite non-zero real number (default: the layer's); ``name`` must be new to the layer
+        (default ``adapter_<K>``, or the next free ``adapter_<i>``)."""
         rank = self.rank if rank is None else rank
         _check_rank(rank, "rank")
+        alpha = self.alpha if alpha is None else _check_alpha(alpha, "alpha")
+        if name is None:
+            i = self.num_adapters
+            while f"adapter_{i}" in self._names:
+                i += 1
+            name = f"adapter_{i}"
+        elif not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        elif name in self._names:
+            raise ValueError(f"name {name!r} is taken; this layer's adapters are {self._names}")
         factory = {"device": self.weight.device, "dtype": self.weight.dtype}
         A = torch.empty(rank, self.in_features, **factory)
         nn.init.kaiming_uniform_(A, a=math.sqrt(5))
         self.lora_A.append(nn.Parameter(A))
         self.lora_B.append(nn.Parameter(torch.zeros(self.out_features, rank, **factory)))
-        self._alphas.append(self.alpha if alpha is None else float(alpha))
+        self._alphas.append(alpha)
+        self._names.append(name)
+        self._merged.append(None)
         K = self.num_adapters
         self._resize_gates(list(range(K - 1)) + [None])
         return K - 1
@@ -178,14 +246,19 @@ class GatedLoRALinear(nn.Module):
         for p in self.adapter(k):
             p.requires_grad_(False)
 
-    def remove_adapter(self, k: int) -> None:
-        """Drop adapter ``k`` with its gate (or router row); adapters after it shift down by one.
-        Gates set with ``set_gates`` must then be reset to the new ``K``."""
-        k = self._check_index(k)
+    def remove_adapter(self, k: Union[int, str]) -> None:
+        """Drop adapter ``k`` (index or name) with its gate (or router row); adapters after it
+        shift down by one. Gates set with ``set_gates`` must then be reset to the new ``K``. A
+        merged adapter must be unmerged first (its update is inside ``W``)."""
+        k = self.adapter_index(k)
+        if self._merged[k] is not None:
+            raise ValueError(f"adapter {k} ({self._names[k]!r}) is merged into the base weight; "
+                             "call unmerge() before removing it")
         keep = [i for i in range(self.num_adapters) if i != k]
         self.lora_A = nn.ParameterList([self.lora_A[i] for i in keep])
         self.lora_B = nn.ParameterList([self.lora_B[i] for i in keep])
-        del self._alphas[k]
+        for meta in (self._alphas, self._names, self._merged):
+            del meta[k]
         self._resize_gates(keep)
 
     def _check_index(self, k) -> int:
@@ -269,7 +342,9 @@ class GatedLoRALinear(nn.Module):
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have shape (..., in_features) = (..., {self.in_features}), "
                              f"got {tuple(x.shape)}")
-        if x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        # Meta tensors have no autocast state (asking raises): a dtype mismatch is an error there.
+        if x.dtype != self.weight.dtype and (
+                x.is_meta or not torch.is_autocast_enabled(x.device.type)):
             raise TypeError(f"x has dtype {x.dtype} but the layer's weight is {self.weight.dtype} "
                             f"(shape {tuple(self.weight.shape)}); cast one to the other")
 
@@ -306,36 +381,148 @@ class GatedLoRALinear(nn.Module):
         base = "frozen" if not self.weight.requires_grad else "trainable"
         adapters = ", ".join(
             f"{k}: r={r} s={s:g}{' frozen' if self.is_frozen(k) else ''}"
+            f"{' merged' if self._merged[k] is not None else ''}"
             for k, (r, s) in enumerate(zip(self.ranks, self.scaling)))
         external = ", external gates" if self._external_gates is not None else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, base={base}, gate={self.gate_mode}{external}, "
                 f"adapters=[{adapters}]")
 
-    # ----------------------------------------------------------------------------- state dict
-    def get_extra_state(self) -> dict:
-        return {"alphas": list(self._alphas),
-                "requires_grad": [[A.requires_grad, B.requires_grad]
-                                  for A, B in zip(self.lora_A, self.lora_B)]}
+    # ----------------------------------------------------------------------------- merge
+    def delta_weight(self, adapters: Optional[Sequence] = None,
+                     gates: Optional[Sequence[float]] = None) -> torch.Tensor:
+        """``sum_k g_k * (alpha_k / r_k) * B_k @ A_k`` ``(D_out, D_in)`` over ``adapters`` (indices
+        or names; default all), in float64 for a float64 base and float32 otherwise (not yet
+        rounded to the base dtype). ``gates``: one value per adapter of the bank (default: the
+        gates in effect, ``set_gates`` tensor or the ``gates`` Parameter)."""
+        ks = range(self.num_adapters) if adapters is None else [self.adapter_index(a)
+                                                               for a in adapters]
+        if gates is None:
+            gates = self._gate_values("delta_weight")
+        dtype = torch.float64 if self.weight.dtype == torch.float64 else torch.float32
+        delta = torch.zeros(self.out_features, self.in_features, dtype=dtype,
+                            device=self.weight.device)
+        for k in ks:
+            A, B = self.lora_A[k].detach().to(dtype), self.lora_B[k].detach().to(dtype)
+            delta.addmm_(B, A, alpha=float(gates[k]) * self.scaling[k])
+        return delta
 
-    def set_extra_state(self, state: dict) -> None:
-        alphas, flags = state["alphas"], state["requires_grad"]
-        if len(alphas) != self.num_adapters or len(flags) != self.num_adapters:
-            raise ValueError(f"extra state describes {len(alphas)} adapters, the layer has "
-                             f"{self.num_adapters}")
+    def _gate_values(self, what: str) -> list:
+        if self.gate_mode != "per_adapter" and self._external_gates is None:
+            raise ValueError(f"{what}: gate='per_row' routes every row to its own mix of "
+                             "adapters, which no single weight matrix can hold; set per-adapter "
+                             "gates with set_gates(g) first")
+        g = self._external_gates if self._external_gates is not None else self.gates
+        return [float(v) for v in g.detach().tolist()]
+
+    def merge(self, adapters: Optional[Sequence] = None) -> list:
+        """Fold adapters into the base weight for inference and zero their gates, so the output
+        is unchanged (up to one rounding of ``W`` to its dtype) and they cost nothing.
+
+        ``adapters``: indices or names; default every adapter with a non-zero gate that is not
+        merged yet. Uses the layer's own per-adapter gates (a ``set_gates`` tensor is shared with
+        other layers and cannot be zeroed here: ``set_gates(None)`` first, or use
+        ``llf.merge_and_unload``). Returns the merged indices. Do not train merged adapters:
+        :meth:`unmerge` subtracts their *current* weights. ``W`` is changed in place (it is the
+        Parameter shared with the ``nn.Linear`` the layer wraps)."""
+        if self._external_gates is not None:
+            raise ValueError("merge: this layer uses gates from set_gates (possibly shared by "
+                             "other layers), which merge cannot zero; call set_gates(None) "
+                             "first, or use llf.merge_and_unload(model)")
+        gates = self._gate_values("merge")
+        if adapters is None:
+            ks = [k for k in range(self.num_adapters)
+                  if gates[k] != 0 and self._merged[k] is None]
+        else:
+            ks = [self.adapter_index(a) for a in adapters]
+            twice = [k for k in ks if self._merged[k] is not None]
+            if twice or len(set(ks)) != len(ks):
+                raise ValueError(f"merge: adapter(s) {twice or ks} already merged or listed "
+                                 f"twice (merged now: {self.merged_adapters})")
+        if not ks:
+            return []
+        self._add_to_weight(self.delta_weight(ks, gates))
+        with torch.no_grad():
+            for k in ks:
+                self._merged[k] = gates[k]
+                self.gates[k] = 0.0
+        return ks
+
+    def unmerge(self) -> list:
+        """Undo :meth:`merge`: subtract the merged adapters from ``W`` and give them back their
+        gates. Returns the indices that were unmerged."""
+        ks = self.merged_adapters
+        if not ks:
+            return []
+        gates = [0.0 if g is None else g for g in self._merged]
+        self._add_to_weight(-self.delta_weight(ks, gates))
+        with torch.no_grad():
+            for k in ks:
+                self.gates[k] = gates[k]
+                self._merged[k] = None
+        return ks
+
+    def _add_to_weight(self, delta: torch.Tensor) -> None:
+        with torch.no_grad():
+            # One rounding to the base dtype: the sum is formed in delta's (wider) dtype.
+            self.weight.copy_((self.weight.to(delta.dtype) + delta).to(self.weight.dtype))
+
+    # ----------------------------------------------------------------------------- state dict
+    def get_extra_state(self) -> torch.Tensor:
+        """The bank's metadata as a ``uint8`` tensor (``layer_meta``): alphas, names, ranks,
+        frozen flags, gate mode and trainability, merged gates."""
+        if self.gate_mode == "per_adapter":
+            gate_trainable = self.gates.requires_grad
+        else:
+            gate_trainable = self.router_weight.requires_grad
+        return layer_meta.encode({
+            "gate": self.gate_mode, "gate_trainable": gate_trainable, "ranks": self.ranks,
+            "alphas": list(self._alphas), "names": list(self._names), "merged": list(self._merged),
+            "requires_grad": [[A.requires_grad, B.requires_grad]
+                              for A, B in zip(self.lora_A, self.lora_B)]})
+
+    def set_extra_state(self, state) -> None:
+        meta = layer_meta.decode(state)
+        K = self.num_adapters
+        alphas, flags = meta["alphas"], meta["requires_grad"]
+        if len(alphas) != K or len(flags) != K or len(meta.get("ranks", self.ranks)) != K:
+            raise ValueError(f"GatedLoRALinear extra state describes {len(alphas)} adapters, the "
+                             f"layer has {K}")
+        if meta.get("ranks", self.ranks) != self.ranks:
+            raise ValueError(f"GatedLoRALinear extra state has ranks {meta['ranks']}, the layer "
+                             f"{self.ranks}")
+        if meta.get("gate", self.gate_mode) != self.gate_mode:
+            raise ValueError(f"GatedLoRALinear extra state has gate={meta['gate']!r}, the layer "
+                             f"gate={self.gate_mode!r}")
         self._alphas = [float(a) for a in alphas]
+        self._names = list(meta.get("names", [f"adapter_{k}" for k in range(K)]))
+        self._merged = list(meta.get("merged", [None] * K))
         for (A, B), (ga, gb) in zip(zip(self.lora_A, self.lora_B), flags):
             A.requires_grad_(ga)
             B.requires_grad_(gb)
+        if "gate_trainable" in meta:
+            for name in ("gates", "router_weight", "router_bias"):
+                if self._parameters.get(name) is not None:
+                    self._parameters[name].requires_grad_(meta["gate_trainable"])
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        # Rebuild the bank (count and ranks) from the saved shapes before the ordinary load copies
-        # values into it, so a freshly constructed layer accepts any saved bank.
+        # Same layout (adapter count and ranks): the ordinary load copies into the live
+        # Parameters, so an optimizer built before the load trains the loaded values (resume).
+        # Another layout: rebuild the bank from the saved shapes first, so a freshly constructed
+        # layer accepts any saved bank; Parameters it had are replaced, which an optimizer built
+        # earlier cannot see, hence the warning.
         ranks = []
         while f"{prefix}lora_A.{len(ranks)}" in state_dict:
             ranks.append(state_dict[f"{prefix}lora_A.{len(ranks)}"].shape[0])
         if ranks != self.ranks:
+            if self.num_adapters:
+                warnings.warn(
+                    f"GatedLoRALinear {prefix.rstrip('.') or '(root)'}: the state dict holds "
+                    f"adapters of ranks {ranks}, the layer had {self.ranks}; the bank was rebuilt "
+                    "with new Parameters, so an optimizer built before this load holds stale "
+                    "ones: build the optimizer after loading", stacklevel=2)
+            self._merged = [None] * self.num_adapters
             while self.num_adapters:
                 self.remove_adapter(self.num_adapters - 1)
             for r in ranks:
@@ -347,3 +534,15 @@ class GatedLoRALinear(nn.Module):
 def _check_rank(rank, name: str) -> None:
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"{name} must be an int >= 1, got {rank!r}")
+
+
+def _check_alpha(alpha, name: str) -> float:
+    """``alpha`` as a float: a finite, non-zero real number (a zero alpha makes an adapter that
+    never changes the output; a string such as ``"16"`` is a caller's bug, not a number)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"{name} must be a real number (int or float), got "
+                        f"{type(alpha).__name__} {alpha!r}")
+    value = float(alpha)
+    if not math.isfinite(value) or value == 0.0:
+        raise ValueError(f"{name} must be a finite non-zero number, got {alpha!r}")
+    return value

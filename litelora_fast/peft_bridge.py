@@ -15,27 +15,35 @@ Gates going out: PEFT has no gate, so a gate value ``g != 1`` is folded into the
 untouched. An adapter whose gate is 0 in every layer is exported with its own alpha and left
 inactive.
 
+What travels beside the adapters: a ``modules_to_save`` module (e.g. the classifier of a
+``SEQ_CLS`` model) is replaced by the copy PEFT runs now (the first active adapter's; the other
+adapters' copies are dropped, with a warning) and its name is recorded in
+``model.llf_modules_to_save``, with PEFT's ``task_type`` in ``model.llf_peft_task_type``;
+``to_peft`` hands both back to PEFT, so a PEFT reload gives the same logits. Trainable Parameters
+that PEFT's adapter files would not hold (outside the adapters and ``modules_to_save``) are named
+in a warning by ``to_peft``.
+
 Not supported (a ``ValueError`` names the layer): merged adapters (unmerge first), DoRA and the
 other LoRA variants, ``lora_bias``, LoRA on embeddings or convolutions, ``fan_in_fan_out`` bases
-(GPT-2's ``Conv1D``), trainable tokens. A ``modules_to_save`` module (e.g. the classifier of a
-``SEQ_CLS`` model) is replaced by the copy PEFT runs now (the first active adapter's); the other
-adapters' copies are dropped, and ``to_peft`` does not write ``modules_to_save`` back. PEFT's
-``lora_dropout`` has no counterpart: outputs match in eval mode (or with dropout 0).
+(GPT-2's ``Conv1D``), trainable tokens. PEFT's ``lora_dropout`` has no counterpart yet: outputs
+match in eval mode, and ``from_peft`` warns when it drops a non-zero dropout.
 """
 from __future__ import annotations
 
 import re
+import warnings
 from collections import Counter
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from .inject import _all_names, _set_module, extract_base, injected_layers
+from .inject import (MODULES_TO_SAVE_ATTR, _all_names, _set_module, _short_list, extract_base,
+                     find_modules_to_save, injected_layers)
 from .layer import GatedLoRALinear
 
-# Attribute set on each layer by from_peft: PEFT's adapter name of bank entry k (to_peft reuses it).
-NAMES_ATTR = "llf_adapter_names"
+# Attribute set on the model by from_peft: PEFT's task_type (to_peft hands it back).
+TASK_TYPE_ATTR = "llf_peft_task_type"
 
 
 def _require_peft():
@@ -91,8 +99,10 @@ def from_peft(peft_model: nn.Module) -> nn.Module:
     ``requires_grad``; the base stays frozen and is shared, not copied.
 
     Returns the underlying model (``peft_model.get_base_model()`` for a ``PeftModel``), no longer
-    wrapped by PEFT. Each layer records PEFT's names of its bank entries in ``llf_adapter_names``;
-    :func:`to_peft` reuses them. When some adapters target only some layers, adapter ``k`` of a
+    wrapped by PEFT. Each layer keeps PEFT's names of its bank entries (``layer.adapter_names``:
+    ``llf.set_active_adapters(model, "task1")`` and :func:`to_peft` use them). The
+    ``modules_to_save`` names and the ``task_type`` are recorded on the model for :func:`to_peft`
+    and ``save_adapters``. When some adapters target only some layers, adapter ``k`` of a
     layer is the ``k``-th of the model's adapters that target that layer.
     """
     peft = _require_peft()
@@ -106,15 +116,28 @@ def from_peft(peft_model: nn.Module) -> nn.Module:
         raise ValueError(f"from_peft found no PEFT LoRA layer in the {type(model).__name__}")
     for name, layer in lora_layers:     # check everything before changing anything
         _check_lora_layer(name, layer)
+    config = getattr(peft_model, "peft_config", {}) or {}
+    dropped = {n: c.lora_dropout for n, c in config.items() if getattr(c, "lora_dropout", 0)}
+    if dropped:
+        warnings.warn(f"from_peft: lora_dropout {dropped} is dropped (GatedLoRALinear has no "
+                      "dropout yet): training differs from PEFT's, eval outputs are equal",
+                      stacklevel=2)
+    task_types = {str(getattr(c.task_type, "value", c.task_type)) for c in config.values()
+                  if getattr(c, "task_type", None)}
     all_names = _all_names(model)
     for name, layer in lora_layers:
         gated = _bank_from_lora_layer(layer, order)
         for alias in all_names[id(layer)]:
             _set_module(model, alias, gated)
+    saved = []
     for name, wrapper in [(n, m) for n, m in model.named_modules()
                           if isinstance(m, peft.utils.other.ModulesToSaveWrapper)]:
         for alias in all_names[id(wrapper)]:
-            _set_module(model, alias, _module_in_use(wrapper))
+            _set_module(model, alias, _module_in_use(name, wrapper))
+        saved.append(name)
+    setattr(model, MODULES_TO_SAVE_ATTR, saved)
+    if len(task_types) == 1:
+        setattr(model, TASK_TYPE_ATTR, task_types.pop())
     # PEFT copies its config dict onto the wrapped model (and deletes it when it unloads); a
     # stale one would make a later get_peft_model think the adapters are still there.
     if "peft_config" in vars(model):
@@ -122,25 +145,32 @@ def from_peft(peft_model: nn.Module) -> nn.Module:
     return model
 
 
-def _module_in_use(wrapper) -> nn.Module:
+def _module_in_use(name: str, wrapper) -> nn.Module:
     """The module a ``modules_to_save`` wrapper (e.g. a classifier head) runs now, as PEFT picks
-    it: the first active adapter's trained copy, else the original module."""
+    it: the first active adapter's trained copy, else the original module. Other copies are
+    lost (one model has one classifier): a warning names them."""
     active = [] if wrapper.disable_adapters else list(wrapper.active_adapters)
-    if active and all(a in wrapper.modules_to_save for a in active):
-        return wrapper.modules_to_save[active[0]]
-    return wrapper.original_module
+    kept = (active[0] if active and all(a in wrapper.modules_to_save for a in active)
+            else None)
+    lost = [a for a in wrapper.modules_to_save if a != kept]
+    if lost:
+        warnings.warn(f"from_peft: {name!r} keeps {'adapter ' + repr(kept) if kept else 'the original'}"
+                      f"'s copy; the modules_to_save copies of adapter(s) {lost} are dropped",
+                      stacklevel=3)
+    return wrapper.original_module if kept is None else wrapper.modules_to_save[kept]
 
 
 def _bank_from_lora_layer(layer, order: list) -> GatedLoRALinear:
     names = [n for n in order if n in layer.lora_A] + [n for n in layer.lora_A if n not in order]
     gated = GatedLoRALinear.from_linear(layer.get_base_layer())
+    gated.train(layer.training)
     active = set() if layer.disable_adapters else set(layer.active_adapters)
     dtype = gated.weight.dtype
     with torch.no_grad():
         for name in names:
             A, B = layer.lora_A[name].weight, layer.lora_B[name].weight
             r = A.shape[0]
-            k = gated.add_adapter(rank=r, alpha=layer.scaling[name] * r)
+            k = gated.add_adapter(rank=r, alpha=layer.scaling[name] * r, name=name)
             A_k, B_k = gated.adapter(k)
             # PEFT may keep adapters in fp32 beside a half-precision base; the bank is one dtype.
             A_k.copy_(A.to(dtype))
@@ -148,8 +178,6 @@ def _bank_from_lora_layer(layer, order: list) -> GatedLoRALinear:
             A_k.requires_grad_(A.requires_grad)
             B_k.requires_grad_(B.requires_grad)
             gated.gates[k] = 1.0 if name in active else 0.0
-    setattr(gated, NAMES_ATTR, names)
-    gated.train(layer.training)
     return gated
 
 
@@ -180,13 +208,10 @@ def _layer_names(name: str, layer: GatedLoRALinear,
             raise ValueError(f"adapter_names has {len(adapter_names)} names but layer {name!r} "
                              f"has {K} adapters")
         return list(adapter_names[:K])
-    recorded = getattr(layer, NAMES_ATTR, None)
-    if recorded is not None and len(recorded) == K:
-        return list(recorded)
-    return [f"adapter_{k}" for k in range(K)]
+    return layer.adapter_names
 
 
-def _config_for(peft, entries: list):
+def _config_for(peft, entries: list, extra: dict):
     """One ``LoraConfig`` for one adapter name over the layers that hold it. ``entries``: list of
     ``(layer name, r, alpha)``; the most common r / alpha are the defaults, the rest go in
     ``rank_pattern`` / ``alpha_pattern`` under the escaped full name (PEFT matches those keys as
@@ -197,10 +222,20 @@ def _config_for(peft, entries: list):
         r=r0, lora_alpha=a0, target_modules=[n for n, _, _ in entries],
         rank_pattern={re.escape(n): r for n, r, _ in entries if r != r0},
         alpha_pattern={re.escape(n): a for n, _, a in entries if a != a0},
-        lora_dropout=0.0, bias="none", init_lora_weights=False)
+        lora_dropout=0.0, bias="none", init_lora_weights=False, **extra)
 
 
-def to_peft(model: nn.Module, adapter_names: Optional[Sequence[str]] = None):
+def _lost_parameters(model: nn.Module, saved: list) -> list:
+    """Names of trainable Parameters that neither the adapters nor ``saved`` modules hold: PEFT's
+    adapter files would not carry their trained values."""
+    held = {id(p) for m in model.modules() if isinstance(m, GatedLoRALinear)
+            for n, p in m.named_parameters() if n not in ("weight", "bias")}
+    held |= {id(p) for name in saved for p in model.get_submodule(name).parameters()}
+    return [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in held]
+
+
+def to_peft(model: nn.Module, adapter_names: Optional[Sequence[str]] = None,
+            modules_to_save: Optional[Iterable[str]] = None, task_type: Optional[str] = None):
     """Write the banks of ``model``'s ``GatedLoRALinear`` layers back as PEFT LoRA adapters.
 
     In place: the layers become ``nn.Linear`` again (sharing their base Parameters) and the model
@@ -208,8 +243,14 @@ def to_peft(model: nn.Module, adapter_names: Optional[Sequence[str]] = None):
 
     Args:
         model: a model with ``GatedLoRALinear`` layers (from :func:`inject` or :func:`from_peft`).
-        adapter_names: PEFT's name for bank entry ``k``; default: the names ``from_peft`` recorded,
-            else ``adapter_0``, ``adapter_1``, ...
+        adapter_names: PEFT's name for bank entry ``k``; default: each layer's
+            ``adapter_names`` (PEFT's names after :func:`from_peft`, else ``adapter_<k>``).
+        modules_to_save: modules PEFT stores beside the adapters (e.g. ``["classifier"]``);
+            default: those recorded by ``inject(modules_to_save=...)`` or :func:`from_peft`.
+            Other Parameters that require grad are named in a ``UserWarning``: PEFT's adapter
+            files do not hold them, so a PEFT reload would lose their trained values.
+        task_type: PEFT's ``task_type`` (e.g. ``"SEQ_CLS"``, which also saves the classifier);
+            default: the one :func:`from_peft` recorded, else none.
 
     Returns a ``PeftModel`` whose output equals ``model``'s: the adapters with a non-zero gate in
     some layer are active (``base_model.set_adapter(list)``), a gate ``g`` other than 1 is folded
@@ -221,6 +262,17 @@ def to_peft(model: nn.Module, adapter_names: Optional[Sequence[str]] = None):
     layers = injected_layers(model)
     if not layers:
         raise ValueError(f"to_peft found no GatedLoRALinear in the {type(model).__name__}")
+    saved = find_modules_to_save(model, getattr(model, MODULES_TO_SAVE_ATTR, [])
+                                 if modules_to_save is None else modules_to_save)
+    task_type = getattr(model, TASK_TYPE_ATTR, None) if task_type is None else task_type
+    lost = _lost_parameters(model, saved)
+    if lost:
+        warnings.warn(f"to_peft: {len(lost)} trainable Parameter(s) outside the adapters and "
+                      f"modules_to_save {saved} are not in PEFT's adapter files, so a PEFT "
+                      f"reload loses their trained values: {_short_list(lost, 6)}; pass their "
+                      "modules in modules_to_save=[...] (or freeze them)", stacklevel=2)
+    for layer in layers.values():
+        layer.unmerge()      # PEFT gets unmerged adapters and the gates they had
     per_name: dict = {}     # adapter name -> [(layer name, r, alpha, gate, A, B)]
     for lname, layer in layers.items():
         gates = _gate_values(lname, layer)
@@ -237,7 +289,8 @@ def to_peft(model: nn.Module, adapter_names: Optional[Sequence[str]] = None):
         # A gate folds into alpha only for an adapter that is on somewhere; one that is off
         # everywhere keeps its alpha and is simply left inactive.
         configs[aname] = _config_for(
-            peft, [(ln, r, alpha * g if on else alpha) for ln, r, alpha, g, _, _ in entries])
+            peft, [(ln, r, alpha * g if on else alpha) for ln, r, alpha, g, _, _ in entries],
+            {"modules_to_save": saved or None, "task_type": task_type})
     extract_base(model)
     names = list(per_name)
     wrapped = peft.get_peft_model(model, configs[names[0]], adapter_name=names[0])

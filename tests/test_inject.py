@@ -12,16 +12,10 @@ import torch
 import torch.nn as nn
 
 import litelora_fast as llf
-from litelora_fast.inject import find_targets, injected_layers
+from litelora_fast.inject import find_targets
+from numerics import assert_rel, rel_err
 
-# float64 end to end: a sum of a few dozen products, relative error ~1e-15; 1e-12 leaves room.
-TOL_F64 = 1e-12
-# fp32 through the Triton interpreter: fp32 accumulation over D_in <= 24, ~1e-6 relative.
-TOL_F32 = 1e-5
-
-
-def rel_err(out, ref):
-    return ((out - ref).norm() / ref.norm()).item()
+injected_layers = llf.injected_layers          # reachable from the package (issue 11)
 
 
 class Attention(nn.Module):
@@ -129,7 +123,7 @@ def test_injected_adapters_match_a_float64_formula(fast_path, seed):
     for k, (r, a, g) in enumerate(zip(ranks, alphas, gates)):
         A, B = layer.adapter(k)
         expected = expected + g * a / r * (x @ A.T) @ B.T
-    assert rel_err(layer(x), expected) < TOL_F64
+    assert_rel("layer(x)", layer(x), expected, torch.float64)
 
 
 def test_training_reaches_only_the_adapters(fast_path, seed):
@@ -165,7 +159,7 @@ def test_inject_runs_the_triton_kernels(interpreter, seed):
     for k in range(2):
         A, B = (t.double() for t in layer.adapter(k))
         expected = expected + 5 / 3 * (xd @ A.T) @ B.T
-    assert rel_err(out.double(), expected) < TOL_F32
+    assert_rel("kernels", out, expected, torch.float32)
 
 
 def test_summary_is_logged_and_printed(caplog, capsys):
@@ -224,3 +218,96 @@ def test_extract_base_of_a_bare_layer(fast_path, seed):
     layer = llf.GatedLoRALinear.from_linear(linear, rank=2, num_adapters=1)
     back = llf.extract_base(layer)
     assert type(back) is nn.Linear and back.weight is linear.weight and back.bias is linear.bias
+
+
+# ------------------------------------------------------------------------------- PEFT-like
+def test_inject_freezes_all_but_adapters_by_default(fast_path, seed, capsys):
+    model = toy()
+    llf.inject(model, ["query", "value"], rank=2, alpha=4, num_adapters=1,
+               modules_to_save=["ffn.2"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    adapters = {f"blocks.{b}.{m}.lora_{ab}.0" for b in (0, 1) for m in ("query", "value")
+                for ab in "AB"}
+    assert trainable == adapters | {"ffn.2.weight", "ffn.2.bias"}
+    assert [id(p) for p in llf.trainable_parameters(model)] == [
+        id(p) for n, p in model.named_parameters() if n in trainable]
+    count, total = llf.print_trainable_parameters(model)
+    assert count == sum(p.numel() for p in llf.trainable_parameters(model))
+    assert total == sum(p.numel() for p in model.parameters())   # the tied head counted once
+    assert capsys.readouterr().out == (f"trainable params: {count:,d} || all params: {total:,d} "
+                                       f"|| trainable%: {100 * count / total:.4f}\n")
+    k = model.blocks[0].query.add_adapter()      # recruited later: trainable
+    assert model.blocks[0].query.adapter(k)[0].requires_grad
+    llf.extract_base(model)
+    assert all(p.requires_grad for p in model.parameters()), "extract_base unfreezes"
+
+
+def test_inject_freeze_base_opt_out(fast_path, seed):
+    model = toy()
+    model.ffn[0].requires_grad_(False)           # the user's own choice is kept
+    llf.inject(model, ["query"], num_adapters=1, freeze_base=False)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"ffn.0.weight", "ffn.0.bias"} | {
+        f"blocks.{b}.query.{w}" for b in (0, 1) for w in ("weight", "bias", "gates")}
+
+
+def test_modules_to_save_errors():
+    with pytest.raises(ValueError, match=r"'classifier' matched no module.*blocks, ffn, proj"):
+        llf.inject(toy(), ["query"], modules_to_save=["classifier"])
+    with pytest.raises(ValueError, match=r"\['blocks.0'\] contain layers that target_modules"):
+        llf.inject(toy(), ["query"], modules_to_save=["blocks.0"])
+    with pytest.raises(TypeError, match="list of module names"):
+        llf.inject(toy(), ["query"], modules_to_save="ffn")
+
+
+def test_set_active_adapters_by_index(fast_path, seed):
+    model = toy()
+    llf.inject(model, ["query", "value"], rank=2, num_adapters=3)
+    llf.set_active_adapters(model, [0, 2])
+    assert all(layer.gates.tolist() == [1.0, 0.0, 1.0] for layer in injected_layers(model).values())
+    llf.set_active_adapters(model, "adapter_1")
+    assert all(layer.active_adapters == [1] for layer in injected_layers(model).values())
+    with pytest.raises(IndexError, match=r"blocks\.0\.query.*index 3 out of range"):
+        llf.set_active_adapters(model, [3])
+    model.blocks[1].value.set_gates(torch.ones(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"blocks\.1\.value.*set_gates"):
+        llf.set_active_adapters(model, [0])
+    assert model.blocks[0].query.active_adapters == [1], "nothing changed by a failed call"
+    with pytest.raises(ValueError, match="no GatedLoRALinear"):
+        llf.set_active_adapters(toy(), [0])
+
+
+# ------------------------------------------------------------------------------- merge
+@pytest.mark.parametrize("external", [False, True], ids=["own-gates", "set_gates"])
+def test_merge_and_unload_gives_plain_linear_layers(external, fast_path, seed):
+    model = toy().eval()
+    llf.inject(model, ["query", "value", "proj"], rank=3, alpha=5, num_adapters=2)
+    g = torch.tensor([0.8, -1.5], dtype=torch.float64)
+    with torch.no_grad():
+        for layer in injected_layers(model).values():
+            for k in range(2):
+                layer.adapter(k)[1].normal_()
+            if external:
+                layer.set_gates(g)
+            else:
+                layer.gates.copy_(g)
+    model.blocks[0].value.merge() if not external else None    # already merged: stays in
+    x = torch.randn(2, 5, 12, dtype=torch.float64)
+    ref = model(x)
+    assert llf.merge_and_unload(model) is model
+    assert not injected_layers(model) and type(model.proj) is nn.Linear
+    assert model.head is model.proj and not hasattr(model, "llf_injected")
+    assert_rel("merged model", model(x), ref, torch.float64)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_merge_and_unload_errors(fast_path, seed):
+    model = toy()
+    llf.inject(model, ["query"], num_adapters=1, gate="per_row")
+    with pytest.raises(ValueError, match=r"blocks\.0\.query.*per_row"):
+        llf.merge_and_unload(model)
+    assert len(injected_layers(model)) == 2, "nothing changed by a failed call"
+    with pytest.raises(KeyError, match="no layer has adapter"):
+        llf.merge_and_unload(model, adapters=["nope"])
+    linear = llf.merge_and_unload(llf.GatedLoRALinear(4, 3, num_adapters=1))
+    assert type(linear) is nn.Linear

@@ -7,6 +7,7 @@ adapters get random (non-zero) A and B. Forward passes use the PyTorch fast path
 """
 import copy
 import os
+import warnings
 
 import pytest
 import torch
@@ -15,16 +16,11 @@ import torch.nn as nn
 import litelora_fast as llf
 from litelora_fast.inject import injected_layers
 
-peft = pytest.importorskip("peft")
+from numerics import assert_rel
 
-# float64 end to end: both sides sum the same few dozen products, relative error ~1e-16.
-TOL_F64 = 1e-12
-# fp32: PEFT and our fast path order the additions differently; D <= 24 terms of fp32 rounding.
-TOL_F32 = 1e-5
+peft = pytest.importorskip("peft")     # a third-party extra; our own imports above must not skip
 
-
-def rel_err(out, ref):
-    return ((out - ref).norm() / ref.norm()).item()
+F64, F32 = torch.float64, torch.float32
 
 
 class Block(nn.Module):
@@ -91,17 +87,17 @@ def test_from_peft_matches_peft(fast_path, seed, active):
     net = llf.from_peft(model)
     assert isinstance(net, Net) and not hasattr(net, "peft_config")
     assert not any(isinstance(m, peft.tuners.lora.LoraLayer) for m in net.modules())
-    assert rel_err(net(x), ref) < TOL_F64
+    assert_rel("net(x)", net(x), ref, F64)
 
     q = net.layers[0].q_proj
     assert isinstance(q, llf.GatedLoRALinear)
-    assert q.llf_adapter_names == ["task0", "task1", "task2"] and q.ranks == [4, 2, 5]
-    assert q.gates.tolist() == [1.0 if n in active else 0.0 for n in q.llf_adapter_names]
+    assert q.adapter_names == ["task0", "task1", "task2"] and q.ranks == [4, 2, 5]
+    assert q.gates.tolist() == [1.0 if n in active else 0.0 for n in q.adapter_names]
     # rsLoRA's scaling alpha / sqrt(r) survives as alpha_k = scaling * r.
     assert q.scaling[2] == pytest.approx(3 / 5 ** 0.5)
     v, up = net.layers[1].v_proj, net.layers[1].up
-    assert v.llf_adapter_names == ["task0", "task1"] and v.ranks == [4, 3]
-    assert up.llf_adapter_names == ["task1"] and up.scaling == [pytest.approx(7 / 2)]
+    assert v.adapter_names == ["task0", "task1"] and v.ranks == [4, 3]
+    assert up.adapter_names == ["task1"] and up.scaling == [pytest.approx(7 / 2)]
     assert type(net.head) is nn.Linear
 
 
@@ -119,11 +115,11 @@ def test_from_peft_fp32_and_gradients(fast_path, seed):
     for p in net.parameters():
         p.grad = None
     out = net(x)
-    assert rel_err(out, ref) < TOL_F32
+    assert_rel("out", out, ref, F32)
     out.square().sum().backward()
     A, B = net.layers[1].q_proj.adapter(1)
-    assert rel_err(A.grad, ref_grads[0]) < TOL_F32
-    assert rel_err(B.grad, ref_grads[1]) < TOL_F32
+    assert_rel("A.grad", A.grad, ref_grads[0], F32)
+    assert_rel("B.grad", B.grad, ref_grads[1], F32)
 
 
 def test_from_peft_disabled_adapters_give_the_base(fast_path, seed):
@@ -132,7 +128,7 @@ def test_from_peft_disabled_adapters_give_the_base(fast_path, seed):
     with model.disable_adapter():
         net = llf.from_peft(model)
         assert all((layer.gates == 0).all() for layer in injected_layers(net).values())
-    assert rel_err(net(x), base(x)) < TOL_F64
+    assert_rel("net(x)", net(x), base(x), F64)
 
 
 def gated_net(seed_gates):
@@ -161,7 +157,7 @@ def test_to_peft_matches_and_peft_reloads_it(fast_path, seed, tmp_path):
     A_v = net.layers[1].v_proj.adapter(2)[0].detach().clone()
     model = llf.to_peft(net, adapter_names=["task0", "task1", "task2"])
     assert isinstance(model, peft.PeftModel)
-    assert rel_err(model(x), ref) < TOL_F64
+    assert_rel("model(x)", model(x), ref, F64)
     peft_v = model.base_model.model.layers[1].v_proj
     assert sorted(peft_v.active_adapters) == ["task0", "task1"], "task2 is off everywhere"
     assert peft_v.r == {"task0": 4, "task1": 5, "task2": 5}  # layers.1.v_proj is i = 4
@@ -173,7 +169,7 @@ def test_to_peft_matches_and_peft_reloads_it(fast_path, seed, tmp_path):
     for name in ("task1", "task2"):
         loaded.load_adapter(os.fspath(tmp_path / name), adapter_name=name)
     activate(loaded, ["task0", "task1"])
-    assert rel_err(loaded.eval()(x), ref) < TOL_F64
+    assert_rel("loaded.eval()(x)", loaded.eval()(x), ref, F64)
 
 
 def test_peft_round_trip_keeps_weights_and_outputs(fast_path, seed):
@@ -183,7 +179,7 @@ def test_peft_round_trip_keeps_weights_and_outputs(fast_path, seed):
     ref = model(x)
     weights = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
     back = llf.to_peft(llf.from_peft(model))
-    assert rel_err(back(x), ref) < TOL_F64
+    assert_rel("back(x)", back(x), ref, F64)
     assert {n: p for n, p in back.named_parameters() if "lora_" in n}.keys() == weights.keys()
     for n, p in back.named_parameters():
         if "lora_" in n:
@@ -242,6 +238,91 @@ def test_from_peft_keeps_the_modules_to_save_in_use(fast_path, seed):
             p.normal_()
     x = torch.randn(4, 16, dtype=torch.float64)
     ref = model.eval()(x)
-    net = llf.from_peft(model)
-    assert type(net.head) is nn.Linear
-    assert rel_err(net(x), ref) < TOL_F64
+    with pytest.warns(UserWarning, match=r"'head' keeps adapter 'task1'.*\['task0'\] are dropped"):
+        net = llf.from_peft(model)
+    assert type(net.head) is nn.Linear and net.llf_modules_to_save == ["head"]
+    assert_rel("net(x)", net(x), ref, F64)
+
+
+def test_modules_to_save_survive_a_peft_reload(fast_path, seed, tmp_path):
+    """inject(modules_to_save=["head"]) -> train the head -> to_peft -> PEFT save/load onto the
+    untouched base: the same outputs (the head travels in PEFT's adapter files)."""
+    net = Net().double().eval()
+    base = copy.deepcopy(net)
+    llf.inject(net, ["q_proj", "v_proj"], rank=3, alpha=6, num_adapters=1,
+               modules_to_save=["head"])
+    with torch.no_grad():
+        for layer in injected_layers(net).values():
+            layer.adapter(0)[1].normal_()
+        net.head.weight.normal_()          # "trained": differs from the base's head
+    x = torch.randn(5, 16, dtype=torch.float64)
+    ref = net(x)
+    model = llf.to_peft(net)
+    assert_rel("to_peft", model(x), ref, F64)
+    model.save_pretrained(tmp_path)       # one directory per adapter name
+    loaded = peft.PeftModel.from_pretrained(base, os.fspath(tmp_path / "adapter_0")).eval()
+    assert_rel("PEFT reload", loaded(x), ref, F64)
+
+
+def tiny_bert_classifier():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=24, num_labels=3)
+    return transformers.BertForSequenceClassification(config).double().eval()
+
+
+def test_task_type_and_modules_to_save_round_trip(fast_path, seed, tmp_path):
+    """A SEQ_CLS PEFT model (BERT classifier) through from_peft and back keeps task_type and the
+    classifier PEFT trained: logits after a PEFT reload onto the untouched base are equal."""
+    net = tiny_bert_classifier()
+    base = copy.deepcopy(net)
+    config = peft.LoraConfig(init_lora_weights=False, task_type="SEQ_CLS", r=4, lora_alpha=8,
+                             target_modules=["query", "value"])
+    model = peft.get_peft_model(net, config, adapter_name="task0").eval()
+    with torch.no_grad():
+        model.base_model.model.classifier.modules_to_save["task0"].weight.normal_()
+    ids = torch.randint(0, 40, (2, 7))
+    ref = model(input_ids=ids).logits
+    gated = llf.from_peft(model)
+    assert gated.llf_peft_task_type == "SEQ_CLS" and gated.llf_modules_to_save == ["classifier"]
+    assert_rel("from_peft", gated(input_ids=ids).logits, ref, F64)
+    back = llf.to_peft(gated)
+    assert back.peft_config["task0"].task_type == "SEQ_CLS"
+    assert "classifier" in back.peft_config["task0"].modules_to_save
+    back.save_pretrained(tmp_path)
+    loaded = peft.PeftModel.from_pretrained(base, os.fspath(tmp_path / "task0")).eval()
+    assert_rel("PEFT reload", loaded(input_ids=ids).logits, ref, F64)
+
+
+def test_to_peft_names_what_peft_would_lose(fast_path, seed):
+    net = llf.inject(Net().double(), ["q_proj"], num_adapters=1, freeze_base=False)
+    with pytest.warns(UserWarning, match=r"to_peft: 12 trainable Parameter\(s\) outside.*"
+                                         r"layers\.0\.v_proj\.weight"):
+        llf.to_peft(net)
+    quiet = llf.inject(Net().double(), ["q_proj"], num_adapters=1)     # freeze_base: nothing lost
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        llf.to_peft(quiet)
+
+
+def test_from_peft_warns_when_it_drops_dropout():
+    net = Net()
+    model = peft.get_peft_model(net, peft.LoraConfig(r=2, target_modules=["up"],
+                                                     lora_dropout=0.1))
+    with pytest.warns(UserWarning, match=r"lora_dropout \{'default': 0.1\} is dropped"):
+        llf.from_peft(model)
+
+
+def test_set_active_adapters_by_peft_name(fast_path, seed):
+    _, model = peft_net()
+    x = torch.randn(4, 16, dtype=torch.float64)
+    activate(model, ["task1", "task2"])
+    ref = model(x)
+    net = llf.from_peft(copy.deepcopy(model))
+    llf.set_active_adapters(net, "task0")
+    assert net.layers[0].q_proj.gates.tolist() == [1.0, 0.0, 0.0]
+    assert net.layers[1].up.gates.tolist() == [0.0]       # up holds task1 only
+    llf.set_active_adapters(net, ["task1", "task2"])
+    assert_rel("same subset as PEFT", net(x), ref, F64)
+    with pytest.raises(KeyError, match=r"\['task9'\].*'task0', 'task1', 'task2'"):
+        llf.set_active_adapters(net, ["task9"])

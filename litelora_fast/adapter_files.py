@@ -1,0 +1,179 @@
+"""Adapter files: only the banks, not the base model (PEFT's ``save_pretrained`` for adapters).
+
+``save_adapters(model, path)`` writes, into the directory ``path``:
+
+- ``adapters.safetensors``: ``<layer>.lora_A.<k>`` ``(r_k, D_in)`` and ``<layer>.lora_B.<k>``
+  ``(D_out, r_k)`` for every gated layer, the router of ``gate="per_row"`` layers, and the
+  Parameters of the ``modules_to_save`` (``modules_to_save.<module>.<param>``, e.g. a classifier);
+- ``adapters.json``: per layer its shape, gate mode and, per adapter, name, rank, alpha, gate and
+  frozen flags (human readable; the numbers are exact).
+
+``load_adapters(model, path)`` puts them onto a model with the same base: into its gated layers
+(same names; a model with none is injected first, with the saved targets), rebuilding banks whose
+layout differs. Mismatched targets or shapes raise ``ValueError`` naming the layer and shapes.
+Gates given with ``set_gates`` (e.g. LiteLoRA's task gates) are not layer state and are not saved.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .inject import MODULES_TO_SAVE_ATTR, inject, injected_layers
+from .layer import GatedLoRALinear
+
+WEIGHTS_NAME = "adapters.safetensors"
+CONFIG_NAME = "adapters.json"
+FORMAT = "litelora-fast-adapters/1"
+
+
+def _safetensors():
+    try:
+        import safetensors.torch
+    except ImportError as err:
+        raise ImportError("save_adapters/load_adapters need safetensors: pip install "
+                          "safetensors (transformers installs it)") from err
+    return safetensors.torch
+
+
+def _layer_record(layer: GatedLoRALinear) -> dict:
+    # A merged adapter is saved as its unmerged self (its gate as merged): W is not in the file.
+    gates = ([float(v) for v in layer.gates.detach().tolist()]
+             if layer.gate_mode == "per_adapter" else None)
+    merged = layer._merged
+    return {
+        "in_features": layer.in_features, "out_features": layer.out_features,
+        "gate": layer.gate_mode,
+        "adapters": [{"name": n, "rank": r, "alpha": a,
+                      "gate": None if gates is None else (gates[k] if merged[k] is None
+                                                          else merged[k]),
+                      "frozen": [not A.requires_grad, not B.requires_grad]}
+                     for k, (n, r, a, (A, B)) in enumerate(zip(
+                         layer.adapter_names, layer.ranks, layer.alphas,
+                         zip(layer.lora_A, layer.lora_B)))],
+    }
+
+
+def save_adapters(model: nn.Module, path, modules_to_save=None) -> Path:
+    """Write the adapter banks of ``model`` (and its ``modules_to_save``) into the directory
+    ``path`` (created if needed); returns it. ``modules_to_save``: module names; default those
+    recorded by ``inject``/``from_peft`` (``model.llf_modules_to_save``)."""
+    st = _safetensors()
+    layers = injected_layers(model)
+    if not layers:
+        raise ValueError(f"save_adapters: the {type(model).__name__} has no GatedLoRALinear "
+                         "layer (llf.inject or llf.from_peft first)")
+    extra = list(getattr(model, MODULES_TO_SAVE_ATTR, []) if modules_to_save is None
+                 else modules_to_save)
+    tensors, config = {}, {"format": FORMAT, "layers": {}, "modules_to_save": extra}
+    for name, layer in layers.items():
+        config["layers"][name] = _layer_record(layer)
+        for k in range(layer.num_adapters):
+            A, B = layer.adapter(k)
+            tensors[f"{name}.lora_A.{k}"] = A.detach().cpu().contiguous()
+            tensors[f"{name}.lora_B.{k}"] = B.detach().cpu().contiguous()
+        if layer.gate_mode == "per_row":
+            tensors[f"{name}.router_weight"] = layer.router_weight.detach().cpu().contiguous()
+            tensors[f"{name}.router_bias"] = layer.router_bias.detach().cpu().contiguous()
+    for module_name in extra:
+        for pname, p in model.get_submodule(module_name).named_parameters():
+            tensors[f"modules_to_save.{module_name}.{pname}"] = p.detach().cpu().contiguous()
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    st.save_file(tensors, os.fspath(path / WEIGHTS_NAME), metadata={"format": FORMAT})
+    (path / CONFIG_NAME).write_text(json.dumps(config, indent=1) + "\n")
+    return path
+
+
+def _read(path):
+    path = Path(path)
+    files = [path / CONFIG_NAME, path / WEIGHTS_NAME]
+    missing = [os.fspath(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"load_adapters: {', '.join(missing)} not found (written by "
+                                "llf.save_adapters(model, path))")
+    config = json.loads(files[0].read_text())
+    if config.get("format") != FORMAT:
+        raise ValueError(f"load_adapters: {files[0]} has format {config.get('format')!r}, "
+                         f"expected {FORMAT!r}")
+    return config, _safetensors().load_file(os.fspath(files[1]))
+
+
+def _check_layer(name: str, layer: GatedLoRALinear, record: dict, tensors: dict) -> None:
+    saved = (record["out_features"], record["in_features"])
+    if (layer.out_features, layer.in_features) != saved or layer.gate_mode != record["gate"]:
+        raise ValueError(f"load_adapters: layer {name!r} is ({layer.out_features}, "
+                         f"{layer.in_features}) with gate={layer.gate_mode!r}, the file's is "
+                         f"{saved} with gate={record['gate']!r}")
+    for k, entry in enumerate(record["adapters"]):
+        r = entry["rank"]
+        for key, shape in ((f"{name}.lora_A.{k}", (r, saved[1])),
+                           (f"{name}.lora_B.{k}", (saved[0], r))):
+            if key not in tensors or tuple(tensors[key].shape) != shape:
+                got = tuple(tensors[key].shape) if key in tensors else "missing"
+                raise ValueError(f"load_adapters: {key} should have shape {shape} for layer "
+                                 f"{name!r} ({saved[0]}, {saved[1]}) rank {r}, the file has {got}")
+
+
+def load_adapters(model: nn.Module, path, freeze_base: bool = True) -> nn.Module:
+    """Load what :func:`save_adapters` wrote into ``model`` (same base model), in place; returns
+    ``model``.
+
+    ``model``'s gated layers must be exactly the saved ones (``ValueError`` lists the missing and
+    the unexpected names); a model without any is injected first with the saved layer names
+    (``freeze_base`` as in ``inject``). A bank with the saved layout is written in place (an
+    optimizer built before keeps training it); another layout is rebuilt, with a warning when
+    the layer had adapters. Names, alphas, gates and frozen flags come from the file.
+    """
+    config, tensors = _read(path)
+    records = config["layers"]
+    if not injected_layers(model):
+        for gate in sorted({r["gate"] for r in records.values()}):
+            inject(model, [n for n, r in records.items() if r["gate"] == gate], gate=gate,
+                   freeze_base=freeze_base, modules_to_save=config.get("modules_to_save", []))
+    layers = injected_layers(model)
+    if set(layers) != set(records):
+        raise ValueError(
+            f"load_adapters: the file's gated layers differ from the model's: missing in the "
+            f"model {sorted(set(records) - set(layers))}, not in the file "
+            f"{sorted(set(layers) - set(records))}")
+    for name, layer in layers.items():     # every check before the first change
+        _check_layer(name, layer, records[name], tensors)
+    for module_name in config.get("modules_to_save", []):
+        module = model.get_submodule(module_name)
+        for pname, p in module.named_parameters():
+            key = f"modules_to_save.{module_name}.{pname}"
+            if key not in tensors or tensors[key].shape != p.shape:
+                got = tuple(tensors[key].shape) if key in tensors else "missing"
+                raise ValueError(f"load_adapters: {key} should have shape {tuple(p.shape)}, the "
+                                 f"file has {got}")
+    recorded = getattr(model, MODULES_TO_SAVE_ATTR, [])
+    setattr(model, MODULES_TO_SAVE_ATTR, recorded + [
+        n for n in config.get("modules_to_save", []) if n not in recorded])
+    for name, layer in layers.items():
+        state = {}
+        for k, entry in enumerate(records[name]["adapters"]):
+            for kind in ("lora_A", "lora_B"):
+                state[f"{kind}.{k}"] = tensors[f"{name}.{kind}.{k}"]
+        adapters = records[name]["adapters"]
+        if layer.gate_mode == "per_adapter":
+            state["gates"] = torch.tensor([e["gate"] for e in adapters], dtype=torch.float64)
+        else:
+            state["router_weight"] = tensors[f"{name}.router_weight"]
+            state["router_bias"] = tensors[f"{name}.router_bias"]
+        layer.unmerge()
+        # strict=False: the base weight and bias are not in the file and stay as they are.
+        layer.load_state_dict(state, strict=False)
+        layer._alphas = [float(e["alpha"]) for e in adapters]
+        layer._names = [e["name"] for e in adapters]
+        for (A, B), entry in zip(zip(layer.lora_A, layer.lora_B), adapters):
+            A.requires_grad_(not entry["frozen"][0])
+            B.requires_grad_(not entry["frozen"][1])
+    with torch.no_grad():
+        for module_name in config.get("modules_to_save", []):
+            for pname, p in model.get_submodule(module_name).named_parameters():
+                p.copy_(tensors[f"modules_to_save.{module_name}.{pname}"])
+    return model
