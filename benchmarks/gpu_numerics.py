@@ -1,94 +1,130 @@
-"""GPU numerics of the public op: ``gated_lora_linear`` on CUDA (the Triton kernels) against the
-float64 reference on the GPU, in bf16, fp16 and fp32, output and every gradient.
+"""GPU numerics of the public op: ``gated_lora_linear`` through the Triton kernels on CUDA against
+the float64 reference, in bf16, fp16 and fp32, output and every gradient.
 
-Reuses the named edge cases of ``tests/op_cases.py`` (one row, K = 1, ragged ranks, rank-0
-adapters, zero gates, per-row gates, 3-D and strided inputs) and adds block-multiple and
-odd GPU-sized shapes; each case runs with trainable gates and with frozen gates (the zero-gate
-skipping path), on two fresh seeds. Prints one line per draw and a summary; exits 1 on any error
-over its bound or when a Triton kernel never launched. Run by ``benchmarks/gpu_check.sh``.
+The runs are ``gpu_plan.numerics_runs()``: the pointer path on the named edge cases of
+``tests/op_cases.py`` (one row, K = 1, ragged ranks, rank-0 adapters, zero gates, per-row gates,
+3-D and strided inputs) and GPU-sized shapes; each descriptor variant of the fused GEMMs
+(``LITELORA_KERNEL_VARIANT`` = tma, tma_persistent, tma_ws) on descriptor-legal shapes; every run
+with trainable gates and with frozen gates (the zero-gate skipping path), on fresh seeds.
+
+Bounds: ``tests/numerics.py``'s ``TOL`` (``TOL_TF32`` for fp32 when torch allows TF32); the gate
+gradient is measured against ``op_cases.gate_grad_scale`` (the sum of |terms|), as the unit tests
+do, since it is an inner product that can cancel far below its terms.
+
+Run with ``LITELORA_AUTOTUNE=0`` (``gpu_check.sh`` sets it): one config per kernel, no tuning.
+Prints one line per draw and a summary; exits 1 on any error over its bound, or when a kernel
+never launched in a dtype. ``--list`` prints the runs and exits (no GPU needed).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import ERROR_BOUNDS  # noqa: E402
-from op_cases import CASES, Case, call, leaves, make_inputs, oracle, rel_err  # noqa: E402
+import gpu_plan  # noqa: E402  (puts tests/ on sys.path for op_cases and numerics)
+from numerics import TOL, TOL_TF32, rel_err  # noqa: E402
+from op_cases import call, gate_grad_scale, leaves, make_inputs, oracle  # noqa: E402
 
-import litelora_fast as llf  # noqa: E402
-from litelora_fast.kernels import LAUNCH_COUNTS  # noqa: E402
-
-GPU_CASES = {
-    "N2048-1024x1536-K8-r16": Case(lead=(2048,), d_in=1024, d_out=1536, ranks=[16] * 8),
-    "N1000-777x1100-K5-ragged": Case(lead=(1000,), d_in=777, d_out=1100, ranks=[16, 3, 64, 0, 9],
-                                     zero_gates=(1,)),
-    "3d-perrow-N4x257-520x300-K4": Case(lead=(4, 257), d_in=520, d_out=300, ranks=[8] * 4,
-                                        per_row=True, zero_gates=(2,)),
-}
-DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-KERNELS = ("shrink", "fused_forward", "grad_shrink", "fused_dx", "matmul_tn")
+VARIANT_ENV = "LITELORA_KERNEL_VARIANT"
+FUSED = ("fused_forward", "fused_dx")   # the kernels with variants
 
 
-def variants():
-    for name, case in {**CASES, **GPU_CASES}.items():
-        yield f"{name}/gates-train", case
-        frozen = dict(case.trainable, gates=False)
-        yield f"{name}/gates-frozen", dataclasses.replace(case, trainable=frozen)
+def bound(dtype: torch.dtype) -> float:
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return TOL_TF32
+    return TOL[dtype]
 
 
-def check(name: str, case: Case, dtype, seed: int, device: str = "cuda") -> tuple:
+def check(run: gpu_plan.Run, seed: int, device: str = "cuda") -> dict:
+    """``{output name: relative error}`` of one draw through the Triton kernels (gates against
+    ``gate_grad_scale``). ``device="cpu"`` runs it under the interpreter (the unit test of this
+    script)."""
+    import litelora_fast as llf
+
+    dtype, case = getattr(torch, run.dtype), run.case
     torch.manual_seed(seed)
     t = make_inputs(case, dtype=dtype, device=device)
-    y = call(llf.gated_lora_linear, case, t)
+    y = call(lambda *a: llf.gated_lora_linear(*a, backend="triton"), case, t)
     dy = torch.randn_like(y)
     y_ref, g_ref = oracle(case, t, dy)
     errs = {"y": rel_err(y, y_ref)}
     if leaves(t):
         y.backward(dy)
         for arg, leaf in leaves(t).items():
-            errs[f"d{arg}"] = (float("inf") if leaf.grad is None
-                               else rel_err(leaf.grad, g_ref[arg]))
-    worst = max(errs, key=lambda k: errs[k] if errs[k] == errs[k] else float("inf"))
-    return worst, errs[worst], errs
+            if leaf.grad is None:
+                errs[f"d{arg}"] = float("inf")
+            elif arg == "gates":
+                scale = gate_grad_scale(t["x"], t["lora_A"], t["lora_B"], dy, case.rank_offsets,
+                                        case.scaling, case.per_row)
+                errs["dgates"] = rel_err(leaf.grad, g_ref[arg], scale)
+            else:
+                errs[f"d{arg}"] = rel_err(leaf.grad, g_ref[arg])
+    return errs
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    runs = gpu_plan.numerics_runs()
+    if "--list" in argv:
+        for r in runs:
+            print(r.label)
+        print(f"{len(runs)} runs x {gpu_plan.SEEDS_PER_RUN} seeds")
+        return 0
     if not torch.cuda.is_available():
         print("gpu_numerics: no CUDA device, nothing checked")
         return 2
-    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    start, failures, rows = time.time(), [], 0
-    base_seed = torch.seed() % 2**31
-    for dtype in DTYPES:
-        bound = ERROR_BOUNDS[("cuda", str(dtype).split(".")[1])]
-        for name, case in variants():
-            for i in range(2):
-                seed = base_seed + 1000 * rows + i
-                try:
-                    which, err, errs = check(name, case, dtype, seed)
-                    ok = err <= bound
-                    msg = f"worst {which} {err:.2e}"
-                except Exception as e:   # a crash is a failure of this draw, not of the run
-                    ok, msg = False, f"raised {type(e).__name__}: {e}"
-                print(f"{'ok  ' if ok else 'FAIL'} {str(dtype):15s} {name:45s} seed {seed:<11d} "
-                      f"{msg} (bound {bound:g})", flush=True)
-                if not ok:
-                    failures.append((dtype, name, seed, msg))
-            rows += 1
-    missing = [k for k in KERNELS if LAUNCH_COUNTS[k] == 0]
-    print(f"\nkernel launches: {dict(LAUNCH_COUNTS)}")
-    if missing:
-        print(f"FAIL: kernels never launched (the op did not run Triton on CUDA?): {missing}")
-    print(f"{len(failures)} failed draws of {2 * rows}; {time.time() - start:.1f} s")
-    return 1 if failures or missing else 0
+    from litelora_fast.kernels import LAUNCH_COUNTS
 
+    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+          f"LITELORA_AUTOTUNE={os.environ.get('LITELORA_AUTOTUNE', '(unset)')}, "
+          f"allow_tf32={torch.backends.cuda.matmul.allow_tf32}", flush=True)
+    start, failures, draws = time.time(), [], 0
+    launched = {}   # (dtype, variant) -> Counter of launches
+    base_seed = torch.seed() % 2**31
+    for i, run in enumerate(runs):
+        os.environ[VARIANT_ENV] = run.variant
+        limit = bound(getattr(torch, run.dtype))
+        before = dict(LAUNCH_COUNTS)
+        for j in range(gpu_plan.SEEDS_PER_RUN):
+            seed = base_seed + 1000 * i + j
+            draws += 1
+            try:
+                errs = check(run, seed)
+                worst = max(errs, key=lambda k: errs[k] if errs[k] == errs[k] else float("inf"))
+                ok = errs[worst] <= limit   # NaN fails
+                msg = f"worst {worst} {errs[worst]:.2e}"
+            except Exception as e:   # a crash is a failure of this draw, not of the run
+                ok, msg = False, f"raised {type(e).__name__}: {e}"
+            print(f"{'ok  ' if ok else 'FAIL'} {run.label:70s} seed {seed:<11d} {msg} "
+                  f"(bound {limit:g})", flush=True)
+            if not ok:
+                failures.append((run.label, seed, msg))
+        counts = launched.setdefault((run.dtype, run.variant), {})
+        for k, v in LAUNCH_COUNTS.items():
+            counts[k] = counts.get(k, 0) + v - before.get(k, 0)
+    os.environ.pop(VARIANT_ENV, None)
+    # Every kernel that launched anywhere must have launched in every dtype on the pointer path,
+    # and each fused GEMM as every forced variant (the launchers count "<kernel>/<variant>").
+    kernels = {k for c in launched.values() for k, v in c.items() if v and "/" not in k}
+    missing = [f"{dtype}/{POINTER}: {k}" for dtype in gpu_plan.DTYPES for k in sorted(kernels)
+               if not launched.get((dtype, POINTER), {}).get(k)]
+    missing += [f"{dtype}/{v}: {k}/{v}" for dtype in gpu_plan.DTYPES
+                for v in (POINTER,) + gpu_plan.TMA_VARIANTS for k in FUSED
+                if not launched.get((dtype, v), {}).get(f"{k}/{v}")]
+    print(f"\nkernel launches per dtype/variant: {launched}")
+    if not kernels:
+        print("FAIL: no Triton kernel launched (the op did not run Triton on CUDA?)")
+    for m in missing:
+        print(f"FAIL: never launched: {m}")
+    print(f"{len(failures)} failed draws of {draws}; {time.time() - start:.1f} s")
+    return 1 if failures or missing or not kernels else 0
+
+
+POINTER = gpu_plan.POINTER
 
 if __name__ == "__main__":
     sys.exit(main())

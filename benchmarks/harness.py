@@ -149,12 +149,22 @@ def versions() -> dict:
             "load_avg_1min": os.getloadavg()[0]}
 
 
+IMPL_NAMES = {"triton": "kernels", "torch": "composite", None: "not tuned"}
+
+
 def implementation_of_ours(case: Case, inp: Inputs) -> str:
     """Which implementation ``gated_lora_linear`` ran for this case: on the CPU the PyTorch fast
-    path; on CUDA the op's measured choice (kernels or the cuBLAS composite)."""
+    path; on CUDA the op's measured choice (``autotune.chosen_implementation``: the kernels or
+    the cuBLAS composite), asked after the case ran, so its bucket is tuned."""
     if case.device != "cuda":
         return "torch fast path"
-    return "kernels"   # TODO(H2's API): ask the op which implementation this shape uses
+    from litelora_fast import autotune
+
+    needs = tuple(t.requires_grad for t in (inp.x, inp.weight)) + (False,) + tuple(
+        t.requires_grad for t in (inp.lora_A, inp.lora_B, inp.gates))
+    return IMPL_NAMES[autotune.chosen_implementation(
+        case.n, case.d_in, case.d_out, case.active_rank, getattr(torch, case.dtype),
+        per_row_gates=False, needs=needs, device=case.device)]
 
 
 def _kernels_interpreted() -> bool:

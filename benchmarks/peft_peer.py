@@ -39,10 +39,8 @@ class PeftPeer:
 
         K, r = case.k, case.r
         weight = inp.weight.detach()
-        base = torch.nn.Linear(case.d_in, case.d_out, bias=False, device=weight.device,
-                               dtype=weight.dtype)
-        with torch.no_grad():
-            base.weight.copy_(weight)
+        base = torch.nn.Linear(case.d_in, case.d_out, bias=False, device="meta")
+        base.weight = torch.nn.Parameter(weight, requires_grad=False)   # the same storage as W
         config = LoraConfig(r=r, lora_alpha=r, target_modules=["proj"], lora_dropout=0.0,
                             init_lora_weights=False)
         model = get_peft_model(torch.nn.Sequential(OrderedDict(proj=base)), config,
