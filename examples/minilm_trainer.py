@@ -123,20 +123,23 @@ def main(argv=None) -> dict:
         resumed = injected_classifier(args.seed + 1, args.rank)   # another head: must be loaded
         make_trainer(resumed, tokenizer, train, out / "resumed", args, args.seed).train(
             resume_from_checkpoint=os.fspath(middle))
-        resume_diff = (logits_of(resumed, tokenizer, test_data) - logits).abs().max().item()
+        resumed_logits = logits_of(resumed, tokenizer, test_data)
+        resume_diff = (resumed_logits - logits).abs().max().item()
         print(f"resumed from {middle.name}: max |logits - first run's| = {resume_diff:.3g}")
 
         # 4. adapter files: the banks and the classifier only
         llf.save_adapters(model, out / "adapters")
         files = {f.name: f.stat().st_size for f in (out / "adapters").iterdir()}
         loaded = llf.load_adapters(fresh_classifier(args.seed + 2), out / "adapters")
-        adapters_diff = (logits_of(loaded, tokenizer, test_data) - logits).abs().max().item()
+        loaded_logits = logits_of(loaded, tokenizer, test_data)
+        adapters_diff = (loaded_logits - logits).abs().max().item()
         print(f"save_adapters wrote {files}; load_adapters onto a fresh model: max |diff| = "
               f"{adapters_diff:.3g}")
 
         # 5. merge into plain nn.Linear layers
         llf.merge_and_unload(model)
-        merged_diff = (logits_of(model, tokenizer, test_data) - logits).abs().max().item()
+        merged_logits = logits_of(model, tokenizer, test_data)
+        merged_diff = (merged_logits - logits).abs().max().item()
         plain = sum(isinstance(m, llf.GatedLoRALinear) for m in model.modules()) == 0
         print(f"merge_and_unload: no GatedLoRALinear left: {plain}; max |diff| = "
               f"{merged_diff:.3g} (fp32 rounding of W + delta)")
@@ -147,7 +150,8 @@ def main(argv=None) -> dict:
             "checkpoints": checkpoints, "resume_diff": resume_diff,
             "adapter_files": files, "adapters_diff": adapters_diff,
             "merged_plain": plain, "merged_diff": merged_diff,
-            "logit_scale": logits.abs().max().item(), "seconds": seconds}
+            "logits": logits, "resumed_logits": resumed_logits, "loaded_logits": loaded_logits,
+            "merged_logits": merged_logits, "seconds": seconds}
 
 
 if __name__ == "__main__":
