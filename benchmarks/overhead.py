@@ -1,17 +1,22 @@
 """Host (Python) overhead per call of ``gated_lora_linear``, beside the plain-PyTorch peers.
 
 On shapes so small that the GEMMs cost next to nothing (N=4, D=8, K=8 adapters of rank 2, one
-torch thread, CPU), the time of one call is the op's host overhead: validation, planning, custom-op
-dispatch and autograd bookkeeping. It is printed in microseconds per call for
+torch thread, CPU), the time of one call is the op's host overhead: validation, planning, dispatch
+and autograd bookkeeping. It is printed in microseconds per call for
 
-- ``ours``: ``litelora_fast.gated_lora_linear`` (the PyTorch fast path on CPU);
+- ``ours``: ``litelora_fast.gated_lora_linear`` on the PyTorch fast path (what CPU users get);
+- ``kernels*``: the same op through the Triton kernel path (``backend="triton"``) with every
+  kernel launch stubbed out: the launchers' Python (grids, config and variant choice, output
+  allocation, descriptors) runs, the kernel does not. This is the host time a GPU call pays on top
+  of Triton's own launch cost (its C launcher and the driver, ~5-20 us per launch on a GPU, not
+  measured here), so it is the part to compare with the kernels' run time;
 - ``packed``: ``peers.packed_lora_linear``, the best plain-PyTorch path, as ordinary torch code;
 - ``F.linear``: the base layer alone, the floor;
 
 in two modes (``forward``; ``fwd+bwd``: forward then ``backward()``), with frozen gates
-(``torch.rand(K)``: the forward syncs to skip zero gates) and with trainable gates. ``x``,
-``lora_A`` and ``lora_B`` require grad. Each number is the median over repeats of the mean time of
-a batch of calls; the peers are timed round-robin so machine noise hits all alike.
+(``torch.rand(K)``, read on the host once per version of the tensor) and with trainable gates.
+``x``, ``lora_A`` and ``lora_B`` require grad. Each number is the median over repeats of the mean
+time of a batch of calls; the peers are timed round-robin so machine noise hits all alike.
 
     python benchmarks/overhead.py [--repeats 15] [--calls 200]
 """
@@ -23,11 +28,13 @@ import statistics
 import sys
 import time
 
-# The fast path, not the Triton interpreter, is what CPU users get.
-os.environ["TRITON_INTERPRET"] = "0"
+# Triton builds interpreted kernels (whose launch this script stubs) only when the variable is
+# set before it is imported; the fast-path rows pass backend="torch".
+os.environ["TRITON_INTERPRET"] = "1"
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peers import packed_lora_linear  # noqa: E402
@@ -35,6 +42,11 @@ from peers import packed_lora_linear  # noqa: E402
 import litelora_fast  # noqa: E402
 
 N, D, K, RANK = 4, 8, 8, 2
+
+
+def stub_kernel_launches() -> None:
+    """Make every (interpreted) Triton kernel launch return at once, doing nothing."""
+    InterpretedFunction.run = lambda self, *args, **kwargs: None
 
 
 def make_args(trainable_gates: bool):
@@ -51,8 +63,10 @@ def make_args(trainable_gates: bool):
 def callables(args, mode: str) -> dict:
     """``{peer: fn()}`` running one call (forward, or forward then backward) of each peer."""
     x, weight, bias, lora_A, lora_B, gates = args
+    op = litelora_fast.gated_lora_linear
     peers = {
-        "ours": lambda: litelora_fast.gated_lora_linear(*args),
+        "ours": lambda: op(*args, backend="torch"),
+        "kernels*": lambda: op(*args, backend="triton"),
         "packed": lambda: packed_lora_linear(*args),
         "F.linear": lambda: F.linear(x, weight, bias),
     }
@@ -82,16 +96,17 @@ def main(argv=None) -> None:
     parser.add_argument("--calls", type=int, default=200)
     opts = parser.parse_args(argv)
     torch.set_num_threads(1)
+    stub_kernel_launches()
     print(f"host time per call, us (N={N}, D={D}, K={K}, r={RANK}, CPU, 1 thread, "
-          f"median of {opts.repeats} x {opts.calls} calls)")
-    print(f"{'gates':<10} {'mode':<8} {'ours':>8} {'packed':>8} {'F.linear':>9} "
-          f"{'ours/packed':>12}")
+          f"median of {opts.repeats} x {opts.calls} calls; kernels* = launches stubbed)")
+    print(f"{'gates':<10} {'mode':<8} {'ours':>8} {'kernels*':>9} {'packed':>8} "
+          f"{'F.linear':>9} {'ours/packed':>12}")
     for gates_kind, trainable in (("frozen", False), ("trainable", True)):
         args = make_args(trainable)
         for mode in ("forward", "fwd+bwd"):
             us = per_call_us(callables(args, mode), opts.repeats, opts.calls)
-            print(f"{gates_kind:<10} {mode:<8} {us['ours']:8.1f} {us['packed']:8.1f} "
-                  f"{us['F.linear']:9.1f} {us['ours'] / us['packed']:12.2f}")
+            print(f"{gates_kind:<10} {mode:<8} {us['ours']:8.1f} {us['kernels*']:9.1f} "
+                  f"{us['packed']:8.1f} {us['F.linear']:9.1f} {us['ours'] / us['packed']:12.2f}")
 
 
 if __name__ == "__main__":

@@ -154,14 +154,19 @@ def normalize_scaling(scaling: Scaling, num_adapters: int) -> list:
     return values
 
 
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+_FLOAT64_MAX = float(torch.finfo(torch.float64).max)
+
+
 def check_scaling_range(scaling: list, dtype: torch.dtype) -> None:
     """Every ``s_k`` must fit the dtype the op multiplies in (float32 below float64)."""
-    limit = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).max
-    for k, s in enumerate(scaling):
-        if abs(s) > limit:
-            raise ValueError(f"scaling entry {k} = {s:g} overflows the op's "
-                             f"{'float64' if dtype == torch.float64 else 'float32'} gate "
-                             f"arithmetic for x of dtype {dtype} (|scaling| <= {limit:.3g})")
+    limit = _FLOAT64_MAX if dtype == torch.float64 else _FLOAT32_MAX
+    if not scaling or max(map(abs, scaling)) <= limit:
+        return
+    k = next(k for k, s in enumerate(scaling) if abs(s) > limit)
+    raise ValueError(f"scaling entry {k} = {scaling[k]:g} overflows the op's "
+                     f"{'float64' if dtype == torch.float64 else 'float32'} gate arithmetic for "
+                     f"x of dtype {dtype} (|scaling| <= {limit:.3g})")
 
 
 class HostCopies:
