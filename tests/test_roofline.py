@@ -163,6 +163,19 @@ def test_the_kernels_compute_the_bank_padded_to_16_columns():
     assert not any("padded" in s.name for s in roofline.steps(SHAPE1, "kernels", "fwd_bwd"))
 
 
+def test_the_fused_gemms_run_the_adapter_stretch_in_whole_steps():
+    # <= 64 padded columns: one power-of-two tile after the warp-specialized loop
+    assert [roofline.fused_adapter_cols(Case(512, 256, 1024, k, r)) for k, r in
+            ((1, 16), (3, 5), (3, 16), (4, 16))] == [16, 16, 64, 64]
+    # more: whole 64-column steps of the single loop (80 -> 128); the shrink pads to 16 only
+    wide = Case(512, 256, 1024, 5, 16)
+    assert roofline.padded_rank(wide) == 80 and roofline.fused_adapter_cols(wide) == 128
+    by_name = {s.name: s for s in roofline.steps(wide, "kernels", "forward")}
+    assert by_name["shrink: S = x A^T, SG = S * G_E"].flops == 2 * 1024 * 80 * 512
+    assert by_name["fused: y = [x, SG] [W, B]^T (one pipelined loop)"].flops == (
+        2 * 1024 * 256 * (512 + 128))
+
+
 def test_ours_is_the_cheaper_implementation_and_never_slower_than_packed():
     for case in bench_cases.gpu_cases("full") + [Case(512, 256, 1024, 3, 5)]:
         for mode in bench_cases.MODES:

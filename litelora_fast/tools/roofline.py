@@ -16,7 +16,10 @@ The design the model follows (``kernels/``, ``docs/DESIGN.md``):
   The tiles load through TMA descriptors, which need 16-byte rows: the active bank is copied
   into a zero-padded one of ``R_pad`` = ``R_act`` rounded up to 16 columns whenever adapters are
   skipped or ``R_act`` is not a multiple of 16, and the padded columns are computed (they cost
-  FLOPs and bytes like real ones);
+  FLOPs and bytes like real ones). In the fused GEMMs the adapter stretch runs in ``BLOCK_K``-wide
+  steps of the single loop (``FUSED_STEP`` = 64 columns, the TMA unit zero-filling past
+  ``R_pad`` without reading memory), or, when ``R_pad <= 64``, as one power-of-two tile after the
+  warp-specialized loop; the model charges the cheaper of the two (``fused_adapter_cols``);
 - **composite**: the cuBLAS composite that peer (b) runs (packed shrink GEMM, gate scaling,
   ``addmm``), which the op may choose instead;
 - **ours** = whichever of the two the model predicts faster, as the op chooses by measuring on
@@ -46,6 +49,8 @@ PEAK_BYTES = 4.3e12
 ELEMENT_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}
 IMPLS = ("kernels", "composite")
 PAD = 16   # the bank's column multiple for descriptor-legal tiles (16-byte rows in bf16 x 8)
+FUSED_STEP = 64      # BLOCK_K of the single-loop descriptor kernels (kernels/fused_tma.py)
+WS_MAX_BLOCK_R = 64  # the warp-specialized kernel holds at most this many adapter columns
 
 
 @dataclass(frozen=True)
@@ -74,16 +79,27 @@ def padded_rank(c: Case) -> int:
     return -(-c.active_rank // PAD) * PAD
 
 
+def fused_adapter_cols(c: Case) -> int:
+    """Adapter columns the fused GEMMs multiply: one power-of-two tile (>= 16) after the
+    warp-specialized loop when ``R_pad`` fits it, else ``R_pad`` in whole ``FUSED_STEP`` steps."""
+    Rp = padded_rank(c)
+    if Rp == 0:
+        return 0
+    if Rp <= WS_MAX_BLOCK_R:
+        return max(PAD, 1 << (Rp - 1).bit_length())
+    return -(-Rp // FUSED_STEP) * FUSED_STEP
+
+
 def _kernels(c: Case, mode: str) -> list:
     N, Di, Do, R, Ra, e = c.n, c.d_in, c.d_out, c.rank, c.active_rank, ELEMENT_BYTES[c.dtype]
-    Rp = padded_rank(c)
+    Rp, Rf = padded_rank(c), fused_adapter_cols(c)
     skip, copy_bank = Ra < R, Ra < R or Rp != Ra
     fwd = []
     if copy_bank:
         fwd.append(moved("copy active A, B into the padded bank", e * (Ra + Rp) * (Di + Do)))
     fwd.append(Step("shrink: S = x A^T, SG = S * G_E", 2 * N * Rp * Di,
                     e * (N * Di + Rp * Di + 2 * N * Rp)))
-    fwd.append(Step("fused: y = [x, SG] [W, B]^T (one pipelined loop)", 2 * N * Do * (Di + Rp),
+    fwd.append(Step("fused: y = [x, SG] [W, B]^T (one pipelined loop)", 2 * N * Do * (Di + Rf),
                     e * (N * (Di + Rp) + Do * (Di + Rp) + N * Do)))
     if skip:
         fwd.append(moved("scatter S into (N, R)", e * (N * R + N * Rp + N * Ra)))
@@ -95,7 +111,7 @@ def _kernels(c: Case, mode: str) -> list:
     gate_bytes = (e * N * Rp + 4 * N * Rp) if c.train_gates else 0  # read S, write fp32 P
     bwd.append(Step("grad-shrink: dS = (dy B) * G_E", 2 * N * Do * Rp,
                     e * (N * Do + Do * Rp + N * Rp) + gate_bytes))
-    bwd.append(Step("fused dx = [dy, dS] [W; A] (one pipelined loop)", 2 * N * Di * (Do + Rp),
+    bwd.append(Step("fused dx = [dy, dS] [W; A] (one pipelined loop)", 2 * N * Di * (Do + Rf),
                     e * (N * (Do + Rp) + Di * (Do + Rp) + N * Di)))
     bwd.append(gemm("dA = dS^T x", Rp, Di, N, e))
     bwd.append(moved("SG = S * G_E (recomputed)", 2 * e * N * Rp))
