@@ -131,3 +131,21 @@ def test_nonzero_gates_hint_skips_without_reading(fast_path, seed, monkeypatch):
     ref = llf.reference.gated_lora_linear_ref(x, W, None, A, B, g)
     for y in (y_all, y_hint):
         assert torch.allclose(y, ref, rtol=0, atol=1e-5)
+
+
+def test_tensor_scaling_and_offsets_are_read_once_per_version(fast_path, seed, monkeypatch):
+    x, W = torch.randn(5, 8), torch.randn(4, 8)
+    A, B = torch.randn(6, 8, requires_grad=True), torch.randn(4, 6, requires_grad=True)
+    g = (torch.rand(2) + 0.5).requires_grad_()
+    offsets, scaling = torch.tensor([0, 2, 6]), torch.tensor([2.0, 0.5])
+    y1 = llf.gated_lora_linear(x, W, None, A, B, g, offsets, scaling)     # first call reads
+    counter = ReadCounter(monkeypatch)
+    counter.on = True
+    for _ in range(3):
+        llf.gated_lora_linear(x, W, None, A, B, g, offsets, scaling).sum().backward()
+    counter.on = False
+    assert counter.calls == []
+    scaling.mul_(2.0)                         # an in-place write is seen: read again
+    y2 = llf.gated_lora_linear(x, W, None, A, B, g, offsets, scaling)
+    y_ref = llf.gated_lora_linear(x, W, None, A, B, g, [0, 2, 6], [4.0, 1.0])
+    assert torch.equal(y2, y_ref) and not torch.equal(y1, y2)
