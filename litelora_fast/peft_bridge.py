@@ -283,6 +283,11 @@ def to_peft(model: nn.Module, adapter_names: Optional[Sequence[str]] = None,
     if not per_name:
         raise ValueError("to_peft: the GatedLoRALinear layers hold no adapter; add one first")
     active = [n for n, es in per_name.items() if any(g != 0 for *_, g, _, _ in es)]
+    if saved and len(active) > 1:
+        # PEFT's ModulesToSaveWrapper runs one adapter's copy at a time and refuses a list.
+        raise ValueError(f"to_peft: PEFT runs modules_to_save {saved} with one active adapter, "
+                         f"but adapters {active} are on; keep one (llf.set_active_adapters) or "
+                         "pass modules_to_save=[]")
     configs = {}
     for aname, entries in per_name.items():
         on = aname in active

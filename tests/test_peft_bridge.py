@@ -294,6 +294,15 @@ def test_task_type_and_modules_to_save_round_trip(fast_path, seed, tmp_path):
     assert_rel("PEFT reload", loaded(input_ids=ids).logits, ref, F64)
 
 
+def test_to_peft_modules_to_save_with_two_active_adapters_is_refused(fast_path, seed):
+    net = llf.inject(Net().double(), ["q_proj"], num_adapters=2, modules_to_save=["head"])
+    with pytest.raises(ValueError, match=r"one active adapter.*\['adapter_0', 'adapter_1'\]"):
+        llf.to_peft(net)
+    assert len(injected_layers(net)) == 2, "nothing changed by the failed call"
+    llf.set_active_adapters(net, "adapter_1")
+    assert isinstance(llf.to_peft(net), peft.PeftModel)
+
+
 def test_to_peft_names_what_peft_would_lose(fast_path, seed):
     net = llf.inject(Net().double(), ["q_proj"], num_adapters=1, freeze_base=False)
     with pytest.warns(UserWarning, match=r"to_peft: 12 trainable Parameter\(s\) outside.*"
