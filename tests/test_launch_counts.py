@@ -2,23 +2,22 @@
 ``litelora_fast.kernels.LAUNCH_COUNTS``), pinned so a change that adds a launch shows.
 
 A LoRA training step (frozen base, ``x``/``lora_A``/``lora_B`` train) launches, whatever K:
-shrink + fused forward (forward); grad-shrink + fused dx + the weight gradients (backward). The
-weight gradients ``dA = dS^T x`` and ``dB = dy^T (S*G_E)`` are one launch where the backend has
-``lora_weight_grads``, else two ``matmul_tn``. Shapes are small enough that no GEMM splits its
-reduction (a split adds one fixed-order partial-sum launch).
+shrink + fused forward (forward); grad-shrink + fused dx + ``lora_weight_grads`` (backward): 5.
+The weight gradients ``dA = dS^T x`` and ``dB = dy^T (S*G_E)`` share one launch (they were two
+``matmul_tn`` launches before). Shapes are small enough that no GEMM splits its reduction (a split
+adds one fixed-order partial-sum launch).
 """
 import pytest
 import torch
 
 import litelora_fast as llf
-from litelora_fast import backends, kernels
+from litelora_fast import kernels
+from numerics import assert_rel
 
 FWD = {"shrink": 1, "fused_forward": 1}
 
 
-def _weight_grads() -> dict:
-    return ({"lora_weight_grads": 1} if hasattr(backends.TritonBackend, "lora_weight_grads")
-            else {"matmul_tn": 2})
+WEIGHT_GRADS = {"lora_weight_grads": 1}
 
 
 def _launches(K: int, train_gates: bool, train_x: bool = True, grad: bool = True) -> dict:
@@ -41,7 +40,7 @@ def _launches(K: int, train_gates: bool, train_x: bool = True, grad: bool = True
 @pytest.mark.parametrize("train_gates", [False, True], ids=["frozen-gates", "trainable-gates"])
 @pytest.mark.parametrize("K", [1, 8])
 def test_training_step_launches(K, train_gates, interpreter, seed):
-    expected = {**FWD, "grad_shrink": 1, "fused_dx": 1, **_weight_grads()}
+    expected = {**FWD, "grad_shrink": 1, "fused_dx": 1, **WEIGHT_GRADS}
     got = _launches(K, train_gates)
     assert got == expected
     print(f"K={K} {'trainable' if train_gates else 'frozen'} gates: {sum(got.values())} "
@@ -50,21 +49,16 @@ def test_training_step_launches(K, train_gates, interpreter, seed):
 
 def test_first_layer_and_inference_launches(interpreter, seed):
     # x does not require grad (the first adapted layer): no fused dx.
-    assert _launches(8, False, train_x=False) == {**FWD, "grad_shrink": 1, **_weight_grads()}
+    assert _launches(8, False, train_x=False) == {**FWD, "grad_shrink": 1, **WEIGHT_GRADS}
     assert _launches(8, False, grad=False) == FWD
 
 
 @pytest.mark.parametrize("trainable_adapters", [None, [False, True, True], [True, False, True]],
                          ids=["all", "newest-two", "gapped"])
 def test_one_launch_for_both_weight_gradients_matches_float64(trainable_adapters, interpreter,
-                                                              seed, monkeypatch):
-    """The op's dA+dB through the kernels' single-launch ``lora_weight_grads`` (installed on the
-    backend here if the backend does not offer it yet), against the float64 reference."""
-    from litelora_fast.kernels import backward
-    from numerics import assert_rel
-    if not hasattr(backends.TritonBackend, "lora_weight_grads"):
-        monkeypatch.setattr(backends.TritonBackend, "lora_weight_grads",
-                            staticmethod(backward.lora_weight_grads), raising=False)
+                                                              seed):
+    """The op's dA+dB through the kernels' single-launch ``lora_weight_grads``, for all,
+    the newest or a gapped set of training adapters, against the float64 reference."""
     N, D_in, D_out, ranks = 29, 19, 13, [3, 2, 4]
     R = sum(ranks)
     x = torch.randn(N, D_in, requires_grad=True)

@@ -134,16 +134,11 @@ def test_frozen_adapters_get_no_weight_gradient_gemm(trainable_adapters, fast_pa
                                                      monkeypatch):
     """Only trainable adapters' columns enter the dA/dB GEMMs; the others' gradients are 0."""
     widths = []
-    real = backends.TorchBackend.matmul_tn
-    monkeypatch.setattr(backends.TorchBackend, "matmul_tn",
-                        staticmethod(lambda a, b, dt: widths.append((a.shape[1], b.shape[1]))
-                                     or real(a, b, dt)))
-    both = getattr(backends.TorchBackend, "lora_weight_grads", None)
-    if both is not None:            # dA and dB from one call: record them as the two GEMMs
-        monkeypatch.setattr(backends.TorchBackend, "lora_weight_grads", staticmethod(
-            lambda x2d, dy, dS, SG, dt: widths.extend([(dS.shape[1], x2d.shape[1]),
-                                                       (dy.shape[1], SG.shape[1])])
-            or both(x2d, dy, dS, SG, dt)))
+    both = backends.TorchBackend.lora_weight_grads    # dA and dB in one call: record both GEMMs
+    monkeypatch.setattr(backends.TorchBackend, "lora_weight_grads", staticmethod(
+        lambda x2d, dy, dS, SG, dt: widths.extend([(dS.shape[1], x2d.shape[1]),
+                                                   (dy.shape[1], SG.shape[1])])
+        or both(x2d, dy, dS, SG, dt)))
     case = _with_trainable(CASES["N37-K3-ragged"], {"x", "lora_A", "lora_B", "gates"})
     t = make_inputs(case)
     y = llf.gated_lora_linear(t["x"], t["weight"], t["bias"], t["lora_A"], t["lora_B"],
