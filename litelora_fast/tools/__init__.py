@@ -5,7 +5,10 @@
 - ``bench_json``: reading a benchmark run (pytest-benchmark JSON or the harness's JSON lines);
 - ``roofline``: FLOPs, bytes and predicted H200 times of each case and peer (``roofline`` command);
 - ``report``: a benchmark run -> markdown table + speedup plot (``report`` command);
-- ``validate``: the op against the float64 reference on random shapes (``validate`` command).
+- ``validate``: the op against the float64 reference on random shapes (``validate`` command);
+- ``tune``: pre-tunes the op's kernels-vs-cuBLAS choice for a model's shapes (``tune`` command).
+
+Each command module has ``main(argv) -> exit code``; ``litelora_fast/__main__.py`` routes to it.
 
 Dependency arrows point one way: ``bench_cases <- bench_json <- report``,
 ``bench_cases <- roofline``, ``bench_json <- roofline``; nothing in the core imports this package.
