@@ -14,7 +14,7 @@ import torch
 
 from litelora_fast.reference import gated_lora_linear_ref
 from litelora_fast.validation import normalize_scaling
-from numerics import assert_rel, rel_err  # noqa: F401  (rel_err: re-exported, see below)
+from numerics import assert_rel
 
 ARG_NAMES = ("x", "weight", "bias", "lora_A", "lora_B", "gates")
 
@@ -142,10 +142,6 @@ def gate_grad_scale(x, lora_A, lora_B, dy, rank_offsets, scaling, per_row: bool)
     out = torch.stack([terms[:, rank_offsets[k]:rank_offsets[k + 1]].sum(1) * abs(scales[k])
                        for k in range(K)], dim=1)
     return out.reshape(*x.shape[:-1], K) if per_row else out.sum(0)
-
-
-# Kept importable for test_layer.py and benchmarks/gpu_numerics.py until they import numerics.
-gate_rel_err = rel_err
 
 
 def check_against_oracle(case: Case, t: dict, y: torch.Tensor, dtype: torch.dtype) -> None:
