@@ -7,7 +7,7 @@
 
 Triton inlines ``@triton.jit`` callees before its software pipeliner runs, so a loop here is
 pipelined (cp.async stages feeding wgmma on sm_90) exactly as if written in the kernel;
-``kernels.inspect.compile_report`` checks that for every shipped config.
+``kernels.compile_report`` checks that for every shipped config.
 """
 import triton
 import triton.language as tl

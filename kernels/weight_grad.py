@@ -1,6 +1,10 @@
-"""Triton weight-gradient GEMM ``a^T @ b`` (dA, dB, dW), deterministic, with its launcher.
+"""Triton weight-gradient GEMMs ``a^T @ b`` (dA, dB, dW), deterministic, with their launchers.
 
     matmul_tn(a, b, out_dtype) -> a^T @ b      a (N, M), b (N, P) -> (M, P); reduction over N
+    lora_weight_grads(x2d, dy, dS, SG, out_dtype) -> (dA, dB)
+        dA = dS^T @ x2d (R, D_in) and dB = dy^T @ SG (D_out, R) in ONE launch (plus one partial-sum
+        launch when N is split): both are "wide operand^T @ thin operand" products over the same
+        N rows, so one grid holds the tiles of both (the first programs take dA's, the rest dB's).
 
 The reduction runs over the long token dimension N (8192..16384 rows at the benchmark shapes)
 while the output can be tiny (dB is D_out x R = 4096 x 16): its tile grid alone would leave
@@ -14,7 +18,7 @@ fixed by construction rather than by torch's reduction heuristics.
 The launcher puts the narrow side of the output on the kernel's P axis (it computes
 ``(b^T @ a)^T`` by swapping operands and output strides when M < P), so dA = dS^T @ x (R x D_in)
 and dB = dy^T @ SG (D_out x R) both run as tall tiles of >= 64 rows by a thin 16..64 column tile,
-the shape wgmma wants.
+the shape wgmma wants. ``_tn_tile`` is that tile's body, shared by both kernels.
 """
 from __future__ import annotations
 
@@ -24,9 +28,10 @@ import triton.language as tl
 
 from . import LAUNCH_COUNTS
 from .tiles import dot_loop, grouped_tile
-from .tuning import INTERPRET, check_out, dot_precision, fit_stages, n_bucket, on_device, tuned
+from .tuning import (INTERPRET, check_out, dot_precision, fit_stages, n_bucket, num_sms, on_device,
+                     tuned)
 
-__all__ = ["matmul_tn", "split_count"]
+__all__ = ["matmul_tn", "lora_weight_grads", "split_count"]
 
 # ---------------------------------------------------------------------------------------------
 # Launch configs (data). Target: H200 (Hopper, sm_90, 132 SMs), bf16, reduction N in
@@ -40,8 +45,12 @@ __all__ = ["matmul_tn", "split_count"]
 MATMUL_TN_WIDE_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_P": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
     triton.Config({"BLOCK_M": 128, "BLOCK_P": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 256, "BLOCK_P": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_P": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+]
+# fp32 (TF32): both operands are read across the reduction (M- and P-major), which TF32 wgmma
+# cannot take from shared memory as is; 32-deep tiles keep the transposes spill-free.
+MATMUL_TN_WIDE_FP32_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_P": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=8, num_stages=3),
 ]
 
 # Narrow outputs: dA / dB at r = 16..64 (the thin side padded to BLOCK_P = 16..64 by the
@@ -52,6 +61,9 @@ MATMUL_TN_NARROW_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_K": 256, "GROUP_M": 1}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_K": 128, "GROUP_M": 1}, num_warps=8, num_stages=4),
     triton.Config({"BLOCK_M": 128, "BLOCK_K": 64, "GROUP_M": 1}, num_warps=4, num_stages=5),
+]
+MATMUL_TN_NARROW_FP32_CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_K": 64, "GROUP_M": 1}, num_warps=4, num_stages=3),
 ]
 
 # Under the interpreter: small tiles so test shapes cover several tiles and ragged edges.
@@ -64,25 +76,18 @@ NARROW_MAX_P = 64            # outputs at most this wide (after the swap) use th
 SPLIT_ALIGN = 256            # chunk lengths are multiples of every BLOCK_K above
 MIN_SPLIT_ROWS = 1024        # below this a chunk's partial write + read outweighs its share of work
 SUM_BLOCK = 1024             # elements per program of the partial-sum kernel
-_CPU_NUM_SMS = 4             # what the split heuristic assumes under the interpreter
 
 
 @triton.jit
-def _matmul_tn_kernel(
-    a_ptr,      # (N, M) left operand, read transposed
-    b_ptr,      # (N, P) right operand, a's dtype
-    out_ptr,    # (M, P) result in out_dtype, or (SPLIT, M, P) float32 partials
+def _tn_tile(
+    a_ptr, b_ptr, out_ptr, pid_m, pid_p, pid_s,
     N, M, P, chunk,
-    N_BUCKET,   # autotune key only
-    stride_a_n, stride_a_m, stride_b_n, stride_b_p, stride_o_s, stride_o_m, stride_o_p,
-    DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    stride_a_n, stride_a_m, stride_b_n, stride_b_p, stride_out_s, stride_out_m, stride_out_p,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
-    # Axis 0: output tiles in grouped order (GROUP_M row tiles share one b column tile in L2).
-    # Axis 1: the N chunk this program reduces over (one chunk when not split).
-    pid_m, pid_p = grouped_tile(tl.program_id(0), M, P, BLOCK_M, BLOCK_P, GROUP_M)
-    pid_s = tl.program_id(1)
-
+    """One (BLOCK_M, BLOCK_P) tile of ``a^T @ b`` over rows [pid_s * chunk, +chunk) of N, stored
+    at ``out_ptr + pid_s * stride_out_s`` (the split's partial, or the output itself)."""
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_k = tl.arange(0, BLOCK_K)
@@ -97,18 +102,73 @@ def _matmul_tn_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
     acc = dot_loop(acc, a_ptrs, b_ptrs, n_len, stride_a_n, stride_b_n, BLOCK_K, DOT_PRECISION)
 
-    out_ptrs = (out_ptr + pid_s.to(tl.int64) * stride_o_s
-                + offs_m.to(tl.int64)[:, None] * stride_o_m + offs_p.to(tl.int64)[None, :] * stride_o_p)
+    out_ptrs = (out_ptr + pid_s.to(tl.int64) * stride_out_s
+                + offs_m.to(tl.int64)[:, None] * stride_out_m
+                + offs_p.to(tl.int64)[None, :] * stride_out_p)
     mask = (offs_m[:, None] < M) & (offs_p[None, :] < P)
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
+def _matmul_tn_kernel(
+    a_ptr,      # (N, M) left operand, read transposed
+    b_ptr,      # (N, P) right operand, a's dtype
+    out_ptr,    # (M, P) result in out_dtype, or (SPLIT, M, P) float32 partials
+    N, M, P, chunk,
+    N_BUCKET,   # autotune key only
+    stride_a_n, stride_a_m, stride_b_n, stride_b_p, stride_out_s, stride_out_m, stride_out_p,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # Axis 0: output tiles in grouped order (GROUP_M row tiles share one b column tile in L2).
+    # Axis 1: the N chunk this program reduces over (one chunk when not split).
+    pid_m, pid_p = grouped_tile(tl.program_id(0), M, P, BLOCK_M, BLOCK_P, GROUP_M)
+    _tn_tile(a_ptr, b_ptr, out_ptr, pid_m, pid_p, tl.program_id(1), N, M, P, chunk,
+             stride_a_n, stride_a_m, stride_b_n, stride_b_p, stride_out_s, stride_out_m,
+             stride_out_p, DOT_PRECISION, BLOCK_M, BLOCK_P, BLOCK_K)
+
+
+@triton.jit
+def _lora_weight_grads_kernel(
+    x_ptr,      # (N, D_in)  layer input
+    dS_ptr,     # (N, R)     adapter-column gradient (the columns that train)
+    dA_ptr,     # (R, D_in)  out: dS^T @ x; or the split partials of dA^T, (SPLIT, D_in, R) fp32
+    dy_ptr,     # (N, D_out) upstream gradient
+    SG_ptr,     # (N, R)     S * G_E of the same columns
+    dB_ptr,     # (D_out, R) out: dy^T @ SG; or its split partials, (SPLIT, D_out, R) fp32
+    N, D_in, D_out, R, chunk,
+    N_BUCKET,   # autotune key only
+    stride_x_n, stride_x_i, stride_dS_n, stride_dS_r, stride_dA_s, stride_dA_r, stride_dA_i,
+    stride_dy_n, stride_dy_o, stride_SG_n, stride_SG_r, stride_dB_s, stride_dB_o, stride_dB_r,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # Both products in the narrow-side-on-P frame: dA^T = x^T @ dS (D_in x R) and dB = dy^T @ SG
+    # (D_out x R). Programs [0, tiles_dA) take dA^T's row tiles, the rest dB's. Only scalars are
+    # chosen per program (pointers, sizes, strides), and the tile body is called once: calling it
+    # in both branches would compile two pipelined loops with two sets of shared-memory buffers.
+    pid = tl.program_id(0)
+    tiles_p = tl.cdiv(R, BLOCK_P)
+    tiles_dA = tl.cdiv(D_in, BLOCK_M) * tiles_p
+    a_ptr, b_ptr, out_ptr, M, local = x_ptr, dS_ptr, dA_ptr, D_in, pid
+    stride_a_n, stride_a_m, stride_b_n, stride_b_p = stride_x_n, stride_x_i, stride_dS_n, stride_dS_r
+    stride_out_s, stride_out_m, stride_out_p = stride_dA_s, stride_dA_i, stride_dA_r
+    if pid >= tiles_dA:
+        a_ptr, b_ptr, out_ptr, M, local = dy_ptr, SG_ptr, dB_ptr, D_out, pid - tiles_dA
+        stride_a_n, stride_a_m, stride_b_n, stride_b_p = stride_dy_n, stride_dy_o, stride_SG_n, stride_SG_r
+        stride_out_s, stride_out_m, stride_out_p = stride_dB_s, stride_dB_o, stride_dB_r
+    _tn_tile(a_ptr, b_ptr, out_ptr, local // tiles_p, local % tiles_p, tl.program_id(1),
+             N, M, R, chunk, stride_a_n, stride_a_m, stride_b_n, stride_b_p,
+             stride_out_s, stride_out_m, stride_out_p, DOT_PRECISION, BLOCK_M, BLOCK_P, BLOCK_K)
+
+
+@triton.jit
 def _sum_partials_kernel(
     part_ptr,   # (SPLIT, M, P) float32 partials, contiguous
-    out_ptr,    # (M, P) result in out_dtype
-    M, P, SPLIT,
-    stride_o_m, stride_o_p,
+    out_ptr,    # rows [0, M0) of the result, (M0, P) in out_dtype
+    out2_ptr,   # rows [M0, M), (M - M0, P): lora_weight_grads' dB (out_ptr again for matmul_tn)
+    M, M0, P, SPLIT,
+    stride_out_m, stride_out_p, stride_out2_m, stride_out2_p,
     BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -121,32 +181,45 @@ def _sum_partials_kernel(
         part_ptrs += M * P
     m = offs // P
     p = offs % P
-    tl.store(out_ptr + m * stride_o_m + p * stride_o_p, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    first = m < M0
+    tl.store(out_ptr + m * stride_out_m + p * stride_out_p, acc.to(out_ptr.dtype.element_ty),
+             mask=mask & first)
+    tl.store(out2_ptr + (m - M0) * stride_out2_m + p * stride_out2_p,
+             acc.to(out2_ptr.dtype.element_ty), mask=mask & ~first)
 
 
-def _smem(nargs, block_p):
-    size = nargs["a_ptr"].element_size()
-    return lambda c: (c.kwargs["BLOCK_M"] + c.kwargs.get("BLOCK_P", block_p)) * c.kwargs["BLOCK_K"] * size
+def tn_smem_per_stage(config, elem_bytes, block_p=None):
+    k = config.kwargs
+    return (k["BLOCK_M"] + k.get("BLOCK_P", block_p)) * k["BLOCK_K"] * elem_bytes
+
+
+def _elem(nargs):
+    first = nargs["a_ptr"] if "a_ptr" in nargs else nargs["x_ptr"]
+    return first.element_size()
 
 
 def _prune_wide(configs, nargs, **_):
-    return fit_stages(configs, _smem(nargs, None))
+    return fit_stages(configs, lambda c: tn_smem_per_stage(c, _elem(nargs)))
 
 
 def _prune_narrow(configs, nargs, BLOCK_P, **_):
-    return fit_stages(configs, _smem(nargs, BLOCK_P))
+    return fit_stages(configs, lambda c: tn_smem_per_stage(c, _elem(nargs), BLOCK_P))
+
+
+def _by_dtype(kernel, configs, fp32_configs, interpreter_config, key, prune):
+    return {False: tuned(kernel, configs, interpreter_config, key=key, prune=prune),
+            True: tuned(kernel, fp32_configs, interpreter_config, key=key, prune=prune)}
 
 
 _KEY = ["M", "P", "N_BUCKET", "chunk"]
-_wide = tuned(_matmul_tn_kernel, MATMUL_TN_WIDE_CONFIGS, _WIDE_INTERPRET, key=_KEY, prune=_prune_wide)
-_narrow = tuned(_matmul_tn_kernel, MATMUL_TN_NARROW_CONFIGS, _NARROW_INTERPRET,
-                key=_KEY + ["BLOCK_P"], prune=_prune_narrow)
-
-
-def _num_sms(device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return _CPU_NUM_SMS
+_wide = _by_dtype(_matmul_tn_kernel, MATMUL_TN_WIDE_CONFIGS, MATMUL_TN_WIDE_FP32_CONFIGS,
+                  _WIDE_INTERPRET, _KEY, _prune_wide)
+_narrow = _by_dtype(_matmul_tn_kernel, MATMUL_TN_NARROW_CONFIGS, MATMUL_TN_NARROW_FP32_CONFIGS,
+                    _NARROW_INTERPRET, _KEY + ["BLOCK_P"], _prune_narrow)
+# lora_weight_grads: the narrow configs (dA^T and dB are both D x R outputs).
+_lora_pair = _by_dtype(_lora_weight_grads_kernel, MATMUL_TN_NARROW_CONFIGS,
+                       MATMUL_TN_NARROW_FP32_CONFIGS, _NARROW_INTERPRET,
+                       ["D_in", "D_out", "R", "N_BUCKET", "chunk", "BLOCK_P"], _prune_narrow)
 
 
 def split_count(n: int, m: int, p: int, num_sms: int) -> int:
@@ -160,6 +233,27 @@ def split_count(n: int, m: int, p: int, num_sms: int) -> int:
     if tiles >= num_sms:
         return 1
     return max(1, min(triton.cdiv(num_sms, tiles), n // MIN_SPLIT_ROWS))
+
+
+def _chunking(N, M, P, device, split_n):
+    """``(chunk, split)``: rows per N chunk (a multiple of every BLOCK_K) and the chunk count."""
+    if split_n is None:
+        split_n = split_count(N, M, P, num_sms(device))
+    if split_n < 1:
+        raise ValueError(f"split_n must be >= 1, got {split_n}")
+    align = 32 if INTERPRET else SPLIT_ALIGN
+    chunk = triton.cdiv(triton.cdiv(N, split_n), align) * align
+    return chunk, triton.cdiv(N, chunk)
+
+
+def _sum_partials(part, out, out_m, out_p, out2=None, out2_m=0, out2_p=0, m0=None):
+    """Sum the (SPLIT, M, P) partials in split order into ``out`` (rows < m0) and ``out2``."""
+    split, M, P = part.shape
+    m0 = M if m0 is None else m0
+    out2 = out if out2 is None else out2
+    _sum_partials_kernel[(triton.cdiv(M * P, SUM_BLOCK),)](
+        part, out, out2, M, m0, P, split, out_m, out_p, out2_m, out2_p, BLOCK=SUM_BLOCK)
+    LAUNCH_COUNTS["matmul_tn_sum_partials"] += 1
 
 
 def matmul_tn(a, b, out_dtype, *, out=None, split_n=None):
@@ -186,24 +280,22 @@ def matmul_tn(a, b, out_dtype, *, out=None, split_n=None):
     out_m, out_p = out.stride()
     if M < P:
         a, b, M, P, out_m, out_p = b, a, P, M, out_p, out_m
-    if split_n is None:
-        split_n = split_count(N, M, P, _num_sms(a.device))
-    if split_n < 1:
-        raise ValueError(f"matmul_tn: split_n must be >= 1, got {split_n}")
-    align = 32 if INTERPRET else SPLIT_ALIGN
-    chunk = triton.cdiv(triton.cdiv(N, split_n), align) * align
-    split_n = triton.cdiv(N, chunk)
+    try:
+        chunk, split_n = _chunking(N, M, P, a.device, split_n)
+    except ValueError as e:
+        raise ValueError(f"matmul_tn: {e}") from None
 
     if split_n == 1:
         target, strides = out, (0, out_m, out_p)
     else:
         target = torch.empty((split_n, M, P), dtype=torch.float32, device=a.device)
         strides = target.stride()
+    fp32 = a.dtype == torch.float32
     if P <= NARROW_MAX_P:
-        launcher, meta = _narrow, {"BLOCK_P": max(16, triton.next_power_of_2(P))}
+        launcher, meta = _narrow[fp32], {"BLOCK_P": max(16, triton.next_power_of_2(P))}
         grid = lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(P, meta["BLOCK_P"]), split_n)
     else:
-        launcher, meta = _wide, {}
+        launcher, meta = _wide[fp32], {}
         grid = lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(P, c["BLOCK_P"]), split_n)
     with on_device(a):
         launcher[grid](
@@ -213,50 +305,65 @@ def matmul_tn(a, b, out_dtype, *, out=None, split_n=None):
         )
         LAUNCH_COUNTS["matmul_tn"] += 1
         if split_n > 1:
-            _sum_partials_kernel[(triton.cdiv(M * P, SUM_BLOCK),)](
-                target, out, M, P, split_n, out_m, out_p, BLOCK=SUM_BLOCK)
-            LAUNCH_COUNTS["matmul_tn_sum_partials"] += 1
+            _sum_partials(target, out, out_m, out_p)
     return out
 
 
-def aot_specs(make_spec, aligned):
-    """Ahead-of-time compile specs (see ``backward._aot_specs``): every shipped config in bf16.
+def lora_weight_grads(x2d, dy, dS, SG, out_dtype, *, out=None, split_n=None):
+    """``(dA, dB)``: ``dA = dS^T @ x2d`` (R, D_in) and ``dB = dy^T @ SG`` (D_out, R) in
+    ``out_dtype``, from ONE GEMM launch (plus one fixed-order partial-sum launch when N is split).
 
-    Wide: dW = dy^T @ x, contiguous, written straight to the output. Narrow: dB = dy^T @ SG at
-    BLOCK_P = 16 and 64 into fp32 split partials (the benchmark shapes always split), plus dA =
-    dS^T @ x swapped and unsplit (a column-major store). Plus the partial-sum kernel, and one fp16
-    variant of each GEMM family.
+    x2d (N, D_in), dy (N, D_out), dS and SG (N, R) (the columns whose adapters train), one dtype,
+    any strides; R <= ``NARROW_MAX_P``-wide tiles are the fast case, wider banks take several
+    column tiles. Deterministic (no float atomics). ``out``: optional ``(dA, dB)`` buffers;
+    ``split_n`` as ``matmul_tn``.
     """
-    bf16 = {"a_ptr": torch.empty(0, dtype=torch.bfloat16)}
-    specs = []
+    for name, t in (("x2d", x2d), ("dy", dy), ("dS", dS), ("SG", SG)):
+        if t.dim() != 2 or t.shape[0] != x2d.shape[0]:
+            raise ValueError(f"lora_weight_grads: {name} must be (N, *) with N = {x2d.shape[0]}, "
+                             f"got {tuple(t.shape)}")
+    if dS.shape[1] != SG.shape[1]:
+        raise ValueError(f"lora_weight_grads: dS {tuple(dS.shape)} and SG {tuple(SG.shape)} "
+                         "must have the same columns")
+    dtypes = {t.dtype for t in (x2d, dy, dS, SG)}
+    if len(dtypes) != 1:
+        raise TypeError(f"lora_weight_grads: operands must share one dtype, got {sorted(map(str, dtypes))}")
+    N, D_in = x2d.shape
+    D_out, R = dy.shape[1], dS.shape[1]
+    dA_out, dB_out = out if out is not None else (None, None)
+    dA = check_out(dA_out, "out[0] (dA)", (R, D_in), out_dtype, x2d.device)
+    dB = check_out(dB_out, "out[1] (dB)", (D_out, R), out_dtype, x2d.device)
+    if R == 0 or (D_in == 0 and D_out == 0):
+        return dA, dB
+    if N == 0:
+        return dA.zero_(), dB.zero_()
+    try:
+        chunk, split_n = _chunking(N, D_in + D_out, R, x2d.device, split_n)
+    except ValueError as e:
+        raise ValueError(f"lora_weight_grads: {e}") from None
 
-    def add(dtype, out_type, c, block_p, out_consts, tag):
-        consts = dict(c.kwargs, DOT_PRECISION="tf32", stride_a_m=1, stride_b_p=1, **out_consts)
-        if block_p is not None:
-            consts["BLOCK_P"] = block_p
-        ptrs = {"a_ptr": f"*{dtype}", "b_ptr": f"*{dtype}", "out_ptr": out_type}
-        k = consts
-        label = (f"{k['BLOCK_M']}x{k['BLOCK_P']}x{k['BLOCK_K']} G{k['GROUP_M']} "
-                 f"w{c.num_warps} s{c.num_stages} {dtype} {tag}")
-        specs.append(make_spec("matmul_tn", _matmul_tn_kernel, ptrs, consts, c.num_warps,
-                               c.num_stages, config=label,
-                               aligned=aligned(_matmul_tn_kernel, consts)))
-
-    wide = _prune_wide(MATMUL_TN_WIDE_CONFIGS, bf16)
-    for c in wide:
-        add("bf16", "*bf16", c, None, {"stride_o_p": 1}, "dW")
-    add("fp16", "*fp16", wide[0], None, {"stride_o_p": 1}, "dW")
-    for bp in (16, NARROW_MAX_P):
-        narrow = _prune_narrow(MATMUL_TN_NARROW_CONFIGS, bf16, BLOCK_P=bp)
-        for c in narrow:
-            add("bf16", "*fp32", c, bp, {"stride_o_p": 1}, "dB split")
-    add("bf16", "*bf16", narrow[0], 16, {"stride_o_m": 1}, "dA swapped")
-    add("fp16", "*fp32", narrow[0], 16, {"stride_o_p": 1}, "dB split")
-
-    for out in ("bf16", "fp32"):
-        consts = {"BLOCK": SUM_BLOCK, "stride_o_p": 1}
-        specs.append(make_spec("matmul_tn_sum_partials", _sum_partials_kernel,
-                               {"part_ptr": "*fp32", "out_ptr": f"*{out}"}, consts, 4, 3,
-                               config=f"{SUM_BLOCK} w4 {out}",
-                               aligned=aligned(_sum_partials_kernel, consts)))
-    return specs
+    # Kernel frame: dA^T (D_in, R) and dB (D_out, R); dA^T's (m, p) strides are dA's swapped.
+    if split_n == 1:
+        tA, sA = dA, (0, dA.stride(0), dA.stride(1))
+        tB, sB = dB, (0, dB.stride(0), dB.stride(1))
+    else:
+        part = torch.empty((split_n, D_in + D_out, R), dtype=torch.float32, device=x2d.device)
+        tA, sA = part, (part.stride(0), 1, R)                 # (s, r, i) strides of dA^T rows
+        tB, sB = part[:, D_in:], (part.stride(0), R, 1)       # (s, o, r)
+    block_p = max(16, triton.next_power_of_2(R)) if R <= NARROW_MAX_P else NARROW_MAX_P
+    tiles_p = triton.cdiv(R, block_p)
+    grid = lambda c: ((triton.cdiv(D_in, c["BLOCK_M"]) + triton.cdiv(D_out, c["BLOCK_M"])) * tiles_p,
+                      split_n)
+    with on_device(x2d):
+        _lora_pair[x2d.dtype == torch.float32][grid](
+            x2d, dS, tA, dy, SG, tB,
+            N, D_in, D_out, R, chunk, n_bucket(N),
+            x2d.stride(0), x2d.stride(1), dS.stride(0), dS.stride(1), *sA,
+            dy.stride(0), dy.stride(1), SG.stride(0), SG.stride(1), *sB,
+            DOT_PRECISION=dot_precision(x2d), BLOCK_P=block_p,
+        )
+        LAUNCH_COUNTS["lora_weight_grads"] += 1
+        if split_n > 1:
+            _sum_partials(part, dA, dA.stride(1), dA.stride(0), dB, dB.stride(0), dB.stride(1),
+                          m0=D_in)
+    return dA, dB

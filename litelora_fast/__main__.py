@@ -23,7 +23,7 @@ COMMANDS = {
     "roofline": ("litelora_fast.tools.roofline", "FLOPs, bytes and predicted H200 times of each benchmark case"),
     "report": ("litelora_fast.tools.report", "pytest-benchmark JSON -> markdown table and speedup plot"),
     "tune": ("litelora_fast.tools.tune", "pre-tune the kernels-vs-cuBLAS choice for a model's shapes (CUDA)"),
-    "inspect": ("litelora_fast.kernels.inspect",
+    "inspect": ("litelora_fast.kernels.compile_report",
                 "ahead-of-time sm_90 compile report of every kernel config (no GPU needed)"),
 }
 

@@ -61,6 +61,10 @@ class TorchBackend:
     def matmul_tn(a, b, out_dtype):
         return as_dtype(a.t() @ b, out_dtype)
 
+    @staticmethod
+    def lora_weight_grads(x2d, dy, dS, SG, out_dtype):
+        return as_dtype(dS.t() @ x2d, out_dtype), as_dtype(dy.t() @ SG, out_dtype)
+
 
 class TritonBackend:
     """The Triton kernels (compiled on CUDA, interpreted on the CPU under TRITON_INTERPRET=1)."""
@@ -70,9 +74,8 @@ class TritonBackend:
     @staticmethod
     def shrink(x2d, lora_A, gates2d, col_adapter, col_scale, S_out=None):
         from .kernels import forward
-        out = None
-        if S_out is not None:
-            out = (S_out, torch.empty_like(S_out, memory_format=torch.contiguous_format))
+        # SG stays the launcher's own padded buffer (16-byte aligned rows for the TMA kernels).
+        out = (S_out, None) if S_out is not None else None
         return forward.shrink(x2d, lora_A, gates2d, col_adapter, col_scale, out=out)
 
     @staticmethod
@@ -95,6 +98,12 @@ class TritonBackend:
     def matmul_tn(a, b, out_dtype):
         from .kernels import backward
         return backward.matmul_tn(a, b, out_dtype)
+
+    @staticmethod
+    def lora_weight_grads(x2d, dy, dS, SG, out_dtype):
+        """``(dS^T @ x2d, dy^T @ SG)``: both LoRA weight gradients from one GEMM launch."""
+        from .kernels import backward
+        return backward.lora_weight_grads(x2d, dy, dS, SG, out_dtype)
 
 
 def interpreter_requested() -> bool:

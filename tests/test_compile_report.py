@@ -1,76 +1,91 @@
-"""Every shipped kernel config compiles ahead of time for the H200 (sm_90) without a GPU, and its
-SASS passes the static checks: wgmma tensor-core instructions (HGMMA), no register spills, and
-shared memory within the 227 KiB a Hopper block may use.
+"""Shipped kernel configs compile ahead of time for the H200 (sm_90) without a GPU, and their
+SASS passes the static checks: wgmma tensor-core instructions (HGMMA) for every tile product, TMA
+loads (UTMALDG) for every descriptor config, register re-balancing (SETMAXREG) for every
+warp-specialized one, no register spills anywhere (fp32 included), and shared memory within the
+227 KiB a Hopper block may use.
+
+The test compiles the representative subset (the first config of every kernel, variant and dtype);
+``python -m litelora_fast inspect`` compiles all of them (see the module docstring of
+``kernels.compile_report`` for the time each takes).
 """
-import importlib
 import inspect
 
 import pytest
 
-from litelora_fast.kernels import inspect as kinspect
+from litelora_fast.kernels import aot_specs, compile_report
 
-H200_SHARED_LIMIT = 227 * 1024
+# A pure reduction has no tile product to put on the tensor cores: the fixed-order sum of the
+# split-N partials. Every other kernel must lower its matmuls to wgmma.
+NO_MATMUL = {"matmul_tn_sum_partials"}
+KERNELS = {"shrink", "fused_forward", "grad_shrink", "fused_dx", "matmul_tn", "lora_weight_grads",
+           "matmul_tn_sum_partials"}
 
 
 @pytest.fixture(scope="module")
 def rows():
     # The test session runs with TRITON_INTERPRET=1, so this also covers compile_report's
     # fresh-process path (the interpreter's patched triton.language cannot compile in-process).
-    return kinspect.compile_report("sm_90")
+    return compile_report.compile_report("sm_90", subset="representative")
 
 
-def _shipped_kernels(module_name):
-    module = importlib.import_module(module_name)
-    return {s.name if not isinstance(s, dict) else s["name"] for s in module.AOT_SPECS}
-
-
-# A pure reduction has no tile product to put on the tensor cores: the fixed-order sum of
-# matmul_tn's split-N partials. Every other kernel must lower its matmuls to wgmma.
-NO_MATMUL = {"matmul_tn_sum_partials"}
-
-
-def _kernels_with_tile_products():
-    names = {spec.name for spec in kinspect.collect_specs()} - NO_MATMUL
-    for spec in kinspect.collect_specs():
+def test_no_matmul_kernel_multiplies_tiles():
+    for spec in aot_specs.specs("all"):
         if spec.name in NO_MATMUL:
             fn = getattr(spec.fn, "fn", spec.fn)  # JITFunction / InterpretedFunction -> python fn
             assert "dot" not in inspect.getsource(fn), f"{spec.name} multiplies tiles now"
-    return names
 
 
-def test_every_config_uses_hgmma_without_spills_within_shared_memory(rows):
-    assert rows
-    needs_hgmma = _kernels_with_tile_products()
-    assert {"shrink", "fused_forward", "grad_shrink", "fused_dx", "matmul_tn"} <= needs_hgmma
-    bad = [r for r in rows if not ((r["hgmma"] or r["kernel"] not in needs_hgmma)
-                                   and r["spill_bytes"] == 0
-                                   and 0 <= r["shared_bytes"] <= H200_SHARED_LIMIT)]
-    assert not bad, "configs failing the sm_90 checks:\n" + kinspect.format_report(bad)
+def test_every_config_passes_the_sm90_checks(rows):
+    bad = [r for r in rows if not (
+        (r["hgmma"] or r["kernel"] in NO_MATMUL)
+        and r["tma"] == (r["variant"] != "pointer")
+        and r["warp_specialized"] == (r["variant"] == "tma_ws")
+        and r["persistent"] == (r["variant"] == "tma_persistent")
+        and r["spill_bytes"] == 0
+        and 0 <= r["shared_bytes"] <= compile_report.H200_SHARED_LIMIT)]
+    assert not bad, "configs failing the sm_90 checks:\n" + compile_report.format_report(bad)
 
 
-def test_report_covers_every_shipped_kernel(rows):
-    from litelora_fast.kernels import forward
+def test_report_covers_every_kernel_variant_and_dtype(rows):
+    assert {r["kernel"] for r in rows} == KERNELS
+    seen = {(r["kernel"], r["variant"], r["dtype"]) for r in rows}
+    for kernel in ("fused_forward", "fused_dx"):
+        for variant in ("pointer", "tma", "tma_persistent", "tma_ws"):
+            for dtype in ("bf16", "fp16", "fp32"):
+                if (kernel, variant, dtype) == ("fused_dx", "tma_ws", "fp32"):
+                    continue   # not shipped: fused_tma.ws_fits
+                assert (kernel, variant, dtype) in seen
+    for kernel in ("shrink", "grad_shrink", "matmul_tn", "lora_weight_grads"):
+        assert {(kernel, "pointer", d) for d in ("bf16", "fp16", "fp32")} <= seen
+    # The representative subset is one spec per (kernel, variant, dtype) of the full list.
+    assert len(rows) == len(seen) == len({(s.name, s.variant, s.dtype) for s in aot_specs.specs()})
 
-    reported = {r["kernel"] for r in rows}
-    assert {"shrink", "fused_forward"} <= reported
-    assert len(rows) >= len(forward.AOT_SPECS)
-    try:
-        expected = _shipped_kernels("litelora_fast.kernels.backward")
-    except ModuleNotFoundError:
-        expected = set()
-    assert expected <= reported
+
+def test_full_spec_list_is_generated_from_every_config_list():
+    """Every launch config of every list appears in the full AOT list (by its tile label)."""
+    specs = aot_specs.specs("all")
+    lists = aot_specs.config_lists()
+    assert ("fused_forward", "tma_ws") in lists and ("fused_dx", "tma_persistent/fp32") in lists
+    labels = {(s.name, s.variant) for s in specs}
+    for (kernel, variant), configs in lists.items():
+        assert configs, (kernel, variant)
+        base = variant.split("/")[0]
+        if base in ("pointer", "tma", "tma_persistent", "tma_ws"):
+            assert (kernel, base) in labels
 
 
 def test_report_rows_have_the_documented_keys(rows):
     for r in rows:
-        assert set(r) == {"kernel", "config", "registers", "spill_bytes", "shared_bytes", "hgmma"}
-        assert isinstance(r["hgmma"], bool) and r["registers"] > 0
-    table = kinspect.format_report(rows).splitlines()
-    assert table[0].split() == ["kernel", "config", "registers", "spill_bytes", "shared_bytes",
-                                "hgmma"]
+        assert list(r) == compile_report.COLUMNS
+        assert all(isinstance(r[k], bool) for k in ("hgmma", "tma", "warp_specialized", "persistent"))
+        assert r["registers"] > 0
+    table = compile_report.format_report(rows).splitlines()
+    assert table[0].split() == compile_report.COLUMNS
     assert len(table) == len(rows) + 2
 
 
-def test_unknown_arch_is_rejected():
+def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="arch"):
-        kinspect.compile_report("gfx942")
+        compile_report.compile_report("gfx942")
+    with pytest.raises(ValueError, match="subset"):
+        compile_report.compile_report("sm_90", subset="some")

@@ -8,18 +8,12 @@ to write fails the comparison. Shapes cross the interpreter configs' tile edges 
 import pytest
 import torch
 
+from kernel_helpers import (DTYPES, TMA_VARIANTS, column_tables, fused_dx_ref, grad_shrink_ref,
+                            launches, make_gates, nan_like, strided)
 from litelora_fast.kernels import LAUNCH_COUNTS, tuning
 from litelora_fast.kernels import backward as bwd
 from litelora_fast.kernels import weight_grad
-# Shared kernel-test helpers (NaN buffers, relative error, plan tables, strided layouts, gates).
-from test_kernels_forward import DTYPES, TOL, column_tables, make_gates, nan_like, rel_err, strided
-
-
-def grad_shrink_ref(dy, lora_B, S, gates2d, col_adapter, col_scale):
-    dS_g = dy.double() @ lora_B.double()
-    G_E = gates2d.double()[:, col_adapter.long()] * col_scale.double()
-    P = dS_g * S.double() * col_scale.double() if S is not None else None
-    return dS_g * G_E, P
+from numerics import assert_rel
 
 
 def run_grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, need_gate_grad):
@@ -30,9 +24,9 @@ def run_grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, need_gate_gr
     return dS, P
 
 
-def run_fused_dx(dy, weight, dS, lora_A):
+def run_fused_dx(dy, weight, dS, lora_A, variant="pointer"):
     dx = nan_like((dy.shape[0], weight.shape[1]), dy.dtype)
-    assert bwd.fused_dx(dy, weight, dS, lora_A, out=dx) is dx
+    assert bwd.fused_dx(dy, weight, dS, lora_A, out=dx, variant=variant) is dx
     return dx
 
 
@@ -74,11 +68,12 @@ def test_grad_shrink_matches_float64(seed, dtype, N, D_out, ranks, skip, gate_mo
     dS, P = run_grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, need_gate_grad)
     dS_ref, P_ref = grad_shrink_ref(dy, lora_B, S, gates2d, col_adapter, col_scale)
     assert dS.dtype == dtype and dS.is_contiguous()
-    assert rel_err(dS, dS_ref) < TOL[dtype]
+    assert_rel("dS", dS, dS_ref, dtype)
     if need_gate_grad:
         # P comes straight from the fp32 accumulator: fp32 accuracy even for fp16 inputs, up to
         # the fp16 rounding of nothing but the inputs themselves (exact in float64).
-        assert P.dtype == torch.float32 and rel_err(P, P_ref) < TOL[torch.float32]
+        assert P.dtype == torch.float32
+        assert_rel("P", P, P_ref, torch.float32)
     else:
         assert P is None
     if gate_mode == "zero":
@@ -96,8 +91,8 @@ def test_grad_shrink_upcasts_low_precision_gates(seed, gate_dtype):
     gates2d = torch.randn(N, 2).to(gate_dtype)
     dS, P = run_grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, True)
     dS_ref, P_ref = grad_shrink_ref(dy, lora_B, S, gates2d, col_adapter, col_scale)
-    assert rel_err(dS, dS_ref) < TOL[torch.float32]
-    assert rel_err(P, P_ref) < TOL[torch.float32]
+    assert_rel("dS", dS, dS_ref, torch.float32)
+    assert_rel("P", P, P_ref, torch.float32)
 
 
 def test_grad_shrink_rejects_bad_shapes_and_dtypes():
@@ -147,13 +142,13 @@ def test_fused_dx_matches_float64(seed, dtype, N, D_in, D_out, R_act, layout, ad
     dx = run_fused_dx(dy, weight, dS, lora_A)
     ref = dy.double() @ weight.double() + dS.double() @ lora_A.double()
     assert dx.dtype == dtype and dx.is_contiguous()
-    assert rel_err(dx, ref) < TOL[dtype]
+    assert_rel("dx", dx, ref, dtype)
 
 
 def test_fused_dx_without_adapters_is_the_base_gemm(seed):
     dy, weight = torch.randn(21, 34), torch.randn(34, 25)
     dx = run_fused_dx(dy, weight, None, None)
-    assert rel_err(dx, dy.double() @ weight.double()) < TOL[torch.float32]
+    assert_rel("dx", dx, dy.double() @ weight.double(), torch.float32)
     with pytest.raises(ValueError, match="both"):
         bwd.fused_dx(dy, weight, torch.randn(21, 2), None)
 
@@ -196,15 +191,14 @@ def test_matmul_tn_matches_float64(seed, dtype, N, M, P, layout, split_n):
     # Each output is an inner product over N terms of random sign; its rounding is relative to
     # sum |terms|, not to the (possibly cancelled) result: M1-P1 is a single such sum.
     a64, b64 = a.double(), b.double()
-    scale = (a64.abs().t() @ b64.abs()).norm()
-    assert (out.double() - a64.t() @ b64).norm() / scale < TOL[dtype]
+    assert_rel("a^T b", out, a64.t() @ b64, dtype, scale=a64.abs().t() @ b64.abs())
 
 
 def test_matmul_tn_fp16_inputs_fp32_output(seed):
     a, b = torch.randn(97, 40, dtype=torch.float16), torch.randn(97, 9, dtype=torch.float16)
     out = run_matmul_tn(a, b, torch.float32, split_n=4)
     # fp32 output of exact fp16 inputs: only fp32 accumulation error remains.
-    assert rel_err(out, a.double().t() @ b.double()) < TOL[torch.float32]
+    assert_rel("out", out, a.double().t() @ b.double(), torch.float32)
 
 
 @pytest.mark.parametrize("M,P", [(45, 13), (13, 45), (75, 90)], ids=["narrow", "swapped", "wide"])
@@ -219,15 +213,15 @@ def test_matmul_tn_split_is_deterministic(seed, M, P):
     assert LAUNCH_COUNTS["matmul_tn_sum_partials"] - before["matmul_tn_sum_partials"] == 2
     assert torch.equal(first, second)
     unsplit = run_matmul_tn(a, b, torch.float32, split_n=1)
-    assert rel_err(first, unsplit.double()) < TOL[torch.float32]
-    assert rel_err(first, a.double().t() @ b.double()) < TOL[torch.float32]
+    assert_rel("first", first, unsplit.double(), torch.float32)
+    assert_rel("first", first, a.double().t() @ b.double(), torch.float32)
 
 
 def test_matmul_tn_more_splits_than_chunks(seed):
     """A split count above what N allows collapses to whole chunks (no empty chunk is summed)."""
     a, b = torch.randn(40, 20), torch.randn(40, 18)
     out = run_matmul_tn(a, b, torch.float32, split_n=16)
-    assert rel_err(out, a.double().t() @ b.double()) < TOL[torch.float32]
+    assert_rel("out", out, a.double().t() @ b.double(), torch.float32)
 
 
 def test_split_count_heuristic():
@@ -296,16 +290,15 @@ def test_layer_backward_matches_float64_autograd(seed, dtype, gate_mode):
     dg = dg_rows if gate_mode == "per_row" else dg_rows.sum(0)
 
     # fp16 also rounds S, SG and dS to fp16 before they feed the next GEMM (~1e-3 relative).
-    tol = TOL[dtype]
-    assert rel_err(dx, x64.grad) < tol
-    assert rel_err(dA, A64.grad) < tol
-    assert rel_err(dB, B64.grad) < tol
+    assert_rel("dx", dx, x64.grad, dtype)
+    assert_rel("dA", dA, A64.grad, dtype)
+    assert_rel("dB", dB, B64.grad, dtype)
     # The gate gradient sums terms of random sign: bound its error by the sum of |terms| (the
     # scale its rounding is relative to, see op_cases.gate_grad_scale), not by |dg|.
     terms = ((x64 @ A64.t()) * (dy.double() @ B64) * col_scale.double()).abs().detach()
     scale = torch.zeros(N, 3, dtype=torch.float64).index_add_(1, col_adapter.long(), terms)
     scale = scale if gate_mode == "per_row" else scale.sum(0)
-    assert (dg - g64.grad).norm() / scale.norm() < tol
+    assert_rel("dg", dg, g64.grad, dtype, scale=scale)
 
 
 def test_launch_counts_prove_the_kernels_ran():
@@ -339,7 +332,150 @@ def test_bf16_on_gpu(seed):
     dS_ref, P_ref = grad_shrink_ref(dy, lora_B, S, gates2d, col_adapter, col_scale)
     dx = bwd.fused_dx(dy, weight, dS, lora_A)
     dB = bwd.matmul_tn(dy, S, dtype, split_n=3)
-    # bf16 keeps 8 mantissa bits (unit roundoff 3.9e-3) in every stored output.
-    assert rel_err(dS, dS_ref) < 2e-2 and rel_err(P, P_ref) < 2e-2
-    assert rel_err(dx, dy.double() @ weight.double() + dS.double() @ lora_A.double()) < 2e-2
-    assert rel_err(dB, dy.double().t() @ S.double()) < 2e-2
+    assert_rel("dS", dS, dS_ref, dtype)
+    assert_rel("P", P, P_ref, dtype)
+    assert_rel("dx", dx, fused_dx_ref(dy, weight, dS, lora_A), dtype)
+    assert_rel("dB", dB, dy.double().t() @ S.double(), dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# The tensor-descriptor (TMA) variants of fused_dx.
+# --------------------------------------------------------------------------------------------
+# Descriptor-legal: rows of dy, weight, lora_A and dx a multiple of 16 bytes; no dimension a
+# multiple of the interpreter's 32-wide tiles; R_act below, above and not a multiple of 16.
+TMA_DX_CASES = [
+    # id: N, D_in, D_out, R_act
+    pytest.param(37, 56, 40, 10, id="N37-D56x40-R10"),
+    pytest.param(1, 72, 24, 5, id="N1-R5"),
+    pytest.param(70, 72, 48, 21, id="N70-9-tiles-R21"),   # 9 tiles > 4 "SMs": persistent loops
+    pytest.param(29, 40, 32, 0, id="R0-base-only"),
+]
+
+
+# fp32 fused_dx has no warp-specialized kernel (test_fused_dx_ws_fp32_refused).
+DX_DTYPE_VARIANTS = [pytest.param(d.values[0], v, id=f"{d.id}-{v}") for d in DTYPES
+                     for v in TMA_VARIANTS if not (v == "tma_ws" and d.id == "fp32")]
+
+
+@pytest.mark.parametrize("dtype,variant", DX_DTYPE_VARIANTS)
+@pytest.mark.parametrize("N,D_in,D_out,R_act", TMA_DX_CASES)
+def test_fused_dx_tma_variants_match_float64(seed, dtype, variant, N, D_in, D_out, R_act):
+    dy = torch.randn(N, D_out, dtype=dtype)
+    weight = torch.randn(D_out, D_in, dtype=dtype) / D_out ** 0.5
+    dS = torch.randn(N, R_act, dtype=dtype)
+    lora_A = torch.randn(R_act, D_in, dtype=dtype) / max(R_act, 1) ** 0.5
+    before = LAUNCH_COUNTS.copy()
+    dx = run_fused_dx(dy, weight, dS, lora_A, variant=variant)
+    assert launches(LAUNCH_COUNTS, before, f"fused_dx/{variant}") == {f"fused_dx/{variant}": 1}
+    assert_rel("dx", dx, fused_dx_ref(dy, weight, dS, lora_A), dtype)
+
+
+def test_fused_dx_ws_fp32_refused():
+    dy, weight, dS, lora_A = torch.randn(9, 16), torch.randn(16, 8), torch.randn(9, 2), torch.randn(2, 8)
+    with pytest.raises(ValueError, match="tma_ws"):
+        bwd.fused_dx(dy, weight, dS, lora_A, variant="tma_ws")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_dx_tma_after_grad_shrink_reads_the_padded_dS(seed, dtype):
+    """grad_shrink's dS (a view of a 16-column-padded buffer) is descriptor-legal at R_act = 7,
+    and the pad columns (poisoned here) are never read."""
+    N, D_in, D_out = 45, 48, 40
+    col_adapter, col_scale = column_tables([3, 4], [0.5, 2.0])
+    dy = torch.randn(N, D_out, dtype=dtype)
+    lora_B = torch.randn(D_out, 7, dtype=dtype) / D_out ** 0.5
+    dS, _ = bwd.grad_shrink(dy, lora_B, None, make_gates("per_row", N, 2), col_adapter, col_scale,
+                            False)
+    assert dS.shape == (N, 7) and tuning.tma_legal(dS)
+    dS.as_strided((N, 16), (dS.stride(0), 1))[:, 7:] = float("nan")
+    weight = torch.randn(D_out, D_in, dtype=dtype) / D_out ** 0.5
+    lora_A = torch.randn(7, D_in, dtype=dtype)
+    dx = run_fused_dx(dy, weight, dS, lora_A, variant="tma")
+    assert_rel("dx", dx, fused_dx_ref(dy, weight, dS, lora_A), dtype)
+
+
+def test_fused_dx_auto_falls_back_to_pointers_for_strided_inputs(seed, monkeypatch):
+    monkeypatch.delenv(tuning.VARIANT_ENV, raising=False)
+    dS, lora_A = torch.randn(20, 3), torch.randn(3, 16)
+    for expected, dy, weight in [("tma_auto", torch.randn(20, 24), torch.randn(24, 16)),
+                                 ("pointer", strided(torch.randn(20, 24), "transposed"), torch.randn(24, 16)),
+                                 ("pointer", torch.randn(20, 24), torch.randn(24, 17)[:, 1:])]:
+        before = LAUNCH_COUNTS.copy()
+        dx = bwd.fused_dx(dy, weight, dS, lora_A, out=nan_like((20, 16), torch.float32))
+        assert launches(LAUNCH_COUNTS, before, f"fused_dx/{expected}") == {f"fused_dx/{expected}": 1}
+        assert_rel("dx", dx, fused_dx_ref(dy, weight, dS, lora_A), torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# lora_weight_grads: dA and dB from one GEMM launch.
+# --------------------------------------------------------------------------------------------
+LORA_GRAD_CASES = [
+    # id: N, D_in, D_out, R, layout of every operand
+    pytest.param(100, 45, 37, 13, "contiguous", id="N100-D45x37-R13"),
+    pytest.param(1, 33, 20, 4, "contiguous", id="N1"),
+    pytest.param(70, 20, 75, 1, "contiguous", id="R1"),
+    pytest.param(64, 40, 50, 70, "contiguous", id="R70-two-col-tiles"),
+    pytest.param(90, 33, 41, 9, "transposed", id="transposed"),
+    pytest.param(81, 50, 30, 12, "sliced", id="sliced"),
+]
+
+
+@pytest.mark.parametrize("split_n", [None, 3], ids=["auto", "split3"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,D_in,D_out,R,layout", LORA_GRAD_CASES)
+def test_lora_weight_grads_match_float64(seed, dtype, N, D_in, D_out, R, layout, split_n):
+    x2d = strided(torch.randn(N, D_in, dtype=dtype), layout)
+    dy = strided(torch.randn(N, D_out, dtype=dtype), layout)
+    dS = strided(torch.randn(N, R, dtype=dtype), layout)
+    SG = strided(torch.randn(N, R, dtype=dtype), layout)
+    out = (nan_like((R, D_in), dtype), nan_like((D_out, R), dtype))
+    before = LAUNCH_COUNTS.copy()
+    dA, dB = bwd.lora_weight_grads(x2d, dy, dS, SG, dtype, out=out, split_n=split_n)
+    assert dA is out[0] and dB is out[1]
+    counts = launches(LAUNCH_COUNTS, before, "lora_weight_grads", "matmul_tn_sum_partials", "matmul_tn")
+    assert counts["lora_weight_grads"] == 1 and counts["matmul_tn"] == 0
+    assert counts["matmul_tn_sum_partials"] == (1 if split_n and N > 32 else 0)
+    # Inner products over N terms of random sign: rounding is relative to sum |terms|.
+    x64, dy64, dS64, SG64 = (t.double() for t in (x2d, dy, dS, SG))
+    assert_rel("dA", dA, dS64.t() @ x64, dtype, scale=dS64.abs().t() @ x64.abs())
+    assert_rel("dB", dB, dy64.t() @ SG64, dtype, scale=dy64.abs().t() @ SG64.abs())
+
+
+def test_lora_weight_grads_split_is_deterministic(seed):
+    x2d, dy, dS, SG = torch.randn(300, 45), torch.randn(300, 38), torch.randn(300, 11), torch.randn(300, 11)
+    first = bwd.lora_weight_grads(x2d, dy, dS, SG, torch.float32, split_n=4)
+    second = bwd.lora_weight_grads(x2d, dy, dS, SG, torch.float32, split_n=4)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    unsplit = bwd.lora_weight_grads(x2d, dy, dS, SG, torch.float32, split_n=1)
+    for got, ref in zip(first, unsplit):
+        assert_rel("split vs unsplit", got, ref.double(), torch.float32)
+
+
+def test_lora_weight_grads_edges_and_errors():
+    x2d, dy = torch.randn(6, 8), torch.randn(6, 5)
+    dA, dB = bwd.lora_weight_grads(x2d, dy, torch.randn(6, 0), torch.randn(6, 0), torch.float32)
+    assert dA.shape == (0, 8) and dB.shape == (5, 0)
+    dA, dB = bwd.lora_weight_grads(x2d[:0], dy[:0], torch.randn(0, 3), torch.randn(0, 3), torch.float32)
+    assert (dA == 0).all() and (dB == 0).all() and dA.shape == (3, 8)
+    with pytest.raises(ValueError, match="dS"):
+        bwd.lora_weight_grads(x2d, dy, torch.randn(5, 3), torch.randn(6, 3), torch.float32)
+    with pytest.raises(ValueError, match="same columns"):
+        bwd.lora_weight_grads(x2d, dy, torch.randn(6, 3), torch.randn(6, 2), torch.float32)
+    with pytest.raises(TypeError, match="dtype"):
+        bwd.lora_weight_grads(x2d, dy.half(), torch.randn(6, 3), torch.randn(6, 3), torch.float32)
+    with pytest.raises(ValueError, match="split_n"):
+        bwd.lora_weight_grads(x2d, dy, torch.randn(6, 3), torch.randn(6, 3), torch.float32, split_n=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backends_agree_on_lora_weight_grads(seed, dtype):
+    """TritonBackend and TorchBackend compute the same (dA, dB)."""
+    from litelora_fast.backends import TorchBackend, TritonBackend
+
+    x2d, dy = torch.randn(50, 24, dtype=dtype), torch.randn(50, 40, dtype=dtype)
+    dS, SG = torch.randn(50, 6, dtype=dtype), torch.randn(50, 6, dtype=dtype)
+    for got, ref in zip(TritonBackend.lora_weight_grads(x2d, dy, dS, SG, dtype),
+                        TorchBackend.lora_weight_grads(x2d.double(), dy.double(), dS.double(),
+                                                       SG.double(), torch.float64)):
+        assert got.dtype == dtype
+        assert_rel("grad", got, ref, dtype)

@@ -8,58 +8,11 @@ to write fails the comparison. Shapes are chosen to cross the interpreter config
 import pytest
 import torch
 
+from kernel_helpers import (DTYPES, TMA_VARIANTS, column_tables, fused_ref, launches, make_gates,
+                            nan_like, shrink_ref, strided)
 from litelora_fast.kernels import LAUNCH_COUNTS, tuning
 from litelora_fast.kernels import forward as fwd
-
-# Relative-error bounds ||out - ref|| / ||ref||, by input dtype:
-# - fp32: exact fp32 products ("ieee" under the interpreter) with fp32 accumulation over at most
-#   a few hundred terms: ~1e-7 observed, 1e-5 leaves room for longer sums.
-# - fp16: operands exact in fp16, fp32 accumulation, but every output is rounded to fp16 (unit
-#   roundoff 4.9e-4) and SG is rounded to fp16 before it feeds the second GEMM: ~3e-4 observed.
-TOL = {torch.float32: 1e-5, torch.float16: 5e-3}
-DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16")]
-
-
-def rel_err(out, ref):
-    assert not torch.isnan(out).any(), "an output element was never written (still NaN)"
-    return ((out.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-def nan_like(shape, dtype):
-    return torch.full(shape, float("nan"), dtype=dtype)
-
-
-def column_tables(ranks, scaling, skip=()):
-    """The plan's per-column tables for adapters of ``ranks``, leaving out adapters in ``skip``
-    (inactive ones), so the active columns are ragged and their adapter ids have gaps."""
-    adapter, scale = [], []
-    for k, (r, s) in enumerate(zip(ranks, scaling)):
-        if k not in skip:
-            adapter += [k] * r
-            scale += [s] * r
-    return torch.tensor(adapter, dtype=torch.int32), torch.tensor(scale, dtype=torch.float32)
-
-
-def shrink_ref(x2d, lora_A, gates2d, col_adapter, col_scale):
-    S = x2d.double() @ lora_A.double().t()
-    G_E = gates2d.double()[:, col_adapter.long()] * col_scale.double()
-    return S, S * G_E
-
-
-def fused_ref(x2d, weight, bias, SG, lora_B):
-    y = x2d.double() @ weight.double().t() + SG.double() @ lora_B.double().t()
-    return y + bias.double() if bias is not None else y
-
-
-def strided(t, how):
-    """The same values as ``t`` (2-D) in a non-contiguous layout."""
-    if how == "transposed":
-        return t.t().contiguous().t()
-    if how == "sliced":
-        wide = torch.randn(t.shape[0], t.shape[1] + 5, dtype=t.dtype)
-        wide[:, 2:2 + t.shape[1]] = t
-        return wide[:, 2:2 + t.shape[1]]
-    return t
+from numerics import assert_rel
 
 
 def run_shrink(x2d, lora_A, gates2d, col_adapter, col_scale):
@@ -70,9 +23,9 @@ def run_shrink(x2d, lora_A, gates2d, col_adapter, col_scale):
     return S, SG
 
 
-def run_fused(x2d, weight, bias, SG, lora_B):
+def run_fused(x2d, weight, bias, SG, lora_B, variant="pointer"):
     y = nan_like((x2d.shape[0], weight.shape[0]), x2d.dtype)
-    out = fwd.fused_forward(x2d, weight, bias, SG, lora_B, out=y)
+    out = fwd.fused_forward(x2d, weight, bias, SG, lora_B, out=y, variant=variant)
     assert out is y
     return y
 
@@ -93,16 +46,6 @@ SHRINK_CASES = [
 ]
 
 
-def make_gates(mode, N, K, dtype=torch.float32):
-    if mode == "per_row":
-        return torch.randn(N, K).to(dtype)
-    g = torch.randn(K)
-    if mode == "zero":
-        g[0] = 0.0
-        g[-1] = 0.0
-    return g.to(dtype).unsqueeze(0).expand(N, K)  # row stride 0, as the op passes it
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N,D_in,ranks,skip,gate_mode,layout", SHRINK_CASES)
 def test_shrink_matches_float64(seed, dtype, N, D_in, ranks, skip, gate_mode, layout):
@@ -116,8 +59,8 @@ def test_shrink_matches_float64(seed, dtype, N, D_in, ranks, skip, gate_mode, la
     S, SG = run_shrink(x2d, lora_A, gates2d, col_adapter, col_scale)
     S_ref, SG_ref = shrink_ref(x2d, lora_A, gates2d, col_adapter, col_scale)
     assert S.dtype == SG.dtype == dtype
-    assert rel_err(S, S_ref) < TOL[dtype]
-    assert rel_err(SG, SG_ref) < TOL[dtype]
+    assert_rel("S", S, S_ref, dtype)
+    assert_rel("SG", SG, SG_ref, dtype)
     if gate_mode == "zero":
         zero_cols = (gates2d[0, col_adapter.long()] == 0)
         assert zero_cols.any() and (SG[:, zero_cols] == 0).all()
@@ -132,7 +75,7 @@ def test_shrink_upcasts_low_precision_gates(seed, gate_dtype):
     gates2d = torch.randn(N, 2).to(gate_dtype)
     S, SG = run_shrink(x2d, lora_A, gates2d, col_adapter, col_scale)
     _, SG_ref = shrink_ref(x2d, lora_A, gates2d, col_adapter, col_scale)
-    assert rel_err(SG, SG_ref) < TOL[torch.float32]
+    assert_rel("SG", SG, SG_ref, torch.float32)
 
 
 def test_shrink_with_no_active_column_launches_nothing():
@@ -173,7 +116,7 @@ def test_fused_forward_matches_float64(seed, dtype, N, D_in, D_out, R_act, has_b
         torch.randn(D_out, 0, dtype=dtype)
     y = run_fused(x2d, weight, bias, SG, lora_B)
     assert y.dtype == dtype and y.is_contiguous()
-    assert rel_err(y, fused_ref(x2d, weight, bias, SG, lora_B)) < TOL[dtype]
+    assert_rel("y", y, fused_ref(x2d, weight, bias, SG, lora_B), dtype)
 
 
 def test_fused_forward_bias_strided_view(seed):
@@ -182,7 +125,7 @@ def test_fused_forward_bias_strided_view(seed):
     bias = torch.randn(46)[::2]
     SG, lora_B = torch.randn(9, 4), torch.randn(23, 4)
     y = run_fused(x2d, weight, bias, SG, lora_B)
-    assert rel_err(y, fused_ref(x2d, weight, bias, SG, lora_B)) < TOL[torch.float32]
+    assert_rel("y", y, fused_ref(x2d, weight, bias, SG, lora_B), torch.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,7 +155,7 @@ def test_shrink_then_fused_3d_input_random_shapes(seed, dtype, gate_mode):
     y = run_fused(x2d, weight, bias, SG, lora_B)
     _, SG_ref = shrink_ref(x2d, lora_A, gates2d, col_adapter, col_scale)
     y_ref = fused_ref(x2d, weight, bias, SG_ref, lora_B)
-    assert rel_err(y, y_ref) < TOL[dtype]
+    assert_rel("y", y, y_ref, dtype)
 
 
 def test_launch_counts_prove_the_kernels_ran():
@@ -241,5 +184,117 @@ def test_bf16_on_gpu(seed):
     S, SG = fwd.shrink(x2d, lora_A, gates2d, col_adapter.to(dev), col_scale.to(dev))
     y = fwd.fused_forward(x2d, weight, None, SG, lora_B)
     _, SG_ref = shrink_ref(x2d, lora_A, gates2d, col_adapter.to(dev), col_scale.to(dev))
-    # bf16 keeps 8 mantissa bits (unit roundoff 3.9e-3) in every stored output.
-    assert rel_err(y, fused_ref(x2d, weight, None, SG_ref, lora_B)) < 2e-2
+    assert_rel("y", y, fused_ref(x2d, weight, None, SG_ref, lora_B), dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# The tensor-descriptor (TMA) variants of fused_forward, and the choice between variants.
+# --------------------------------------------------------------------------------------------
+# Descriptor-legal shapes: every row of x, weight and y a multiple of 16 bytes (D_in, D_out
+# multiples of 8), but no dimension a multiple of the interpreter's 32-row/32-column tiles, and a
+# reduction that ends mid-tile (40 = 2.5 x 16-wide K steps). R_act values: below, above and not a
+# multiple of 16 (SG/lora_B then go through the padded copies).
+TMA_CASES = [
+    # id: N, D_in, D_out, R_act, bias
+    pytest.param(37, 40, 56, 10, True, id="N37-D40x56-R10-bias"),
+    pytest.param(1, 24, 72, 5, False, id="N1-R5"),
+    pytest.param(70, 48, 72, 21, True, id="N70-9-tiles-R21"),   # 9 tiles > 4 "SMs": persistent loops
+    pytest.param(29, 32, 40, 0, True, id="R0-base-only"),
+    pytest.param(33, 16, 8, 16, False, id="Dout8-R16"),
+]
+
+
+@pytest.mark.parametrize("variant", TMA_VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,D_in,D_out,R_act,has_bias", TMA_CASES)
+def test_fused_forward_tma_variants_match_float64(seed, dtype, variant, N, D_in, D_out, R_act,
+                                                  has_bias):
+    x2d = torch.randn(N, D_in, dtype=dtype)
+    weight = torch.randn(D_out, D_in, dtype=dtype) / D_in ** 0.5
+    bias = torch.randn(D_out, dtype=dtype) if has_bias else None
+    SG = torch.randn(N, R_act, dtype=dtype)
+    lora_B = torch.randn(D_out, R_act, dtype=dtype)
+    before = LAUNCH_COUNTS.copy()
+    y = run_fused(x2d, weight, bias, SG, lora_B, variant=variant)
+    assert launches(LAUNCH_COUNTS, before, f"fused_forward/{variant}") == {f"fused_forward/{variant}": 1}
+    assert_rel("y", y, fused_ref(x2d, weight, bias, SG, lora_B), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_forward_tma_after_shrink_reads_the_padded_SG(seed, dtype):
+    """The shrink's SG (a view of a 16-column-padded buffer) is descriptor-legal as it is, even
+    at R_act = 7 (14-byte fp16 rows), and the descriptor kernel never reads the pad columns."""
+    N, D_in, D_out = 45, 40, 48
+    col_adapter, col_scale = column_tables([3, 4], [0.5, 2.0])
+    x2d = torch.randn(N, D_in, dtype=dtype)
+    lora_A = torch.randn(7, D_in, dtype=dtype) / D_in ** 0.5
+    _, SG = fwd.shrink(x2d, lora_A, make_gates("per_row", N, 2), col_adapter, col_scale)
+    assert SG.shape == (N, 7) and SG.stride(0) % 16 == 0 and tuning.tma_legal(SG)
+    SG.as_strided((N, 16), (SG.stride(0), 1))[:, 7:] = float("nan")   # poison the pad columns
+    weight = torch.randn(D_out, D_in, dtype=dtype) / D_in ** 0.5
+    lora_B = torch.randn(D_out, 7, dtype=dtype)
+    y = run_fused(x2d, weight, None, SG, lora_B, variant="tma")
+    assert_rel("y", y, fused_ref(x2d, weight, None, SG, lora_B), dtype)
+
+
+def test_auto_takes_descriptors_when_legal_and_pointers_otherwise(seed, monkeypatch):
+    monkeypatch.delenv(tuning.VARIANT_ENV, raising=False)
+    SG, lora_B = torch.randn(20, 3), torch.randn(24, 3)
+    cases = {
+        "tma_auto": (torch.randn(20, 16), torch.randn(24, 16)),        # 64-byte rows
+        "pointer": (torch.randn(20, 17), torch.randn(24, 17)),         # 68-byte rows
+    }
+    # Transposed x (unit stride along rows) and a sliced weight (unaligned base) fall back too.
+    transposed = (strided(torch.randn(20, 16), "transposed"), torch.randn(24, 16))
+    sliced = (torch.randn(20, 16), torch.randn(24, 17)[:, 1:])
+    for expected, (x2d, weight) in list(cases.items()) + [("pointer", transposed), ("pointer", sliced)]:
+        before = LAUNCH_COUNTS.copy()
+        y = fwd.fused_forward(x2d, weight, None, SG, lora_B, out=nan_like((20, 24), torch.float32))
+        assert launches(LAUNCH_COUNTS, before, f"fused_forward/{expected}") == {f"fused_forward/{expected}": 1}
+        assert_rel("y", y, fused_ref(x2d, weight, None, SG, lora_B), torch.float32)
+
+
+def test_variant_env_var_and_errors(seed, monkeypatch):
+    x2d, weight, SG, lora_B = torch.randn(9, 16), torch.randn(8, 16), torch.randn(9, 2), torch.randn(8, 2)
+    monkeypatch.setenv(tuning.VARIANT_ENV, "pointer")
+    before = LAUNCH_COUNTS.copy()
+    fwd.fused_forward(x2d, weight, None, SG, lora_B)
+    assert launches(LAUNCH_COUNTS, before, "fused_forward/pointer") == {"fused_forward/pointer": 1}
+    monkeypatch.setenv(tuning.VARIANT_ENV, "tma_persistent")
+    fwd.fused_forward(x2d, weight, None, SG, lora_B)
+    assert LAUNCH_COUNTS["fused_forward/tma_persistent"] - before["fused_forward/tma_persistent"] == 1
+    monkeypatch.setenv(tuning.VARIANT_ENV, "fast")
+    with pytest.raises(ValueError, match="variant"):
+        fwd.fused_forward(x2d, weight, None, SG, lora_B)
+    monkeypatch.delenv(tuning.VARIANT_ENV)
+    # A forced descriptor variant never silently runs something else.
+    with pytest.raises(ValueError, match="descriptor"):
+        fwd.fused_forward(strided(x2d, "transposed"), weight, None, SG, lora_B, variant="tma")
+    # The warp-specialized kernel holds the whole bank in one 64-column tile.
+    wide_SG, wide_B = torch.randn(9, 65), torch.randn(8, 65)
+    with pytest.raises(ValueError, match="tma_ws"):
+        fwd.fused_forward(x2d, weight, None, wide_SG, wide_B, variant="tma_ws")
+    y = run_fused(x2d, weight, None, wide_SG, wide_B, variant="tma")
+    assert_rel("y", y, fused_ref(x2d, weight, None, wide_SG, wide_B), torch.float32)
+
+
+def test_dot_precision_follows_torch_tf32_setting():
+    """fp32 on the GPU uses TF32 exactly when torch's F.linear would; never on the CPU; 16-bit
+    types always get one fixed value (tl.dot ignores it for them)."""
+    t32, t16 = torch.empty(1), torch.empty(1, dtype=torch.float16)
+    matmul = torch.backends.cuda.matmul
+    previous = torch.get_float32_matmul_precision()
+    try:
+        matmul.allow_tf32 = True
+        assert tuning.dot_precision(t32, cuda=True) == "tf32"
+        assert tuning.dot_precision(t32, cuda=False) == "ieee"
+        assert tuning.dot_precision(t32) == "ieee"                   # a CPU tensor
+        matmul.allow_tf32 = False
+        assert tuning.dot_precision(t32, cuda=True) == "ieee"
+        assert tuning.dot_precision(t16, cuda=True) == "tf32"
+        torch.set_float32_matmul_precision("high")                    # the user-facing switch
+        assert tuning.dot_precision(t32, cuda=True) == "tf32"
+        torch.set_float32_matmul_precision("highest")
+        assert tuning.dot_precision(t32, cuda=True) == "ieee"
+    finally:
+        torch.set_float32_matmul_precision(previous)

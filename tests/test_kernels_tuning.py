@@ -77,3 +77,46 @@ def test_check_out_allocates_or_validates():
         tuning.check_out(torch.empty(4, 3), "y", (3, 4), torch.float32, torch.device("cpu"))
     with pytest.raises(ValueError, match="float16"):
         tuning.check_out(given, "y", (3, 4), torch.float16, torch.device("cpu"))
+
+
+def test_fit_stages_keeps_pre_hooks_and_counts_fixed_smem():
+    hook = lambda nargs: None   # noqa: E731
+    c = triton.Config({"BLOCK_M": 128, "BLOCK_K": 64}, num_warps=8, num_stages=5, pre_hook=hook)
+    # 32 KiB per bf16 stage; a 64 KiB output tile leaves 136 KiB of the 200 KiB budget: 4 stages.
+    kept = tuning.fit_stages([c], per_stage(2), lambda c: 64 * 1024)
+    assert kept[0].pre_hook is hook and kept[0].num_stages == 4
+
+
+def test_first_fit_runs_the_config_pre_hook_before_the_launch():
+    kernel, seen = _RecordingKernel(), []
+    c = triton.Config({"BLOCK_M": 32, "BLOCK_K": 16}, num_warps=4, num_stages=1,
+                      pre_hook=lambda nargs: seen.append((nargs["BLOCK_M"], nargs["n"])))
+    tuning._FirstFit(kernel, [c], None)[(1,)](torch.empty(1), 7)
+    assert seen == [(32, 7)] and len(kernel.launches) == 1
+
+
+def test_tma_legal_and_padded_columns():
+    assert tuning.tma_legal(torch.empty(5, 8, dtype=torch.float16))          # 16-byte rows
+    assert not tuning.tma_legal(torch.empty(5, 7, dtype=torch.float16))      # 14-byte rows
+    assert not tuning.tma_legal(torch.empty(8, 5).t())                       # unit stride on rows
+    assert not tuning.tma_legal(torch.empty(5, 9)[:, 1:])                    # base off by 4 bytes
+    assert not tuning.tma_legal(torch.empty(5, 8, dtype=torch.float64))
+    view = tuning.padded_columns(5, 7, torch.float16, torch.device("cpu"))
+    assert view.shape == (5, 7) and view.stride() == (16, 1) and tuning.tma_legal(view)
+    assert tuning.tma_operand(view) is view
+    copy = tuning.tma_operand(torch.arange(35.0).reshape(5, 7))
+    assert tuning.tma_legal(copy) and torch.equal(copy, torch.arange(35.0).reshape(5, 7))
+
+
+def test_choose_variant(monkeypatch):
+    monkeypatch.delenv(tuning.VARIANT_ENV, raising=False)
+    cpu = torch.device("cpu")
+    legal, strided_ = [torch.empty(4, 8)], [torch.empty(8, 4).t()]
+    expected_auto = "tma_auto" if tuning.INTERPRET else "pointer"   # no descriptors on a CPU run
+    assert tuning.choose_variant(None, cpu, legal, True) == expected_auto
+    assert tuning.choose_variant(None, cpu, strided_, True) == "pointer"
+    assert tuning.choose_variant("pointer", cpu, legal, True) == "pointer"
+    monkeypatch.setenv(tuning.VARIANT_ENV, "pointer")
+    assert tuning.choose_variant(None, cpu, legal, True) == "pointer"
+    with pytest.raises(ValueError, match="variant"):
+        tuning.choose_variant("persistent", cpu, legal, True)

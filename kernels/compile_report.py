@@ -1,0 +1,150 @@
+"""Ahead-of-time compile of every shipped kernel config, with static checks read from the SASS.
+
+    rows = compile_report(arch="sm_90")     # needs no GPU: triton.compile + ptxas + cuobjdump
+    print(format_report(rows))
+    python -m litelora_fast inspect [--subset representative] [--json]
+
+One row per (kernel, variant, config) of ``kernels.aot_specs.specs()``:
+
+    kernel, variant ("pointer", "tma", "tma_persistent", "tma_ws"), dtype, config (str)
+    registers         per thread
+    spill_bytes       stack + local memory per thread: 0 means no register spills
+    shared_bytes      dynamic shared memory Triton launches with + static shared memory
+    hgmma             the SASS holds HGMMA: tile products run on Hopper's wgmma tensor cores
+    tma               the SASS holds UTMALDG: operand tiles arrive through the TMA unit
+    warp_specialized  the SASS holds SETMAXREG: warp groups re-balance registers, which Triton
+                      emits only when the warp-specialization pass took effect
+    persistent        the config loops over output tiles on a grid of one program per SM
+
+Under ``TRITON_INTERPRET=1`` (the test session) the kernels are interpreted functions and the
+interpreter patches ``triton.language`` while it runs, which breaks Triton's code generator in the
+same process; ``compile_report`` then runs itself in a fresh Python process with the interpreter
+off (``python -m litelora_fast.kernels.compile_report --json``) and returns that process's rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+H200_SHARED_LIMIT = 227 * 1024  # max dynamic + static shared memory per block on sm_90
+COLUMNS = ["kernel", "variant", "dtype", "config", "registers", "spill_bytes", "shared_bytes",
+           "hgmma", "tma", "warp_specialized", "persistent"]
+
+
+def _parse_arch(arch: str) -> int:
+    m = re.fullmatch(r"sm_?(\d+)a?", str(arch))
+    if not m:
+        raise ValueError(f"arch: expected a CUDA arch like 'sm_90', got {arch!r}")
+    return int(m.group(1))
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    return getattr(triton.knobs.nvidia, name).path
+
+
+def _resource_usage(cubin_path: str) -> dict:
+    out = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", cubin_path],
+                         check=True, capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
+    if not m:
+        raise RuntimeError(f"cuobjdump: no resource usage line in:\n{out}")
+    reg, stack, shared, local = map(int, m.groups())
+    return {"registers": reg, "stack": stack, "static_shared": shared, "local": local}
+
+
+def _sass(cubin_path: str) -> str:
+    return subprocess.run([_tool("cuobjdump"), "--dump-sass", cubin_path],
+                          check=True, capture_output=True, text=True).stdout
+
+
+def compile_spec(spec, arch: str = "sm_90") -> dict:
+    """Compile one ``aot_specs.AotSpec`` for ``arch`` and read its resources and SASS: one row."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = spec.fn
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in spec.aligned or ()}
+    src = ASTSource(fn=fn, signature=spec.signature, constexprs=spec.constexprs, attrs=attrs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", _parse_arch(arch), 32),
+                              options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, f"{spec.name}.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        usage = _resource_usage(path)
+        sass = _sass(path)
+    return {
+        "kernel": spec.name,
+        "variant": spec.variant,
+        "dtype": spec.dtype,
+        "config": spec.label(),
+        "registers": usage["registers"],
+        "spill_bytes": usage["stack"] + usage["local"],
+        "shared_bytes": compiled.metadata.shared + usage["static_shared"],
+        "hgmma": "HGMMA" in sass,
+        "tma": "UTMALDG" in sass,
+        "warp_specialized": "SETMAXREG" in sass,
+        "persistent": bool(spec.constexprs.get("PERSISTENT", False)),
+    }
+
+
+def _interpreted() -> bool:
+    import triton
+
+    return bool(triton.knobs.runtime.interpret)
+
+
+def compile_report(arch: str = "sm_90", subset: str = "all") -> list[dict]:
+    """One row per shipped (kernel, config), compiled ahead of time for ``arch`` (no GPU needed).
+    ``subset="representative"``: one config per (kernel, variant, dtype)."""
+    _parse_arch(arch)
+    if subset not in ("all", "representative"):
+        raise ValueError(f"subset: expected 'all' or 'representative', got {subset!r}")
+    if _interpreted():
+        return _report_in_subprocess(arch, subset)
+    from .aot_specs import specs
+
+    return [compile_spec(spec, arch) for spec in specs(subset)]
+
+
+def _report_in_subprocess(arch: str, subset: str) -> list[dict]:
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    proc = subprocess.run([sys.executable, "-m", "litelora_fast.kernels.compile_report",
+                           "--arch", arch, "--subset", subset, "--json"],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"compile_report subprocess failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout)
+
+
+def format_report(rows: list[dict]) -> str:
+    """The rows as a fixed-width text table."""
+    cells = [[str(r[c]) for c in COLUMNS] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="sm_90")
+    parser.add_argument("--subset", default="all", choices=["all", "representative"])
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args(argv)
+    rows = compile_report(args.arch, args.subset)
+    print(json.dumps(rows) if args.json else format_report(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
