@@ -41,9 +41,10 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 SUMMARY="$OUT/summary.txt"
 
-limit_of() {   # the step's limit from benchmarks/gpu_plan.py (one source for script and estimate)
-    (cd benchmarks && "$PY" -c "import gpu_plan; print(gpu_plan.LIMITS['$1'])" 2>/dev/null) || echo 30
-}
+# Step limits from benchmarks/gpu_plan.py (one source for the script and the estimate), read once.
+eval "$(cd benchmarks && "$PY" -c "import gpu_plan
+for k, v in gpu_plan.LIMITS.items(): print(f'LIMIT_{k}={int(v)}')" 2>/dev/null)"
+limit_of() { local v="LIMIT_$1"; echo "${!v:-30}"; }
 
 step() {   # step NAME LOG COMMAND...: run under min(its limit, time left), log, never abort
     local name=$1 log=$2; shift 2

@@ -122,8 +122,10 @@ class Pricer:
         return lists if autotune else lists[:1]
 
     def price(self, launch_list: list, autotune: bool) -> tuple:
-        """``(new compiles, timed configs)`` of a step's launches."""
+        """``(new compiles, timed configs)`` of a step's launches; ``self.by_kernel`` holds the
+        step's new compiles per kernel."""
         new, timed, keys = 0, 0, set()
+        self.by_kernel = {}
         for kernel, variant, spec, tune_key in launch_list:
             cands = self.candidates(kernel, variant, spec[0], autotune)
             for v, c in cands:
@@ -131,6 +133,7 @@ class Pricer:
                 if key not in self.compiled:
                     self.compiled.add(key)
                     new += 1
+                    self.by_kernel[kernel] = self.by_kernel.get(kernel, 0) + 1
             if autotune and (kernel, variant, tune_key) not in keys:
                 keys.add((kernel, variant, tune_key))
                 timed += len(cands)
@@ -138,11 +141,14 @@ class Pricer:
 
 
 def _step(name: str, compiles: int, timed: int, extra_s: float, extra_what: str,
-          processes: int = 1) -> tuple:
+          processes: int = 1, by_kernel: dict = None) -> tuple:
     seconds = (compiles * COMPILE_S + timed * TIMED_S + extra_s + processes * PROCESS_START_S)
     lines = [f"[{name}] {compiles} compiles x {COMPILE_S} s + {timed} timed configs x {TIMED_S} s"
              f" + {extra_what} {extra_s:.1f} s + {processes} process start x {PROCESS_START_S} s"
              f" = {seconds:.1f} s (limit {gpu_plan.LIMITS.get(name, '-')} s)"]
+    if by_kernel:
+        lines.append("  compiles by kernel: " + ", ".join(f"{k} {v}" for k, v in
+                                                          sorted(by_kernel.items())))
     return seconds, lines
 
 
@@ -158,7 +164,8 @@ def estimate() -> tuple:
                                               r.case.strided_x)]
     compiles, timed = pricer.price(ls, autotune=False)
     draws = len(runs) * gpu_plan.SEEDS_PER_RUN
-    s, out = _step("numerics", compiles, timed, 0.02 * draws, f"{draws} draws x 0.02 s")
+    s, out = _step("numerics", compiles, timed, 0.02 * draws, f"{draws} draws x 0.02 s",
+                   by_kernel=pricer.by_kernel)
     per_dtype = {d: sum(r.dtype == d for r in runs) for d in gpu_plan.DTYPES}
     out.append(f"  {len(runs)} runs {per_dtype} (pointer path on the GPU shapes, + the "
                f"{len(gpu_plan.EDGE_CASES)} edge cases in {'/'.join(gpu_plan.EDGE_CASE_DTYPES)}; "
@@ -179,7 +186,8 @@ def estimate() -> tuple:
     compiles, timed = pricer.price(ls, autotune=False)
     steps = len(gpu_plan.STEADY_GATES) * 2 * (gpu_plan.STEADY_WARMUP_STEPS
                                                + gpu_plan.STEADY_CHECKED_STEPS + 3)
-    s, out = _step("steady", compiles, timed, 0.005 * steps, f"{steps} steps x 5 ms")
+    s, out = _step("steady", compiles, timed, 0.005 * steps, f"{steps} steps x 5 ms",
+                   by_kernel=pricer.by_kernel)
     total += s
     lines += out
 
@@ -194,11 +202,12 @@ def estimate() -> tuple:
         ls += launches(oc, bc.dtype, "auto", bc.train_gates)
         choice.add((bc.n, bc.d_in, bc.d_out, bc.active_rank, bc.train_gates))
     compiles, timed = pricer.price(ls, autotune=True)
+    by_kernel = pricer.by_kernel
     # one choice per shape bucket, timing forward + backward of each candidate
     choice_timed = CHOICE_CANDIDATES * len(choice)
     bench_s, n_peer_timings = bench_budget(cases)
     s, out = _step("benchmark", compiles, timed + choice_timed + n_peer_timings, bench_s,
-                   "check once per case + pytest-benchmark rounds of ours")
+                   "check once per case + pytest-benchmark rounds of ours", by_kernel=by_kernel)
     out.append(f"  {len(cases)} cases ({gpu_plan.BENCH_GRID} grid) x {len(MODES)} modes; timed "
                f"configs: {timed} autotune candidates + {choice_timed} implementation-choice "
                f"candidates + {n_peer_timings} peer timings (do_bench {timing.GPU_WARMUP_MS} + "
