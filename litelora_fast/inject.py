@@ -11,9 +11,10 @@ Name matching (PEFT's rules, so a PEFT config's ``target_modules`` works unchang
 Only modules of type ``nn.Linear`` are swapped; other matches (containers such as ``attention``)
 are left alone and listed in the summary. As PEFT does, :func:`inject` freezes everything but the
 adapters by default (``freeze_base=True``), except the ``modules_to_save`` (e.g. a classifier
-head), which train; :func:`extract_base` gives the frozen Parameters their ``requires_grad`` back. A ``GatedLoRALinear`` shares its base weight and bias
-Parameters with the ``nn.Linear`` it replaces (no copy), so injection costs no memory and
-:func:`extract_base` hands back the very same base Parameters.
+head), which train; :func:`extract_base` gives the frozen Parameters their ``requires_grad``
+back. A ``GatedLoRALinear`` shares its base weight and bias Parameters with the ``nn.Linear`` it
+replaces (no copy), so injection costs no memory and :func:`extract_base` hands back the very
+same base Parameters.
 """
 from __future__ import annotations
 

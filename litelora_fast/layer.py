@@ -62,6 +62,8 @@ class GatedLoRALinear(nn.Module):
         num_adapters: adapters recruited at construction (B at zero: the output is unchanged).
         gate: ``"per_adapter"`` (a ``(K,)`` gate Parameter) or ``"per_row"`` (a learned router);
             see the module docstring.
+        device, dtype: as ``nn.Linear``; ``device="meta"`` allocates nothing (deferred
+            initialisation: ``to_empty(device=...)``, then :meth:`reset_parameters`).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, rank: int = 8,
@@ -111,7 +113,8 @@ class GatedLoRALinear(nn.Module):
         """Initialise every Parameter as a fresh layer does: the base as ``nn.Linear``, each
         ``A_k`` kaiming-uniform, each ``B_k`` zero, gates 1.0 (router 0). This is the reset of
         deferred initialisation: ``GatedLoRALinear(..., device="meta")``, then
-        ``to_empty(device=...)`` (uninitialised memory), then ``reset_parameters()``. Merged
+        ``to_empty(device=...)`` (uninitialised memory), then ``reset_parameters()``. Like
+        ``nn.Linear.reset_parameters`` it overwrites the base weight, pretrained or not. Merged
         state is forgotten."""
         self._reset_base()
         with torch.no_grad():
@@ -301,7 +304,8 @@ class GatedLoRALinear(nn.Module):
     def set_gates(self, gates: Optional[torch.Tensor]) -> None:
         """Use ``gates`` ``(K,)`` (task-level, may require grad, may be shared by many layers) in
         every later forward instead of the layer's own gates; ``None`` restores them. The tensor is
-        held by reference, not registered: it is in neither ``parameters()`` nor ``state_dict()``."""
+        held by reference, not registered: it is in neither ``parameters()`` nor
+        ``state_dict()``."""
         if gates is not None:
             if not isinstance(gates, torch.Tensor):
                 raise TypeError(f"set_gates expects a (K,) tensor or None, "

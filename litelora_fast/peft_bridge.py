@@ -154,9 +154,9 @@ def _module_in_use(name: str, wrapper) -> nn.Module:
             else None)
     lost = [a for a in wrapper.modules_to_save if a != kept]
     if lost:
-        warnings.warn(f"from_peft: {name!r} keeps {'adapter ' + repr(kept) if kept else 'the original'}"
-                      f"'s copy; the modules_to_save copies of adapter(s) {lost} are dropped",
-                      stacklevel=3)
+        owner = f"adapter {kept!r}" if kept else "the original"
+        warnings.warn(f"from_peft: {name!r} keeps {owner}'s copy; the modules_to_save copies of "
+                      f"adapter(s) {lost} are dropped", stacklevel=3)
     return wrapper.original_module if kept is None else wrapper.modules_to_save[kept]
 
 

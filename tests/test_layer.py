@@ -410,3 +410,23 @@ def test_deferred_init_on_meta_then_to_empty_and_reset(fast_path, seed):
     router.to_empty(device="cpu")
     router.reset_parameters()
     assert router.router_weight.abs().sum() == 0 and router.router_bias.abs().sum() == 0
+
+
+@pytest.mark.parametrize("backend", ["fast_path", "interpreter"])
+@pytest.mark.parametrize("gate", ["per_adapter", "per_row"])
+def test_empty_batch_with_adapters(backend, gate, monkeypatch, seed):
+    """N = 0 rows, K = 2 adapters, everything trainable: empty output and input gradient, zero
+    parameter gradients (as nn.Linear gives), on the fast path and through the kernels."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1" if backend == "interpreter" else "0")
+    layer = make_layer((2, 3), gate=gate)
+    layer.weight.requires_grad_(True)
+    if gate == "per_adapter":
+        layer.gates.requires_grad_(True)
+    x = torch.randn(0, layer.in_features, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (0, layer.out_features)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    for name, p in layer.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and torch.equal(p.grad, torch.zeros_like(p)), name
