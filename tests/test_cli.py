@@ -7,6 +7,7 @@ import pytest
 
 from litelora_fast.__main__ import COMMANDS, main
 from litelora_fast.tools import validate
+from numerics import assert_rel
 
 
 def _run(*args, cwd=None):
@@ -69,3 +70,39 @@ def test_validate_passes_on_the_fast_path(fast_path, capsys, seed):
     assert max(len(label) for label in labels) > 50
     for label in labels:
         assert label in out
+
+
+class _ScaleGateGrad(__import__("torch").autograd.Function):
+    """Identity forward; backward multiplies the gate gradient by 1.01 (a 1% error)."""
+
+    @staticmethod
+    def forward(ctx, g):
+        return g.view_as(g)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 1.01
+
+
+def test_validate_catches_a_one_percent_gate_gradient_error(fast_path, monkeypatch, capsys, seed):
+    real = validate.gated_lora_linear
+
+    def wrong(x, w, b, A, B, gates, *rest, **kw):
+        return real(x, w, b, A, B, _ScaleGateGrad.apply(gates), *rest, **kw)
+    monkeypatch.setattr(validate, "gated_lora_linear", wrong)
+    assert main(["validate", "--seed", str(seed)]) == 1
+    out = capsys.readouterr().out
+    assert "SOME ERRORS EXCEED THEIR BOUND" in out and out.count(" NO") >= 1
+
+
+def test_gate_scale_bounds_the_gate_gradient(seed):
+    import torch
+    t, offsets, scaling = validate._draw((9,), 12, 7, [3, 2], False, (), torch.float64, "cpu")
+    dy = torch.randn(9, 7, dtype=torch.float64)
+    _, g_ref = validate._run(validate.gated_lora_linear_ref, t, offsets, scaling, dy)
+    scale = validate._gate_scale(t, offsets, scaling, dy, False)
+    assert (g_ref["gates"].abs() <= scale * (1 + 1e-12)).all()
+    S, dSg = t["x"] @ t["lora_A"].t(), dy @ t["lora_B"]
+    by_hand = torch.stack([(S * dSg)[:, :3].abs().sum() * scaling[0],
+                           (S * dSg)[:, 3:].abs().sum() * scaling[1]])
+    assert_rel("gate scale", scale, by_hand, torch.float64)
