@@ -113,6 +113,7 @@ has_entries() {
     [ -s "$1" ] && "$PY" -c "import sys; sys.path.insert(0, '$PKG'); from litelora_fast.tools import bench_json; bench_json.rows(bench_json.load(sys.argv[1]))" "$1" 2>/dev/null
 }
 if ! has_entries "$BENCH" && has_entries "$JSONL"; then
+    rm -f "$BENCH"   # unreadable or empty: the JSON lines stand in for it (still <= 8 files)
     cp "$JSONL" "$OUT/bench_gpu.jsonl" && BENCH="$OUT/bench_gpu.jsonl"
 fi
 if has_entries "$BENCH"; then
