@@ -7,7 +7,9 @@ launch configs by (kernel, variant), for tools that count compiles and timings
 
 Coverage ("all"): every config of every list in the benchmark dtype (bf16), at the narrowest
 (R_act <= 16) and the widest adapter tile where the tile width is a compile-time constant; the
-fp32 lists (TF32 wgmma) at both widths; one fp16 spec per kernel and variant. Arguments are
+fp32 lists at both widths, with TF32 wgmma ("fp32") and, for the pointer kernels that serve it,
+exact fp32 products ("fp32-ieee": torch's TF32 switch off, its default); one fp16 spec per
+kernel and variant. Arguments are
 specialised as the JIT sees them at the benchmark shapes: a contiguous tensor's unit inner stride
 is a constant, every other pointer, size and stride a multiple of 16 (the JIT's divisibility
 specialisation), except the gates' row stride (per-row gates with K = 8 adapters). Stages are the
@@ -18,8 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 
-TYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
-ELEM = {"bf16": 2, "fp16": 2, "fp32": 4}
+# dtype labels: "fp32" runs TF32 wgmma (torch's TF32 switch on), "fp32-ieee" exact fp32 products
+# (the switch off, torch's default), which only the pointer kernels take (tuning.choose_variant).
+TYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "fp32-ieee": "fp32"}
+ELEM = {"bf16": 2, "fp16": 2, "fp32": 4, "fp32-ieee": 4}
+
+
+def _precision(dt):
+    return "ieee" if dt == "fp32-ieee" else "tf32"
 
 
 @dataclasses.dataclass
@@ -85,9 +93,10 @@ def _pointer_specs(name, fn, dtypes, per_stage, consts, pointers, dims, extra_ty
     for dt, configs, widths in dtypes:
         for br in widths:
             for c in fit_stages(configs, lambda c, dt=dt, br=br: per_stage(c, ELEM[dt], br)):
-                types = {p: f"*{dt}" for p in pointers}
+                types = {p: f"*{TYPES[dt]}" for p in pointers}
                 types.update(extra_types or {})
-                out.append(make_spec(name, fn, types, dict(c.kwargs, BLOCK_R=br, **consts),
+                all_consts = dict(c.kwargs, BLOCK_R=br, **consts, DOT_PRECISION=_precision(dt))
+                out.append(make_spec(name, fn, types, all_consts,
                                      c.num_warps, c.num_stages, unaligned=unaligned, dtype=dt,
                                      config=_label(c, *dims(c, br))))
     return out
@@ -108,9 +117,10 @@ def _forward_kernel_specs():
     out = _pointer_specs(
         "shrink", f._shrink_kernel,
         [("bf16", f.SHRINK_CONFIGS, (16, f.SHRINK_MAX_BLOCK_R)), ("fp16", f.SHRINK_CONFIGS[:1], (16,)),
-         ("fp32", f.SHRINK_FP32_CONFIGS, (16, f.SHRINK_MAX_BLOCK_R))],
+         ("fp32", f.SHRINK_FP32_CONFIGS, (16, f.SHRINK_FP32_MAX_BLOCK_R)),
+         ("fp32-ieee", f.SHRINK_FP32_CONFIGS, (16, f.SHRINK_FP32_MAX_BLOCK_R))],
         f.shrink_smem_per_stage,
-        dict(DOT_PRECISION="tf32", stride_x_i=1, stride_lora_A_i=1, stride_gates_k=1,
+        dict(stride_x_i=1, stride_lora_A_i=1, stride_gates_k=1,
              stride_S_r=1, stride_SG_r=1),
         ("x_ptr", "lora_A_ptr", "gates_ptr", "S_ptr", "SG_ptr"), _row_tile,
         extra_types=gate_tables, unaligned=("stride_gates_n",))
@@ -118,9 +128,10 @@ def _forward_kernel_specs():
         "fused_forward", f._fused_forward_kernel,
         [("bf16", f.FUSED_FORWARD_CONFIGS, (16, f.FUSED_MAX_BLOCK_R)),
          ("fp16", f.FUSED_FORWARD_CONFIGS[:1], (16,)),
-         ("fp32", f.FUSED_FORWARD_FP32_CONFIGS, (16, f.FUSED_MAX_BLOCK_R))],
+         ("fp32", f.FUSED_FORWARD_FP32_CONFIGS, (16, f.FUSED_MAX_BLOCK_R)),
+         ("fp32-ieee", f.FUSED_FORWARD_FP32_CONFIGS, (16, f.FUSED_MAX_BLOCK_R))],
         lambda c, elem, br: f.fused_smem_per_stage(c, elem),
-        dict(HAS_BIAS=True, DOT_PRECISION="tf32", stride_x_i=1, stride_weight_i=1,
+        dict(HAS_BIAS=True, stride_x_i=1, stride_weight_i=1,
              stride_bias_o=1, stride_SG_r=1, stride_lora_B_r=1, stride_y_o=1),
         ("x_ptr", "weight_ptr", "bias_ptr", "SG_ptr", "lora_B_ptr", "y_ptr"), _gemm_tile)
     return out
@@ -133,9 +144,10 @@ def _backward_kernel_specs():
         "grad_shrink", b._grad_shrink_kernel,
         [("bf16", b.GRAD_SHRINK_CONFIGS, (16, b.GRAD_SHRINK_MAX_BLOCK_R)),
          ("fp16", b.GRAD_SHRINK_CONFIGS[:1], (16,)),
-         ("fp32", b.GRAD_SHRINK_FP32_CONFIGS, (16, b.GRAD_SHRINK_MAX_BLOCK_R))],
+         ("fp32", b.GRAD_SHRINK_FP32_CONFIGS, (16, b.GRAD_SHRINK_MAX_BLOCK_R)),
+         ("fp32-ieee", b.GRAD_SHRINK_FP32_CONFIGS, (16, b.GRAD_SHRINK_MAX_BLOCK_R))],
         b.grad_shrink_smem_per_stage,
-        dict(NEED_GATE_GRAD=True, DOT_PRECISION="tf32", stride_dy_o=1, stride_lora_B_r=1,
+        dict(NEED_GATE_GRAD=True, stride_dy_o=1, stride_lora_B_r=1,
              stride_S_r=1, stride_gates_k=1, stride_dS_r=1, stride_P_r=1),
         ("dy_ptr", "lora_B_ptr", "S_ptr", "gates_ptr", "dS_ptr"), _row_tile,
         extra_types={"col_adapter_ptr": "*i32", "col_scale_ptr": "*fp32", "P_ptr": "*fp32"},
@@ -143,9 +155,10 @@ def _backward_kernel_specs():
     out += _pointer_specs(
         "fused_dx", b._fused_dx_kernel,
         [("bf16", b.FUSED_DX_CONFIGS, (16, b.FUSED_DX_MAX_BLOCK_R)), ("fp16", b.FUSED_DX_CONFIGS[:1], (16,)),
-         ("fp32", b.FUSED_DX_FP32_CONFIGS, (16, b.FUSED_DX_MAX_BLOCK_R))],
+         ("fp32", b.FUSED_DX_FP32_CONFIGS, (16, b.FUSED_DX_MAX_BLOCK_R)),
+         ("fp32-ieee", b.FUSED_DX_FP32_CONFIGS, (16, b.FUSED_DX_MAX_BLOCK_R))],
         lambda c, elem, br: b.fused_dx_smem_per_stage(c, elem),
-        dict(DOT_PRECISION="tf32", stride_dy_o=1, stride_weight_i=1, stride_dS_r=1,
+        dict(stride_dy_o=1, stride_weight_i=1, stride_dS_r=1,
              stride_lora_A_i=1, stride_dx_i=1),
         ("dy_ptr", "weight_ptr", "dS_ptr", "lora_A_ptr", "dx_ptr"), _gemm_tile)
     return out
@@ -158,10 +171,11 @@ def _weight_grad_specs():
     out = []
 
     def add(dt, out_type, c, block_p, out_consts, tag):
-        consts = dict(c.kwargs, DOT_PRECISION="tf32", stride_a_m=1, stride_b_p=1, **out_consts)
+        consts = dict(c.kwargs, DOT_PRECISION=_precision(dt), stride_a_m=1, stride_b_p=1,
+                      **out_consts)
         if block_p is not None:
             consts["BLOCK_P"] = block_p
-        types = {"a_ptr": f"*{dt}", "b_ptr": f"*{dt}", "out_ptr": out_type}
+        types = {"a_ptr": f"*{TYPES[dt]}", "b_ptr": f"*{TYPES[dt]}", "out_ptr": out_type}
         dims = f"{consts['BLOCK_M']}x{consts['BLOCK_P']}x{consts['BLOCK_K']}"
         out.append(make_spec("matmul_tn", w._matmul_tn_kernel, types, consts, c.num_warps,
                              c.num_stages, dtype=dt, config=_label(c, dims, f" {tag}")))
@@ -170,12 +184,14 @@ def _weight_grad_specs():
         return fit_stages(configs, lambda c: w.tn_smem_per_stage(c, ELEM[dt], block_p))
 
     wide = {"bf16": fit(w.MATMUL_TN_WIDE_CONFIGS, "bf16"), "fp16": fit(w.MATMUL_TN_WIDE_CONFIGS[:1], "fp16"),
-            "fp32": fit(w.MATMUL_TN_WIDE_FP32_CONFIGS, "fp32")}
+            "fp32": fit(w.MATMUL_TN_WIDE_FP32_CONFIGS, "fp32"),
+            "fp32-ieee": fit(w.MATMUL_TN_WIDE_FP32_CONFIGS, "fp32")}
     for dt, configs in wide.items():
         for c in configs:
-            add(dt, f"*{dt}", c, None, {"stride_out_p": 1}, "dW")
+            add(dt, f"*{TYPES[dt]}", c, None, {"stride_out_p": 1}, "dW")
     narrow_lists = {"bf16": w.MATMUL_TN_NARROW_CONFIGS, "fp16": w.MATMUL_TN_NARROW_CONFIGS[:1],
-                    "fp32": w.MATMUL_TN_NARROW_FP32_CONFIGS}
+                    "fp32": w.MATMUL_TN_NARROW_FP32_CONFIGS,
+                    "fp32-ieee": w.MATMUL_TN_NARROW_FP32_CONFIGS}
     for dt, configs in narrow_lists.items():
         for bp in ((16, w.NARROW_MAX_P) if dt != "fp16" else (16,)):
             for c in fit(configs, dt, bp):
@@ -187,11 +203,12 @@ def _weight_grad_specs():
     # shapes run: their output tiles cannot fill the SMs) for every narrow config at BLOCK_P = 16,
     # the first at 64; unsplit (dA stored column-major through its swapped strides) once.
     def add_pair(dt, c, bp, split):
-        consts = dict(c.kwargs, DOT_PRECISION="tf32", BLOCK_P=bp, stride_x_i=1, stride_dS_r=1,
-                      stride_dy_o=1, stride_SG_r=1, stride_dB_r=1)
+        consts = dict(c.kwargs, DOT_PRECISION=_precision(dt), BLOCK_P=bp, stride_x_i=1,
+                      stride_dS_r=1, stride_dy_o=1, stride_SG_r=1, stride_dB_r=1)
         consts.update({"stride_dA_r": 1} if split else {"stride_dA_i": 1})
-        otype = "*fp32" if split else f"*{dt}"
-        types = {"x_ptr": f"*{dt}", "dS_ptr": f"*{dt}", "SG_ptr": f"*{dt}", "dy_ptr": f"*{dt}",
+        tt = TYPES[dt]
+        otype = "*fp32" if split else f"*{tt}"
+        types = {"x_ptr": f"*{tt}", "dS_ptr": f"*{tt}", "SG_ptr": f"*{tt}", "dy_ptr": f"*{tt}",
                  "dA_ptr": otype, "dB_ptr": otype}
         dims = f"{c.kwargs['BLOCK_M']}x{bp}x{c.kwargs['BLOCK_K']}"
         out.append(make_spec("lora_weight_grads", w._lora_weight_grads_kernel, types, consts,
@@ -203,9 +220,10 @@ def _weight_grad_specs():
     add_pair("bf16", fit(w.MATMUL_TN_NARROW_CONFIGS, "bf16", w.NARROW_MAX_P)[0], w.NARROW_MAX_P, True)
     add_pair("bf16", fit(w.MATMUL_TN_NARROW_CONFIGS, "bf16", 16)[0], 16, False)
     add_pair("fp16", fit(w.MATMUL_TN_NARROW_CONFIGS, "fp16", 16)[0], 16, True)
-    for bp in (16, w.NARROW_MAX_P):
-        for c in fit(w.MATMUL_TN_NARROW_FP32_CONFIGS, "fp32", bp):
-            add_pair("fp32", c, bp, True)
+    for dt in ("fp32", "fp32-ieee"):
+        for bp in (16, w.NARROW_MAX_P):
+            for c in fit(w.MATMUL_TN_NARROW_FP32_CONFIGS, dt, bp):
+                add_pair(dt, c, bp, True)
 
     for dt in ("bf16", "fp32"):
         consts = {"BLOCK": w.SUM_BLOCK, "stride_out_p": 1, "stride_out2_p": 1}

@@ -47,8 +47,9 @@ GRAD_SHRINK_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_K": 64}, num_warps=4, num_stages=6),
     triton.Config({"BLOCK_M": 128, "BLOCK_K": 64}, num_warps=8, num_stages=5),
 ]
-# fp32: the 128-column accumulator plus the gate/S epilogue tiles spill with deeper K tiles;
-# 64 x 64 with 8 warps does not (compile report).
+# fp32: the bf16 list spills in fp32 at R_act = 128 (TF32: 688 B per thread for 64x128x128 w4,
+# 16 B for 128x128x64 w8: the accumulator plus the gate and S tiles of the epilogue); 64 x 64
+# with 8 warps does not (compile report, TF32 and exact).
 GRAD_SHRINK_FP32_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_K": 64}, num_warps=8, num_stages=3),
 ]
@@ -309,8 +310,8 @@ def fused_dx(dy, weight, dS, lora_A, *, out=None, variant=None):
     # legal whenever weight's is; it decides with the large operands (a copy would be R x D_in).
     big = (dy, weight, dx) + ((lora_A,) if R_act > 0 else ())
     ws_ok = fused_tma.ws_fits(R_act, dy.dtype == torch.float32, b_kmajor=False)
-    chosen = choose_variant(variant, dy.device, big, ws_ok)
     precision = dot_precision(dy)
+    chosen = choose_variant(variant, dy.device, big, ws_ok, precision)
     if chosen != "pointer":
         fused_tma.launch(dy, weight, dS, lora_A, dx, None, b_kmajor=False, variant=chosen,
                          precision=precision)

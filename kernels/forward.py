@@ -65,8 +65,8 @@ SHRINK_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_K": 64}, num_warps=8, num_stages=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
 ]
-# fp32: a 64 x 128 fp32 accumulator tile plus 128-deep operand tiles spill; 64-deep tiles with 8
-# warps do not (compile report).
+# fp32: 64-deep tiles hold a stage in the shared memory of bf16's 128-deep ones; spill-free in the
+# sm_90 compile with TF32 on and off (compile report), with S tiles of at most 64 columns.
 SHRINK_FP32_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_K": 64}, num_warps=8, num_stages=3),
 ]
@@ -81,6 +81,9 @@ SHRINK_INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 32, "BLOCK_K": 16}, num_wa
 # shrink holds BLOCK_R columns of S per program (a power of two >= 16, ``tuning.block_r``).
 FUSED_MAX_BLOCK_R = 64
 SHRINK_MAX_BLOCK_R = 128
+# fp32: a 64 x 128 fp32 tile of S next to exact-fp32 (FMA) products spills (592 B per thread in
+# the sm_90 compile with TF32 off); 64-column tiles do not.
+SHRINK_FP32_MAX_BLOCK_R = 64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +261,7 @@ def shrink(x2d, lora_A, gates2d, col_adapter, col_scale, *, out=None):
         return S, SG
     col_adapter = col_adapter.to(device=x2d.device, dtype=torch.int32).contiguous()
     col_scale = col_scale.to(device=x2d.device, dtype=torch.float32).contiguous()
-    br = block_r(R_act, SHRINK_MAX_BLOCK_R)
+    br = block_r(R_act, SHRINK_FP32_MAX_BLOCK_R if x2d.dtype == torch.float32 else SHRINK_MAX_BLOCK_R)
 
     def grid(meta):
         return (triton.cdiv(N, meta["BLOCK_M"]) * triton.cdiv(R_act, br),)
@@ -299,8 +302,8 @@ def fused_forward(x2d, weight, bias, SG, lora_B, *, out=None, variant=None):
     if N == 0 or D_out == 0:
         return y
     ws_ok = fused_tma.ws_fits(R_act, x2d.dtype == torch.float32, b_kmajor=True)
-    chosen = choose_variant(variant, x2d.device, (x2d, weight, y), ws_ok)
     precision = dot_precision(x2d)
+    chosen = choose_variant(variant, x2d.device, (x2d, weight, y), ws_ok, precision)
     if chosen != "pointer":
         fused_tma.launch(x2d, weight, SG, lora_B, y, bias, b_kmajor=True, variant=chosen,
                          precision=precision)

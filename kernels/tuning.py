@@ -188,21 +188,31 @@ def requested_variant(variant=None) -> str:
     return value
 
 
-def choose_variant(variant, device, operands, ws_ok: bool) -> str:
-    """The variant a fused GEMM launches: the requested one, or under "auto" the descriptor
-    kernels when every operand in ``operands`` (the large ones: input, weight, output) is
-    ``tma_legal`` on an sm_90+ device (interpreter too), else the pointer kernel. The thin adapter
-    operands are made legal by the launcher (``tma_operand``) and do not decide. ``ws_ok``: the warp-specialized kernel fits this call (its
-    adapter step holds the whole bank in one tile). "auto" returns "tma": the autotuner then picks
-    among the "tma", "tma_persistent" and "tma_ws" configs: it returns "tma_auto". A forced
-    descriptor variant on operands that cannot take it raises ``ValueError`` rather than running
-    something else.
+def choose_variant(variant, device, operands, ws_ok: bool, precision: str = "tf32") -> str:
+    """The variant a fused GEMM launches.
+
+    The requested one (``variant``, else ``LITELORA_KERNEL_VARIANT``), or under "auto" the
+    descriptor kernels ("tma_auto": the autotuner picks among the "tma", "tma_persistent" and
+    "tma_ws" configs) when every operand in ``operands`` (the large ones: input, weight, output)
+    is ``tma_legal`` on an sm_90+ device (interpreter too), else "pointer". The thin adapter
+    operands are made legal by the launcher (``tma_operand``) and do not decide. ``ws_ok``: the
+    warp-specialized kernel fits this call (``fused_tma.ws_fits``). Exact fp32 on the GPU
+    (``precision == "ieee"``: torch's TF32 switch off) takes the pointer kernel: without wgmma the
+    descriptor kernels' FMA tiles spill registers (thousands of bytes per thread in the sm_90
+    compile). A forced descriptor variant that cannot run raises ``ValueError`` rather than
+    running something else.
     """
     value = requested_variant(variant)
+    exact_fp32_gpu = precision == "ieee" and device.type == "cuda" and operands[0].element_size() == 4
+    if value == "pointer" or (value == "auto" and exact_fp32_gpu):
+        return "pointer"
+    if exact_fp32_gpu:
+        raise ValueError(f"variant={value!r}: exact fp32 (torch's TF32 setting off) runs on the "
+                         "pointer kernel only")
     legal = has_tma(device) and all(tma_legal(t) for t in operands)
     if value == "auto":
         return "tma_auto" if legal else "pointer"
-    if value != "pointer" and not legal:
+    if not legal:
         shapes = [(tuple(t.shape), tuple(t.stride()), str(t.dtype)) for t in operands]
         raise ValueError(f"variant={value!r}: the operands are not tensor-descriptor legal (need "
                          f"unit inner stride, 16-byte aligned rows and base, sm_90+): {shapes}")

@@ -120,3 +120,12 @@ def test_choose_variant(monkeypatch):
     assert tuning.choose_variant(None, cpu, legal, True) == "pointer"
     with pytest.raises(ValueError, match="variant"):
         tuning.choose_variant("persistent", cpu, legal, True)
+    monkeypatch.delenv(tuning.VARIANT_ENV)
+    # Exact fp32 on a GPU (torch's TF32 off) takes the pointer kernel: the descriptor kernels'
+    # FMA tiles spill. Decided before any device query, so a CPU test can ask with a cuda device.
+    cuda = torch.device("cuda")
+    assert tuning.choose_variant(None, cuda, legal, True, "ieee") == "pointer"
+    with pytest.raises(ValueError, match="exact fp32"):
+        tuning.choose_variant("tma", cuda, legal, True, "ieee")
+    half = [torch.empty(4, 8, dtype=torch.float16)]
+    assert tuning.choose_variant(None, cpu, half, True, "ieee") == expected_auto
