@@ -148,7 +148,7 @@ def _prune_grad_shrink(configs, nargs, BLOCK_R, **_):
 
 _grad_shrink = {
     fp32: tuned(_grad_shrink_kernel, GRAD_SHRINK_FP32_CONFIGS if fp32 else GRAD_SHRINK_CONFIGS,
-                _GRAD_SHRINK_INTERPRET, key=["N_BUCKET", "D_out", "R_act", "NEED_GATE_GRAD"],
+                _GRAD_SHRINK_INTERPRET, key=["N_BUCKET", "D_out", "R_act", "NEED_GATE_GRAD", "DOT_PRECISION"],
                 prune=_prune_grad_shrink)
     for fp32 in (False, True)}
 
@@ -276,7 +276,7 @@ def _prune_fused_dx(configs, nargs, **_):
 
 _fused_dx = {
     fp32: tuned(_fused_dx_kernel, FUSED_DX_FP32_CONFIGS if fp32 else FUSED_DX_CONFIGS,
-                _FUSED_DX_INTERPRET, key=["N_BUCKET", "D_in", "D_out", "R_act"],
+                _FUSED_DX_INTERPRET, key=["N_BUCKET", "D_in", "D_out", "R_act", "DOT_PRECISION"],
                 prune=_prune_fused_dx)
     for fp32 in (False, True)}
 

@@ -233,10 +233,10 @@ def _by_dtype(kernel, configs, fp32_configs, interpreter_config, key, prune):
 
 
 _shrink_launch = _by_dtype(_shrink_kernel, SHRINK_CONFIGS, SHRINK_FP32_CONFIGS,
-                           SHRINK_INTERPRETER_CONFIG, ["N_BUCKET", "D_in", "R_act"], _prune_shrink)
+                           SHRINK_INTERPRETER_CONFIG, ["N_BUCKET", "D_in", "R_act", "DOT_PRECISION"], _prune_shrink)
 _fused_forward_launch = _by_dtype(_fused_forward_kernel, FUSED_FORWARD_CONFIGS,
                                   FUSED_FORWARD_FP32_CONFIGS, FUSED_FORWARD_INTERPRETER_CONFIG,
-                                  ["N_BUCKET", "D_in", "D_out", "R_act"], _prune_fused)
+                                  ["N_BUCKET", "D_in", "D_out", "R_act", "DOT_PRECISION"], _prune_fused)
 
 
 def shrink(x2d, lora_A, gates2d, col_adapter, col_scale, *, out=None):

@@ -27,7 +27,8 @@ pick among them as configs of one launch):
   the TMA loads while the consumer warpgroup runs wgmma. Triton 3.6 specializes on sm_90 only a
   single plain loop of descriptor loads feeding one dot, with ``num_warps=4`` (seen in the
   compiler: a run-time descriptor choice inside the loop, or a second loop after it, leaves the
-  loop unspecialized or crashes the compiler). So the adapter stretch is ONE step after the loop,
+  loop unspecialized or crashes the compiler; the adapter step placed before the loop fails to
+  compile too). So the adapter stretch is ONE step after the loop,
   with a ``[*, BLOCK_R]`` tile holding all R_act columns (R_act <= ``WS_MAX_BLOCK_R``), and the
   epilogue stores through pointers (a descriptor store in a specialized kernel failed to compile).
   ``setmaxnreg`` in the SASS confirms the specialization (``kernels.compile_report``).
@@ -202,7 +203,8 @@ def _prune(configs, nargs, **kwargs):
     return fit_stages(configs, lambda c: _smem_per_stage(c, elem), lambda c: _smem_fixed(c, elem))
 
 
-_KEY = ["N_BUCKET", "K1", "N_out", "K2", "B_KMAJOR"]
+# DOT_PRECISION: fp32 retunes when torch's TF32 setting changes (different instructions).
+_KEY = ["N_BUCKET", "K1", "N_out", "K2", "B_KMAJOR", "DOT_PRECISION"]
 
 
 def _launchers(fp32: bool):

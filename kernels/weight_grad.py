@@ -211,7 +211,7 @@ def _by_dtype(kernel, configs, fp32_configs, interpreter_config, key, prune):
             True: tuned(kernel, fp32_configs, interpreter_config, key=key, prune=prune)}
 
 
-_KEY = ["M", "P", "N_BUCKET", "chunk"]
+_KEY = ["M", "P", "N_BUCKET", "chunk", "DOT_PRECISION"]
 _wide = _by_dtype(_matmul_tn_kernel, MATMUL_TN_WIDE_CONFIGS, MATMUL_TN_WIDE_FP32_CONFIGS,
                   _WIDE_INTERPRET, _KEY, _prune_wide)
 _narrow = _by_dtype(_matmul_tn_kernel, MATMUL_TN_NARROW_CONFIGS, MATMUL_TN_NARROW_FP32_CONFIGS,
@@ -219,7 +219,7 @@ _narrow = _by_dtype(_matmul_tn_kernel, MATMUL_TN_NARROW_CONFIGS, MATMUL_TN_NARRO
 # lora_weight_grads: the narrow configs (dA^T and dB are both D x R outputs).
 _lora_pair = _by_dtype(_lora_weight_grads_kernel, MATMUL_TN_NARROW_CONFIGS,
                        MATMUL_TN_NARROW_FP32_CONFIGS, _NARROW_INTERPRET,
-                       ["D_in", "D_out", "R", "N_BUCKET", "chunk", "BLOCK_P"], _prune_narrow)
+                       ["D_in", "D_out", "R", "N_BUCKET", "chunk", "BLOCK_P", "DOT_PRECISION"], _prune_narrow)
 
 
 def split_count(n: int, m: int, p: int, num_sms: int) -> int:

@@ -317,9 +317,11 @@ def test_launch_counts_prove_the_kernels_ran():
 @pytest.mark.skipif(tuning.INTERPRET or not torch.cuda.is_available(),
                     reason="bf16 needs a GPU: under TRITON_INTERPRET=1 tl.dot on bfloat16 operands "
                     "is wrong (triton issue 11584)")
-def test_bf16_on_gpu(seed):
+@pytest.mark.parametrize("variant", ["pointer"] + TMA_VARIANTS)
+def test_bf16_on_gpu(seed, variant):
     dev, dtype = "cuda", torch.bfloat16
-    N, D_in, D_out = 1000, 257, 190
+    # The descriptor kernels need 16-byte rows (D_in, D_out multiples of 8).
+    N, D_in, D_out = (1000, 257, 190) if variant == "pointer" else (1000, 264, 200)
     col_adapter, col_scale = column_tables([16, 5], [2.0, 0.5])
     col_adapter, col_scale = col_adapter.to(dev), col_scale.to(dev)
     dy = torch.randn(N, D_out, device=dev, dtype=dtype)
@@ -330,8 +332,12 @@ def test_bf16_on_gpu(seed):
     gates2d = torch.randn(N, 2, device=dev)
     dS, P = bwd.grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, True)
     dS_ref, P_ref = grad_shrink_ref(dy, lora_B, S, gates2d, col_adapter, col_scale)
-    dx = bwd.fused_dx(dy, weight, dS, lora_A)
+    dx = bwd.fused_dx(dy, weight, dS, lora_A, variant=variant)
     dB = bwd.matmul_tn(dy, S, dtype, split_n=3)
+    x2d = torch.randn(N, D_in, device=dev, dtype=dtype)
+    dA2, dB2 = bwd.lora_weight_grads(x2d, dy, dS, S, dtype, split_n=3)
+    assert_rel("dA (lora_weight_grads)", dA2, dS.double().t() @ x2d.double(), dtype)
+    assert_rel("dB (lora_weight_grads)", dB2, dy.double().t() @ S.double(), dtype)
     assert_rel("dS", dS, dS_ref, dtype)
     assert_rel("P", P, P_ref, dtype)
     assert_rel("dx", dx, fused_dx_ref(dy, weight, dS, lora_A), dtype)
