@@ -202,24 +202,31 @@ def _weight_grad_specs():
     # lora_weight_grads: dA^T and dB in one grid. Split into fp32 partials (what the benchmark
     # shapes run: their output tiles cannot fill the SMs) for every narrow config at BLOCK_P = 16,
     # the first at 64; unsplit (dA stored column-major through its swapped strides) once.
-    def add_pair(dt, c, bp, split):
-        consts = dict(c.kwargs, DOT_PRECISION=_precision(dt), BLOCK_P=bp, stride_x_i=1,
-                      stride_dS_r=1, stride_dy_o=1, stride_SG_r=1, stride_dB_r=1)
+    def add_pair(dt, c, bp, split, gated=False):
+        consts = dict(c.kwargs, DOT_PRECISION=_precision(dt), GATED=gated, BLOCK_P=bp,
+                      stride_x_i=1, stride_dS_r=1, stride_dy_o=1, stride_SG_r=1, stride_dB_r=1,
+                      stride_gates_k=1)
         consts.update({"stride_dA_r": 1} if split else {"stride_dA_i": 1})
         tt = TYPES[dt]
         otype = "*fp32" if split else f"*{tt}"
         types = {"x_ptr": f"*{tt}", "dS_ptr": f"*{tt}", "SG_ptr": f"*{tt}", "dy_ptr": f"*{tt}",
-                 "dA_ptr": otype, "dB_ptr": otype}
+                 "dA_ptr": otype, "dB_ptr": otype, "gates_ptr": "*fp32",
+                 "col_adapter_ptr": "*i32", "col_scale_ptr": "*fp32"}
         dims = f"{c.kwargs['BLOCK_M']}x{bp}x{c.kwargs['BLOCK_K']}"
+        tag = (" split" if split else "") + (" gated" if gated else "")
+        # Per-row gates (N, K) with K = 8 adapters: the gates' row stride is not a multiple of 16.
         out.append(make_spec("lora_weight_grads", w._lora_weight_grads_kernel, types, consts,
-                             c.num_warps, c.num_stages, dtype=dt,
-                             config=_label(c, dims, " split" if split else "")))
+                             c.num_warps, c.num_stages, dtype=dt, unaligned=("stride_gates_n",),
+                             config=_label(c, dims, tag)))
 
     for c in fit(w.MATMUL_TN_NARROW_CONFIGS, "bf16", 16):
         add_pair("bf16", c, 16, True)
     add_pair("bf16", fit(w.MATMUL_TN_NARROW_CONFIGS, "bf16", w.NARROW_MAX_P)[0], w.NARROW_MAX_P, True)
     add_pair("bf16", fit(w.MATMUL_TN_NARROW_CONFIGS, "bf16", 16)[0], 16, False)
     add_pair("fp16", fit(w.MATMUL_TN_NARROW_CONFIGS, "fp16", 16)[0], 16, True)
+    # SG formed in the kernel from S and the gates (lora_weight_grads(..., gates=...)).
+    add_pair("bf16", fit(w.MATMUL_TN_NARROW_CONFIGS, "bf16", 16)[0], 16, True, gated=True)
+    add_pair("fp32", fit(w.MATMUL_TN_NARROW_FP32_CONFIGS, "fp32", 16)[0], 16, True, gated=True)
     for dt in ("fp32", "fp32-ieee"):
         for bp in (16, w.NARROW_MAX_P):
             for c in fit(w.MATMUL_TN_NARROW_FP32_CONFIGS, dt, bp):

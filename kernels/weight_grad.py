@@ -79,15 +79,38 @@ SUM_BLOCK = 1024             # elements per program of the partial-sum kernel
 
 
 @triton.jit
+def _gated_dot_loop(acc, a_ptrs, b_ptrs, g_ptrs, g_scale, use_gate, length, step_a, step_b, step_g,
+                    BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """``tiles.dot_loop`` whose b tile is first multiplied by the expanded gate: ``b[n, p] *
+    (gates[n, col_adapter[p]] * col_scale[p])`` in fp32, rounded back to b's dtype, as the op
+    forms ``SG`` from the saved ``S``. Where ``use_gate`` is False the gate loads are masked off
+    (no memory traffic) and read as 1."""
+    offs_k = tl.arange(0, BLOCK_K)
+    for k0 in range(0, length, BLOCK_K):
+        mask_k = offs_k < length - k0
+        a = tl.load(a_ptrs, mask=mask_k[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=mask_k[:, None], other=0.0)
+        g = tl.load(g_ptrs, mask=mask_k[:, None] & use_gate, other=1.0)
+        b = (b.to(tl.float32) * (g.to(tl.float32) * g_scale[None, :])).to(b.dtype)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        a_ptrs += BLOCK_K * step_a
+        b_ptrs += BLOCK_K * step_b
+        g_ptrs += BLOCK_K * step_g
+    return acc
+
+
+@triton.jit
 def _tn_tile(
     a_ptr, b_ptr, out_ptr, pid_m, pid_p, pid_s,
     N, M, P, chunk,
     stride_a_n, stride_a_m, stride_b_n, stride_b_p, stride_out_s, stride_out_m, stride_out_p,
+    gates_ptr, col_adapter_ptr, col_scale_ptr, stride_gates_n, stride_gates_k, use_gate,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BLOCK_K: tl.constexpr, GATED: tl.constexpr,
 ):
     """One (BLOCK_M, BLOCK_P) tile of ``a^T @ b`` over rows [pid_s * chunk, +chunk) of N, stored
-    at ``out_ptr + pid_s * stride_out_s`` (the split's partial, or the output itself)."""
+    at ``out_ptr + pid_s * stride_out_s`` (the split's partial, or the output itself). With
+    ``GATED``, b's columns are scaled by the expanded gate on the fly where ``use_gate``."""
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_k = tl.arange(0, BLOCK_K)
@@ -100,7 +123,16 @@ def _tn_tile(
     a_ptrs = a_ptr + n_start * stride_a_n + rows_m[:, None] * stride_a_m + offs_k[None, :] * stride_a_n
     b_ptrs = b_ptr + n_start * stride_b_n + offs_k[:, None] * stride_b_n + cols_p[None, :] * stride_b_p
     acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
-    acc = dot_loop(acc, a_ptrs, b_ptrs, n_len, stride_a_n, stride_b_n, BLOCK_K, DOT_PRECISION)
+    if GATED:
+        on = cols_p >= 0    # all True: the column-shaped form of the scalar use_gate
+        adapter = tl.load(col_adapter_ptr + cols_p, mask=on & use_gate, other=0).to(tl.int64)
+        g_scale = tl.load(col_scale_ptr + cols_p, mask=on & use_gate, other=1.0).to(tl.float32)
+        g_ptrs = (gates_ptr + (n_start + offs_k)[:, None] * stride_gates_n
+                  + adapter[None, :] * stride_gates_k)
+        acc = _gated_dot_loop(acc, a_ptrs, b_ptrs, g_ptrs, g_scale, use_gate, n_len, stride_a_n,
+                              stride_b_n, stride_gates_n, BLOCK_K, DOT_PRECISION)
+    else:
+        acc = dot_loop(acc, a_ptrs, b_ptrs, n_len, stride_a_n, stride_b_n, BLOCK_K, DOT_PRECISION)
 
     out_ptrs = (out_ptr + pid_s.to(tl.int64) * stride_out_s
                 + offs_m.to(tl.int64)[:, None] * stride_out_m
@@ -125,7 +157,8 @@ def _matmul_tn_kernel(
     pid_m, pid_p = grouped_tile(tl.program_id(0), M, P, BLOCK_M, BLOCK_P, GROUP_M)
     _tn_tile(a_ptr, b_ptr, out_ptr, pid_m, pid_p, tl.program_id(1), N, M, P, chunk,
              stride_a_n, stride_a_m, stride_b_n, stride_b_p, stride_out_s, stride_out_m,
-             stride_out_p, DOT_PRECISION, BLOCK_M, BLOCK_P, BLOCK_K)
+             stride_out_p, b_ptr, b_ptr, b_ptr, 0, 0, False, DOT_PRECISION, BLOCK_M, BLOCK_P,
+             BLOCK_K, False)
 
 
 @triton.jit
@@ -134,13 +167,17 @@ def _lora_weight_grads_kernel(
     dS_ptr,     # (N, R)     adapter-column gradient (the columns that train)
     dA_ptr,     # (R, D_in)  out: dS^T @ x; or the split partials of dA^T, (SPLIT, D_in, R) fp32
     dy_ptr,     # (N, D_out) upstream gradient
-    SG_ptr,     # (N, R)     S * G_E of the same columns
+    SG_ptr,     # (N, R)     S * G_E of the same columns; S itself when GATED
     dB_ptr,     # (D_out, R) out: dy^T @ SG; or its split partials, (SPLIT, D_out, R) fp32
+    gates_ptr,        # (N, K) gates2d (row stride 0 for per-adapter gates); read only if GATED
+    col_adapter_ptr,  # (R,) int32 adapter of each column; read only if GATED
+    col_scale_ptr,    # (R,) fp32 that adapter's scaling; read only if GATED
     N, D_in, D_out, R, chunk,
     N_BUCKET,   # autotune key only
     stride_x_n, stride_x_i, stride_dS_n, stride_dS_r, stride_dA_s, stride_dA_r, stride_dA_i,
     stride_dy_n, stride_dy_o, stride_SG_n, stride_SG_r, stride_dB_s, stride_dB_o, stride_dB_r,
-    DOT_PRECISION: tl.constexpr,
+    stride_gates_n, stride_gates_k,
+    DOT_PRECISION: tl.constexpr, GATED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Both products in the narrow-side-on-P frame: dA^T = x^T @ dS (D_in x R) and dB = dy^T @ SG
@@ -159,7 +196,9 @@ def _lora_weight_grads_kernel(
         stride_out_s, stride_out_m, stride_out_p = stride_dB_s, stride_dB_o, stride_dB_r
     _tn_tile(a_ptr, b_ptr, out_ptr, local // tiles_p, local % tiles_p, tl.program_id(1),
              N, M, R, chunk, stride_a_n, stride_a_m, stride_b_n, stride_b_p,
-             stride_out_s, stride_out_m, stride_out_p, DOT_PRECISION, BLOCK_M, BLOCK_P, BLOCK_K)
+             stride_out_s, stride_out_m, stride_out_p, gates_ptr, col_adapter_ptr, col_scale_ptr,
+             stride_gates_n, stride_gates_k, pid >= tiles_dA, DOT_PRECISION, BLOCK_M, BLOCK_P,
+             BLOCK_K, GATED)
 
 
 @triton.jit
@@ -219,7 +258,8 @@ _narrow = _by_dtype(_matmul_tn_kernel, MATMUL_TN_NARROW_CONFIGS, MATMUL_TN_NARRO
 # lora_weight_grads: the narrow configs (dA^T and dB are both D x R outputs).
 _lora_pair = _by_dtype(_lora_weight_grads_kernel, MATMUL_TN_NARROW_CONFIGS,
                        MATMUL_TN_NARROW_FP32_CONFIGS, _NARROW_INTERPRET,
-                       ["D_in", "D_out", "R", "N_BUCKET", "chunk", "BLOCK_P", "DOT_PRECISION"], _prune_narrow)
+                       ["D_in", "D_out", "R", "N_BUCKET", "chunk", "BLOCK_P", "DOT_PRECISION",
+                        "GATED"], _prune_narrow)
 
 
 def split_count(n: int, m: int, p: int, num_sms: int) -> int:
@@ -309,7 +349,7 @@ def matmul_tn(a, b, out_dtype, *, out=None, split_n=None):
     return out
 
 
-def lora_weight_grads(x2d, dy, dS, SG, out_dtype, *, out=None, split_n=None):
+def lora_weight_grads(x2d, dy, dS, SG, out_dtype, *, out=None, split_n=None, gates=None):
     """``(dA, dB)``: ``dA = dS^T @ x2d`` (R, D_in) and ``dB = dy^T @ SG`` (D_out, R) in
     ``out_dtype``, from ONE GEMM launch (plus one fixed-order partial-sum launch when N is split).
 
@@ -317,6 +357,12 @@ def lora_weight_grads(x2d, dy, dS, SG, out_dtype, *, out=None, split_n=None):
     any strides; R <= ``NARROW_MAX_P``-wide tiles are the fast case, wider banks take several
     column tiles. Deterministic (no float atomics). ``out``: optional ``(dA, dB)`` buffers;
     ``split_n`` as ``matmul_tn``.
+
+    ``gates``: optional ``(gates2d, col_adapter, col_scale)`` of these R columns (gates2d (N, K)
+    any float dtype, a row-stride-0 view for per-adapter gates; col_adapter (R,) int;
+    col_scale (R,) float). Then the fourth operand is the saved ``S`` and the kernel forms
+    ``SG = S * G_E`` tile by tile (fp32 product rounded to S's dtype, as the op's own recompute
+    does), which saves the op the elementwise launches that would build SG first.
     """
     for name, t in (("x2d", x2d), ("dy", dy), ("dS", dS), ("SG", SG)):
         if t.dim() != 2 or t.shape[0] != x2d.shape[0]:
@@ -330,6 +376,15 @@ def lora_weight_grads(x2d, dy, dS, SG, out_dtype, *, out=None, split_n=None):
         raise TypeError(f"lora_weight_grads: operands must share one dtype, got {sorted(map(str, dtypes))}")
     N, D_in = x2d.shape
     D_out, R = dy.shape[1], dS.shape[1]
+    if gates is not None:
+        gates2d, col_adapter, col_scale = gates
+        if gates2d.dim() != 2 or gates2d.shape[0] != N or col_adapter.shape != (R,) \
+                or col_scale.shape != (R,):
+            raise ValueError(f"lora_weight_grads: gates must be ((N, K), (R,), (R,)) with N = {N}, "
+                             f"R = {R}, got {tuple(gates2d.shape)}, {tuple(col_adapter.shape)}, "
+                             f"{tuple(col_scale.shape)}")
+        col_adapter = col_adapter.to(device=x2d.device, dtype=torch.int32).contiguous()
+        col_scale = col_scale.to(device=x2d.device, dtype=torch.float32).contiguous()
     dA_out, dB_out = out if out is not None else (None, None)
     dA = check_out(dA_out, "out[0] (dA)", (R, D_in), out_dtype, x2d.device)
     dB = check_out(dB_out, "out[1] (dB)", (D_out, R), out_dtype, x2d.device)
@@ -355,12 +410,14 @@ def lora_weight_grads(x2d, dy, dS, SG, out_dtype, *, out=None, split_n=None):
     grid = lambda c: ((triton.cdiv(D_in, c["BLOCK_M"]) + triton.cdiv(D_out, c["BLOCK_M"])) * tiles_p,
                       split_n)
     with on_device(x2d):
+        g_args = (gates2d, col_adapter, col_scale) if gates is not None else (SG, SG, SG)
+        g_strides = (gates2d.stride(0), gates2d.stride(1)) if gates is not None else (0, 0)
         _lora_pair[x2d.dtype == torch.float32][grid](
-            x2d, dS, tA, dy, SG, tB,
+            x2d, dS, tA, dy, SG, tB, *g_args,
             N, D_in, D_out, R, chunk, n_bucket(N),
             x2d.stride(0), x2d.stride(1), dS.stride(0), dS.stride(1), *sA,
-            dy.stride(0), dy.stride(1), SG.stride(0), SG.stride(1), *sB,
-            DOT_PRECISION=dot_precision(x2d), BLOCK_P=block_p,
+            dy.stride(0), dy.stride(1), SG.stride(0), SG.stride(1), *sB, *g_strides,
+            DOT_PRECISION=dot_precision(x2d), GATED=gates is not None, BLOCK_P=block_p,
         )
         LAUNCH_COUNTS["lora_weight_grads"] += 1
         if split_n > 1:

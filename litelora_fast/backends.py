@@ -100,10 +100,12 @@ class TritonBackend:
         return backward.matmul_tn(a, b, out_dtype)
 
     @staticmethod
-    def lora_weight_grads(x2d, dy, dS, SG, out_dtype):
-        """``(dS^T @ x2d, dy^T @ SG)``: both LoRA weight gradients from one GEMM launch."""
+    def lora_weight_grads(x2d, dy, dS, SG, out_dtype, gates=None):
+        """``(dS^T @ x2d, dy^T @ SG)``: both LoRA weight gradients from one GEMM launch. With
+        ``gates=(gates2d, col_adapter, col_scale)`` the fourth operand is ``S`` and the kernel
+        forms ``SG = S * G_E`` itself (no elementwise launches before it)."""
         from .kernels import backward
-        return backward.lora_weight_grads(x2d, dy, dS, SG, out_dtype)
+        return backward.lora_weight_grads(x2d, dy, dS, SG, out_dtype, gates=gates)
 
 
 def interpreter_requested() -> bool:

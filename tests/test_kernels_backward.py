@@ -8,8 +8,8 @@ to write fails the comparison. Shapes cross the interpreter configs' tile edges 
 import pytest
 import torch
 
-from kernel_helpers import (DTYPES, TMA_VARIANTS, column_tables, fused_dx_ref, grad_shrink_ref,
-                            launches, make_gates, nan_like, strided)
+from kernel_helpers import (DTYPES, TMA_VARIANTS, column_tables, expanded_gates_ref, fused_dx_ref,
+                            grad_shrink_ref, launches, make_gates, nan_like, strided)
 from litelora_fast.kernels import LAUNCH_COUNTS, tuning
 from litelora_fast.kernels import backward as bwd
 from litelora_fast.kernels import weight_grad
@@ -445,6 +445,29 @@ def test_lora_weight_grads_match_float64(seed, dtype, N, D_in, D_out, R, layout,
     x64, dy64, dS64, SG64 = (t.double() for t in (x2d, dy, dS, SG))
     assert_rel("dA", dA, dS64.t() @ x64, dtype, scale=dS64.abs().t() @ x64.abs())
     assert_rel("dB", dB, dy64.t() @ SG64, dtype, scale=dy64.abs().t() @ SG64.abs())
+
+
+@pytest.mark.parametrize("split_n", [1, 3], ids=["unsplit", "split3"])
+@pytest.mark.parametrize("gate_mode", ["per_row", "per_adapter"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lora_weight_grads_forms_SG_from_S_and_gates(seed, dtype, gate_mode, split_n):
+    """With ``gates=`` the fourth operand is S and dB = dy^T @ (S * G_E) with G_E formed in the
+    kernel; ragged ranks, one adapter skipped, gate ids with gaps; dA is untouched by the gates."""
+    N, D_in, D_out = 83, 37, 45
+    col_adapter, col_scale = column_tables([3, 5, 6], [0.5, 1.0, 2.0], skip=(1,))
+    R = col_adapter.numel()
+    x2d, dy = torch.randn(N, D_in, dtype=dtype), torch.randn(N, D_out, dtype=dtype)
+    dS, S = torch.randn(N, R, dtype=dtype), torch.randn(N, R, dtype=dtype)
+    gates2d = make_gates(gate_mode, N, 3)
+    out = (nan_like((R, D_in), dtype), nan_like((D_out, R), dtype))
+    dA, dB = bwd.lora_weight_grads(x2d, dy, dS, S, dtype, out=out, split_n=split_n,
+                                   gates=(gates2d, col_adapter, col_scale))
+    SG64 = S.double() * expanded_gates_ref(gates2d, col_adapter, col_scale)
+    x64, dy64, dS64 = x2d.double(), dy.double(), dS.double()
+    assert_rel("dA", dA, dS64.t() @ x64, dtype, scale=dS64.abs().t() @ x64.abs())
+    assert_rel("dB", dB, dy64.t() @ SG64, dtype, scale=dy64.abs().t() @ SG64.abs())
+    with pytest.raises(ValueError, match="gates"):
+        bwd.lora_weight_grads(x2d, dy, dS, S, dtype, gates=(gates2d[:5], col_adapter, col_scale))
 
 
 def test_lora_weight_grads_split_is_deterministic(seed):
