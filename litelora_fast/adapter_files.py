@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from . import layer_meta
 from .inject import MODULES_TO_SAVE_ATTR, inject, injected_layers
 from .layer import GatedLoRALinear
 
@@ -143,7 +144,11 @@ def load_adapters(model: nn.Module, path, freeze_base: bool = True) -> nn.Module
     for name, layer in layers.items():     # every check before the first change
         _check_layer(name, layer, records[name], tensors)
     for module_name in config.get("modules_to_save", []):
-        module = model.get_submodule(module_name)
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            raise ValueError(f"load_adapters: the file holds modules_to_save {module_name!r}, "
+                             "which the model does not have") from None
         for pname, p in module.named_parameters():
             key = f"modules_to_save.{module_name}.{pname}"
             if key not in tensors or tensors[key].shape != p.shape:
@@ -164,14 +169,15 @@ def load_adapters(model: nn.Module, path, freeze_base: bool = True) -> nn.Module
         else:
             state["router_weight"] = tensors[f"{name}.router_weight"]
             state["router_bias"] = tensors[f"{name}.router_bias"]
+        # The layer's own state-dict metadata carries names, alphas and frozen flags.
+        state["_extra_state"] = layer_meta.encode({
+            "gate": layer.gate_mode, "ranks": [e["rank"] for e in adapters],
+            "alphas": [e["alpha"] for e in adapters], "names": [e["name"] for e in adapters],
+            "merged": [None] * len(adapters),
+            "requires_grad": [[not f for f in e["frozen"]] for e in adapters]})
         layer.unmerge()
         # strict=False: the base weight and bias are not in the file and stay as they are.
         layer.load_state_dict(state, strict=False)
-        layer._alphas = [float(e["alpha"]) for e in adapters]
-        layer._names = [e["name"] for e in adapters]
-        for (A, B), entry in zip(zip(layer.lora_A, layer.lora_B), adapters):
-            A.requires_grad_(not entry["frozen"][0])
-            B.requires_grad_(not entry["frozen"][1])
     with torch.no_grad():
         for module_name in config.get("modules_to_save", []):
             for pname, p in model.get_submodule(module_name).named_parameters():
