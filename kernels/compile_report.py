@@ -16,6 +16,12 @@ One row per (kernel, variant, config) of ``kernels.aot_specs.specs()``:
                       emits only when the warp-specialization pass took effect
     persistent        the config loops over output tiles on a grid of one program per SM
 
+Cost (measured 2026-11-29 on this project's 2-core CPU machine, shared with other jobs, empty
+Triton cache): all 100 shipped configs take 120 s (``python -m litelora_fast inspect``); the
+representative subset (43 configs, one per kernel, variant and dtype), which
+``tests/test_compile_report.py`` compiles, took 49 s. Triton's on-disk cache makes repeat runs
+faster.
+
 Under ``TRITON_INTERPRET=1`` (the test session) the kernels are interpreted functions and the
 interpreter patches ``triton.language`` while it runs, which breaks Triton's code generator in the
 same process; ``compile_report`` then runs itself in a fresh Python process with the interpreter

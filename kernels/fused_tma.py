@@ -17,7 +17,8 @@ pick among them as configs of one launch):
   over ``cdiv(K1, BLOCK_K) + cdiv(K2, BLOCK_K)`` steps and picks the descriptor pair of each
   step (base or adapter) at run time, so the adapter steps continue the base steps' software
   pipeline: no second loop, no second pipeline fill and drain per tile (checked in the sm_90
-  compile: multi-stage shared buffers, UTMALDG, HGMMA). An adapter step is BLOCK_K wide; past
+  compile: multi-stage shared buffers, UTMALDG, HGMMA; loading inside if/else branches instead
+  left the loop unpipelined, one buffer per operand). An adapter step is BLOCK_K wide; past
   ``R_act`` the TMA unit fills zeros without reading memory, so R_act = 16 costs one 64-deep
   step (1.6% of a 4096-deep base loop instead of the ideal 0.4%).
 - ``tma_persistent``: the same loop inside a loop over tiles strided by the grid, and a grid of
@@ -28,16 +29,21 @@ pick among them as configs of one launch):
   single plain loop of descriptor loads feeding one dot, with ``num_warps=4`` (seen in the
   compiler: a run-time descriptor choice inside the loop, or a second loop after it, leaves the
   loop unspecialized or crashes the compiler; the adapter step placed before the loop fails to
-  compile too). So the adapter stretch is ONE step after the loop,
-  with a ``[*, BLOCK_R]`` tile holding all R_act columns (R_act <= ``WS_MAX_BLOCK_R``), and the
+  compile too). So the adapter stretch is ONE step after the loop, with a ``[*, BLOCK_R]`` tile
+  holding all R_act columns (R_act <= ``WS_MAX_BLOCK_R``), and the
   epilogue stores through pointers (a descriptor store in a specialized kernel failed to compile).
   ``setmaxnreg`` in the SASS confirms the specialization (``kernels.compile_report``).
 
-Ragged edges cost nothing: loads past the tensor edge are zero-filled by the TMA unit, the
-descriptor store clips, the pointer store is masked. The descriptors are host
+Ragged edges need no masks: loads past the tensor edge are zero-filled by the TMA unit, the
+descriptor store clips (the pointer store of the WS epilogue is masked). Exact fp32 (torch's TF32
+switch off) never runs here: without wgmma these tiles spill (``tuning.choose_variant``). The descriptors are host
 ``triton.tools.tensor_descriptor.TensorDescriptor`` objects (passed by value, no device-side
 descriptor creation, no global scratch allocator); a config's ``pre_hook`` sets their block
 shapes, so the autotuner can try tile sizes on the same descriptors.
+
+Nothing here has run on a GPU yet: the configs are untuned, and whether a variant beats the
+pointer kernels (or cuBLAS) is for ``benchmarks/gpu_check.sh`` to measure. The interpreter tests
+check the numbers, the sm_90 compile report the instructions.
 """
 from __future__ import annotations
 

@@ -2,8 +2,10 @@
 
 - ``grouped_tile``: the program's output tile in grouped order, for L2 reuse.
 - ``dot_loop``: one stretch of a reduction, ``acc += a_tile @ b_tile`` over ``length`` steps,
-  masked at the ragged end. A fused kernel calls it once per stretch (base weight, then adapter
-  columns) on the same accumulator.
+  masked at the ragged end. The pointer kernels of the fused GEMMs call it once per stretch (base
+  weight, then adapter columns) on the same accumulator: two pipelined loops, the second short.
+  (The descriptor kernels in ``fused_tma`` run both stretches in one loop instead; with pointer
+  loads that would mean choosing between two tile-sized pointer tensors at every step.)
 
 Triton inlines ``@triton.jit`` callees before its software pipeliner runs, so a loop here is
 pipelined (cp.async stages feeding wgmma on sm_90) exactly as if written in the kernel;
