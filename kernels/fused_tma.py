@@ -261,6 +261,10 @@ def launch(a1, b1, a2, b2, out, bias, *, b_kmajor: bool, variant: str, precision
     if INTERPRET and key == "tma_auto":
         key = "tma"
     sms = num_sms(a1.device)
+    # BLOCK_R only shapes the WS kernel's adapter tile; the others get one fixed value, so a new
+    # R_act bucket does not recompile them.
+    ws_possible = key in ("tma_ws", "tma_auto") and ws_fits(K2, fp32, b_kmajor)
+    block_r_arg = block_r(K2, WS_MAX_BLOCK_R) if ws_possible else 16
 
     def grid(meta):
         tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N_out, meta["BLOCK_N"])
@@ -273,6 +277,6 @@ def launch(a1, b1, a2, b2, out, bias, *, b_kmajor: bool, variant: str, precision
             out.stride(0), bias.stride(0) if bias is not None else 0,
             n_bucket(M),
             HAS_BIAS=bias is not None, HAS_ADAPTER=has_adapter, B_KMAJOR=b_kmajor,
-            DOT_PRECISION=precision, BLOCK_R=block_r(K2, WS_MAX_BLOCK_R),
+            DOT_PRECISION=precision, BLOCK_R=block_r_arg,
         )
     return out
