@@ -84,7 +84,7 @@ def _label(c, dims, extra=""):
 # Pointer kernels.
 # ---------------------------------------------------------------------------------------------
 def _pointer_specs(name, fn, dtypes, per_stage, consts, pointers, dims, extra_types=None,
-                   unaligned=()):
+                   unaligned=(), tag=""):
     """Specs of one pointer kernel: for each ``(dtype, configs, BLOCK_R widths)`` in ``dtypes``,
     every config that ``fit_stages`` keeps at that width, with ``consts`` added."""
     from .tuning import fit_stages
@@ -98,7 +98,7 @@ def _pointer_specs(name, fn, dtypes, per_stage, consts, pointers, dims, extra_ty
                 all_consts = dict(c.kwargs, BLOCK_R=br, **consts, DOT_PRECISION=_precision(dt))
                 out.append(make_spec(name, fn, types, all_consts,
                                      c.num_warps, c.num_stages, unaligned=unaligned, dtype=dt,
-                                     config=_label(c, *dims(c, br))))
+                                     config=_label(c, *dims(c, br)) + tag))
     return out
 
 
@@ -113,17 +113,23 @@ def _gemm_tile(c, br):
 def _forward_kernel_specs():
     from . import forward as f
 
-    gate_tables = {"col_adapter_ptr": "*i32", "col_scale_ptr": "*fp32"}
+    gate_tables = {"col_adapter_ptr": "*i32", "col_scale_ptr": "*fp32", "seed_ptr": "*i64"}
+    shrink_consts = dict(stride_x_i=1, stride_lora_A_i=1, stride_gates_k=1, stride_S_r=1,
+                         stride_SG_r=1)
+    shrink_args = (("x_ptr", "lora_A_ptr", "gates_ptr", "S_ptr", "SG_ptr"), _row_tile)
     out = _pointer_specs(
         "shrink", f._shrink_kernel,
         [("bf16", f.SHRINK_CONFIGS, (16, f.SHRINK_MAX_BLOCK_R)), ("fp16", f.SHRINK_CONFIGS[:1], (16,)),
          ("fp32", f.SHRINK_FP32_CONFIGS, (16, f.SHRINK_FP32_MAX_BLOCK_R)),
          ("fp32-ieee", f.SHRINK_FP32_CONFIGS, (16, f.SHRINK_FP32_MAX_BLOCK_R))],
-        f.shrink_smem_per_stage,
-        dict(stride_x_i=1, stride_lora_A_i=1, stride_gates_k=1,
-             stride_S_r=1, stride_SG_r=1),
-        ("x_ptr", "lora_A_ptr", "gates_ptr", "S_ptr", "SG_ptr"), _row_tile,
+        f.shrink_smem_per_stage, dict(shrink_consts, P_DROP=0.0), *shrink_args,
         extra_types=gate_tables, unaligned=("stride_gates_n",))
+    # With LoRA dropout: the Philox mask on the x tiles must not cost the HGMMA or spill.
+    out += _pointer_specs(
+        "shrink", f._shrink_kernel,
+        [("bf16", f.SHRINK_CONFIGS[:1], (16,)), ("fp32", f.SHRINK_FP32_CONFIGS[:1], (16,))],
+        f.shrink_smem_per_stage, dict(shrink_consts, P_DROP=0.1), *shrink_args,
+        extra_types=gate_tables, unaligned=("stride_gates_n",), tag=" dropout")
     out += _pointer_specs(
         "fused_forward", f._fused_forward_kernel,
         [("bf16", f.FUSED_FORWARD_CONFIGS, (16, f.FUSED_MAX_BLOCK_R)),
@@ -202,8 +208,8 @@ def _weight_grad_specs():
     # lora_weight_grads: dA^T and dB in one grid. Split into fp32 partials (what the benchmark
     # shapes run: their output tiles cannot fill the SMs) for every narrow config at BLOCK_P = 16,
     # the first at 64; unsplit (dA stored column-major through its swapped strides) once.
-    def add_pair(dt, c, bp, split, gated=False):
-        consts = dict(c.kwargs, DOT_PRECISION=_precision(dt), GATED=gated, BLOCK_P=bp,
+    def add_pair(dt, c, bp, split, gated=False, p_drop=0.0):
+        consts = dict(c.kwargs, DOT_PRECISION=_precision(dt), GATED=gated, BLOCK_P=bp, P_DROP=p_drop,
                       stride_x_i=1, stride_dS_r=1, stride_dy_o=1, stride_SG_r=1, stride_dB_r=1,
                       stride_gates_k=1)
         consts.update({"stride_dA_r": 1} if split else {"stride_dA_i": 1})
@@ -211,9 +217,10 @@ def _weight_grad_specs():
         otype = "*fp32" if split else f"*{tt}"
         types = {"x_ptr": f"*{tt}", "dS_ptr": f"*{tt}", "SG_ptr": f"*{tt}", "dy_ptr": f"*{tt}",
                  "dA_ptr": otype, "dB_ptr": otype, "gates_ptr": "*fp32",
-                 "col_adapter_ptr": "*i32", "col_scale_ptr": "*fp32"}
+                 "col_adapter_ptr": "*i32", "col_scale_ptr": "*fp32", "seed_ptr": "*i64"}
         dims = f"{c.kwargs['BLOCK_M']}x{bp}x{c.kwargs['BLOCK_K']}"
-        tag = (" split" if split else "") + (" gated" if gated else "")
+        tag = (" split" if split else "") + (" gated" if gated else "") + (
+            " dropout" if p_drop else "")
         # Per-row gates (N, K) with K = 8 adapters: the gates' row stride is not a multiple of 16.
         out.append(make_spec("lora_weight_grads", w._lora_weight_grads_kernel, types, consts,
                              c.num_warps, c.num_stages, dtype=dt, unaligned=("stride_gates_n",),
@@ -227,6 +234,8 @@ def _weight_grad_specs():
     # SG formed in the kernel from S and the gates (lora_weight_grads(..., gates=...)).
     add_pair("bf16", fit(w.MATMUL_TN_NARROW_CONFIGS, "bf16", 16)[0], 16, True, gated=True)
     add_pair("fp32", fit(w.MATMUL_TN_NARROW_FP32_CONFIGS, "fp32", 16)[0], 16, True, gated=True)
+    # LoRA dropout: dA's x tiles get the Philox mask (the op's usual call: gated, split).
+    add_pair("bf16", fit(w.MATMUL_TN_NARROW_CONFIGS, "bf16", 16)[0], 16, True, gated=True, p_drop=0.1)
     for dt in ("fp32", "fp32-ieee"):
         for bp in (16, w.NARROW_MAX_P):
             for c in fit(w.MATMUL_TN_NARROW_FP32_CONFIGS, dt, bp):
@@ -275,6 +284,23 @@ def _tma_specs(name, b_kmajor, has_bias):
     return out
 
 
+def _dropout_specs():
+    """``masked_addmm_`` (the masked adapter term of dx under LoRA dropout): its one untuned
+    launch config, at R_act <= 16 and 64, in bf16 and TF32."""
+    from . import dropout as d
+
+    out = []
+    for dt, br in (("bf16", 16), ("bf16", 64), ("fp32", 16)):
+        consts = dict(DOT_PRECISION=_precision(dt), P_DROP=0.1, BLOCK_M=64, BLOCK_N=128,
+                      BLOCK_R=br, stride_dx_i=1, stride_dS_r=1, stride_lora_A_i=1)
+        types = {"dx_ptr": f"*{TYPES[dt]}", "dS_ptr": f"*{TYPES[dt]}",
+                 "lora_A_ptr": f"*{TYPES[dt]}", "seed_ptr": "*i64"}
+        c = d.MASKED_ADDMM_CONFIG
+        out.append(make_spec("masked_addmm", d._masked_addmm_kernel, types, consts, c.num_warps, 1,
+                             dtype=dt, config=f"64x128xR{br} w{c.num_warps}"))
+    return out
+
+
 def specs(subset: str = "all") -> list:
     """Every shipped config as an ``AotSpec`` (``subset="representative"``: the first spec of
     each (kernel, variant, dtype))."""
@@ -285,6 +311,7 @@ def specs(subset: str = "all") -> list:
     out += _backward_kernel_specs()
     out += _tma_specs("fused_dx", b_kmajor=False, has_bias=False)
     out += _weight_grad_specs()
+    out += _dropout_specs()
     if subset == "all":
         return out
     seen, kept = set(), []
@@ -300,6 +327,7 @@ def config_lists() -> dict:
     """``{(kernel, variant): [triton.Config, ...]}``: every launch config list the launchers can
     autotune over on a GPU (bf16/fp16 lists, and the fp32 lists under ``variant + "/fp32"``)."""
     from . import backward as b
+    from . import dropout as d
     from . import forward as f
     from . import fused_tma as t
     from . import weight_grad as w
@@ -316,6 +344,7 @@ def config_lists() -> dict:
         ("matmul_tn", "narrow/fp32"): w.MATMUL_TN_NARROW_FP32_CONFIGS,
         ("lora_weight_grads", "pointer"): w.MATMUL_TN_NARROW_CONFIGS,
         ("lora_weight_grads", "pointer/fp32"): w.MATMUL_TN_NARROW_FP32_CONFIGS,
+        ("masked_addmm", "pointer"): [d.MASKED_ADDMM_CONFIG],
     }
     for kernel in ("fused_forward", "fused_dx"):
         for variant in t.TMA_CONFIGS:

@@ -13,8 +13,14 @@ a call for ``N, D_in < 2**32``. The seed lives in a one-element int64 tensor on 
 (drawn by ``torch.randint`` on that device), so a CUDA graph replay draws a fresh mask and no
 host read is needed.
 
-- ``keep_scale(seed, rows, cols, P_DROP)``: device helper, the tile's ``keep / (1 - p)`` in fp32.
+- ``tiles.keep_scale(seed, n_idx, d_idx, P_DROP)``: the device helper every kernel calls, a
+  tile's ``keep / (1 - p)`` in fp32.
 - ``dropout_mask(seed, N, D_in, p)``: the mask as a bool tensor, for tests and the reference.
+- ``masked_addmm_(dx, dS, lora_A, seed, p)``: ``dx += keep / (1 - p) * (dS @ lora_A)``, the
+  adapter part of ``dx`` (the gradient flows back through ``drop``). The fused ``dx`` kernels
+  keep one accumulator for ``dy @ W + dS @ lora_A``; with dropout only the second term is masked,
+  so the op runs them base-only (any variant, TMA included) and adds this term in place: one
+  more launch and one more read and write of ``dx``, only when ``p > 0``.
 """
 from __future__ import annotations
 
@@ -22,21 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def keep_scale(seed, rows, cols, P_DROP: tl.constexpr):
-    """``keep / (1 - p)`` (fp32) of the tile ``rows[:, None] x cols[None, :]``.
-
-    ``seed``: int scalar; ``rows``/``cols``: int vectors of absolute indices (any int width; the
-    low 32 bits are the Philox counters). ``P_DROP`` is a compile-time constant, so ``p = 0``
-    compiles to nothing at all in the callers.
-    """
-    r = rows[:, None].to(tl.uint32) + tl.zeros_like(cols[None, :]).to(tl.uint32)
-    c = cols[None, :].to(tl.uint32) + tl.zeros_like(rows[:, None]).to(tl.uint32)
-    z = tl.zeros_like(r)
-    bits, _, _, _ = tl.philox(seed, c, r, z, z)
-    u = tl.uint_to_uniform_float(bits)
-    return tl.where(u >= P_DROP, 1.0 / (1.0 - P_DROP), 0.0)
+from . import LAUNCH_COUNTS
+from .tiles import dot_loop, keep_scale
 
 
 @triton.jit
@@ -45,10 +38,69 @@ def _mask_kernel(seed_ptr, out_ptr, N, D_in, stride_out_n, P_DROP: tl.constexpr,
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     seed = tl.load(seed_ptr)
-    keep = keep_scale(seed, rows, cols, P_DROP) != 0.0
+    keep = keep_scale(seed, rows[:, None], cols[None, :], P_DROP) != 0.0
     mask = (rows < N)[:, None] & (cols < D_in)[None, :]
     tl.store(out_ptr + rows.to(tl.int64)[:, None] * stride_out_n + cols[None, :], keep.to(tl.int8),
              mask=mask)
+
+
+@triton.jit
+def _masked_addmm_kernel(dx_ptr, dS_ptr, lora_A_ptr, seed_ptr, N, D_in, R_act,
+                         stride_dx_n, stride_dx_i, stride_dS_n, stride_dS_r,
+                         stride_lora_A_r, stride_lora_A_i,
+                         DOT_PRECISION: tl.constexpr, P_DROP: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, BLOCK_R)
+    rows = (offs_m % N).to(tl.int64)
+    cols = (offs_n % D_in).to(tl.int64)
+    ds_ptrs = dS_ptr + rows[:, None] * stride_dS_n + offs_r[None, :] * stride_dS_r
+    a_ptrs = lora_A_ptr + offs_r[:, None] * stride_lora_A_r + cols[None, :] * stride_lora_A_i
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = dot_loop(acc, ds_ptrs, a_ptrs, R_act, stride_dS_r, stride_lora_A_r, BLOCK_R,
+                   DOT_PRECISION)
+    keep = keep_scale(tl.load(seed_ptr), offs_m[:, None], offs_n[None, :], P_DROP)
+    mask = (offs_m < N)[:, None] & (offs_n < D_in)[None, :]
+    dx_ptrs = (dx_ptr + offs_m.to(tl.int64)[:, None] * stride_dx_n
+               + offs_n.to(tl.int64)[None, :] * stride_dx_i)
+    dx = tl.load(dx_ptrs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(dx_ptrs, (dx + acc * keep).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+# One untuned launch config (GPU; nothing to autotune: no GPU has timed it yet). The interpreter
+# uses 16 x 32 tiles so test shapes of tens of rows cross tile edges.
+MASKED_ADDMM_CONFIG = triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=1)
+
+
+def masked_addmm_(dx, dS, lora_A, seed, p: float):
+    """``dx += keep / (1 - p) * (dS @ lora_A)`` in place, fp32 accumulation; returns ``dx``.
+
+    dx (N, D_in), dS (N, R_act), lora_A (R_act, D_in) share one dtype, any strides; ``seed``
+    the call's (1,) int64 seed. The product's reduction is the short R_act (the adapter ranks),
+    so one pass over ``dx`` tiles (``MASKED_ADDMM_CONFIG``) does the whole update.
+    """
+    from .tuning import INTERPRET, dot_precision, on_device
+
+    N, D_in = dx.shape
+    R_act = dS.shape[1]
+    if dS.shape[0] != N or lora_A.shape != (R_act, D_in):
+        raise ValueError(f"masked_addmm_: dx {tuple(dx.shape)}, dS {tuple(dS.shape)} and lora_A "
+                         f"{tuple(lora_A.shape)} do not chain as (N, D_in) += (N, R) @ (R, D_in)")
+    if N == 0 or D_in == 0 or R_act == 0:
+        return dx
+    c = MASKED_ADDMM_CONFIG.kwargs
+    bm, bn = (16, 32) if INTERPRET else (c["BLOCK_M"], c["BLOCK_N"])
+    block_r = min(max(16, triton.next_power_of_2(R_act)), 64)
+    grid = (triton.cdiv(N, bm), triton.cdiv(D_in, bn))
+    with on_device(dx):
+        _masked_addmm_kernel[grid](
+            dx, dS, lora_A, seed, N, D_in, R_act, dx.stride(0), dx.stride(1),
+            dS.stride(0), dS.stride(1), lora_A.stride(0), lora_A.stride(1),
+            DOT_PRECISION=dot_precision(dx), P_DROP=float(p), BLOCK_M=bm, BLOCK_N=bn,
+            BLOCK_R=block_r, num_warps=MASKED_ADDMM_CONFIG.num_warps)
+    LAUNCH_COUNTS["masked_addmm"] += 1
+    return dx
 
 
 def new_seed(device) -> torch.Tensor:

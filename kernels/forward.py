@@ -98,6 +98,7 @@ def _shrink_kernel(
     col_scale_ptr,    # (R_act,)       fp32, contiguous: that adapter's scaling s_k
     S_ptr,            # (N, R_act)     x.dtype out: S
     SG_ptr,           # (N, R_act)     x.dtype out: S * G_E
+    seed_ptr,         # (1,)           int64 LoRA-dropout seed; read only if P_DROP > 0
     N, D_in, R_act,
     N_BUCKET,         # autotune key only
     stride_x_n, stride_x_i,
@@ -109,6 +110,7 @@ def _shrink_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    P_DROP: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_pid_r = (R_act + BLOCK_R - 1) // BLOCK_R
@@ -128,7 +130,12 @@ def _shrink_kernel(
     x_ptrs = x_ptr + rows[:, None] * stride_x_n + offs_k[None, :] * stride_x_i
     a_ptrs = lora_A_ptr + cols[None, :] * stride_lora_A_r + offs_k[:, None] * stride_lora_A_i
     acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-    acc = dot_loop(acc, x_ptrs, a_ptrs, D_in, stride_x_i, stride_lora_A_i, BLOCK_K, DOT_PRECISION)
+    # LoRA dropout: S = drop(x) @ A^T, the mask drawn from the call's seed as x tiles arrive.
+    drop_seed = 0
+    if P_DROP > 0.0:
+        drop_seed = tl.load(seed_ptr)
+    acc = dot_loop(acc, x_ptrs, a_ptrs, D_in, stride_x_i, stride_lora_A_i, BLOCK_K, DOT_PRECISION,
+                   drop_seed, rows[:, None], offs_k[None, :], 1, False, P_DROP)
 
     # Expanded gate G_E[n, j] = gates[n, col_adapter[j]] * col_scale[j], upcast to fp32.
     adapter = tl.load(col_adapter_ptr + cols).to(tl.int64)
@@ -239,13 +246,15 @@ _fused_forward_launch = _by_dtype(_fused_forward_kernel, FUSED_FORWARD_CONFIGS,
                                   ["N_BUCKET", "D_in", "D_out", "R_act", "DOT_PRECISION"], _prune_fused)
 
 
-def shrink(x2d, lora_A, gates2d, col_adapter, col_scale, *, out=None):
+def shrink(x2d, lora_A, gates2d, col_adapter, col_scale, *, out=None, dropout=None):
     """``(S, SG)``: ``S = x2d @ lora_A^T`` and ``SG = S * G_E``, both ``(N, R_act)`` in x's dtype.
 
     ``gates2d`` ``(N, K)`` may be a row-stride-0 expanded view; ``col_adapter`` ``(R_act,)`` int32
     and ``col_scale`` ``(R_act,)`` float are the plan's per-column tables. ``out``: optional
     ``(S, SG)`` buffers to write into (tests pass NaN-filled ones); without it ``SG`` is a view of
     a buffer padded to 16 columns (descriptor-legal rows for ``fused_forward``).
+    ``dropout``: optional ``(p, seed)``: ``S = drop(x2d) @ lora_A^T`` with the keep-mask of
+    ``kernels/dropout.py`` drawn from ``seed`` (a (1,) int64 tensor on x's device).
     """
     N, D_in = x2d.shape
     R_act = lora_A.shape[0]
@@ -262,20 +271,21 @@ def shrink(x2d, lora_A, gates2d, col_adapter, col_scale, *, out=None):
     col_adapter = col_adapter.to(device=x2d.device, dtype=torch.int32).contiguous()
     col_scale = col_scale.to(device=x2d.device, dtype=torch.float32).contiguous()
     br = block_r(R_act, SHRINK_FP32_MAX_BLOCK_R if x2d.dtype == torch.float32 else SHRINK_MAX_BLOCK_R)
+    p_drop, seed = dropout if dropout is not None else (0.0, x2d)
 
     def grid(meta):
         return (triton.cdiv(N, meta["BLOCK_M"]) * triton.cdiv(R_act, br),)
 
     with on_device(x2d):
         _shrink_launch[x2d.dtype == torch.float32][grid](
-            x2d, lora_A, gates2d, col_adapter, col_scale, S, SG,
+            x2d, lora_A, gates2d, col_adapter, col_scale, S, SG, seed,
             N, D_in, R_act, n_bucket(N),
             x2d.stride(0), x2d.stride(1),
             lora_A.stride(0), lora_A.stride(1),
             gates2d.stride(0), gates2d.stride(1),
             S.stride(0), S.stride(1),
             SG.stride(0), SG.stride(1),
-            DOT_PRECISION=dot_precision(x2d), BLOCK_R=br,
+            DOT_PRECISION=dot_precision(x2d), BLOCK_R=br, P_DROP=float(p_drop),
         )
     LAUNCH_COUNTS["shrink"] += 1
     return S, SG

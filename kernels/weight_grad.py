@@ -79,38 +79,20 @@ SUM_BLOCK = 1024             # elements per program of the partial-sum kernel
 
 
 @triton.jit
-def _gated_dot_loop(acc, a_ptrs, b_ptrs, g_ptrs, g_scale, use_gate, length, step_a, step_b, step_g,
-                    BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """``tiles.dot_loop`` whose b tile is first multiplied by the expanded gate: ``b[n, p] *
-    (gates[n, col_adapter[p]] * col_scale[p])`` in fp32, rounded back to b's dtype, as the op
-    forms ``SG`` from the saved ``S``. Where ``use_gate`` is False the gate loads are masked off
-    (no memory traffic) and read as 1."""
-    offs_k = tl.arange(0, BLOCK_K)
-    for k0 in range(0, length, BLOCK_K):
-        mask_k = offs_k < length - k0
-        a = tl.load(a_ptrs, mask=mask_k[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=mask_k[:, None], other=0.0)
-        g = tl.load(g_ptrs, mask=mask_k[:, None] & use_gate, other=1.0)
-        b = (b.to(tl.float32) * (g.to(tl.float32) * g_scale[None, :])).to(b.dtype)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-        a_ptrs += BLOCK_K * step_a
-        b_ptrs += BLOCK_K * step_b
-        g_ptrs += BLOCK_K * step_g
-    return acc
-
-
-@triton.jit
 def _tn_tile(
     a_ptr, b_ptr, out_ptr, pid_m, pid_p, pid_s,
     N, M, P, chunk,
     stride_a_n, stride_a_m, stride_b_n, stride_b_p, stride_out_s, stride_out_m, stride_out_p,
     gates_ptr, col_adapter_ptr, col_scale_ptr, stride_gates_n, stride_gates_k, use_gate,
+    drop_seed, drop_on,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_K: tl.constexpr, GATED: tl.constexpr,
+    BLOCK_K: tl.constexpr, GATED: tl.constexpr, P_DROP: tl.constexpr,
 ):
     """One (BLOCK_M, BLOCK_P) tile of ``a^T @ b`` over rows [pid_s * chunk, +chunk) of N, stored
     at ``out_ptr + pid_s * stride_out_s`` (the split's partial, or the output itself). With
-    ``GATED``, b's columns are scaled by the expanded gate on the fly where ``use_gate``."""
+    ``GATED``, b's columns are scaled by the expanded gate on the fly where ``use_gate``; with
+    ``P_DROP > 0``, a (an ``x`` tile, read transposed) gets the call's LoRA-dropout mask where
+    ``drop_on`` (``tiles.dot_loop``)."""
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_k = tl.arange(0, BLOCK_K)
@@ -129,10 +111,12 @@ def _tn_tile(
         g_scale = tl.load(col_scale_ptr + cols_p, mask=on & use_gate, other=1.0).to(tl.float32)
         g_ptrs = (gates_ptr + (n_start + offs_k)[:, None] * stride_gates_n
                   + adapter[None, :] * stride_gates_k)
-        acc = _gated_dot_loop(acc, a_ptrs, b_ptrs, g_ptrs, g_scale, use_gate, n_len, stride_a_n,
-                              stride_b_n, stride_gates_n, BLOCK_K, DOT_PRECISION)
     else:
-        acc = dot_loop(acc, a_ptrs, b_ptrs, n_len, stride_a_n, stride_b_n, BLOCK_K, DOT_PRECISION)
+        g_ptrs, g_scale = 0, 1.0
+    # a's tile holds x[n, d] at (d = rows_m, n = n_start + k): the mask walks along n.
+    acc = dot_loop(acc, a_ptrs, b_ptrs, n_len, stride_a_n, stride_b_n, BLOCK_K, DOT_PRECISION,
+                   drop_seed, (n_start + offs_k)[None, :], rows_m[:, None], drop_on,
+                   True, P_DROP, g_ptrs, g_scale, use_gate, stride_gates_n, GATED)
 
     out_ptrs = (out_ptr + pid_s.to(tl.int64) * stride_out_s
                 + offs_m.to(tl.int64)[:, None] * stride_out_m
@@ -157,8 +141,8 @@ def _matmul_tn_kernel(
     pid_m, pid_p = grouped_tile(tl.program_id(0), M, P, BLOCK_M, BLOCK_P, GROUP_M)
     _tn_tile(a_ptr, b_ptr, out_ptr, pid_m, pid_p, tl.program_id(1), N, M, P, chunk,
              stride_a_n, stride_a_m, stride_b_n, stride_b_p, stride_out_s, stride_out_m,
-             stride_out_p, b_ptr, b_ptr, b_ptr, 0, 0, False, DOT_PRECISION, BLOCK_M, BLOCK_P,
-             BLOCK_K, False)
+             stride_out_p, b_ptr, b_ptr, b_ptr, 0, 0, False, 0, 0, DOT_PRECISION, BLOCK_M,
+             BLOCK_P, BLOCK_K, False, 0.0)
 
 
 @triton.jit
@@ -172,14 +156,20 @@ def _lora_weight_grads_kernel(
     gates_ptr,        # (N, K) gates2d (row stride 0 for per-adapter gates); read only if GATED
     col_adapter_ptr,  # (R,) int32 adapter of each column; read only if GATED
     col_scale_ptr,    # (R,) fp32 that adapter's scaling; read only if GATED
+    seed_ptr,         # (1,) int64 LoRA-dropout seed of the call; read only if P_DROP > 0
     N, D_in, D_out, R, chunk,
     N_BUCKET,   # autotune key only
     stride_x_n, stride_x_i, stride_dS_n, stride_dS_r, stride_dA_s, stride_dA_r, stride_dA_i,
     stride_dy_n, stride_dy_o, stride_SG_n, stride_SG_r, stride_dB_s, stride_dB_o, stride_dB_r,
     stride_gates_n, stride_gates_k,
-    DOT_PRECISION: tl.constexpr, GATED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, GATED: tl.constexpr, P_DROP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
+    # With LoRA dropout (P_DROP > 0) dA = dS^T @ drop(x): the dA programs regenerate the mask
+    # the shrink applied, from the same seed (kernels/dropout.py); the dB programs do not.
+    drop_seed = 0
+    if P_DROP > 0.0:
+        drop_seed = tl.load(seed_ptr)
     # Both products in the narrow-side-on-P frame: dA^T = x^T @ dS (D_in x R) and dB = dy^T @ SG
     # (D_out x R). Programs [0, tiles_dA) take dA^T's row tiles, the rest dB's. Only scalars are
     # chosen per program (pointers, sizes, strides), and the tile body is called once: calling it
@@ -197,8 +187,8 @@ def _lora_weight_grads_kernel(
     _tn_tile(a_ptr, b_ptr, out_ptr, local // tiles_p, local % tiles_p, tl.program_id(1),
              N, M, R, chunk, stride_a_n, stride_a_m, stride_b_n, stride_b_p,
              stride_out_s, stride_out_m, stride_out_p, gates_ptr, col_adapter_ptr, col_scale_ptr,
-             stride_gates_n, stride_gates_k, pid >= tiles_dA, DOT_PRECISION, BLOCK_M, BLOCK_P,
-             BLOCK_K, GATED)
+             stride_gates_n, stride_gates_k, pid >= tiles_dA, drop_seed, pid < tiles_dA,
+             DOT_PRECISION, BLOCK_M, BLOCK_P, BLOCK_K, GATED, P_DROP)
 
 
 @triton.jit
@@ -349,7 +339,8 @@ def matmul_tn(a, b, out_dtype, *, out=None, split_n=None):
     return out
 
 
-def lora_weight_grads(x2d, dy, dS, SG, out_dtype, *, out=None, split_n=None, gates=None):
+def lora_weight_grads(x2d, dy, dS, SG, out_dtype, *, out=None, split_n=None, gates=None,
+                      dropout=None):
     """``(dA, dB)``: ``dA = dS^T @ x2d`` (R, D_in) and ``dB = dy^T @ SG`` (D_out, R) in
     ``out_dtype``, from ONE GEMM launch (plus one fixed-order partial-sum launch when N is split).
 
@@ -363,6 +354,10 @@ def lora_weight_grads(x2d, dy, dS, SG, out_dtype, *, out=None, split_n=None, gat
     col_scale (R,) float). Then the fourth operand is the saved ``S`` and the kernel forms
     ``SG = S * G_E`` tile by tile (fp32 product rounded to S's dtype, as the op's own recompute
     does), which saves the op the elementwise launches that would build SG first.
+
+    ``dropout``: optional ``(p, seed)``, the call's LoRA dropout (``kernels/dropout.py``): then
+    ``dA = dS^T @ drop(x2d)``, the mask regenerated from ``seed`` (a (1,) int64 tensor) in the
+    kernel; ``dB`` is unchanged.
     """
     for name, t in (("x2d", x2d), ("dy", dy), ("dS", dS), ("SG", SG)):
         if t.dim() != 2 or t.shape[0] != x2d.shape[0]:
@@ -412,12 +407,14 @@ def lora_weight_grads(x2d, dy, dS, SG, out_dtype, *, out=None, split_n=None, gat
     with on_device(x2d):
         g_args = (gates2d, col_adapter, col_scale) if gates is not None else (SG, SG, SG)
         g_strides = (gates2d.stride(0), gates2d.stride(1)) if gates is not None else (0, 0)
+        p_drop, seed = dropout if dropout is not None else (0.0, x2d)
         _lora_pair[x2d.dtype == torch.float32][grid](
-            x2d, dS, tA, dy, SG, tB, *g_args,
+            x2d, dS, tA, dy, SG, tB, *g_args, seed,
             N, D_in, D_out, R, chunk, n_bucket(N),
             x2d.stride(0), x2d.stride(1), dS.stride(0), dS.stride(1), *sA,
             dy.stride(0), dy.stride(1), SG.stride(0), SG.stride(1), *sB, *g_strides,
-            DOT_PRECISION=dot_precision(x2d), GATED=gates is not None, BLOCK_P=block_p,
+            DOT_PRECISION=dot_precision(x2d), GATED=gates is not None, P_DROP=float(p_drop),
+            BLOCK_P=block_p,
         )
         LAUNCH_COUNTS["lora_weight_grads"] += 1
         if split_n > 1:
