@@ -1,48 +1,70 @@
 """LiteLoRA: the recruit-or-reuse gate and the continual learner over ``GatedLoRALinear`` layers.
 
 The learner drives every ``GatedLoRALinear`` of a model (swap them in with ``llf.inject``) through a
-stream of tasks. It follows SD-LoRA + LiteLoRA (SPEC section 3) and writes each task's decision into
-*task-level gate values* that the fused layer receives through ``layer.set_gates``:
+stream of tasks, after SD-LoRA + LiteLoRA (docs/MATH.md, section 5), and writes each task's decision
+into *task-level gate values* that the fused layer receives through ``layer.set_gates``:
 
     g_i = beta_i * alpha_i / n_i     (old, frozen adapter i;  n_i = s_i ||B_i||_F ||A_i||_F)
     g_t = beta_t * alpha_t           (the current candidate, not normalised)
 
-so adapter i adds ``alpha_i * B_i A_i x / (||B_i|| ||A_i||)`` once frozen, exactly SD-LoRA's
-normalised direction with a trainable magnitude (init 1.0; Adam at ``magnitude_lr`` 0.4, because a
-magnitude must travel to ``||Delta W||_F``, several units, within the warm-up). One logit and one
-magnitude per adapter and task are shared by every adapted layer (``per_layer_gates=True`` gives
-each layer its own logit and magnitudes instead).
+``variant="paper"`` follows the authors' code (GitHub tanguy8001/LiteLoRA, commit 0fcb287; cited
+below as file :: function, with the statement that decides):
 
-Per task t (``method="litelora"``):
+- *gate placement*: one logit ``l_i`` (init 0.5) and one magnitude ``alpha_i`` (init 1.0) per task,
+  shared by every adapted layer (``backbone/lora_gumbel.py :: GumbelGate.__init__``, values from
+  ``exps/litelora_*.json`` ``init_logit``/``init_alpha``); old adapters normalised by
+  ``||B|| ||A||``, the current one not (``lora_gumbel.py :: _LoRA_qkv_timm_train.forward``,
+  ``normalize=False`` for the current task).
+- *noise*: Gumbel noise ``-log(-log u)``, drawn anew at every gate call (each adapted layer, each
+  forward; ``lora_gumbel.py :: GumbelGate.forward`` calls ``sample_gumbel`` each time, q and v
+  separately), only on the current task's logit (``noise_mask[-1] = 1.0``), and only in phase 2
+  (``if phase == 1: training = False``); the hard value ``soft > 0.5`` goes forward, the soft
+  gradient backward (``utils/gumbel_utils.py :: gumbel_binary_gate``).
+- *phases* (``models/litelora.py :: _update_representation``): phase 1 trains the candidate
+  ``A_t, B_t``, every magnitude ``alpha_0..alpha_t`` and the classifier with the gate at 1
+  (``alpha_epochs``); phase 2 trains only ``l_t`` (``beta_epochs`` = 1) on the task loss plus
+  ``lam`` times the mean over gate calls of ``beta_t`` (``_train_phase``: ``sparsity_loss(..., 'l1')``
+  divided by ``2 * num_reg_blocks``), with small batches (``batch_size_p2``).
+- *optimiser*: phase 1 is SGD with momentum 0.9, adapters, magnitudes and head at the same lr
+  (``lrate`` = ``alpha_lr`` = 8e-3 in ``exps/litelora_c100.json``), weight decay only on the
+  magnitudes, and the lr halved at 60% and 80% of the epochs (``MultiStepLR(milestones=[int(0.6 *
+  E), int(0.8 * E)], gamma=... else 0.5)``, ``lrate_decay`` 0); task 0 uses SGD with momentum and no
+  decay within its epochs (``_train``: ``init_milestones`` [60, 120, 170] > 20 epochs), ``alpha_0``
+  frozen at 1. Phase 2 uses AdamW (``beta_lr`` 0.05, weight decay 2e-4) on the logit (``_train``'s
+  ``optimizer``).
+- *loss*: cross-entropy over the current task's classes only (``logits[:, self._known_classes:]``
+  in ``_train_phase``) when a task brings new classes.
+- *decision*: keep iff ``sigmoid(l_t) >= 0.5`` without noise, else prune for good
+  (``_conditional_growth_decision``, ``binary_beta`` threshold 0.5); task 0 always kept.
+- *magnitudes carried over* across tasks (``LoRA_ViT_timm.__init__`` loads the previous task's
+  ``alphas``); *nothing re-tuned after a prune*.
+- *protocol*: class-incremental: one growing classifier, every kept adapter summed with the shared
+  magnitudes, no task id at test (``models/litelora.py :: incremental_train``, ``update_fc``).
 
-0. *reuse warm-up* (our addition, ``reuse_epochs``): train only the magnitudes of the kept adapters
-   and the head, candidate absent. The paper is silent here; without this step the candidate,
-   trained first, absorbs the whole task and switching it off always hurts, so the gate could never
-   find redundancy. After the warm-up the candidate (B starts at 0) only learns what reuse misses.
-1. recruit the candidate in every layer; train ``A_t, B_t``, all magnitudes and the head with the
-   candidate's gate forced to 1 (``epochs``).
-2. train only the gate logit ``l_t`` (init 0.5) for ``gate_epochs`` on ``loss + lam * beta_t``.
-   ``beta_t`` is a binary-concrete gate: ``soft = sigmoid((l + noise) / tau)``, hard ``soft > 0.5``
-   in the forward, the soft gradient in the backward (straight-through). Logistic noise by
-   default (``noise="gumbel"`` as in the authors' code); noise only on the current logit, only in
-   training. The gate switches between two whole states (our choice, the paper is silent): *reuse*
-   (the magnitudes and head at the end of step 0) and *recruit* (those of step 1, plus the
-   candidate); magnitudes and head parameters are interpolated by ``beta_t``, so a hard 0 or 1 is
-   exactly one state. Without this, switching the candidate off would leave a head and magnitudes
-   tuned to work *with* it, and reuse would always look worse than it is. With logistic noise the
-   gate is off with probability ``sigmoid(-l)``; an off sample pushes ``l`` up by the loss slope
-   towards the recruit state, ``lam`` pushes it down on every sample, so ``l`` settles above 0
-   iff recruiting gains more than about ``2 * lam`` of training loss.
-3. keep iff ``sigmoid(l_t) >= 0.5``: freeze it. Else remove it from the layers for good and re-tune
-   the kept magnitudes and the head (``reuse_epochs``): the task is served by reuse.
+Our additions, each a named option (``variant="library"`` turns them all on):
 
-Task 0 is always kept. The gate values (and head) of every task are stored, so any task can be
-evaluated later with exactly its own mix of the bank (task-aware inference; adapters recruited
-later, or pruned, get gate 0 and cost nothing in the fused kernel). Unlike SD-LoRA the magnitudes
-are per task rather than one shared vector, so a frozen bank means no forgetting for old tasks.
+- ``warmup`` (int epochs, 0 in the paper): before phase 1, train only the kept magnitudes and the
+  head, candidate absent, so the candidate learns only what reuse misses.
+- ``whole_state`` (bool): in phase 2 the gate switches between two whole states, *reuse* (the
+  magnitudes and head before phase 1) and *recruit* (after it, plus the candidate); parameters are
+  interpolated by ``beta_t``, so a hard 0 or 1 is exactly one state. Without it, switching the
+  candidate off leaves a head tuned to work *with* it, and reuse looks worse than it is.
+- ``magnitude_lr`` (float or None = ``lr``): ours is 40x ``lr`` (with Adam), so a magnitude can
+  travel to ``||Delta W||_F`` within a few epochs.
+- ``retune`` (int epochs, 0 in the paper): after a prune, re-train the kept magnitudes and the head
+  without the candidate.
+- ``carry_magnitudes`` (bool, True in the paper): False restarts every magnitude at 1 per task.
+- ``optimizer`` (``"sgd"`` as the paper, or ``"adam"``); ``noise`` (``"gumbel"`` or
+  ``"logistic"``) and ``noise_per_call`` (False: one draw per batch shared by every layer).
+- ``lam_scale`` (``"absolute"`` as the paper, or ``"relative"``: ``lam`` is multiplied by the
+  task's mean training loss before anything trains on it (the bank as it stands, no candidate), so
+  one ``lam`` asks the candidate to remove about the same share of the task's loss on any loss
+  scale).
+- ``protocol="task-incremental"``: per-task stored gates and heads, the task id given at test
+  (no forgetting by construction); ``"class-incremental"`` (the default) is the paper's.
 
-Baselines in the same class: ``method="sdlora"`` (one adapter per task: step 1 only, always kept)
-and ``method="shared"`` (one adapter trained on every task in turn, gate 1, a head per task).
+Baselines in the same class: ``method="sdlora"`` (phase 1 only, always kept: one adapter per task),
+``"shared"`` (one adapter trained on every task in turn) and ``"head"`` (no adapter, head only).
 """
 from __future__ import annotations
 
@@ -53,11 +75,26 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from .layer import GatedLoRALinear
+from .inject import injected_layers
 
-METHODS = ("litelora", "sdlora", "shared")
+METHODS = ("litelora", "sdlora", "shared", "head")
 NOISES = ("logistic", "gumbel")
+PROTOCOLS = ("class-incremental", "task-incremental")
+OPTIMIZERS = ("sgd", "adam")
+LAM_SCALES = ("absolute", "relative")
+
+# The two named variants; every key is also a constructor option that overrides the variant.
+VARIANTS = {
+    "paper": dict(optimizer="sgd", lr=0.01, magnitude_lr=None, gate_lr=0.05, weight_decay=2e-4,
+                  noise="gumbel", noise_per_call=True, warmup=0, whole_state=False, retune=0,
+                  carry_magnitudes=True, lam_scale="absolute", gate_batch_size=32),
+    "library": dict(optimizer="adam", lr=1e-2, magnitude_lr=0.4, gate_lr=0.1, weight_decay=0.0,
+                    noise="logistic", noise_per_call=False, warmup=10, whole_state=True,
+                    retune=10, carry_magnitudes=False, lam_scale="absolute", gate_batch_size=8),
+}
+ADDITIONS = ("warmup", "whole_state", "magnitude_lr", "retune", "lam_scale")
 
 
 def sample_noise(shape, kind: str = "logistic", device=None, generator=None) -> torch.Tensor:
@@ -86,23 +123,14 @@ def binary_concrete(logit: torch.Tensor, tau: float = 1.0, noise: Optional[str] 
     return hard + (soft - soft.detach())
 
 
-def _snapshot(magnitudes, head: nn.Module):
-    """Detached copies of the magnitudes and the head's parameters."""
-    mags = None if magnitudes is None else magnitudes.detach().clone()
-    return mags, {n: p.detach().clone() for n, p in head.named_parameters()}
+def _head_state(head: nn.Module) -> dict:
+    return {n: p.detach().clone() for n, p in head.named_parameters()}
 
 
 @torch.no_grad()
-def _restore(snapshot, magnitudes, head: nn.Module) -> None:
-    if magnitudes is not None:
-        magnitudes.copy_(snapshot[0])
+def _load_head(head: nn.Module, state: dict) -> None:
     for n, p in head.named_parameters():
-        p.copy_(snapshot[1][n])
-
-
-def gated_layers(model: nn.Module) -> list:
-    """``[(name, GatedLoRALinear)]`` in module order (each shared module once)."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, GatedLoRALinear)]
+        p.copy_(state[n])
 
 
 @dataclass
@@ -118,37 +146,108 @@ class TaskRecord:
     extra: dict = field(default_factory=dict)
 
 
+class _Data:
+    """A task's data: tensors ``(X, Y)`` (shuffled minibatches of any size) or a re-iterable of
+    batches, each ``(x, y)`` or a dict with a ``"labels"`` / ``"label"`` key (the rest goes to the
+    model as keyword arguments)."""
+
+    def __init__(self, data, Y, generator):
+        self.generator = generator
+        if isinstance(data, torch.Tensor):
+            if not isinstance(Y, torch.Tensor) or Y.shape[0] != data.shape[0]:
+                raise ValueError(f"X and Y must be tensors with the same first dimension, got "
+                                 f"X {tuple(data.shape)} and Y "
+                                 f"{tuple(Y.shape) if isinstance(Y, torch.Tensor) else Y!r}")
+            self.X, self.Y, self.iterable = data, Y, None
+        else:
+            if Y is not None:
+                raise TypeError("Y must be None when the data is an iterable of batches")
+            if iter(data) is data:
+                raise TypeError("the data must be re-iterable (a DataLoader or a list of batches), "
+                                "not a one-shot iterator: every phase reads it again")
+            self.X = self.Y = None
+            self.iterable = data
+
+    @staticmethod
+    def split(batch):
+        if isinstance(batch, dict):
+            key = "labels" if "labels" in batch else "label" if "label" in batch else None
+            if key is None:
+                raise ValueError(f"a dict batch needs a 'labels' or 'label' key, got "
+                                 f"{sorted(batch)}")
+            return {k: v for k, v in batch.items() if k != key}, batch[key]
+        if isinstance(batch, (tuple, list)) and len(batch) == 2:
+            return batch[0], batch[1]
+        raise TypeError(f"a batch must be (x, y) or a dict with 'labels', got "
+                        f"{type(batch).__name__}")
+
+    def batches(self, batch_size):
+        if self.iterable is not None:
+            for batch in self.iterable:
+                yield self.split(batch)
+            return
+        perm = torch.randperm(self.X.shape[0], generator=self.generator).to(self.X.device)
+        for s in range(0, self.X.shape[0], batch_size):
+            idx = perm[s:s + batch_size]
+            yield self.X[idx], self.Y[idx]
+
+    def labels(self) -> torch.Tensor:
+        if self.Y is not None:
+            return self.Y
+        return torch.cat([self.split(b)[1].reshape(-1) for b in self.iterable])
+
+
 class ContinualLearner:
-    """LiteLoRA (and its two baselines) over the ``GatedLoRALinear`` layers of ``model``.
+    """LiteLoRA (and its baselines) over the ``GatedLoRALinear`` layers of ``model``.
 
     Args:
-        model: maps an input batch to features (or outputs); its adapted layers must be
-            ``GatedLoRALinear`` with no adapters yet.
-        method: ``"litelora"``, ``"sdlora"`` (one adapter per task) or ``"shared"``.
+        model: maps an input batch to features; its adapted layers must be ``GatedLoRALinear``
+            with no adapters yet.
+        method: ``"litelora"``, ``"sdlora"`` (one adapter per task), ``"shared"`` (one adapter for
+            all tasks) or ``"head"`` (no adapter).
+        variant: ``"paper"`` (the authors' code) or ``"library"`` (all our additions); any key of
+            ``VARIANTS`` given as a keyword overrides it (module docstring).
+        protocol: ``"class-incremental"`` (one growing linear classifier owned by the learner,
+            labels are global class ids, no task id at test) or ``"task-incremental"`` (a head per
+            task given to ``learn_task``, stored gates per task).
         lam: recruit cost ``lambda`` of phase 2 (the knob that trades adapters for accuracy).
-        tau, noise, gate_init: the binary-concrete gate (temperature, ``"logistic"``/``"gumbel"``,
-            initial logit 0.5).
-        per_layer_gates: one logit and one magnitude vector per layer instead of per task.
-        epochs, reuse_epochs, gate_epochs: phase 1, warm-up / re-tune, and phase 2 epochs.
-        batch_size, gate_batch_size: minibatch sizes (phase 2 uses small batches: more steps on
-            its single logit).
-        lr, magnitude_lr, gate_lr: Adam learning rates for adapters and heads, magnitudes, logits.
+        tau, gate_init, init_alpha: gate temperature, initial logit (0.5), initial magnitude (1.0).
+        per_layer_gates: one logit and one magnitude per layer instead of per task.
+        epochs, gate_epochs: phase 1 and phase 2 epochs; batch_size, gate_batch_size.
         seed: seeds the shuffling and the gate noise.
     """
 
-    def __init__(self, model: nn.Module, method: str = "litelora", lam: float = 0.05,
-                 tau: float = 1.0, noise: str = "logistic", gate_init: float = 0.5,
-                 per_layer_gates: bool = False, epochs: int = 20, reuse_epochs: int = 10,
-                 gate_epochs: int = 1, batch_size: int = 64, gate_batch_size: int = 8,
-                 lr: float = 1e-2, magnitude_lr: float = 0.4, gate_lr: float = 0.1,
-                 seed: int = 0):
+    def __init__(self, model: nn.Module, method: str = "litelora", variant: str = "paper",
+                 protocol: str = "class-incremental", lam: float = 0.05, tau: float = 1.0,
+                 gate_init: float = 0.5, init_alpha: float = 1.0, per_layer_gates: bool = False,
+                 epochs: int = 20, gate_epochs: int = 1, batch_size: int = 64, seed: int = 0,
+                 **options):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if noise not in NOISES:
-            raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
-        self.model, self.method = model, method
-        self.layers = [m for _, m in gated_layers(model)]
-        if not self.layers:
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {tuple(VARIANTS)}, got {variant!r}")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        unknown = set(options) - set(VARIANTS[variant]) - {"reuse_epochs"}
+        if unknown:
+            raise TypeError(f"unknown option(s) {sorted(unknown)}; known: "
+                            f"{sorted(VARIANTS[variant])}")
+        cfg = dict(VARIANTS[variant])
+        if "reuse_epochs" in options:
+            # the old name: the epochs of the warm-up and the re-tune, where the variant has them
+            r = options.pop("reuse_epochs")
+            cfg["warmup"] = r if cfg["warmup"] else 0
+            cfg["retune"] = r if cfg["retune"] else 0
+        cfg.update(options)
+        for key, allowed in (("noise", NOISES), ("optimizer", OPTIMIZERS),
+                             ("lam_scale", LAM_SCALES)):
+            if cfg[key] not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {cfg[key]!r}")
+        self.model, self.method, self.variant, self.protocol = model, method, variant, protocol
+        self.cfg = cfg
+        named = injected_layers(model)
+        self.layer_names, self.layers = list(named), list(named.values())
+        if not self.layers and method != "head":
             raise ValueError("model has no GatedLoRALinear layer: call "
                              "llf.inject(model, ...) first")
         if any(m.num_adapters for m in self.layers):
@@ -156,18 +255,28 @@ class ContinualLearner:
                              f"{[m.num_adapters for m in self.layers]}")
         for p in model.parameters():
             p.requires_grad_(False)
-        # gates, magnitudes and logits live in float32 on the layers' device
-        self.device = self.layers[0].weight.device
-        self.lam, self.tau, self.noise, self.gate_init = lam, tau, noise, gate_init
+        # gates, magnitudes and logits live in float32 on the model's device
+        first = next(iter(model.parameters()), None)
+        self.device = first.device if first is not None else torch.device("cpu")
+        self.lam, self.tau, self.gate_init, self.init_alpha = lam, tau, gate_init, init_alpha
         self.per_layer_gates = per_layer_gates
-        self.epochs, self.reuse_epochs, self.gate_epochs = epochs, reuse_epochs, gate_epochs
-        self.batch_size, self.gate_batch_size = batch_size, gate_batch_size
-        self.lr, self.magnitude_lr, self.gate_lr = lr, magnitude_lr, gate_lr
+        self.epochs, self.gate_epochs, self.batch_size = epochs, gate_epochs, batch_size
         self.generator = torch.Generator().manual_seed(seed)
-        L = len(self.layers)
+        L = max(len(self.layers), 1)
         self.bank_ids = [[] for _ in range(L)]     # per layer: adapter id of each bank slot
         self.norms = [{} for _ in range(L)]        # per layer: id -> n_i of a frozen adapter
+        self.magnitudes = torch.zeros(self.num_groups, 0, device=self.device)
         self.records: list = []
+        self.head: Optional[nn.Linear] = None      # class-incremental: the one classifier
+        self.known_classes = 0
+        self.gates = torch.zeros(L, 0, device=self.device)   # class-incremental: current gates
+
+    def __getattr__(self, name):
+        # the variant's options read as attributes (learner.warmup, learner.noise, ...)
+        cfg = self.__dict__.get("cfg")
+        if cfg is not None and name in cfg:
+            return cfg[name]
+        raise AttributeError(name)
 
     # ------------------------------------------------------------------------------ gates
     @property
@@ -178,7 +287,7 @@ class ContinualLearner:
     def use_gates(self, G: torch.Tensor):
         """Hand ``G`` ``(L or 1, n_ids)`` to every layer: layer l gets ``G[l, id]`` for each
         adapter id in its bank (0 for ids past ``G``'s width)."""
-        G = G.expand(len(self.layers), G.shape[1])
+        G = G.expand(len(self.layers), G.shape[1]) if self.layers else G
         try:
             for l, layer in enumerate(self.layers):
                 ids = self.bank_ids[l]
@@ -195,144 +304,258 @@ class ContinualLearner:
 
     def _norm_table(self, n_ids: int) -> torch.Tensor:
         """``(L, n_ids)``: ``n_i`` of each frozen adapter in each layer (1 where absent)."""
-        N = torch.ones(len(self.layers), n_ids, device=self.device)
+        N = torch.ones(len(self.bank_ids), n_ids, device=self.device)
         for l, norms in enumerate(self.norms):
             for i, n in norms.items():
                 if i < n_ids:
                     N[l, i] = n
         return N
 
-    def _gate_matrix(self, t: int, magnitudes, cand_alpha, cand_beta) -> torch.Tensor:
-        """Training-time gates ``(L, t+1)``: normalised magnitudes of old ids, then the
-        candidate's ``beta * alpha`` (or 0 when absent)."""
-        L = len(self.layers)
+    def _gate_matrix(self, t: int, mags: torch.Tensor, beta) -> torch.Tensor:
+        """Gates ``(L, t+1)`` while task ``t`` trains: old ids ``mags / n``, the candidate
+        ``beta * mags[:, t]`` (``beta``: a scalar, ``(G,)`` or ``(L,)``; ``None``: absent)."""
+        L = len(self.bank_ids)
         present = torch.zeros(L, t + 1, device=self.device)
         for l, ids in enumerate(self.bank_ids):
             present[l, [i for i in ids if i <= t]] = 1.0
+        mags = mags.expand(L, mags.shape[1])
         cols = []
         if t > 0:
-            cols.append((magnitudes.expand(L, t) / self._norm_table(t)))
-        if cand_alpha is None:
+            cols.append(mags[:, :t] / self._norm_table(t))
+        if beta is None:
             cols.append(torch.zeros(L, 1, device=self.device))
         else:
-            cols.append((cand_beta * cand_alpha).expand(L).unsqueeze(1))
+            b = beta if isinstance(beta, torch.Tensor) else torch.tensor(float(beta))
+            cols.append((b.to(self.device).expand(L) * mags[:, t]).unsqueeze(1))
         # ids absent from a layer (pruned there, or not recruited yet) get exactly 0
         return torch.cat(cols, 1) * present
 
     # ------------------------------------------------------------------------------ training
-    def _batches(self, X, Y, batch_size):
-        perm = torch.randperm(X.shape[0], generator=self.generator).to(X.device)
-        for s in range(0, X.shape[0], batch_size):
-            idx = perm[s:s + batch_size]
-            yield X[idx], Y[idx]
+    def _forward(self, head, x):
+        feats = self.model(**x) if isinstance(x, dict) else self.model(x)
+        return head(feats)
 
-    def _fit(self, X, Y, loss_fn, head, epochs, batch_size, param_groups, gates_fn,
+    def _task_loss(self, out, y, loss_fn, local: int):
+        """Class-incremental with new classes: the loss over the new classes only (the paper's
+        ``logits[:, known:]``); otherwise the plain loss."""
+        if local is not None:
+            return loss_fn(out[:, local:], y - local)
+        return loss_fn(out, y)
+
+    def _make_opt(self, groups, kind, epochs):
+        if kind == "sgd":
+            opt = torch.optim.SGD(groups, momentum=0.9)
+            return opt, torch.optim.lr_scheduler.MultiStepLR(
+                opt, milestones=[int(0.6 * epochs), int(0.8 * epochs)], gamma=0.5)
+        if kind == "sgd-flat":
+            return torch.optim.SGD(groups, momentum=0.9), None
+        if kind == "adamw":
+            return torch.optim.AdamW(groups, weight_decay=self.weight_decay), None
+        return torch.optim.Adam(groups), None
+
+    def _fit(self, data, epochs, batch_size, groups, gates_fn, head_fn, loss_of, kind,
              extra_loss=None):
-        params = [p for g in param_groups for p in g["params"]]
-        if not params or epochs <= 0:
+        groups = [g for g in groups if g["params"]]
+        if not groups or epochs <= 0:
             return
-        opt = torch.optim.Adam(param_groups)
+        opt, sched = self._make_opt(groups, kind, epochs)
         self.model.train()
         for _ in range(epochs):
-            for xb, yb in self._batches(X, Y, batch_size):
-                G = gates_fn()
-                with self.use_gates(G):
-                    out = head(self.model(xb))
-                loss = loss_fn(out, yb)
+            for xb, yb in data.batches(batch_size):
+                with self.use_gates(gates_fn()):
+                    out = head_fn(xb)
+                loss = loss_of(out, yb)
                 if extra_loss is not None:
                     loss = loss + extra_loss()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+            if sched is not None:
+                sched.step()
 
-    def learn_task(self, X: torch.Tensor, Y: torch.Tensor, loss_fn: Callable,
-                   head: Optional[nn.Module] = None) -> TaskRecord:
-        """Learn the next task from ``(X, Y)``; ``head`` maps the model's output to the task's
-        prediction (a new one per task, on the model's device, or ``None`` for the identity)."""
+    def _groups(self, adapter_params, head_params, mags):
+        """Phase-1 parameter groups: adapters and head at ``lr``, magnitudes at ``magnitude_lr``
+        (weight decay only there, as the paper)."""
+        lr = self.lr
+        mlr = lr if self.magnitude_lr is None else self.magnitude_lr
+        groups = [{"params": adapter_params + head_params, "lr": lr}]
+        if mags is not None:
+            groups.append({"params": [mags], "lr": mlr, "weight_decay": self.weight_decay})
+        return groups
+
+    def _prepare_head(self, data: _Data, head, num_classes):
+        """The head of this task and the ``local`` offset of its loss."""
+        if self.protocol == "task-incremental":
+            return (nn.Identity() if head is None else head), None
+        if head is not None:
+            raise ValueError("protocol='class-incremental' owns one growing classifier: pass "
+                             "num_classes (or nothing), not head; use "
+                             "protocol='task-incremental' for a head per task")
+        total = int(data.labels().max()) + 1 if num_classes is None else \
+            self.known_classes + int(num_classes)
+        total = max(total, self.known_classes)
+        if self.head is None:
+            x0 = data.split(next(iter(data.iterable)))[0] if data.iterable is not None \
+                else data.X[:1]
+            with torch.no_grad(), self.use_gates(self.gates):
+                feats = self.model(**x0) if isinstance(x0, dict) else self.model(x0)
+            self.head = nn.Linear(feats.shape[-1], total).to(self.device)
+        elif total > self.head.out_features:
+            old, new = self.head, nn.Linear(self.head.in_features, total).to(self.device)
+            with torch.no_grad():
+                new.weight[:old.out_features] = old.weight
+                new.bias[:old.out_features] = old.bias
+            self.head = new
+        local = self.known_classes if total > self.known_classes and self.known_classes > 0 \
+            else None
+        self._new_total = total
+        return self.head, local
+
+    def learn_task(self, X, Y=None, loss_fn: Optional[Callable] = None,
+                   head: Optional[nn.Module] = None, num_classes: Optional[int] = None
+                   ) -> TaskRecord:
+        """Learn the next task.
+
+        ``X, Y``: tensors, or ``X`` an iterable of batches (``(x, y)`` tuples or dicts with a
+        ``"labels"`` key, e.g. a DataLoader or Hugging Face batches) and ``Y`` None. ``loss_fn``
+        defaults to cross-entropy. Class-incremental: labels are global class ids, the classifier
+        grows to ``known + num_classes`` (default: the largest label + 1). Task-incremental:
+        ``head`` maps the model's output to this task's prediction (``None``: identity).
+        """
         start = time.perf_counter()
         t = len(self.records)
-        head = nn.Identity() if head is None else head
+        loss_fn = F.cross_entropy if loss_fn is None else loss_fn
+        data = _Data(X, Y, self.generator)
+        head, local = self._prepare_head(data, head, num_classes)
         head_params = list(head.parameters())
         for p in head_params:
             p.requires_grad_(True)
-        G_groups = self.num_groups
-        lr = self.lr
+        G = self.num_groups
+        dev = {"device": self.device}
+
+        def run(h):
+            return lambda xb: self._forward(h, xb)
+
+        def loss_of(out, yb):
+            return self._task_loss(out, yb, loss_fn, local)
+
+        flat = "sgd-flat" if self.optimizer == "sgd" else "adam"
+        if self.method == "head":
+            self._fit(data, self.epochs, self.batch_size, [{"params": head_params, "lr": self.lr}],
+                      lambda: torch.zeros(max(len(self.layers), 1), 0, **dev), run(head),
+                      loss_of, flat)
+            return self._finish(t, False, [False], [0.0], torch.zeros(1, 0, **dev), head, start)
 
         if self.method == "shared":
             if t == 0:
                 self._recruit(0)
-            A_B = self._candidate_params(0)
-            ones = torch.ones(1, 1, device=self.device)
-            self._fit(X, Y, loss_fn, head, self.epochs, self.batch_size,
-                      [{"params": A_B + head_params, "lr": lr}], lambda: ones)
-            return self._finish(t, True, [True], [1.0], ones.clone(), head, start)
+            ones = torch.ones(1, 1, **dev)
+            self._fit(data, self.epochs, self.batch_size,
+                      [{"params": self._candidate_params(0) + head_params, "lr": self.lr}],
+                      lambda: ones, run(head), loss_of, flat)
+            return self._finish(t, t == 0, [True], [1.0], ones.clone(), head, start)
 
-        dev = {"device": self.device}
-        magnitudes = torch.ones(G_groups, t, requires_grad=True, **dev) if t > 0 else None
-        mag_group = [{"params": [magnitudes], "lr": self.magnitude_lr}] if t > 0 else []
+        # magnitudes (G, t+1): carried over (paper) or restarted at 1; the candidate's appended
+        old = self.magnitudes if self.carry_magnitudes else torch.full_like(self.magnitudes,
+                                                                            self.init_alpha)
+        mags = torch.cat([old, torch.full((G, 1), float(self.init_alpha), **dev)], 1)
+        mags.requires_grad_(t > 0)          # the paper keeps alpha_0 frozen in task 0
+        mag_arg = mags if t > 0 else None
         gated = self.method == "litelora" and t > 0
-        if gated:                                         # 0. reuse warm-up
-            self._fit(X, Y, loss_fn, head, self.reuse_epochs, self.batch_size,
-                      mag_group + [{"params": head_params, "lr": lr}],
-                      lambda: self._gate_matrix(t, magnitudes, None, None))
-        reuse = _snapshot(magnitudes, head)
+        lam = self.lam
+        if gated and self.lam_scale == "relative":
+            # scale-free recruit cost: lam times the task's loss before anything trains on it
+            # (the bank as it stands, no candidate), so the gate recruits iff the candidate
+            # removes more than about a share lam of the task's initial loss
+            lam = self.lam * self._mean_loss(data, self._gate_matrix(t, mags.detach(), None),
+                                             head, loss_of)
 
-        self._recruit(t)                                  # 1. candidate with gate 1
-        cand_alpha = torch.ones(G_groups, requires_grad=True, **dev)
-        one = torch.ones(G_groups, **dev)
-        self._fit(X, Y, loss_fn, head, self.epochs, self.batch_size,
-                  mag_group + [{"params": self._candidate_params(t) + head_params, "lr": lr},
-                               {"params": [cand_alpha], "lr": self.magnitude_lr}],
-                  lambda: self._gate_matrix(t, magnitudes, cand_alpha, one))
+        if gated and self.warmup:                         # addition: reuse warm-up
+            self._fit(data, self.warmup, self.batch_size,
+                      self._groups([], head_params, mag_arg), lambda: self._gate_matrix(
+                          t, mags, None), run(head), loss_of, flat)
+        reuse_state = (mags.detach().clone(), _head_state(head))
+
+        self._recruit(t)                                  # phase 1: candidate with gate 1
+        kind = self.optimizer if t > 0 else flat          # task 0: no lr decay (paper)
+        self._fit(data, self.epochs, self.batch_size,
+                  self._groups(self._candidate_params(t), head_params, mag_arg),
+                  lambda: self._gate_matrix(t, mags, 1.0), run(head), loss_of, kind)
         for p in self._candidate_params(t) + head_params:
             p.requires_grad_(False)
-        cand_alpha.requires_grad_(False)
-        if magnitudes is not None:
-            magnitudes.requires_grad_(False)
+        mags.requires_grad_(False)
 
-        keep = [True] * G_groups
-        prob = [1.0] * G_groups
-        if gated:                                         # 2. gate logit only
-            recruit = _snapshot(magnitudes, head)
-            logit = torch.full((G_groups,), float(self.gate_init), requires_grad=True, **dev)
-            beta = {}
+        keep, prob = [True] * G, [1.0] * G
+        if gated:
+            keep, prob = self._gate_phase(t, data, head, mags, reuse_state, loss_of, lam)
 
-            # The gate chooses between two whole states: reuse (phase-0 magnitudes and head) and
-            # recruit (phase-1 magnitudes, head and the candidate). Parameters are interpolated,
-            # so a hard beta of 0 or 1 gives exactly one state and the straight-through gradient
-            # is the loss slope along the line between them. Per-layer gates keep the recruit head.
-            def gates():
-                b = beta["b"] = binary_concrete(logit, self.tau, self.noise, self.generator)
-                mags = b.unsqueeze(1) * recruit[0] + (1 - b.unsqueeze(1)) * reuse[0]
-                return self._gate_matrix(t, mags, cand_alpha, b)
-
-            def mixed_head(features):
-                if self.per_layer_gates or not recruit[1]:
-                    return head(features)
-                b = beta["b"][0]
-                params = {n: b * recruit[1][n] + (1 - b) * reuse[1][n] for n in recruit[1]}
-                return torch.func.functional_call(head, params, (features,))
-
-            self._fit(X, Y, loss_fn, mixed_head, self.gate_epochs, self.gate_batch_size,
-                      [{"params": [logit], "lr": self.gate_lr}], gates,
-                      extra_loss=lambda: self.lam * beta["b"].mean())
-            prob = torch.sigmoid(logit.detach()).tolist()
-            keep = [p >= 0.5 for p in prob]             # 3. decide
-
-        final_alpha = cand_alpha.detach() * torch.tensor(keep, dtype=torch.float32, **dev)
         self._settle(t, keep)
-        if not all(keep):                               # re-tune the reuse mix and the head
-            if not any(keep):
-                _restore(reuse, magnitudes, head)
-            magnitudes.requires_grad_(True)
+        final_beta = torch.tensor(keep, dtype=torch.float32, **dev)
+        if not all(keep) and self.retune:                 # addition: re-tune after a prune
+            if not any(keep) and self.whole_state:
+                with torch.no_grad():
+                    mags.copy_(reuse_state[0])
+                _load_head(head, reuse_state[1])
+            mags.requires_grad_(True)
             for p in head_params:
                 p.requires_grad_(True)
-            self._fit(X, Y, loss_fn, head, self.reuse_epochs, self.batch_size,
-                      mag_group + [{"params": head_params, "lr": lr}],
-                      lambda: self._gate_matrix(t, magnitudes, final_alpha, one))
-            magnitudes.requires_grad_(False)
-        G = self._gate_matrix(t, magnitudes, final_alpha, one).detach()
-        return self._finish(t, any(keep), keep, prob, G, head, start)
+            self._fit(data, self.retune, self.batch_size, self._groups([], head_params, mags),
+                      lambda: self._gate_matrix(t, mags, final_beta), run(head), loss_of, flat)
+            mags.requires_grad_(False)
+        self.magnitudes = mags.detach()
+        gates = self._gate_matrix(t, self.magnitudes, final_beta).detach()
+        return self._finish(t, any(keep), keep, prob, gates, head, start)
+
+    @torch.no_grad()
+    def _mean_loss(self, data, G, head, loss_of) -> float:
+        """The task's mean training loss under gates ``G`` (evaluation mode, no noise)."""
+        total = n = 0.0
+        self.model.eval()
+        with self.use_gates(G):
+            for xb, yb in data.batches(self.batch_size):
+                total += float(loss_of(self._forward(head, xb), yb)) * len(yb)
+                n += len(yb)
+        return total / max(n, 1)
+
+    def _gate_phase(self, t, data, head, mags, reuse_state, loss_of, lam):
+        """Phase 2: train only the candidate's logit(s) on ``loss + lam * mean(beta_t)``."""
+        G, L = self.num_groups, len(self.layers)
+        dev = {"device": self.device}
+        recruit_state = (mags.detach().clone(), _head_state(head))
+        logit = torch.full((G,), float(self.gate_init), requires_grad=True, **dev)
+        draws = L if (self.noise_per_call and not self.per_layer_gates) else G
+        beta = {}
+
+        def betas():
+            # one draw per gate call (each layer) in the paper, else one per batch and group
+            src = logit.expand(draws) if draws != G else logit
+            b = binary_concrete(src, self.tau, self.noise, self.generator)
+            beta["b"] = b
+            return b
+
+        def gates():
+            b = betas()
+            if not self.whole_state:
+                return self._gate_matrix(t, mags, b)
+            bl = b.expand(L) if b.numel() == 1 else b
+            m = bl.unsqueeze(1) * recruit_state[0] + (1 - bl.unsqueeze(1)) * reuse_state[0]
+            return self._gate_matrix(t, m, bl)
+
+        def head_fn(xb):
+            feats = self.model(**xb) if isinstance(xb, dict) else self.model(xb)
+            if not self.whole_state or self.per_layer_gates:
+                return head(feats)
+            b = beta["b"].mean()
+            params = {n: b * recruit_state[1][n] + (1 - b) * reuse_state[1][n]
+                      for n in recruit_state[1]}
+            return torch.func.functional_call(head, params, (feats,))
+
+        self._fit(data, self.gate_epochs, self.gate_batch_size,
+                  [{"params": [logit], "lr": self.gate_lr}], gates, head_fn, loss_of,
+                  "adamw" if self.optimizer == "sgd" else "adam",
+                  extra_loss=lambda: lam * beta["b"].mean())
+        prob = torch.sigmoid(logit.detach()).tolist()
+        return [p >= 0.5 for p in prob], prob
 
     def _recruit(self, t: int) -> None:
         for l, layer in enumerate(self.layers):
@@ -365,20 +588,36 @@ class ContinualLearner:
         if self.method == "shared":
             for p in self._candidate_params(0):
                 p.requires_grad_(True)
+        G = G.expand(max(len(self.layers), 1), -1).clone()
+        if self.protocol == "class-incremental":
+            self.gates = G
+            self.known_classes = self._new_total
         rec = TaskRecord(task=t, recruited=bool(recruited), kept_layers=list(keep),
-                         gate_prob=[float(p) for p in prob], gates=G.expand(len(self.layers), -1)
-                         .clone(), head=head, seconds=time.perf_counter() - start)
+                         gate_prob=[float(p) for p in prob], gates=G,
+                         head=head if self.protocol == "task-incremental" else None,
+                         seconds=time.perf_counter() - start)
         self.records.append(rec)
         return rec
 
     # ------------------------------------------------------------------------------ use
     @torch.no_grad()
-    def predict(self, t: int, X: torch.Tensor) -> torch.Tensor:
-        """Task ``t``'s prediction for ``X`` with its stored gates and head."""
-        rec = self.records[t]
+    def predict(self, t, X=None) -> torch.Tensor:
+        """Task-incremental: ``predict(t, X)``, task ``t``'s prediction with its stored gates and
+        head. Class-incremental: ``predict(X)`` (or ``predict(t, X)``, ``t`` ignored: no task id at
+        test), the logits over every class seen so far with every kept adapter."""
+        if X is None:
+            t, X = None, t
         self.model.eval()
+        if self.protocol == "class-incremental":
+            if self.head is None:
+                raise RuntimeError("predict before any learn_task")
+            with self.use_gates(self.gates):
+                return self._forward(self.head, X)
+        if t is None:
+            raise TypeError("protocol='task-incremental' needs the task id: predict(t, X)")
+        rec = self.records[t]
         with self.use_gates(rec.gates):
-            return rec.head(self.model(X))
+            return self._forward(rec.head, X)
 
     @property
     def active_adapters(self) -> int:
@@ -387,16 +626,18 @@ class ContinualLearner:
 
     def num_params(self) -> int:
         """LoRA parameters in the bank plus the stored gate values (heads excluded: the same for
-        every method)."""
+        every method of a protocol)."""
         lora = sum(p.numel() for layer in self.layers for p in
                    list(layer.lora_A) + list(layer.lora_B))
+        if self.protocol == "class-incremental":
+            return lora + int(self.gates.count_nonzero())
         return lora + sum(int(r.gates.count_nonzero()) for r in self.records)
 
     def checkpoint(self) -> dict:
         """Everything ``analyze`` and a later evaluation need (``torch.save`` it)."""
         return {"model": self.model.state_dict(), "bank_ids": self.bank_ids,
-                "norms": self.norms, "method": self.method,
-                "layer_names": [n for n, _ in gated_layers(self.model)],
+                "norms": self.norms, "method": self.method, "variant": self.variant,
+                "protocol": self.protocol, "layer_names": self.layer_names,
                 "tasks": [{"recruited": r.recruited, "gate_prob": r.gate_prob,
                            "gates": r.gates} for r in self.records]}
 
@@ -409,5 +650,5 @@ def inject_and_learner(model: nn.Module, target_modules, rank: int = 4, alpha: f
     return ContinualLearner(model, **options)
 
 
-__all__ = ["ContinualLearner", "TaskRecord", "binary_concrete", "sample_noise", "gated_layers",
-           "inject_and_learner", "METHODS"]
+__all__ = ["ContinualLearner", "TaskRecord", "binary_concrete", "sample_noise",
+           "inject_and_learner", "METHODS", "VARIANTS", "PROTOCOLS", "ADDITIONS"]

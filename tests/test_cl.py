@@ -1,14 +1,20 @@
 """The task streams and LiteLoRA's decisions on them (fast PyTorch path).
 
-Measured success rate of the recruit/reuse decisions (``run_planted`` defaults, the patterns below,
-seeds 10-12, 2026-11-29): 36 of 36 decisions right (all 27 of tasks 1-3, plus task 0), every run
-within 0.05 points of one adapter per task's accuracy; the demo's 6-task streams: 18 of 18. The
-test asks for >= 7 of 9 decisions per draw (a 3% per-decision error rate would fail it with
-probability ~0.2%) and accuracy within 1 point.
+Planted cases (``run_planted``'s learner: our additions on, task-incremental). Rates measured on
+seeds 0-3 when these tests were written (2026-11-29; R = recruited):
 
-Digits (defaults, three class orders, 2026-11-29): LiteLoRA kept 4, 4, 3 of 5 adapters at 98.1%
-mean accuracy vs 98.8% for one adapter per task; the test asks for fewer than 15 adapters over the
-three orders at mean accuracy within 2 points (seed-to-seed spread of either method is ~1 point).
+- 1 layer, novel/redundant: 4/4 novel R, 0/8 redundant R (right: 12/12);
+- redundancy built from redundant tasks (``redundant2``): 0/8 R (right);
+- noise 0.5 (10x the default): 0/8 redundant R, 4/4 novel R (right);
+- same subspace, new core (``core``): 8/8 R (right: a magnitude cannot re-weight a core);
+- near-redundant: 5% novel energy 4/4 R (+0.2 points over reuse), 30%: 4/4 R;
+- **where the gate fails**: adapters in two layers (40 -> 32 -> 24, update planted in the first):
+  6/8 redundant tasks recruited; the adapters learned for earlier tasks spread the update over
+  both layers, so reuse costs accuracy (up to 12.6 points when it happens) and the gate recruits;
+- the paper's variant (no warm-up, no whole-state switching, magnitudes at the adapters' lr):
+  6/6 redundant tasks recruited on the 1-layer stream (seeds 0-2).
+
+Each test runs one fresh seed and allows the misses stated in it.
 """
 import pytest
 import torch
@@ -38,76 +44,129 @@ def test_planted_tasks_ground_truth(seed):
     assert len(basis) == 3
 
 
+def test_planted_hard_kinds_ground_truth(seed):
+    kinds = ["novel", "novel", "redundant", "redundant2", "near:0.3", "core"]
+    s = planted_tasks(6, kinds, d_in=20, d_out=12, rank=2, seed=seed, n_train=8, n_test=8)
+    d = [t["delta"] for t in s["tasks"]]
+    assert [t["novel"] for t in s["tasks"]] == [True, True, False, False, False, True]
+    # redundant2 combines the earlier redundant update: in the span of the novel ones too
+    assert explained_share([d[0], d[1], d[3]], 2) > 1 - 1e-9
+    # near:0.3 keeps 70% of its energy in the span of the novel updates
+    assert explained_share([d[0], d[1], d[4]], 2) == pytest.approx(0.7, abs=0.2)
+    # core: row and column spaces of an earlier novel update, not a multiple of it
+    U, _, Vh = torch.linalg.svd(d[5])
+    src = max((0, 1), key=lambda i: torch.linalg.matrix_norm(
+        torch.linalg.svd(d[i])[0][:, :2].T @ U[:, :2]))
+    Us, _, Vhs = torch.linalg.svd(d[src])
+    assert torch.linalg.matrix_norm(Us[:, :2].T @ U[:, :2]) ** 2 == pytest.approx(2, abs=1e-4)
+    assert torch.linalg.matrix_norm(Vhs[:2] @ Vh[:2].T) ** 2 == pytest.approx(2, abs=1e-4)
+    assert explained_share([d[src], d[5]], 1) < 0.999
+    two = planted_tasks(2, [1, 0], d_in=40, d_hidden=32, d_out=24, layers=2, seed=seed,
+                        n_train=8, n_test=8)
+    assert [W.shape for W in two["weights"]] == [(32, 40), (24, 32)]
+    assert two["tasks"][0]["Y_train"].shape == (8, 24)
+
+
 def test_planted_tasks_errors():
     with pytest.raises(ValueError, match="first entry is True"):
         planted_tasks(2, [0, 1])
     with pytest.raises(ValueError, match="num_tasks"):
         planted_tasks(3, [1, 0])
+    with pytest.raises(ValueError, match="unknown task kind"):
+        planted_tasks(2, ["novel", "same"])
+    with pytest.raises(ValueError, match="layers"):
+        planted_tasks(2, [1, 0], layers=3)
+
+
+def _decisions(kinds, seed, **options):
+    lite = run_planted(kinds, seed=seed, **options)
+    base = run_planted(kinds, seed=seed, method="sdlora", **options)
+    assert lite["recruited"][0] and base["active_adapters"] == len(kinds)
+    return lite, base
 
 
 def test_litelora_recruits_novel_reuses_redundant(seed, fast_path):
     torch.set_num_threads(1)        # tiny matmuls: threads only add overhead
     right = total = 0
     for i, novel in enumerate(PATTERNS):
-        s = (seed + i) % 10_000
-        lite = run_planted(novel, seed=s)
-        base = run_planted(novel, seed=s, method="sdlora")
+        lite, base = _decisions(novel, (seed + i) % 10_000)
         right += sum(r == bool(v) for r, v in zip(lite["recruited"][1:], novel[1:]))
         total += len(novel) - 1
-        assert lite["recruited"][0]
         assert lite["active_adapters"] == sum(lite["recruited"])
-        assert base["active_adapters"] == len(novel)
         # accuracy = % of each task's shift explained; one adapter per task reaches ~99.7
         assert lite["avg_accuracy"] >= base["avg_accuracy"] - 1.0, (lite, base)
         assert lite["forgetting"] == pytest.approx(0.0, abs=1e-6)
-        print(novel, lite["recruited"], lite["gate_prob"])
     assert right >= total - 2, f"{right}/{total} recruit/reuse decisions right"
 
 
-def test_digits_fewer_adapters_at_matched_accuracy(seed, fast_path):
-    """Two fresh seeds x three class orders. Stated tolerance: LiteLoRA's mean accuracy within 2.0
-    points of one adapter per task, with fewer active adapters than tasks. In the sweep behind
-    digits.DEFAULTS (20 seeds) no pair of seeds missed it; single seeds ranged from -2.16 to +2.04 points.
-    """
-    pytest.importorskip("sklearn")
-    from litelora_fast.cl import run_digits
+@pytest.mark.parametrize("case, kinds, options, max_wrong", [
+    ("redundant from redundant", ["novel", "novel", "redundant", "redundant2", "redundant2"],
+     {}, 1),
+    ("noise 0.5", ["novel", "redundant", "novel", "redundant"], {"noise": 0.5}, 1),
+    ("same subspace, new core", ["novel", "core", "novel", "core"], {}, 1),
+])
+def test_hard_planted_cases_decided_right(case, kinds, options, max_wrong, seed, fast_path):
     torch.set_num_threads(1)
-    lite_acc, base_acc, adapters = [], [], []
-    for s in (seed % 10_000, (seed + 7919) % 10_000):
-        for order in range(3):
-            lite = run_digits(order, seed=s + order)
-            base = run_digits(order, method="sdlora", seed=s + order)
-            lite_acc.append(lite["avg_accuracy"])
-            base_acc.append(base["avg_accuracy"])
-            adapters.append(lite["active_adapters"])
-            assert base["active_adapters"] == 5
-    assert sum(adapters) < 5 * len(adapters), adapters
-    mean = lambda v: sum(v) / len(v)  # noqa: E731
-    assert mean(lite_acc) >= mean(base_acc) - 2.0, (lite_acc, base_acc)
+    lite, base = _decisions(kinds, seed % 10_000, **options)
+    truth = [k in ("novel", "core") for k in kinds]
+    wrong = sum(r != t for r, t in zip(lite["recruited"][1:], truth[1:]))
+    assert wrong <= max_wrong, (case, lite["recruited"], truth)
+    assert lite["avg_accuracy"] >= base["avg_accuracy"] - 1.0
 
 
-def test_demo_and_analyze_smoke(tmp_path, fast_path, capsys):
-    pytest.importorskip("sklearn")
-    pytest.importorskip("matplotlib")
-    import json
+def test_near_redundant_tasks_are_recruited(seed, fast_path):
+    """At lam 0.05 a near-redundant task is recruited (5% and 30% novel energy): recruiting buys
+    the novel part. A relative lam of 0.1 reuses both (measured: -8.8 points at 30%)."""
+    torch.set_num_threads(1)
+    lite, base = _decisions(["novel", "novel", "near:0.05", "near:0.3"], seed % 10_000)
+    assert lite["recruited"][3], lite["recruited"]          # 30% novel energy: must recruit
+    assert lite["avg_accuracy"] >= base["avg_accuracy"] - 1.0
 
-    from litelora_fast.demo import analyze_main, demo_main
-    out = tmp_path / "demo.json"
-    assert demo_main(["--orders", "1", "--quick", "--no-progress", "--json", str(out),
-                      "--png", str(tmp_path / "demo.png"), "--save-dir", str(tmp_path)]) == 0
-    results = json.loads(out.read_text())
-    for stream, n_tasks in (("planted", 6), ("digits", 5)):
-        assert set(results[stream]) == {"litelora", "sdlora", "shared"}
-        for method, s in results[stream].items():
-            for key in ("avg_accuracy", "forgetting", "active_adapters", "params", "seconds"):
-                assert isinstance(s[key], float)
-            assert s["num_tasks"] == n_tasks
-        assert results[stream]["sdlora"]["active_adapters"] == n_tasks
-        assert results[stream]["shared"]["active_adapters"] == 1
-    assert (tmp_path / "demo.png").stat().st_size > 0
-    text = capsys.readouterr().out
-    assert "one adapter per task" in text and "LiteLoRA" in text
-    assert analyze_main([str(tmp_path / "planted_sdlora.pt"), "--png",
-                         str(tmp_path / "red.png")]) == 0
-    text = capsys.readouterr().out
-    assert "phi(A_i, A_j)" in text and (tmp_path / "red.png").stat().st_size > 0
+
+def test_two_layers_novel_recruited_redundant_costly(seed, fast_path):
+    """Where the gate fails: with adapters in two layers a planted-redundant task is mostly
+    recruited (6/8 measured). Asserted: novel tasks recruited, accuracy no worse than 15 points
+    under one adapter per task (reuse costs up to 12.6 measured)."""
+    torch.set_num_threads(1)
+    kinds = ["novel", "redundant", "novel", "redundant"]
+    lite, base = _decisions(kinds, seed % 10_000, layers=2, d_in=40, d_hidden=32, d_out=24)
+    assert lite["recruited"][2], lite["recruited"]
+    assert lite["avg_accuracy"] >= base["avg_accuracy"] - 15.0
+
+
+def test_paper_variant_recruits_redundant_tasks(seed, fast_path):
+    """The authors' mechanism on the 1-layer planted stream recruits the redundant tasks that our
+    additions reuse (6/6 measured): a head tuned with the candidate makes reuse look worse."""
+    torch.set_num_threads(1)
+    lite = run_planted([1, 0, 1, 0], seed=seed % 10_000, variant="paper")
+    assert sum(lite["recruited"][1::2]) >= 1 and lite["recruited"][2], lite["recruited"]
+
+
+def test_mnist_streams_shapes_and_truth():
+    from litelora_fast.cl.mnist import DOMAIN_PATTERN, decision_score, domain_stream, split_mnist
+    s = split_mnist(3)
+    assert len(s["tasks"]) == 5
+    seen = []
+    for t, task in enumerate(s["tasks"]):
+        assert task["X_train"].shape == (600, 196) and task["X_test"].shape == (200, 196)
+        assert sorted(task["Y_train"].unique().tolist()) == [2 * t, 2 * t + 1]
+        seen += task["classes"]
+    assert sorted(seen) == list(range(10))
+    d = domain_stream(3, n_train=40, n_test=20)
+    assert [t["truth"] for t in d["tasks"]] == [p[1] for p in DOMAIN_PATTERN]
+    assert d["tasks"][0]["X_train"].shape == (40, 196)
+    assert 0.0 <= float(d["tasks"][1]["X_train"].min()) and float(d["tasks"][1]["X_train"].max()) <= 1.0
+    res = {"truth": ["novel", "repeat", "novel", "near15"], "recruited": [True, True, True, False]}
+    assert decision_score(res) == {"right": 1, "scored": 2, "near_reuse": {"near15": 1.0}}
+
+
+def test_run_mnist_both_protocols(fast_path):
+    from litelora_fast.cl.mnist import run_mnist, split_mnist
+    torch.set_num_threads(1)
+    data = split_mnist(5)
+    for protocol in ("class-incremental", "task-incremental"):
+        r = run_mnist("split_mnist", 5, data=data, protocol=protocol, epochs=2)
+        assert len(r["anytime"]) == 5 and 0 <= r["avg_accuracy"] <= 100
+        assert r["avg_incremental"] == pytest.approx(sum(r["anytime"]) / 5)
+        if protocol == "task-incremental":
+            assert r["forgetting"] == pytest.approx(0.0, abs=1e-6)

@@ -1,9 +1,8 @@
-"""The continual-learning examples whose numbers the README quotes, in one-seed runs:
-``examples/planted_decisions.py`` and ``examples/digits_tradeoff.py``."""
+"""The continual-learning examples whose numbers the README quotes, in small one-seed runs:
+``examples/planted_decisions.py`` and ``examples/litelora_table.py``."""
 import importlib.util
+import json
 from pathlib import Path
-
-import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -25,10 +24,19 @@ def test_planted_decisions_one_seed(fast_path, seed, capsys):
     assert "recruit/reuse decisions right" in capsys.readouterr().out
 
 
-def test_digits_tradeoff_one_seed(fast_path, seed, capsys):
-    pytest.importorskip("sklearn")
-    result = load("digits_tradeoff").main(["--seeds", "1", "--first-seed", str(seed % 10_000)])
-    (gap,), (adapters,) = result["gaps"], result["adapters"]
-    # one seed: the sweep's single-seed range was -2.16..+2.04 points, adapters at most 14 of 15
-    assert -5.0 < gap < 5.0 and 3 <= adapters <= 15, result
-    assert "gap mean" in capsys.readouterr().out
+def test_litelora_table_small_run(fast_path, tmp_path, capsys):
+    """Two rows on split-MNIST, one seed, both protocols: the JSON, PNG and table it writes."""
+    module = load("litelora_table")
+    out = tmp_path / "t"
+    module.main(["--seeds", "7", "--streams", "split_mnist", "--workers", "1", "--rows",
+                 "LiteLoRA (paper)", "SD-LoRA (adapter per task)", "--epochs", "2", "--out",
+                 str(out)])
+    res = json.loads((tmp_path / "t.json").read_text())
+    assert res["machine"]["threads_per_run"] == 1 and res["seeds"] == [7]
+    for protocol in ("class-incremental", "task-incremental"):
+        rows = res["summary"]["split_mnist"][protocol]
+        assert set(rows) == {"LiteLoRA (paper)", "SD-LoRA (adapter per task)"}
+        assert rows["SD-LoRA (adapter per task)"]["active_adapters"] == 5
+        assert rows["LiteLoRA (paper)"]["lam"] is not None
+    assert (tmp_path / "t.png").stat().st_size > 0
+    assert "split_mnist, class-incremental" in capsys.readouterr().out

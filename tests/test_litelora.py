@@ -65,7 +65,10 @@ def _task(g, n=64):
     return X, torch.tanh(X @ torch.randn(12, 8, generator=g))
 
 
-FAST = dict(epochs=2, reuse_epochs=2, gate_epochs=1, gate_batch_size=16, batch_size=32)
+# regression tasks with a per-task head: the task-incremental protocol; our additions on (the
+# paper's variant is tested on its own below)
+FAST = dict(epochs=2, reuse_epochs=2, gate_epochs=1, gate_batch_size=16, batch_size=32,
+            variant="library", protocol="task-incremental")
 
 
 def test_learner_stores_gates_and_never_forgets(seed, fast_path):
@@ -146,11 +149,15 @@ def test_per_layer_gates_and_baselines(seed, fast_path):
     per_layer = ContinualLearner(_model(seed), per_layer_gates=True, seed=seed, **FAST)
     shared = ContinualLearner(_model(seed), method="shared", seed=seed, **FAST)
     sdlora = ContinualLearner(_model(seed), method="sdlora", seed=seed, **FAST)
+    head = ContinualLearner(_model(seed), method="head", seed=seed, **FAST)
     for X, Y in tasks:
         rec = per_layer.learn_task(X, Y, F.mse_loss)
         assert len(rec.gate_prob) == 2                     # one logit per layer
         shared.learn_task(X, Y, F.mse_loss, head=nn.Linear(8, 8))
         sdlora.learn_task(X, Y, F.mse_loss)
+        head.learn_task(X, Y, F.mse_loss, head=nn.Linear(8, 8))
+    assert head.active_adapters == 0 and head.num_params() == 0
+    assert all(layer.num_adapters == 0 for layer in head.layers)
     for l, layer in enumerate(per_layer.layers):
         assert layer.num_adapters == len(per_layer.bank_ids[l]) >= 1
     assert shared.active_adapters == 1 and shared.layers[0].num_adapters == 1
@@ -165,6 +172,20 @@ def test_learner_errors():
         ContinualLearner(_model(0), method="ewc")
     with pytest.raises(ValueError, match="noise"):
         ContinualLearner(_model(0), noise="gauss")
+    with pytest.raises(ValueError, match="variant"):
+        ContinualLearner(_model(0), variant="mine")
+    with pytest.raises(ValueError, match="protocol"):
+        ContinualLearner(_model(0), protocol="domain")
+    with pytest.raises(TypeError, match="unknown option"):
+        ContinualLearner(_model(0), warm_up=3)
+    learner = ContinualLearner(_model(0))
+    with pytest.raises(ValueError, match="class-incremental"):
+        learner.learn_task(torch.randn(4, 12), torch.zeros(4, dtype=torch.long),
+                           head=nn.Linear(8, 2))
+    with pytest.raises(ValueError, match="same first dimension"):
+        learner.learn_task(torch.randn(4, 12), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(TypeError, match="re-iterable"):
+        learner.learn_task(iter([(torch.randn(4, 12), torch.zeros(4, dtype=torch.long))]))
     m = _model(0)
     m[0].add_adapter()
     with pytest.raises(ValueError, match="no adapters"):
@@ -176,7 +197,8 @@ def test_learner_errors():
 def _tiny_run(seed):
     g = torch.Generator().manual_seed(seed)
     learner = ContinualLearner(_model(seed), lam=-10.0, seed=seed, epochs=1, reuse_epochs=1,
-                               gate_epochs=1, batch_size=32, gate_batch_size=32)
+                               gate_epochs=1, batch_size=32, gate_batch_size=32,
+                               variant="library", protocol="task-incremental")
     tasks = [_task(g, 32) for _ in range(2)]
     for X, Y in tasks:
         learner.learn_task(X, Y, F.mse_loss)
@@ -197,3 +219,142 @@ def test_learner_on_triton_kernels_matches_fast_path(seed, monkeypatch):
     # (~1e-7 per op); Adam's normalised steps can amplify that a little, not to 1e-4
     for a, b in zip(fast, kern):
         assert ((a - b).norm() / b.norm()).item() < 1e-4
+
+
+# ------------------------------------------------------------------ the paper's variant, protocols
+def test_paper_variant_is_the_authors_configuration():
+    """The settings read from tanguy8001/LiteLoRA (litelora.py's docstring cites each)."""
+    learner = ContinualLearner(_model(0))
+    assert learner.variant == "paper" and learner.protocol == "class-incremental"
+    assert (learner.optimizer, learner.noise, learner.noise_per_call) == ("sgd", "gumbel", True)
+    assert (learner.warmup, learner.whole_state, learner.retune) == (0, False, 0)
+    assert learner.magnitude_lr is None and learner.carry_magnitudes
+    assert learner.gate_init == 0.5 and learner.init_alpha == 1.0
+    assert learner.lam_scale == "absolute"
+    lib = ContinualLearner(_model(0), variant="library", warmup=0)
+    assert lib.warmup == 0 and lib.whole_state and lib.retune == 10   # an option overrides
+
+
+def _classes(g, classes, n=48):
+    """A separable classification task over the global class ids ``classes``."""
+    X = torch.randn(n, 12, generator=g)
+    Y = torch.tensor(classes)[torch.randint(len(classes), (n,), generator=g)]
+    X[:, :len(classes)] += 3 * F.one_hot(Y - classes[0], len(classes)).float()
+    return X, Y
+
+
+def test_class_incremental_head_grows_old_rows_untouched(seed, fast_path):
+    g = torch.Generator().manual_seed(seed)
+    learner = ContinualLearner(_model(seed), seed=seed, epochs=3, batch_size=16,
+                               gate_batch_size=16)
+    X0, Y0 = _classes(g, [0, 1])
+    learner.learn_task(X0, Y0)
+    assert learner.head.out_features == 2 and learner.known_classes == 2
+    rows = learner.head.weight.detach().clone()
+    X1, Y1 = _classes(g, [2, 3, 4])
+    learner.learn_task(X1, Y1)
+    # the loss covers the new classes only (the paper's logits[:, known:]): SGD leaves the old
+    # rows exactly where they were
+    assert learner.head.out_features == 5
+    assert torch.equal(learner.head.weight[:2], rows)
+    assert learner.predict(X0).shape == (48, 5)
+    assert torch.equal(learner.predict(7, X0), learner.predict(X0))   # no task id at test
+    # one gate vector for every task: all kept adapters summed
+    assert learner.gates.shape == (2, 2)
+
+
+def test_magnitudes_carried_over_or_restarted(seed, fast_path):
+    g = torch.Generator().manual_seed(seed)
+    tasks = [_task(g) for _ in range(3)]
+    got = {}
+    for carry in (True, False):
+        learner = ContinualLearner(_model(seed), variant="paper", protocol="task-incremental",
+                                   carry_magnitudes=carry, lam=-10.0, seed=seed, epochs=2,
+                                   batch_size=32, gate_batch_size=32)
+        for X, Y in tasks[:2]:
+            learner.learn_task(X, Y, F.mse_loss)
+        after1 = learner.magnitudes.clone()
+        learner.epochs = 0                         # task 2 trains nothing before its gate
+        learner.learn_task(*tasks[2], F.mse_loss)
+        got[carry] = (after1, learner.magnitudes[:, :2].clone())
+    after1, now = got[True]
+    assert not torch.equal(after1, torch.ones_like(after1))   # phase 1 moved them
+    assert torch.equal(now, after1)                           # the paper: carried over
+    assert torch.equal(got[False][1], torch.ones_like(now))   # restarted at 1
+
+
+def test_paper_noise_is_gumbel_per_gate_call_only_in_phase_2(seed, fast_path, monkeypatch):
+    import litelora_fast.litelora as ll
+    calls = []
+    real = ll.binary_concrete
+
+    def spy(logit, tau=1.0, noise="logistic", generator=None):
+        calls.append((tuple(logit.shape), noise))
+        return real(logit, tau, noise, generator)
+
+    monkeypatch.setattr(ll, "binary_concrete", spy)
+    g = torch.Generator().manual_seed(seed)
+    learner = ContinualLearner(_model(seed), protocol="task-incremental", seed=seed, epochs=1,
+                               batch_size=32, gate_batch_size=16)
+    learner.learn_task(*_task(g), F.mse_loss)
+    assert calls == []                                  # task 0 and phase 1: gate forced to 1
+    learner.learn_task(*_task(g), F.mse_loss)
+    assert len(calls) == 64 // 16                       # phase 2: one call per batch ...
+    assert set(calls) == {((2,), "gumbel")}             # ... one draw per adapted layer
+    calls.clear()
+    lib = ContinualLearner(_model(seed), variant="library", protocol="task-incremental",
+                           seed=seed, epochs=1, reuse_epochs=1, batch_size=32,
+                           gate_batch_size=16)
+    for _ in range(2):
+        lib.learn_task(*_task(g), F.mse_loss)
+    assert set(calls) == {((1,), "logistic")}           # ours: one draw shared by the layers
+
+
+def test_relative_lam_is_scale_free(seed, fast_path):
+    """With ``lam_scale="relative"`` and Adam, multiplying the loss by 1000 leaves the gate's
+    trajectory unchanged (up to Adam's eps); an absolute lam does not."""
+    g = torch.Generator().manual_seed(seed)
+    tasks = [_task(g) for _ in range(2)]
+
+    def probs(scale, lam_scale):
+        learner = ContinualLearner(_model(seed), variant="library", protocol="task-incremental",
+                                   lam_scale=lam_scale, lam=0.1, seed=seed, epochs=2,
+                                   reuse_epochs=2, batch_size=32, gate_batch_size=8)
+        for X, Y in tasks:
+            rec = learner.learn_task(X, Y, lambda o, y: scale * F.mse_loss(o, y))
+        return rec.gate_prob[0]
+
+    assert probs(1000.0, "relative") == pytest.approx(probs(1.0, "relative"), abs=2e-3)
+    assert abs(probs(1000.0, "absolute") - probs(1.0, "absolute")) > 1e-3
+
+
+def test_learn_task_accepts_batches_and_dicts(seed, fast_path):
+    """Tensors, a DataLoader of (x, y) and a list of Hugging-Face-style dict batches."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Keyword(nn.Module):              # a model called with keyword arguments
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, input_features):
+            return self.net(input_features)
+
+    g = torch.Generator().manual_seed(seed)
+    X, Y = _classes(g, [0, 1, 2], n=64)
+    loader = DataLoader(TensorDataset(X, Y), batch_size=16, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    dicts = [{"input_features": X[i:i + 16], "labels": Y[i:i + 16]} for i in range(0, 64, 16)]
+    X2, Y2 = _classes(g, [3, 4], n=32)
+    later = [(X2[:16], Y2[:16]), (X2[16:], Y2[16:])]       # a plain list of (x, y) batches
+    for data, model in ((loader, _model(seed)), (dicts, Keyword(_model(seed)))):
+        learner = ContinualLearner(model, seed=seed, epochs=2)
+        rec = learner.learn_task(data)
+        assert rec.recruited and learner.head.out_features == 3
+        if data is loader:
+            learner.learn_task(later, num_classes=2)
+        else:
+            learner.learn_task([{"input_features": x, "labels": y} for x, y in later])
+        assert learner.head.out_features == 5
+        x = X if data is loader else {"input_features": X}
+        assert learner.predict(x).shape == (64, 5)

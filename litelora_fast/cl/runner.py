@@ -1,11 +1,15 @@
 """Run one method of the continual learner over a task stream and score it.
 
-A stream is a list of tasks, each a dict with ``X_train, Y_train, X_test, Y_test``. After every
-task the learner is evaluated on all tasks seen so far with their stored gates and heads, giving the
-accuracy matrix ``acc[i][j]`` (task j after learning task i). Metrics (SPEC section 3):
+A stream is a list of tasks, each a dict with ``X_train, Y_train, X_test, Y_test`` (and optionally
+``num_classes``: the classes it adds). After every task the learner is evaluated on the test sets
+of all tasks seen so far, giving the accuracy matrix ``acc[i][j]`` (task j after learning task i):
+with no task id in the class-incremental protocol (one classifier over all classes seen, every
+kept adapter), with task j's stored gates and head in the task-incremental one. Metrics
+(docs/MATH.md, section 5):
 
-- ``avg_accuracy``: mean over tasks of the accuracy after the last task;
-- ``anytime``: after each task i, the mean accuracy over tasks ``0..i`` (the figure's curve);
+- ``avg_accuracy``: accuracy over all tasks (all seen classes) after the last task;
+- ``anytime``: after each task i, the mean accuracy over tasks ``0..i``; ``avg_incremental``: its
+  mean (average incremental accuracy);
 - ``forgetting``: mean over earlier tasks of (best earlier accuracy - final accuracy);
 - ``active_adapters``: adapters left in the bank (per task in ``active_per_task``);
 - ``params``: LoRA parameters in the bank + stored gate values; ``seconds``: wall time.
@@ -35,24 +39,32 @@ def run_stream(tasks: list, make_model: Callable, method: str, loss_fn: Callable
     """Train ``method`` on ``tasks`` in order and return its metrics (module docstring).
 
     ``make_model()`` builds a fresh model whose adapted layers are ``GatedLoRALinear``;
-    ``make_head(t)`` a fresh head for task t (or ``None``); ``metric_fn(pred, Y)`` an accuracy in
-    percent; ``progress()`` is called once per finished task.
+    ``make_head(t)`` a fresh head for task t (task-incremental only; ``None``: identity);
+    ``metric_fn(pred, Y)`` an accuracy in percent; ``progress()`` is called once per finished
+    task; ``options`` go to ``ContinualLearner`` (``protocol``, ``variant``, ``lam``, ...).
     """
     start = time.perf_counter()
     torch.manual_seed(options.get("seed", 0))
     learner = ContinualLearner(make_model(), method=method, **options)
+    class_inc = learner.protocol == "class-incremental"
     acc, active = [], []
     for t, task in enumerate(tasks):
-        head = make_head(t) if make_head is not None else None
-        learner.learn_task(task["X_train"], task["Y_train"], loss_fn, head)
+        if class_inc:
+            learner.learn_task(task["X_train"], task["Y_train"], loss_fn,
+                               num_classes=task.get("num_classes"))
+        else:
+            head = make_head(t) if make_head is not None else None
+            learner.learn_task(task["X_train"], task["Y_train"], loss_fn, head)
         acc.append([float(metric_fn(learner.predict(j, tasks[j]["X_test"]), tasks[j]["Y_test"]))
                     for j in range(t + 1)])
         active.append(learner.active_adapters)
         if progress is not None:
             progress()
+    anytime = [sum(row) / len(row) for row in acc]
     return {
-        "avg_accuracy": sum(acc[-1]) / len(acc[-1]),
-        "anytime": [sum(row) / len(row) for row in acc],
+        "avg_accuracy": anytime[-1],
+        "anytime": anytime,
+        "avg_incremental": sum(anytime) / len(anytime),
         "forgetting": forgetting(acc),
         "active_adapters": learner.active_adapters,
         "active_per_task": active,

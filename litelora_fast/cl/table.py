@@ -1,0 +1,232 @@
+"""The LiteLoRA comparison on the real MNIST streams: rows (faithful LiteLoRA, each of our
+additions, the baselines), the lam sweep on development seeds, the table on held-out seeds, its
+text and its figure. ``examples/litelora_table.py`` and ``python -m litelora_fast demo`` drive it.
+
+Every (stream, seed) job builds its stream once and runs its rows in one process with one torch
+thread; jobs run in ``workers`` processes.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+import torch
+
+from ..litelora import METHODS
+from .mnist import LAM_DEFAULTS, STREAMS, decision_score, run_mnist
+
+PROTOCOLS = ("class-incremental", "task-incremental")
+# label -> (method, options, lam family: which LAM_DEFAULTS entry sets its lam)
+ROWS = {
+    "LiteLoRA (paper)": ("litelora", {"variant": "paper"}, "paper"),
+    "paper + warm-up": ("litelora", {"variant": "paper", "warmup": 10}, "paper"),
+    "paper + whole-state": ("litelora", {"variant": "paper", "whole_state": True}, "paper"),
+    "paper + magnitude lr x40": ("litelora", {"variant": "paper", "magnitude_lr": 0.4}, "paper"),
+    "paper + re-tune": ("litelora", {"variant": "paper", "retune": 10}, "paper"),
+    "paper + relative lam": ("litelora", {"variant": "paper", "lam_scale": "relative"},
+                             "paper-relative"),
+    "library (all additions)": ("litelora", {"variant": "library"}, "library"),
+    "SD-LoRA (adapter per task)": ("sdlora", {"variant": "paper"}, None),
+    "one shared adapter": ("shared", {"variant": "paper"}, None),
+    "head only": ("head", {"variant": "paper"}, None),
+}
+assert all(method in METHODS for method, _, _ in ROWS.values())
+# lam family -> (options, lams tried by --sweep)
+SWEEP = {
+    "paper": ({"variant": "paper"}, (0.05, 0.3, 1.0, 3.0)),
+    "paper-relative": ({"variant": "paper", "lam_scale": "relative"}, (0.02, 0.05, 0.1)),
+    "library": ({"variant": "library"}, (0.05, 0.2, 0.5)),
+}
+KEYS = ("avg_accuracy", "avg_incremental", "forgetting", "active_adapters", "params", "seconds")
+
+
+def record(r: dict, stream: str) -> dict:
+    """The JSON-able part of ``run_mnist``'s result."""
+    rec = {k: r[k] for k in KEYS}
+    rec.update(recruited=r["recruited"], truth=r["truth"], anytime=r["anytime"],
+               active_per_task=r["active_per_task"])
+    if stream == "domain":
+        rec["decisions"] = decision_score(r)
+    return rec
+
+
+def row_options(stream: str, protocol: str, label: str, extra=None):
+    """``(method, learner options)`` of table row ``label`` (its lam from ``LAM_DEFAULTS``)."""
+    method, opts, fam = ROWS[label]
+    options = dict(opts, protocol=protocol)
+    if fam is not None:
+        options["lam"] = LAM_DEFAULTS[stream][protocol][fam]
+    options.update(extra or {})
+    return method, options
+
+
+def _job(args):
+    """All runs of one (stream, seed): the stream is built once."""
+    stream, seed, runs, verbose = args
+    torch.set_num_threads(1)
+    os.environ.setdefault("TRITON_INTERPRET", "0")   # CPU tensors: the fast PyTorch path
+    data = STREAMS[stream](seed)
+    out = []
+    for key, method, options in runs:
+        rec = record(run_mnist(stream, seed, method, data=data, **options), stream)
+        out.append((key, rec))
+        if verbose:
+            print(f"  {stream} seed {seed} {key}: acc {rec['avg_accuracy']:.1f} adapters "
+                  f"{rec['active_adapters']} ({rec['seconds']:.0f}s)", file=sys.stderr, flush=True)
+    return stream, seed, out
+
+
+def _mean_std(vals):
+    m = sum(vals) / len(vals)
+    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / max(len(vals) - 1, 1))
+
+
+def _run(jobs, workers, verbose=True):
+    jobs = [j + (verbose,) for j in jobs]
+    if workers <= 1:
+        return [_job(j) for j in jobs]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(_job, jobs))
+
+
+def sweep(seeds, workers, families=tuple(SWEEP)):
+    """Every lam of ``SWEEP[family]`` on ``seeds``; picks per stream, protocol and family."""
+    jobs = []
+    for stream in STREAMS:
+        for seed in seeds:
+            runs = []
+            for protocol in PROTOCOLS:
+                runs.append(((protocol, "sdlora", None), "sdlora",
+                             {"variant": "paper", "protocol": protocol}))
+                for fam in families:
+                    opts, lams = SWEEP[fam]
+                    for lam in lams:
+                        runs.append(((protocol, fam, lam), "litelora",
+                                     dict(opts, protocol=protocol, lam=lam)))
+            jobs.append((stream, seed, runs))
+    table = {}
+    for stream, seed, out in _run(jobs, workers):
+        for (protocol, fam, lam), rec in out:
+            table.setdefault(stream, {}).setdefault(protocol, {}).setdefault(
+                f"{fam} {lam}", []).append(rec)
+    picks = {}
+    for stream, by_protocol in table.items():
+        for protocol, cells in by_protocol.items():
+            ref = _mean_std([r["avg_accuracy"] for r in cells["sdlora None"]])[0]
+            for fam in families:
+                lams = SWEEP[fam][1]
+                stats = []
+                for lam in lams:
+                    rs = cells[f"{fam} {lam}"]
+                    stats.append((lam, _mean_std([r["avg_accuracy"] for r in rs])[0],
+                                  _mean_std([r["active_adapters"] for r in rs])[0]))
+                ok = [s for s in stats if s[1] >= ref - 1.0]
+                best = min(ok, key=lambda s: (s[2], -s[1])) if ok else max(stats,
+                                                                           key=lambda s: s[1])
+                picks.setdefault(stream, {}).setdefault(protocol, {})[fam] = best[0]
+                print(f"{stream} {protocol} {fam}: SD-LoRA {ref:.2f}; " + ", ".join(
+                    f"lam {l}: {a:.2f}% {n:.1f} adapters" for l, a, n in stats) +
+                    f" -> lam {best[0]}")
+    return {"seeds": seeds, "runs": table, "picks": picks}
+
+
+def summarize(raw) -> dict:
+    """``{stream: {protocol: {label: [per-seed record]}}}`` -> the same with each list replaced
+    by its summary: mean and std of every metric, lam, decisions (domain), the per-seed records."""
+    summary = {}
+    for stream, by_protocol in raw.items():
+        for protocol, rows in by_protocol.items():
+            for label, recs in rows.items():
+                s = {}
+                for k in KEYS:
+                    s[k], s[k + "_std"] = _mean_std([float(r[k]) for r in recs])
+                s["num_tasks"] = len(recs[0]["anytime"])
+                fam = ROWS[label][2]
+                s["lam"] = None if fam is None else LAM_DEFAULTS[stream][protocol][fam]
+                if "decisions" in recs[0]:
+                    s["decisions_right"] = sum(r["decisions"]["right"] for r in recs)
+                    s["decisions_scored"] = sum(r["decisions"]["scored"] for r in recs)
+                    near = {}
+                    for r in recs:
+                        for kind, v in r["decisions"]["near_reuse"].items():
+                            near.setdefault(kind, []).append(v)
+                    s["near_reuse"] = {k: sum(v) / len(v) for k, v in near.items()}
+                s["per_seed"] = recs
+                summary.setdefault(stream, {}).setdefault(protocol, {})[label] = s
+    return summary
+
+
+def table(seeds, workers, streams, rows=None, protocols=PROTOCOLS, verbose=True, extra=None):
+    """``{stream: {protocol: {row label: summary}}}`` over ``seeds`` (mean, std, per seed);
+    ``extra``: learner options added to every run (e.g. ``{"epochs": 2}`` for a smoke run)."""
+    rows = ROWS if rows is None else {k: ROWS[k] for k in rows}
+    jobs = []
+    for stream in streams:
+        for seed in seeds:
+            runs = []
+            for protocol in protocols:
+                for label in rows:
+                    runs.append(((protocol, label),) + row_options(stream, protocol, label,
+                                                                   extra))
+            jobs.append((stream, seed, runs))
+    raw = {}
+    for stream, seed, out in _run(jobs, workers, verbose):
+        for (protocol, label), rec in out:
+            raw.setdefault(stream, {}).setdefault(protocol, {}).setdefault(label, []).append(rec)
+    return summarize(raw)
+
+
+def format_table(summary, what="held-out seeds") -> str:
+    lines = []
+    for stream, by_protocol in summary.items():
+        for protocol, rows in by_protocol.items():
+            n = next(iter(rows.values()))["num_tasks"]
+            seeds = len(next(iter(rows.values()))["per_seed"])
+            lines.append(f"{stream}, {protocol} ({n} tasks; mean +- std over {seeds} {what})")
+            lines.append(f"  {'method':<28}{'lam':>6} {'final acc':>12} {'avg inc acc':>12} "
+                         f"{'forgetting':>11} {'adapters':>11} {'params':>7} {'sec':>5}"
+                         + ("  decisions" if stream == "domain" else ""))
+            for label, s in rows.items():
+                lam = "" if s["lam"] is None else f"{s['lam']:g}"
+                line = (f"  {label:<28}{lam:>6} {s['avg_accuracy']:6.2f}+-{s['avg_accuracy_std']:<4.1f}"
+                        f" {s['avg_incremental']:6.2f}+-{s['avg_incremental_std']:<4.1f}"
+                        f" {s['forgetting']:5.1f}+-{s['forgetting_std']:<4.1f}"
+                        f" {s['active_adapters']:5.2f}/{n:<4d} {s['params']:7.0f}"
+                        f" {s['seconds']:5.1f}")
+                if "decisions_right" in s:
+                    line += f"  {s['decisions_right']}/{s['decisions_scored']}"
+                lines.append(line)
+            lines.append("")
+    return "\n".join(lines)
+
+
+def save_figure(summary, path, title="LiteLoRA variants vs baselines, MNIST streams"):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(s, p) for s in summary for p in summary[s]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
+    for ax, (stream, protocol) in zip(axes[0], panels):
+        rows = summary[stream][protocol]
+        for i, (label, s) in enumerate(rows.items()):
+            ax.errorbar(s["active_adapters"], s["avg_accuracy"], xerr=s["active_adapters_std"],
+                        yerr=s["avg_accuracy_std"], fmt="o" if "paper" in label or "Lite" in
+                        label or "library" in label else "s", capsize=3, label=label,
+                        color=plt.cm.tab10(i % 10))
+        ax.set_title(f"{stream}, {protocol}", fontsize=10)
+        ax.set_xlabel("adapters kept")
+        ax.set_ylabel("final accuracy, all tasks (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{title} ({platform.machine()}, "
+                 f"{os.cpu_count()}-core CPU, no GPU, torch {torch.__version__}, 1 thread)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+

@@ -1,0 +1,181 @@
+"""The ``demo`` and ``analyze`` commands (``python -m litelora_fast demo|analyze``).
+
+``demo``: LiteLoRA as the authors' code runs it (``variant="paper"``), LiteLoRA with all our
+additions (``variant="library"``), one adapter per task (SD-LoRA), one shared adapter and no
+adapter (head only), on the two real MNIST streams (``litelora_fast.cl.mnist``: split-MNIST, 5
+tasks; a 14-task domain stream of permutations and rotations with known repeats), in both protocols
+(class-incremental, the paper's; task-incremental). One seed by default (``--seeds``), one torch
+thread (``--threads``), a progress bar on stderr; the results depend only on the seeds and the
+thread count, both printed. ``--json`` / ``--png`` (default ``out/demo.png``) write the results and
+a figure; ``--save-dir`` the first seed's learner checkpoints that ``analyze`` reads.
+
+``analyze CHECKPOINT``: the redundancy of the adapters in a saved checkpoint (normalized subspace
+similarity, mean principal angle, share explained by the other adapters), printed per layer, and a
+heat map PNG.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+DEMO_ROWS = ("LiteLoRA (paper)", "library (all additions)", "SD-LoRA (adapter per task)",
+             "one shared adapter", "head only")
+
+
+class Progress:
+    """A plain-text progress bar on stderr (no dependency)."""
+
+    def __init__(self, total: int, stream=sys.stderr, width: int = 30):
+        self.total, self.done, self.stream, self.width = total, 0, stream, width
+        self.start = time.perf_counter()
+        self.label = ""
+
+    def __call__(self) -> None:
+        self.done += 1
+        self.draw()
+
+    def draw(self) -> None:
+        filled = int(self.width * self.done / max(self.total, 1))
+        elapsed = time.perf_counter() - self.start
+        self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] "
+                          f"{self.done}/{self.total} tasks  {elapsed:5.0f}s  {self.label:<48}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def run_demo(seeds=(0,), progress: bool = True, save_dir=None, rows=DEMO_ROWS,
+             streams=("split_mnist", "domain")) -> dict:
+    """Every row on both streams and protocols; returns ``{stream: {protocol: {row: summary}}}``
+    (the format of ``litelora_fast.cl.table.table``)."""
+    from ..cl.mnist import STREAMS, run_mnist
+    from ..cl.table import PROTOCOLS, record, row_options, summarize
+
+    sizes = {"split_mnist": 5, "domain": 14}
+    total = len(seeds) * len(rows) * len(PROTOCOLS) * sum(sizes[s] for s in streams)
+    bar = Progress(total) if progress else None
+    raw = {}
+    for stream in streams:
+        for seed in seeds:
+            data = STREAMS[stream](seed)
+            for protocol in PROTOCOLS:
+                for label in rows:
+                    method, options = row_options(stream, protocol, label)
+                    if bar is not None:
+                        bar.label = f"{stream} {protocol} {label}"
+                        bar.draw()
+                    r = run_mnist(stream, seed, method, data=data, progress=bar, **options)
+                    if save_dir is not None and seed == seeds[0]:
+                        os.makedirs(save_dir, exist_ok=True)
+                        name = f"{stream}_{protocol}_{method}_{options['variant']}.pt"
+                        torch.save(r["learner"].checkpoint(), os.path.join(save_dir, name))
+                    raw.setdefault(stream, {}).setdefault(protocol, {}).setdefault(
+                        label, []).append(record(r, stream))
+    if bar is not None:
+        bar.close()
+    return summarize(raw)
+
+
+def demo_main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m litelora_fast demo",
+                                description="LiteLoRA (the paper's and ours) vs SD-LoRA, one "
+                                "shared adapter and head only on two real MNIST streams (CPU, no "
+                                "download).")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--png", metavar="PATH", default=os.path.join("out", "demo.png"),
+                   help="figure path (default %(default)s; '' for none)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="stream seeds (default 0)")
+    p.add_argument("--streams", nargs="+", default=["split_mnist", "domain"],
+                   choices=["split_mnist", "domain"])
+    p.add_argument("--save-dir", metavar="DIR", help="save the first seed's checkpoints for "
+                   "`analyze`")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: the models are tiny; results depend on it)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TRITON_INTERPRET", "0")    # CPU tensors take the fast PyTorch path
+    from ..cl.table import format_table, save_figure
+    print(f"LiteLoRA demo: seeds {args.seeds}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} thread(s)", flush=True)
+    start = time.perf_counter()
+    results = run_demo(args.seeds, not args.no_progress, args.save_dir, streams=args.streams)
+    print(format_table(results, what="seed(s)"))
+    print(f"total {time.perf_counter() - start:.0f} s")
+    if args.json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"seeds": args.seeds, "threads": args.threads, "results": results}, f,
+                      indent=1)
+        print(f"wrote {args.json}")
+    if args.png:
+        os.makedirs(os.path.dirname(args.png) or ".", exist_ok=True)
+        save_figure(results, args.png, title="LiteLoRA demo")
+        print(f"wrote {args.png}")
+    return 0
+
+
+def _format_matrix(name: str, M: list) -> str:
+    rows = [f"    {name}"] + ["      " + " ".join(f"{v:5.2f}" for v in row) for row in M]
+    return "\n".join(rows)
+
+
+def analyze_main(argv=None) -> int:
+    from ..redundancy import adapters_from_state_dict, layer_report
+
+    p = argparse.ArgumentParser(prog="python -m litelora_fast analyze",
+                                description="Redundancy of the adapters in a saved checkpoint.")
+    p.add_argument("checkpoint", help="a learner checkpoint (demo --save-dir) or a model "
+                   "state_dict holding GatedLoRALinear layers")
+    p.add_argument("--png", metavar="PATH", default=os.path.join("out", "redundancy.png"),
+                   help="heat-map path (default %(default)s; '' for none)")
+    args = p.parse_args(argv)
+    if not os.path.isfile(args.checkpoint):
+        print(f"analyze: no such checkpoint file: {args.checkpoint}", file=sys.stderr)
+        return 2
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
+    layers = adapters_from_state_dict(state)
+    if not layers:
+        print(f"{args.checkpoint}: no adapters found (keys *.lora_A.<k>)")
+        return 1
+    ids = ckpt.get("bank_ids") if isinstance(ckpt, dict) else None
+    reports = {}
+    for l, (name, adapters) in enumerate(layers.items()):
+        rep = reports[name] = layer_report(adapters)
+        tasks = ids[l] if ids and l < len(ids) else list(range(len(adapters)))
+        print(f"layer {name}: {len(adapters)} adapters (from tasks {tasks})")
+        print(_format_matrix("phi(A_i, A_j): normalized subspace similarity of the input "
+                             "subspaces", rep["phi_A"]))
+        print(_format_matrix("phi(B_i, B_j): the same for the output subspaces", rep["phi_B"]))
+        print("    share of B_j A_j explained by the others (magnitudes / subspaces): " +
+              ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(rep["explained"],
+                                                          rep["explained_subspace"])))
+    if args.png:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        os.makedirs(os.path.dirname(args.png) or ".", exist_ok=True)
+        n = len(reports)
+        fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.6), squeeze=False)
+        for ax, (name, rep) in zip(axes[0], reports.items()):
+            im = ax.imshow(rep["phi_A"], vmin=0, vmax=1, cmap="viridis")
+            ax.set_title(f"layer {name}: phi(A_i, A_j)")
+            ax.set_xlabel("adapter j")
+            ax.set_ylabel("adapter i")
+            fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        fig.savefig(args.png, dpi=110)
+        plt.close(fig)
+        print(f"wrote {args.png}")
+    return 0
+
+
+main = demo_main
