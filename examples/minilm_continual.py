@@ -171,7 +171,8 @@ def main(argv=None) -> dict:
 
     from litelora_fast.litelora import ContinualLearner
     learner = ContinualLearner(
-        SentenceEncoder(model), method=args.method, lam=args.lam, epochs=epochs,
+        SentenceEncoder(model), method=args.method, variant="library",
+        protocol="task-incremental", lam=args.lam, epochs=epochs,
         reuse_epochs=max(1, epochs // 2), gate_epochs=1, batch_size=16, gate_batch_size=8,
         lr=args.lr, seed=args.seed)
     names = list(TASKS)
