@@ -16,7 +16,9 @@ and autograd bookkeeping. It is printed in microseconds per call for
 in two modes (``forward``; ``fwd+bwd``: forward then ``backward()``), with frozen gates
 (``torch.rand(K)``, read on the host once per version of the tensor) and with trainable gates.
 ``x``, ``lora_A`` and ``lora_B`` require grad. Each number is the median over repeats of the mean
-time of a batch of calls; the peers are timed round-robin so machine noise hits all alike.
+CPU time of a batch of calls (``time.thread_time``: the calling thread's CPU time, so a busy
+machine that preempts the process does not count; one torch thread does all the work); the peers
+are timed round-robin so the remaining noise hits all alike.
 
     python benchmarks/overhead.py [--repeats 15] [--calls 200]
 """
@@ -83,10 +85,10 @@ def per_call_us(fns: dict, repeats: int, calls: int) -> dict:
     samples = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             for _ in range(calls):
                 fn()
-            samples[name].append((time.perf_counter() - t0) / calls * 1e6)
+            samples[name].append((time.thread_time() - t0) / calls * 1e6)
     return {name: statistics.median(s) for name, s in samples.items()}
 
 

@@ -106,7 +106,8 @@ def pack(active: tuple, lora_A: torch.Tensor, lora_B: torch.Tensor, rank_offsets
         tuple(active), tuple(rank_offsets), tuple(scaling), scale_dtype, lora_A.device)
     if stretch is not None:
         lo, hi = stretch
-        lora_A, lora_B = lora_A[lo:hi], lora_B[:, lo:hi]
+        if lo != 0 or hi != lora_A.shape[0]:   # (the whole bank is used as it is: no view ops)
+            lora_A, lora_B = lora_A[lo:hi], lora_B[:, lo:hi]
     else:
         lora_A, lora_B = lora_A.index_select(0, cols), lora_B.index_select(1, cols)
     return Plan(active=tuple(active), spans=spans, lora_A=lora_A, lora_B=lora_B,
