@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from . import lora_dropout
 from .op_math import as_dtype, expanded_gates
 
 
@@ -28,7 +29,9 @@ class TorchBackend:
     name = "torch"
 
     @staticmethod
-    def shrink(x2d, lora_A, gates2d, col_adapter, col_scale, S_out=None):
+    def shrink(x2d, lora_A, gates2d, col_adapter, col_scale, S_out=None, dropout=None):
+        if dropout is not None:
+            x2d = lora_dropout.dropped(x2d, dropout[1], dropout[0])
         S = x2d @ lora_A.t()
         if S_out is not None:
             S = S_out.copy_(S)
@@ -51,10 +54,15 @@ class TorchBackend:
         return dS, P
 
     @staticmethod
-    def fused_dx(dy, weight, dS, lora_A):
+    def fused_dx(dy, weight, dS, lora_A, dropout=None):
         dx = dy @ weight
         if dS is not None and dS.shape[1] > 0:
-            dx.addmm_(dS, lora_A)
+            if dropout is None:
+                dx.addmm_(dS, lora_A)
+            else:   # the adapter term flows back through drop(x): mask it
+                p, seed = dropout
+                keep = lora_dropout.keep_mask(seed, dx.shape[0], dx.shape[1], p)
+                dx.add_((dS @ lora_A) * keep.to(dx.dtype) * (1.0 / (1.0 - p)))
         return dx
 
     @staticmethod
@@ -62,8 +70,9 @@ class TorchBackend:
         return as_dtype(a.t() @ b, out_dtype)
 
     @staticmethod
-    def lora_weight_grads(x2d, dy, dS, SG, out_dtype):
-        return as_dtype(dS.t() @ x2d, out_dtype), as_dtype(dy.t() @ SG, out_dtype)
+    def lora_weight_grads(x2d, dy, dS, SG, out_dtype, dropout=None):
+        x_lora = x2d if dropout is None else lora_dropout.dropped(x2d, dropout[1], dropout[0])
+        return as_dtype(dS.t() @ x_lora, out_dtype), as_dtype(dy.t() @ SG, out_dtype)
 
 
 class TritonBackend:
@@ -72,11 +81,12 @@ class TritonBackend:
     name = "triton"
 
     @staticmethod
-    def shrink(x2d, lora_A, gates2d, col_adapter, col_scale, S_out=None):
+    def shrink(x2d, lora_A, gates2d, col_adapter, col_scale, S_out=None, dropout=None):
         from .kernels import forward
         # SG stays the launcher's own padded buffer (16-byte aligned rows for the TMA kernels).
         out = (S_out, None) if S_out is not None else None
-        return forward.shrink(x2d, lora_A, gates2d, col_adapter, col_scale, out=out)
+        return forward.shrink(x2d, lora_A, gates2d, col_adapter, col_scale, out=out,
+                              dropout=dropout)
 
     @staticmethod
     def fused_forward(x2d, weight, bias, SG, lora_B):
@@ -90,9 +100,14 @@ class TritonBackend:
                                     need_gate_grad)
 
     @staticmethod
-    def fused_dx(dy, weight, dS, lora_A):
+    def fused_dx(dy, weight, dS, lora_A, dropout=None):
         from .kernels import backward
-        return backward.fused_dx(dy, weight, dS, lora_A)
+        if dropout is None or dS is None or dS.shape[1] == 0:
+            return backward.fused_dx(dy, weight, dS, lora_A)
+        # Only the adapter term is masked: base-only fused GEMM, then the masked term in place.
+        from .kernels.dropout import masked_addmm_
+        p, seed = dropout
+        return masked_addmm_(backward.fused_dx(dy, weight, None, None), dS, lora_A, seed, p)
 
     @staticmethod
     def matmul_tn(a, b, out_dtype):
@@ -100,12 +115,14 @@ class TritonBackend:
         return backward.matmul_tn(a, b, out_dtype)
 
     @staticmethod
-    def lora_weight_grads(x2d, dy, dS, SG, out_dtype, gates=None):
+    def lora_weight_grads(x2d, dy, dS, SG, out_dtype, gates=None, dropout=None):
         """``(dS^T @ x2d, dy^T @ SG)``: both LoRA weight gradients from one GEMM launch. With
         ``gates=(gates2d, col_adapter, col_scale)`` the fourth operand is ``S`` and the kernel
-        forms ``SG = S * G_E`` itself (no elementwise launches before it)."""
+        forms ``SG = S * G_E`` itself (no elementwise launches before it). ``dropout=(p, seed)``:
+        ``dA = dS^T @ drop(x2d)``, the mask regenerated in the kernel."""
         from .kernels import backward
-        return backward.lora_weight_grads(x2d, dy, dS, SG, out_dtype, gates=gates)
+        return backward.lora_weight_grads(x2d, dy, dS, SG, out_dtype, gates=gates,
+                                          dropout=dropout)
 
 
 def interpreter_requested() -> bool:

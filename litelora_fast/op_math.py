@@ -46,8 +46,10 @@ def needed_grads(needs_input_grad, has_bias: bool) -> list:
     return [bool(n[0]), bool(n[1]), bool(has_bias and n[2]), bool(n[3]), bool(n[4]), bool(n[5])]
 
 
-def forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan: Optional[Plan], be):
-    """``(y, S)``: ``y`` ``(N, D_out)`` and ``S`` ``(N, R)``, active adapters' S first, then 0."""
+def forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan: Optional[Plan], be, drop=None):
+    """``(y, S)``: ``y`` ``(N, D_out)`` and ``S`` ``(N, R)``, active adapters' S first, then 0.
+    ``drop``: ``None`` or ``(p, seed)``, the call's LoRA dropout (``lora_dropout.py``): then
+    ``S = drop(x) @ A^T``."""
     n, R = x2d.shape[0], lora_A.shape[0]
     if plan is None:
         return F.linear(x2d, weight, bias), x2d.new_zeros(n, R)
@@ -58,14 +60,15 @@ def forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan: Optional[Plan], be
     if plan.rank != R:
         S_buf[:, plan.rank:].zero_()
     _, SG = be.shrink(x2d, plan.lora_A, gates2d, plan.col_adapter, plan.col_scale,
-                      S_out=S_buf[:, :plan.rank])
+                      S_out=S_buf[:, :plan.rank], **_drop_kw(drop))
     y = be.fused_forward(x2d, weight, bias, SG, plan.lora_B)
     return y, S_buf
 
 
 def backward(dy, x2d, weight, lora_A, lora_B, gates2d, S, plan: Optional[Plan],
-             grad_adapters: list, be, needs: list) -> list:
-    """Gradients ``[dx, dW, db, dA, dB, dg_rows]``; an unneeded one is ``None``."""
+             grad_adapters: list, be, needs: list, drop=None) -> list:
+    """Gradients ``[dx, dW, db, dA, dB, dg_rows]``; an unneeded one is ``None``. ``drop``: the
+    forward's ``(p, seed)``: ``dA = dS^T @ drop(x)`` and ``dx``'s adapter term is masked."""
     need_x, need_W, need_b, need_A, need_B, need_g = needs
     dx = dW = db = dA = dB = dg = None
     dS = P = None
@@ -81,7 +84,7 @@ def backward(dy, x2d, weight, lora_A, lora_B, gates2d, S, plan: Optional[Plan],
             SG = _take(as_dtype(as_dtype(S_act, G_E.dtype) * G_E, dy.dtype), local)
         if local and (need_A or need_B):
             dA_part, dB_part = _weight_grads(be, dy, x2d, _take(dS, local) if need_A else None,
-                                             SG, lora_A.dtype)
+                                             SG, lora_A.dtype, drop)
             dA = None if dA_part is None else _place(dA_part, full, lora_A, dim=0)
             dB = None if dB_part is None else _place(dB_part, full, lora_B, dim=1)
         if need_A and dA is None:
@@ -104,7 +107,7 @@ def backward(dy, x2d, weight, lora_A, lora_B, gates2d, S, plan: Optional[Plan],
         if plan is None:
             dx = be.fused_dx(dy, weight, None, None)
         else:
-            dx = be.fused_dx(dy, weight, dS, plan.lora_A)
+            dx = be.fused_dx(dy, weight, dS, plan.lora_A, **_drop_kw(drop))
     if need_W:
         dW = be.matmul_tn(dy, x2d, weight.dtype)
     if need_b:
@@ -112,12 +115,23 @@ def backward(dy, x2d, weight, lora_A, lora_B, gates2d, S, plan: Optional[Plan],
     return [dx, dW, db, dA, dB, dg]
 
 
-def _weight_grads(be, dy, x2d, dS_train, SG_train, out_dtype):
-    """``(dA_part, dB_part)`` = ``(dS^T @ x, dy^T @ SG)`` over the training columns; ``None`` for
-    an operand not given. One launch for both where the backend has ``lora_weight_grads``."""
+def _drop_kw(drop) -> dict:
+    # Primitives take ``dropout=`` only when there is one, so a backend without dropout support
+    # (a test double, an older backend) still runs every call without it.
+    return {} if drop is None else {"dropout": drop}
+
+
+def _weight_grads(be, dy, x2d, dS_train, SG_train, out_dtype, drop=None):
+    """``(dA_part, dB_part)`` = ``(dS^T @ drop(x), dy^T @ SG)`` over the training columns;
+    ``None`` for an operand not given. One launch for both where the backend has
+    ``lora_weight_grads``."""
     both = getattr(be, "lora_weight_grads", None)
     if both is not None and dS_train is not None and SG_train is not None:
-        return both(x2d, dy, dS_train, SG_train, out_dtype)
+        return both(x2d, dy, dS_train, SG_train, out_dtype, **_drop_kw(drop))
+    if dS_train is not None and drop is not None:
+        # dA alone (lora_B frozen) under dropout: rare, so the dropped x is a temporary.
+        from .lora_dropout import dropped
+        x2d = dropped(x2d, drop[1], drop[0])
     dA = None if dS_train is None else be.matmul_tn(dS_train, x2d, out_dtype)
     dB = None if SG_train is None else be.matmul_tn(dy, SG_train, out_dtype)
     return dA, dB

@@ -21,7 +21,8 @@ The direct path's backward is ``once_differentiable``: a double backward raises,
 through the custom ops (whose backward op has no autograd formula).
 
 Saved for backward: ``x`` and ``S = x @ A_act^T`` (``N x R``), never per-adapter intermediates;
-``S * G_E`` is recomputed from ``S`` when ``dB`` is needed.
+``S * G_E`` is recomputed from ``S`` when ``dB`` is needed. With LoRA dropout, one int64 seed
+more: the mask is regenerated from it (``lora_dropout.py``), never stored.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from typing import Optional, Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import autotune, op_math
+from . import autotune, lora_dropout, op_math
 from .plan import PLAIN_TYPES, all_finite, decide_active, pack
 from .reference import gated_lora_linear_ref
 from .validation import RankOffsets, Scaling, validate
@@ -40,6 +41,11 @@ __all__ = ["gated_lora_linear", "direct_ok"]
 
 def _is_empty(x2d, weight) -> bool:
     return x2d.shape[0] == 0 or x2d.shape[1] == 0 or weight.shape[0] == 0
+
+
+def _drop(p_drop: float, seed):
+    """op_math's ``drop`` argument: ``(p, seed)``, or ``None`` without dropout."""
+    return None if seed is None or p_drop <= 0 else (p_drop, seed)
 
 
 def _backend(x2d, weight, plan, gates2d, needs, backend: str):
@@ -53,17 +59,18 @@ def _backend(x2d, weight, plan, gates2d, needs, backend: str):
 def _gated_lora_fwd(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                     lora_A: torch.Tensor, lora_B: torch.Tensor, gates2d: torch.Tensor,
                     rank_offsets: list[int], scaling: list[float], active: list[int],
-                    grad_adapters: list[bool], backend: str, needs: list[bool]
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    grad_adapters: list[bool], backend: str, needs: list[bool], p_drop: float,
+                    seed: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns ``y`` ``(N, D_out)`` and ``S`` ``(N, R)``: active adapters' S first, then zeros."""
     plan = pack(tuple(active), lora_A, lora_B, rank_offsets, scaling, x2d.dtype)
     be = _backend(x2d, weight, plan, gates2d, needs, backend)
-    return op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be)
+    return op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be,
+                           _drop(p_drop, seed))
 
 
 @_gated_lora_fwd.register_fake
 def _(x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling, active, grad_adapters,
-      backend, needs):
+      backend, needs, p_drop, seed):
     n = x2d.shape[0]
     return x2d.new_empty(n, weight.shape[0]), x2d.new_empty(n, lora_A.shape[0])
 
@@ -73,7 +80,8 @@ def _gated_lora_bwd(dy: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor,
                     lora_A: torch.Tensor, lora_B: torch.Tensor, gates2d: torch.Tensor,
                     S: torch.Tensor, rank_offsets: list[int], scaling: list[float],
                     active: list[int], grad_adapters: list[bool], backend: str,
-                    needs: list[bool], fwd_needs: list[bool]
+                    needs: list[bool], fwd_needs: list[bool], p_drop: float,
+                    seed: Optional[torch.Tensor]
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                torch.Tensor, torch.Tensor]:
     """Gradients ``(dx, dW, db, dA, dB, dg_rows)``; an unneeded one is an empty tensor.
@@ -81,14 +89,14 @@ def _gated_lora_bwd(dy: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor,
     plan = pack(tuple(active), lora_A, lora_B, rank_offsets, scaling, x2d.dtype)
     be = _backend(x2d, weight, plan, gates2d, fwd_needs, backend)
     grads = op_math.backward(dy, x2d, weight, lora_A, lora_B, gates2d, S, plan, grad_adapters,
-                             be, needs)
+                             be, needs, _drop(p_drop, seed))
     # Custom-op outputs must not alias each other: one fresh empty tensor per unneeded grad.
     return tuple(dy.new_empty(0) if g is None else g for g in grads)
 
 
 @_gated_lora_bwd.register_fake
 def _(dy, x2d, weight, lora_A, lora_B, gates2d, S, rank_offsets, scaling, active, grad_adapters,
-      backend, needs, fwd_needs):
+      backend, needs, fwd_needs, p_drop, seed):
     shapes = [x2d.shape, weight.shape, (weight.shape[0],), lora_A.shape, lora_B.shape,
               gates2d.shape]
     dtypes = [dy.dtype, weight.dtype, dy.dtype, lora_A.dtype, lora_B.dtype, gates2d.dtype]
@@ -98,22 +106,22 @@ def _(dy, x2d, weight, lora_A, lora_B, gates2d, S, rank_offsets, scaling, active
 
 def _setup_context(ctx, inputs, output):
     (x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling, active, grad_adapters,
-     backend, needs) = inputs
+     backend, needs, p_drop, seed) = inputs
     _, S = output
-    ctx.save_for_backward(x2d, weight, lora_A, lora_B, gates2d, S)
-    ctx.static = (rank_offsets, scaling, active, grad_adapters, backend, needs)
+    ctx.save_for_backward(x2d, weight, lora_A, lora_B, gates2d, S, seed)
+    ctx.static = (rank_offsets, scaling, active, grad_adapters, backend, needs, p_drop)
     ctx.has_bias = bias is not None
 
 
 def _backward(ctx, dy, _dS_unused):
-    x2d, weight, lora_A, lora_B, gates2d, S = ctx.saved_tensors
-    rank_offsets, scaling, active, grad_adapters, backend, fwd_needs = ctx.static
+    x2d, weight, lora_A, lora_B, gates2d, S, seed = ctx.saved_tensors
+    rank_offsets, scaling, active, grad_adapters, backend, fwd_needs, p_drop = ctx.static
     needs = op_math.needed_grads(ctx.needs_input_grad, ctx.has_bias)
     if not any(needs):
-        return (None,) * 12
+        return (None,) * 14
     grads = _gated_lora_bwd(dy, x2d, weight, lora_A, lora_B, gates2d, S, rank_offsets, scaling,
-                            active, grad_adapters, backend, needs, fwd_needs)
-    return (*(g if n else None for g, n in zip(grads, needs)), *(None,) * 6)
+                            active, grad_adapters, backend, needs, fwd_needs, p_drop, seed)
+    return (*(g if n else None for g, n in zip(grads, needs)), *(None,) * 8)
 
 
 _gated_lora_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -134,29 +142,30 @@ class _GatedLoRA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x2d, weight, bias, lora_A, lora_B, gates2d, p, active, grad_adapters,
-                backend, needs):
+                backend, needs, p_drop, seed):
         plan = pack(active, lora_A, lora_B, p.rank_offsets, p.scaling, x2d.dtype)
         be = _backend(x2d, weight, plan, gates2d, needs, backend)
-        y, S = op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be)
+        y, S = op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be,
+                               _drop(p_drop, seed))
         # Only the active set and the backend are kept besides the saved tensors (no tensors
         # outside save_for_backward, so saved-tensor hooks see everything the backward holds).
-        ctx.save_for_backward(x2d, weight, lora_A, lora_B, gates2d, S)
-        ctx.static = (p.rank_offsets, p.scaling, active, grad_adapters, be)
+        ctx.save_for_backward(x2d, weight, lora_A, lora_B, gates2d, S, seed)
+        ctx.static = (p.rank_offsets, p.scaling, active, grad_adapters, be, p_drop)
         ctx.has_bias = bias is not None
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        x2d, weight, lora_A, lora_B, gates2d, S = ctx.saved_tensors
-        rank_offsets, scaling, active, grad_adapters, be = ctx.static
+        x2d, weight, lora_A, lora_B, gates2d, S, seed = ctx.saved_tensors
+        rank_offsets, scaling, active, grad_adapters, be, p_drop = ctx.static
         needs = op_math.needed_grads(ctx.needs_input_grad, ctx.has_bias)
-        rest = (None,) * 5                 # p, active, grad_adapters, backend, needs
+        rest = (None,) * 7        # p, active, grad_adapters, backend, needs, p_drop, seed
         if not any(needs):
             return (None,) * 6 + rest
         plan = pack(active, lora_A, lora_B, rank_offsets, scaling, x2d.dtype)
         grads = op_math.backward(dy, x2d, weight, lora_A, lora_B, gates2d, S, plan,
-                                 grad_adapters, be, needs)
+                                 grad_adapters, be, needs, _drop(p_drop, seed))
         return (*grads, *rest)
 
 
@@ -184,8 +193,9 @@ def gated_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
                       rank_offsets: RankOffsets = None, scaling: Scaling = None,
                       *, trainable_adapters: Optional[Sequence[bool]] = None,
                       nonzero_gates: Optional[Sequence[bool]] = None,
+                      dropout: float = 0.0,
                       backend: Optional[str] = None) -> torch.Tensor:
-    """``y = x @ W^T + b + sum_k g_k * s_k * (x @ A_k^T) @ B_k^T`` through the fused path.
+    """``y = x @ W^T + b + sum_k g_k * s_k * (drop(x) @ A_k^T) @ B_k^T`` through the fused path.
 
     Args:
         x: ``(..., D_in)`` input.
@@ -204,6 +214,10 @@ def gated_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         nonzero_gates: optional ``K`` booleans, a host-side hint: ``False`` promises that
             adapter ``k``'s gate is zero in every row, so it is skipped without reading the
             gates (useful for per-row gates, which are never read). Ignored when gates train.
+        dropout: LoRA dropout probability ``p`` in ``[0, 1)`` on the adapters' input only (as in
+            PEFT): ``drop(x) = x * keep / (1 - p)``, one fresh mask per call shared by the
+            adapters, never stored (``lora_dropout.py``). The op applies it whenever ``p > 0``;
+            the module passes ``p`` in training mode only.
         backend: ``"torch"`` or ``"triton"`` to force one (testing, benchmarks); ``None`` picks
             by device (CUDA: the faster of the two, measured once per shape bucket, see
             ``autotune.py``; CPU: PyTorch, or the kernels under ``TRITON_INTERPRET=1``).
@@ -223,6 +237,7 @@ def gated_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     grad_adapters = [True] * K if trainable_adapters is None else _flags(
         "trainable_adapters", trainable_adapters, K)
     hint = None if nonzero_gates is None else _flags("nonzero_gates", nonzero_gates, K)
+    p_drop = lora_dropout.check_p(dropout)
     x2d, gates2d = p.x2d, p.gates2d
     grad_on = torch.is_grad_enabled()
     needs = [grad_on and t is not None and t.requires_grad
@@ -232,18 +247,27 @@ def gated_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         # inf/NaN gates: S * inf summed over an adapter's ranks mixes +inf and -inf into NaN,
         # where the reference scales the adapter's finite update by inf. Rare: take its math.
         return gated_lora_linear_ref(x, weight, bias, lora_A, lora_B, gates, p.rank_offsets,
-                                     p.scaling)
+                                     p.scaling, dropout=p_drop)
+    # A seed only when an adapter is active (else nothing to drop) and there is data.
+    seed = None
+    if p_drop > 0 and active and not _is_empty(x2d, weight):
+        seed = lora_dropout.new_seed(x2d.device)
+        lora_dropout.record(seed, x2d.shape[0], x2d.shape[1], p_drop)
+    else:
+        p_drop = 0.0
     if direct_ok((x, weight, bias, lora_A, lora_B, gates)):
         if any(needs):
             y2d = _GatedLoRA.apply(x2d, weight, bias, lora_A, lora_B, gates2d, p, active,
-                                   grad_adapters, backend or "", needs)
+                                   grad_adapters, backend or "", needs, p_drop, seed)
         else:
             plan = pack(active, lora_A, lora_B, p.rank_offsets, p.scaling, x2d.dtype)
             be = _backend(x2d, weight, plan, gates2d, needs, backend or "")
-            y2d, _ = op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be)
+            y2d, _ = op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be,
+                                     _drop(p_drop, seed))
     else:
         y2d, _ = _gated_lora_fwd(x2d, weight, bias, lora_A, lora_B, gates2d, p.rank_offsets,
-                                 p.scaling, list(active), grad_adapters, backend or "", needs)
+                                 p.scaling, list(active), grad_adapters, backend or "", needs,
+                                 p_drop, seed)
     # Not a view of y2d (what matmul does too): FSDP2 warns that in-place ops on a returned view
     # would bypass its pre-backward hook.
     return torch.ops.aten._unsafe_view(y2d, (*p.lead_shape, weight.shape[0]))

@@ -120,7 +120,10 @@ def test_opcheck_forward_op(keep_zero, fast_path, seed):
     active = [0, 1] if keep_zero else [0]
     args = (x2d, weight, bias, lora_A, lora_B, gates2d, [0, 2, 5], [2.0, 0.5], active,
             [True, True], "torch", needs)
-    torch.library.opcheck(torch.ops.litelora_fast.gated_lora_fwd.default, args)
+    torch.library.opcheck(torch.ops.litelora_fast.gated_lora_fwd.default, (*args, 0.0, None))
+    # LoRA dropout: the seed is an input, so every run of the op draws the same mask.
+    seed_t = torch.tensor([seed], dtype=torch.int64)
+    torch.library.opcheck(torch.ops.litelora_fast.gated_lora_fwd.default, (*args, 0.25, seed_t))
 
 
 def test_opcheck_backward_op(fast_path, seed):
@@ -132,7 +135,9 @@ def test_opcheck_backward_op(fast_path, seed):
         for active in ([0, 1], [1]):
             args = (dy, x2d, weight, lora_A, lora_B, gates2d, S, [0, 2, 5], [2.0, 0.5], active,
                     grad_adapters, "torch", needs, needs)
-            torch.library.opcheck(torch.ops.litelora_fast.gated_lora_bwd.default, args)
+            for drop in ((0.0, None), (0.25, torch.tensor([seed], dtype=torch.int64))):
+                torch.library.opcheck(torch.ops.litelora_fast.gated_lora_bwd.default,
+                                      (*args, *drop))
 
 
 def test_autocast_bf16_runs_the_matmuls_in_bf16(fast_path, seed):

@@ -1,0 +1,180 @@
+"""LoRA dropout through the public op, on both backends and both dispatch paths.
+
+Each call's mask is captured with ``lora_dropout.recorded_masks`` and handed to the float64
+reference, so the op's output and every gradient are compared given the same mask. Also: the
+mask is fresh per call and reproducible under ``torch.manual_seed``, nothing ``N x D_in`` is saved
+for backward, ``p = 0`` is the op without dropout, and bad ``p`` is refused.
+"""
+import pytest
+import torch
+
+import litelora_fast as llf
+from litelora_fast import lora_dropout
+from litelora_fast.kernels import LAUNCH_COUNTS
+from litelora_fast.reference import gated_lora_linear_ref
+from numerics import assert_rel
+from op_cases import gate_grad_scale
+
+BACKENDS = ["fast_path", "interpreter"]
+
+
+def _inputs(lead, d_in, d_out, ranks, per_row):
+    K, R = len(ranks), sum(ranks)
+    x = torch.randn(*lead, d_in, requires_grad=True)
+    weight = torch.randn(d_out, d_in) / d_in ** 0.5
+    bias = torch.randn(d_out)
+    lora_A = (torch.randn(R, d_in) / d_in ** 0.5).requires_grad_()
+    lora_B = torch.randn(d_out, R, requires_grad=True)
+    gates = (torch.rand(*lead, K) if per_row else torch.rand(K)) + 0.25
+    offsets = [0]
+    for r in ranks:
+        offsets.append(offsets[-1] + r)
+    return x, weight, bias, lora_A, lora_B, gates.requires_grad_(), offsets
+
+
+@pytest.mark.parametrize("path", BACKENDS)
+@pytest.mark.parametrize("lead,d_in,d_out,ranks,per_row", [
+    ((37,), 29, 19, [3, 1, 6], False),
+    ((3, 11), 24, 17, [2, 5, 2], True),
+    ((1,), 13, 7, [4], False),
+])
+def test_matches_reference_given_the_mask(request, seed, path, lead, d_in, d_out, ranks, per_row):
+    request.getfixturevalue(path)
+    x, weight, bias, lora_A, lora_B, gates, offsets = _inputs(lead, d_in, d_out, ranks, per_row)
+    scaling = [0.5 + k for k in range(len(ranks))]
+    p = 0.3
+    with lora_dropout.recorded_masks() as masks:
+        y = llf.gated_lora_linear(x, weight, bias, lora_A, lora_B, gates, offsets, scaling,
+                                  dropout=p)
+    assert len(masks) == 1 and masks[0].shape == (x[..., 0].numel(), d_in)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+
+    leaves = {"x": x, "lora_A": lora_A, "lora_B": lora_B, "gates": gates}
+    t64 = {k: v.detach().double().requires_grad_() for k, v in leaves.items()}
+    y_ref = gated_lora_linear_ref(t64["x"], weight.double(), bias.double(), t64["lora_A"],
+                                  t64["lora_B"], t64["gates"], offsets, scaling, dropout=p,
+                                  dropout_mask=masks[0].reshape(x.shape))
+    y_ref.backward(dy.double())
+    assert_rel("y", y, y_ref, torch.float32)
+    for name in ("x", "lora_A", "lora_B"):
+        assert_rel(name, leaves[name].grad, t64[name].grad, torch.float32)
+    # The gate gradient is a cancelling inner product over drop(x) A^T and dy B.
+    xd = (x.detach() * masks[0].reshape(x.shape) / (1 - p))
+    scale = gate_grad_scale(xd, lora_A, lora_B, dy, offsets, scaling, per_row)
+    assert_rel("gates", gates.grad, t64["gates"].grad, torch.float32, scale=scale)
+    # And the mask mattered: without it the reference is far off.
+    y_plain = gated_lora_linear_ref(x.double(), weight.double(), bias.double(), lora_A.double(),
+                                    lora_B.double(), gates.double(), offsets, scaling)
+    assert (y.double() - y_plain).norm() > 1e-2 * y_plain.norm()
+
+
+def test_kernel_path_launches_and_frozen_adapters(interpreter, seed):
+    """Under the interpreter the kernels really run (one more launch: the masked dx term), and a
+    frozen adapter gets zero dA/dB while the trainable one matches the reference."""
+    x, weight, bias, lora_A, lora_B, gates, offsets = _inputs((40,), 30, 20, [4, 4], False)
+    gates = gates.detach()
+    before = LAUNCH_COUNTS.copy()
+    with lora_dropout.recorded_masks() as masks:
+        y = llf.gated_lora_linear(x, weight, bias, lora_A, lora_B, gates, offsets, 2.0,
+                                  trainable_adapters=[False, True], dropout=0.2)
+    y.backward(torch.ones_like(y))
+    ran = {k: LAUNCH_COUNTS[k] - before[k] for k in
+           ("shrink", "masked_addmm", "lora_weight_grads", "grad_shrink")}
+    assert ran == {"shrink": 1, "masked_addmm": 1, "lora_weight_grads": 1, "grad_shrink": 1}
+    assert lora_A.grad[:4].abs().max() == 0 and lora_B.grad[:, :4].abs().max() == 0
+    A64 = lora_A.detach().double().requires_grad_()
+    B64 = lora_B.detach().double().requires_grad_()
+    ref = gated_lora_linear_ref(x.detach().double(), weight.double(), bias.double(), A64, B64,
+                                gates.double(), offsets, 2.0, dropout=0.2, dropout_mask=masks[0])
+    ref.backward(torch.ones_like(ref))
+    assert_rel("dA trainable", lora_A.grad[4:], A64.grad[4:], torch.float32)
+    assert_rel("dB trainable", lora_B.grad[:, 4:], B64.grad[:, 4:], torch.float32)
+
+
+def test_backends_draw_the_same_mask_under_the_interpreter(interpreter, monkeypatch, seed):
+    x, weight, bias, lora_A, lora_B, gates, offsets = _inputs((33,), 21, 9, [3, 5], False)
+    outs = []
+    for backend in ("torch", "triton"):
+        torch.manual_seed(seed)
+        outs.append(llf.gated_lora_linear(x, weight, bias, lora_A, lora_B, gates, offsets,
+                                          dropout=0.5, backend=backend))
+    assert_rel("torch vs triton", outs[0], outs[1].double(), torch.float32)
+
+
+@pytest.mark.parametrize("path", BACKENDS)
+def test_mask_is_fresh_per_call_and_seeded(request, seed, path):
+    request.getfixturevalue(path)
+    x, weight, bias, lora_A, lora_B, gates, offsets = _inputs((64,), 48, 8, [4], False)
+    p = 0.5
+    with lora_dropout.recorded_masks() as masks:
+        torch.manual_seed(seed)
+        llf.gated_lora_linear(x, weight, bias, lora_A, lora_B, gates, offsets, dropout=p)
+        llf.gated_lora_linear(x, weight, bias, lora_A, lora_B, gates, offsets, dropout=p)
+        torch.manual_seed(seed)
+        llf.gated_lora_linear(x, weight, bias, lora_A, lora_B, gates, offsets, dropout=p)
+    first, second, again = masks
+    assert torch.equal(first, again)
+    n = first.numel()
+    sd = (n * p * (1 - p)) ** 0.5
+    assert abs(int(first.sum()) - n * (1 - p)) < 6 * sd
+    agree = (first == second).double().mean().item()        # independent: agree half the time
+    assert abs(agree - 0.5) < 6 * (0.25 / n) ** 0.5
+
+
+@pytest.mark.parametrize("path", BACKENDS)
+def test_saves_a_seed_not_a_mask(request, seed, path):
+    request.getfixturevalue(path)
+    x, weight, bias, lora_A, lora_B, gates, offsets = _inputs((50,), 40, 30, [4, 4], False)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        llf.gated_lora_linear(x, weight, bias, lora_A, lora_B, gates, offsets, dropout=0.1)
+    big = [tuple(t.shape) for t in saved if t.numel() >= 50 * 40 and t.dtype == torch.bool]
+    assert not big, f"a mask-sized tensor was saved: {big}"
+    seeds = [t for t in saved if t.dtype == torch.int64 and t.numel() == 1]
+    assert len(seeds) == 1
+    # Saved bytes: x, weight, A, B, gates, S and the seed; nothing of size N x D_in beyond x.
+    x_sized = [t for t in saved if t.numel() == x.numel()]
+    assert len(x_sized) == 1
+
+
+def test_custom_op_path_matches_reference(interpreter, seed):
+    """Under a torch-function mode the op dispatches its registered custom ops (the
+    torch.compile path); dropout's seed travels through them."""
+    class Passthrough(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    x, weight, bias, lora_A, lora_B, gates, offsets = _inputs((26,), 18, 11, [2, 3], True)
+    with lora_dropout.recorded_masks() as masks, Passthrough():
+        y = llf.gated_lora_linear(x, weight, bias, lora_A, lora_B, gates, offsets, dropout=0.4)
+    y.sum().backward()
+    A64 = lora_A.detach().double().requires_grad_()
+    ref = gated_lora_linear_ref(x.detach().double(), weight.double(), bias.double(), A64,
+                                lora_B.detach().double(), gates.detach().double(), offsets,
+                                dropout=0.4, dropout_mask=masks[0])
+    ref.sum().backward()
+    assert_rel("y", y, ref, torch.float32)
+    assert_rel("dA", lora_A.grad, A64.grad, torch.float32)
+
+
+def test_zero_dropout_is_the_plain_op_and_bad_p_is_refused(fast_path, seed):
+    x, weight, bias, lora_A, lora_B, gates, offsets = _inputs((12,), 10, 6, [2, 2], False)
+    with lora_dropout.recorded_masks() as masks:
+        y0 = llf.gated_lora_linear(x, weight, bias, lora_A, lora_B, gates, offsets, dropout=0.0)
+    assert masks == []
+    assert torch.equal(y0, llf.gated_lora_linear(x, weight, bias, lora_A, lora_B, gates, offsets))
+    for bad, err in ((1.0, ValueError), (-0.1, ValueError), (float("nan"), ValueError),
+                     ("0.1", TypeError), (True, TypeError)):
+        with pytest.raises(err, match="dropout"):
+            llf.gated_lora_linear(x, weight, bias, lora_A, lora_B, gates, offsets, dropout=bad)
+    # No active adapter: nothing to drop, no seed drawn, exactly F.linear.
+    with lora_dropout.recorded_masks() as masks:
+        y = llf.gated_lora_linear(x, weight, bias, lora_A, lora_B, torch.zeros(2), offsets,
+                                  dropout=0.5)
+    assert masks == [] and torch.equal(y, torch.nn.functional.linear(x, weight, bias))
