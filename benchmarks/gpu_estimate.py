@@ -55,11 +55,13 @@ def _ints(*sizes) -> tuple:
     return tuple("1" if s == 1 else ("16" if s % 16 == 0 else "-") for s in sizes)
 
 
-def launches(case, dtype: str, variant: str, gates_train: bool, strided: bool = False) -> list:
+def launches(case, dtype: str, variant: str, gates_train: bool, strided: bool = False,
+             dropout: float = 0.0, tf32: bool = False) -> list:
     """``[(kernel, variant, spec key, autotune key)]`` one forward+backward of the op launches.
 
     ``case`` is an ``op_cases.Case``-like object: lead, d_in, d_out, ranks, per_row, bias,
-    zero_gates, trainable."""
+    zero_gates, trainable. A spec key starts with the dtype; fp32 also carries TF32 on/off (the
+    dots' precision is a constexpr), LoRA dropout its own flag (compiled out at p = 0)."""
     n = 1
     for d in case.lead:
         n *= d
@@ -67,28 +69,33 @@ def launches(case, dtype: str, variant: str, gates_train: bool, strided: bool = 
     r_all = sum(ranks)
     r_act = r_all if gates_train else sum(r for k, r in enumerate(ranks) if k not in zero)
     tr = case.trainable
-    per_row, bias = bool(case.per_row), bool(case.bias)
+    per_row, bias, drop = bool(case.per_row), bool(case.bias), dropout > 0
     sizes = _ints(n, case.d_in, case.d_out, r_act)
+    kind = (dtype, tf32) if dtype == "float32" else (dtype,)
     stride = ("strided",) if strided else ()
     out = []
     if r_act:
-        out.append(("shrink", "pointer", (dtype, per_row, _pow2(r_act)) + sizes + stride,
+        out.append(("shrink", "pointer", kind + (per_row, drop, _pow2(r_act)) + sizes + stride,
                     (n, case.d_in, r_act)))
-    out.append(("fused_forward", variant, (dtype, bias, _pow2(r_act, cap=64)) + sizes + stride,
+    out.append(("fused_forward", variant, kind + (bias, _pow2(r_act, cap=64)) + sizes + stride,
                 (n, case.d_in, case.d_out, r_act)))
     needs_dx = tr.get("x", False)
     needs_ab = tr.get("lora_A", False) or tr.get("lora_B", False)
     if r_act and (needs_dx or needs_ab or gates_train):
-        out.append(("grad_shrink", "pointer", (dtype, per_row, gates_train, _pow2(r_act)) + sizes,
+        out.append(("grad_shrink", "pointer", kind + (per_row, gates_train, _pow2(r_act)) + sizes,
                     (n, case.d_out, r_act, gates_train)))
     if needs_dx:
-        out.append(("fused_dx", variant, (dtype, _pow2(r_act, cap=64)) + sizes,
-                    (n, case.d_in, case.d_out, r_act)))
+        # under dropout the fused dx runs base-only and the masked adapter term comes after
+        dx_r = 0 if drop else r_act
+        out.append(("fused_dx", variant, kind + (_pow2(dx_r, cap=64) if dx_r else 0,) + sizes,
+                    (n, case.d_in, case.d_out, dx_r)))
+        if drop and r_act:
+            out.append(("masked_addmm", "pointer", kind + sizes, (n, case.d_in, r_act)))
     if r_act and needs_ab:
-        out.append(("lora_weight_grads", "pointer", (dtype,) + sizes + stride,
+        out.append(("lora_weight_grads", "pointer", kind + (drop,) + sizes + stride,
                     (n, case.d_in, case.d_out, r_act)))
     if tr.get("weight", False) or tr.get("bias", False):
-        out.append(("matmul_tn", "wide", (dtype,) + sizes + stride,   # dW = dy^T x
+        out.append(("matmul_tn", "wide", kind + sizes + stride,   # dW = dy^T x
                     (n, case.d_in, case.d_out)))
     return out
 
@@ -106,13 +113,15 @@ class Pricer:
         """The configs a launch may compile: the first one untuned; with autotuning the list of
         the forced variant, or under "auto" every descriptor variant's list of that kernel (the
         variants are configs of one launch; "auto" takes them on descriptor-legal operands).
-        fp32 has lists of its own (``<variant>/fp32``)."""
-        suffix = "/fp32" if dtype == "float32" else ""
+        fp32 has lists of its own (``<variant>/fp32``) for most kernels."""
+        def name(v):   # fp32's own list where the kernel has one (masked_addmm has one list)
+            fp32 = v + "/fp32"
+            return fp32 if dtype == "float32" and (kernel, fp32) in self.configs else v
         if variant == "auto":
-            names = [v + suffix for v in gpu_plan.TMA_VARIANTS
-                     if (kernel, v + suffix) in self.configs] or ["pointer" + suffix]
+            names = [name(v) for v in gpu_plan.TMA_VARIANTS
+                     if (kernel, name(v)) in self.configs] or [name("pointer")]
         else:
-            names = [variant + suffix]
+            names = [name(variant)]
         missing = [n for n in names if (kernel, n) not in self.configs]
         if missing:
             raise KeyError(f"estimate: no config list for kernel {kernel!r} variant(s) {missing} "
@@ -161,16 +170,17 @@ def estimate() -> tuple:
     # numerics: LITELORA_AUTOTUNE=0, every run forward + backward
     runs = gpu_plan.numerics_runs()
     ls = [lk for r in runs for lk in launches(r.case, r.dtype, r.variant, r.gates == "train",
-                                              r.case.strided_x)]
+                                              r.case.strided_x, r.dropout, r.tf32)]
     compiles, timed = pricer.price(ls, autotune=False)
     draws = len(runs) * gpu_plan.SEEDS_PER_RUN
     s, out = _step("numerics", compiles, timed, 0.02 * draws, f"{draws} draws x 0.02 s",
                    by_kernel=pricer.by_kernel)
     per_dtype = {d: sum(r.dtype == d for r in runs) for d in gpu_plan.DTYPES}
     out.append(f"  {len(runs)} runs {per_dtype} (pointer path on the GPU shapes, + the "
-               f"{len(gpu_plan.EDGE_CASES)} edge cases in {'/'.join(gpu_plan.EDGE_CASE_DTYPES)}; "
-               f"{'/'.join(gpu_plan.TMA_VARIANTS)} on {gpu_plan.TMA_CASE}; gates train, and "
-               f"frozen where one is 0) x {gpu_plan.SEEDS_PER_RUN} seeds")
+               f"{len(gpu_plan.EDGE_CASES) + len(gpu_plan.BF16_CASES)} edge cases in {'/'.join(gpu_plan.EDGE_CASE_DTYPES)}; "
+               f"{'/'.join(gpu_plan.TMA_VARIANTS)} on {gpu_plan.TMA_CASE} (fp32 with TF32 on); "
+               f"LoRA dropout {gpu_plan.DROPOUT:g}; gates train, and frozen where one is 0) x "
+               f"{gpu_plan.SEEDS_PER_RUN} seeds")
     total += s
     lines += out
 

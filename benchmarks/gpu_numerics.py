@@ -4,10 +4,12 @@ the float64 reference, in bf16, fp16 and fp32, output and every gradient.
 The runs are ``gpu_plan.numerics_runs()``: the pointer path on the named edge cases of
 ``tests/op_cases.py`` (one row, K = 1, ragged ranks, rank-0 adapters, zero gates, per-row gates,
 3-D and strided inputs) and GPU-sized shapes; each descriptor variant of the fused GEMMs
-(``LITELORA_KERNEL_VARIANT`` = tma, tma_persistent, tma_ws) on descriptor-legal shapes; every run
-with trainable gates and with frozen gates (the zero-gate skipping path), on fresh seeds.
+(``LITELORA_KERNEL_VARIANT`` = tma, tma_persistent, tma_ws) on a descriptor-legal shape; LoRA
+dropout (the reference gets the mask the kernels drew, ``lora_dropout.recorded_masks``); gates
+trainable, and frozen where one is 0 (the zero-gate skipping path), on fresh seeds.
 
-Bounds: ``tests/numerics.py``'s ``TOL`` (``TOL_TF32`` for fp32 when torch allows TF32); the gate
+Bounds: ``tests/numerics.py``'s ``TOL`` (``TOL_TF32`` for the fp32 runs with TF32 on: the
+descriptor kernels take fp32 only then); the gate
 gradient is measured against ``op_cases.gate_grad_scale`` (the sum of |terms|), as the unit tests
 do, since it is an inner product that can cancel far below its terms.
 
@@ -33,10 +35,8 @@ VARIANT_ENV = "LITELORA_KERNEL_VARIANT"
 FUSED = ("fused_forward", "fused_dx")   # the kernels with variants
 
 
-def bound(dtype: torch.dtype) -> float:
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
-        return TOL_TF32
-    return TOL[dtype]
+def bound(run: gpu_plan.Run) -> float:
+    return TOL_TF32 if run.dtype == "float32" and run.tf32 else TOL[getattr(torch, run.dtype)]
 
 
 def check(run: gpu_plan.Run, seed: int, device: str = "cuda") -> dict:
@@ -45,12 +45,20 @@ def check(run: gpu_plan.Run, seed: int, device: str = "cuda") -> dict:
     script)."""
     import litelora_fast as llf
 
+    from litelora_fast import lora_dropout
+
     dtype, case = getattr(torch, run.dtype), run.case
     torch.manual_seed(seed)
+    torch.backends.cuda.matmul.allow_tf32 = run.tf32
     t = make_inputs(case, dtype=dtype, device=device)
-    y = call(lambda *a: llf.gated_lora_linear(*a, backend="triton"), case, t)
+    with lora_dropout.recorded_masks() as masks:
+        y = call(lambda *a: llf.gated_lora_linear(*a, backend="triton", dropout=run.dropout),
+                 case, t)
     dy = torch.randn_like(y)
-    y_ref, g_ref = oracle(case, t, dy)
+    ref_kwargs = {}
+    if run.dropout:   # the reference drops the same elements
+        ref_kwargs = dict(dropout=run.dropout, dropout_mask=masks[0].reshape(t["x"].shape))
+    y_ref, g_ref = oracle(case, t, dy, **ref_kwargs)
     errs = {"y": rel_err(y, y_ref)}
     if leaves(t):
         y.backward(dy)
@@ -81,13 +89,13 @@ def main(argv=None) -> int:
 
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"LITELORA_AUTOTUNE={os.environ.get('LITELORA_AUTOTUNE', '(unset)')}, "
-          f"allow_tf32={torch.backends.cuda.matmul.allow_tf32}", flush=True)
+          f"TF32 per run (fp32 descriptor runs with it on)", flush=True)
     start, failures, draws = time.time(), [], 0
     launched = {}   # (dtype, variant) -> Counter of launches
     base_seed = torch.seed() % 2**31
     for i, run in enumerate(runs):
         os.environ[VARIANT_ENV] = run.variant
-        limit = bound(getattr(torch, run.dtype))
+        limit = bound(run)
         before = dict(LAUNCH_COUNTS)
         for j in range(gpu_plan.SEEDS_PER_RUN):
             seed = base_seed + 1000 * i + j
@@ -112,8 +120,9 @@ def main(argv=None) -> int:
     kernels = {k for c in launched.values() for k, v in c.items() if v and "/" not in k}
     missing = [f"{dtype}/{POINTER}: {k}" for dtype in gpu_plan.DTYPES for k in sorted(kernels)
                if not launched.get((dtype, POINTER), {}).get(k)]
-    missing += [f"{dtype}/{v}: {k}/{v}" for dtype in gpu_plan.DTYPES
-                for v in (POINTER,) + gpu_plan.TMA_VARIANTS for k in FUSED
+    expected = {(r.dtype, r.variant, k) for r in runs for k in FUSED
+                if k == "fused_forward" or r.case.trainable.get("x")}
+    missing += [f"{dtype}/{v}: {k}/{v}" for dtype, v, k in sorted(expected)
                 if not launched.get((dtype, v), {}).get(f"{k}/{v}")]
     print(f"\nkernel launches per dtype/variant: {launched}")
     if not kernels:

@@ -100,8 +100,9 @@ def leaves(t: dict) -> dict:
     return out
 
 
-def oracle(case: Case, t: dict, dy: torch.Tensor):
-    """Float64 reference output and gradients for the same draw."""
+def oracle(case: Case, t: dict, dy: torch.Tensor, **ref_kwargs):
+    """Float64 reference output and gradients for the same draw (``ref_kwargs``, e.g.
+    ``dropout``/``dropout_mask``, go to the reference)."""
     t64 = {}
     for name in ARG_NAMES:
         v = t["_x_leaf"] if name == "x" and "_x_leaf" in t else t[name]
@@ -114,7 +115,7 @@ def oracle(case: Case, t: dict, dy: torch.Tensor):
     if "_x_leaf" in t:
         t64["_x_leaf"] = x_leaf
         t64["x"] = x_leaf[..., ::2]
-    y = call(gated_lora_linear_ref, case, t64)
+    y = call(lambda *a: gated_lora_linear_ref(*a, **ref_kwargs), case, t64)
     y.backward(dy.double())
     # (An input the reference never touches, e.g. lora_A with K = 0, has gradient zero.)
     grads = {name: torch.zeros_like(v) if v.grad is None else v.grad

@@ -63,14 +63,17 @@ def test_numerics_plan_covers_every_kernel_variant_and_dtype():
     launched = {}
     for run in gpu_plan.numerics_runs():
         for kernel, variant, _, _ in gpu_estimate.launches(
-                run.case, run.dtype, run.variant, run.gates == "train", run.case.strided_x):
+                run.case, run.dtype, run.variant, run.gates == "train", run.case.strided_x,
+                run.dropout, run.tf32):
             launched.setdefault(run.dtype, set()).add((kernel, variant))
     kernels = {k for k, _ in registry}
+    assert not gpu_plan.ws_runs_dx("float32") and gpu_plan.ws_runs_dx("bfloat16")
     for dtype in gpu_plan.DTYPES:
         assert {k for k, _ in launched[dtype]} == kernels, dtype
         for kernel in ("fused_forward", "fused_dx"):
             for variant in ("pointer",) + gpu_plan.TMA_VARIANTS:
-                assert (kernel, variant) in launched[dtype], (dtype, kernel, variant)
+                shipped = (kernel, variant) != ("fused_dx", "tma_ws") or gpu_plan.ws_runs_dx(dtype)
+                assert ((kernel, variant) in launched[dtype]) == shipped, (dtype, kernel, variant)
         # gates trainable and frozen with a zero gate (the skipping path) in every dtype
         runs = [r for r in gpu_plan.numerics_runs() if r.dtype == dtype]
         assert {"train", "frozen"} <= {r.gates for r in runs}
@@ -95,8 +98,9 @@ def test_dry_run_without_a_gpu_skips_cleanly(tmp_path):
     assert "predictions, not measurements" in (tmp_path / "roofline.md").read_text()
 
 
-@pytest.mark.parametrize("name", ["N1-K1", "zero-gates-perrow-nobias"])
-def test_numerics_check_runs_the_kernels_under_the_interpreter(interpreter, name, seed):
+@pytest.mark.parametrize("name,dropout", [("N1-K1", 0.0), ("zero-gates-perrow-nobias", 0.0),
+                                          ("N37-K3-ragged", 0.3)])
+def test_numerics_check_runs_the_kernels_under_the_interpreter(interpreter, name, dropout, seed):
     # gpu_numerics.check on the CPU: the interpreter runs the same kernels in fp32, so the GPU
     # script's own logic (oracle, gate-gradient scale, error names) is exercised here.
     import gpu_numerics
@@ -106,9 +110,11 @@ def test_numerics_check_runs_the_kernels_under_the_interpreter(interpreter, name
     import torch
     case = gpu_plan.CASES[name]
     before = LAUNCH_COUNTS["fused_forward"]
-    errs = gpu_numerics.check(gpu_plan.Run(name, case, "float32", "pointer", "train"), seed,
-                              device="cpu")
+    masked = LAUNCH_COUNTS["masked_addmm"]
+    errs = gpu_numerics.check(gpu_plan.Run(name, case, "float32", "pointer", "train",
+                                           dropout=dropout), seed, device="cpu")
     assert LAUNCH_COUNTS["fused_forward"] > before
+    assert (LAUNCH_COUNTS["masked_addmm"] > masked) == (dropout > 0)
     assert set(errs) == {"y", "dx", "dweight", "dlora_A", "dlora_B", "dgates"} | (
         {"dbias"} if case.bias else set())
     assert all(0 <= e < TOL[torch.float32] for e in errs.values()), errs
