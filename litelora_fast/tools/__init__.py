@@ -6,7 +6,8 @@
 - ``roofline``: FLOPs, bytes and predicted H200 times of each case and peer (``roofline`` command);
 - ``report``: a benchmark run -> markdown table + speedup plot (``report`` command);
 - ``validate``: the op against the float64 reference on random shapes (``validate`` command);
-- ``tune``: pre-tunes the op's kernels-vs-cuBLAS choice for a model's shapes (``tune`` command).
+- ``tune``: pre-tunes the op's kernels-vs-cuBLAS choice for a model's shapes (``tune`` command);
+- ``demo``: the LiteLoRA demo and the redundancy analysis of a checkpoint (``demo``, ``analyze``).
 
 Each command module has ``main(argv) -> exit code``; ``litelora_fast/__main__.py`` routes to it.
 
