@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 
 import torch
 
@@ -47,9 +48,9 @@ def new_seed(device) -> torch.Tensor:
 
 def keep_mask(seed: torch.Tensor, n: int, d_in: int, p: float) -> torch.Tensor:
     """The ``(n, d_in)`` bool keep-mask of the call whose seed is ``seed``."""
-    from .backends import interpreter_requested   # backends imports this module
-
-    if seed.is_cuda or interpreter_requested():
+    # The Triton mask kernel runs on CUDA, and on CPU tensors under TRITON_INTERPRET=1 (the same
+    # call-time rule as backends.interpreter_requested; backends imports this module, not back).
+    if seed.is_cuda or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         from .kernels.dropout import dropout_mask
 
         return dropout_mask(seed, n, d_in, p)

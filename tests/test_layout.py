@@ -1,0 +1,115 @@
+"""The repository's shape: imports run one way, and nothing points outside the repository.
+
+- No import cycle among the package's modules (``litelora_fast`` and ``litelora_fast.kernels``),
+  counting imports inside functions too: every dependency arrow points one way.
+- The docs the code links to exist, and no file refers to the design notes that live outside the
+  repository (the math and the contract are in docs/MATH.md).
+- docs/DESIGN.md's file table names every module of the package, and only modules that exist.
+"""
+import ast
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGES = {"litelora_fast": ROOT / "litelora_fast", "litelora_fast.kernels": ROOT / "kernels"}
+
+
+def _modules() -> dict:
+    mods = {}
+    for pkg, root in PACKAGES.items():
+        for f in root.rglob("*.py"):
+            parts = [p for p in f.relative_to(root).with_suffix("").parts if p != "__init__"]
+            mods[".".join([pkg, *parts])] = f
+    return mods
+
+
+def _import_graph() -> dict:
+    mods = _modules()
+    graph = {}
+    for name, path in mods.items():
+        here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = here[:len(here) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                for alias in node.names:
+                    sub = f"{target}.{alias.name}"
+                    deps.add(sub if sub in mods else target)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+        graph[name] = {d for d in deps if d in mods and d != name}
+    return graph
+
+
+def _cycles(graph: dict) -> list:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles():
+    graph = _import_graph()
+    assert "litelora_fast.ops" in graph and "litelora_fast.op_math" in graph["litelora_fast.ops"]
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_check_can_fail():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def _tracked_text_files():
+    for path in ROOT.rglob("*"):
+        if any(part in (".venv", ".git", "out", "__pycache__", ".pytest_cache", ".benchmarks")
+               or part.endswith(".egg-info") for part in path.parts):
+            continue
+        if path.is_file() and path.suffix in (".py", ".md", ".sh", ".cfg", ".ini", ".toml"):
+            yield path
+
+
+def test_nothing_refers_outside_the_repository():
+    outside = re.compile(r"SPEC section|SPEC\.md|\.\./shared|shared/SPEC")
+    offenders = [str(p.relative_to(ROOT)) for p in _tracked_text_files()
+                 if p.name != "test_layout.py" and outside.search(p.read_text(errors="ignore"))]
+    assert offenders == []
+
+
+def test_doc_links_resolve():
+    link = re.compile(r"docs/(MATH|DESIGN)\.md")
+    for path in _tracked_text_files():
+        for m in link.finditer(path.read_text(errors="ignore")):
+            assert (ROOT / "docs" / f"{m.group(1)}.md").exists(), (path, m.group(0))
+
+
+def test_design_file_table_matches_the_tree():
+    table = set(re.findall(r"^\| `([\w/]+\.py)` \|", (ROOT / "docs" / "DESIGN.md").read_text(),
+                           re.M))
+    tree = {str(p.relative_to(ROOT)) for root in PACKAGES.values() for p in root.rglob("*.py")
+            if p.name != "__init__.py"}
+    assert sorted(tree - table) == [], "modules missing from docs/DESIGN.md's table"
+    assert sorted(table - tree) == [], "docs/DESIGN.md names files that do not exist"
