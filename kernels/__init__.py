@@ -13,9 +13,13 @@ Launchers (the math in docs/MATH.md, the contracts in docs/DESIGN.md):
 - ``weight_grad``: the deterministic ``a^T @ b`` GEMM (dA, dB, dW) and ``lora_weight_grads``
   (dA and dB from one launch), with the fixed-order split-N partial sum.
 
+- ``dropout``: LoRA dropout's keep-mask materialised (``dropout_mask``) and the masked adapter
+  term of ``dx`` (``masked_addmm_``); the kernels draw the mask in-kernel (``tiles.keep_scale``).
+
 Shared pieces:
 
-- ``tiles``: device helpers inlined into the kernels (grouped tile order, the masked K-loop).
+- ``tiles``: device helpers inlined into the kernels (grouped tile order, the masked K-loop,
+  the Philox dropout keep factor).
 - ``tuning``: launch helpers (autotune switch, shared-memory fit, TF32 choice, variant choice,
   descriptor legality, padded buffers).
 - ``aot_specs``: the ahead-of-time compile specs of every shipped config, generated from the
