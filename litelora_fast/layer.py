@@ -46,6 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import layer_meta
+from .lora_dropout import check_p
 from .ops import gated_lora_linear
 from .reference import gated_lora_linear_ref
 
@@ -62,13 +63,16 @@ class GatedLoRALinear(nn.Module):
         num_adapters: adapters recruited at construction (B at zero: the output is unchanged).
         gate: ``"per_adapter"`` (a ``(K,)`` gate Parameter) or ``"per_row"`` (a learned router);
             see the module docstring.
+        dropout: LoRA dropout ``p`` in ``[0, 1)`` on the adapters' input only, as PEFT's
+            ``lora_dropout`` (one mask per call shared by the adapters, drawn in-kernel on the
+            GPU, never stored); applied in training mode only.
         device, dtype: as ``nn.Linear``; ``device="meta"`` allocates nothing (deferred
             initialisation: ``to_empty(device=...)``, then :meth:`reset_parameters`).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, rank: int = 8,
                  alpha: float = 16, num_adapters: int = 0, gate: str = "per_adapter",
-                 device=None, dtype=None):
+                 dropout: float = 0.0, device=None, dtype=None):
         super().__init__()
         if gate not in GATE_MODES:
             raise ValueError(f"gate must be one of {GATE_MODES}, got {gate!r}")
@@ -81,6 +85,7 @@ class GatedLoRALinear(nn.Module):
             raise ValueError(f"num_adapters must be an int >= 0, got {num_adapters!r}")
         self.in_features, self.out_features = in_features, out_features
         self.rank, self.alpha, self.gate_mode = rank, alpha, gate
+        self.dropout = check_p(dropout)
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory),
                                    requires_grad=False)
@@ -130,13 +135,15 @@ class GatedLoRALinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int = 8, alpha: float = 16,
-                    num_adapters: int = 0, gate: str = "per_adapter") -> "GatedLoRALinear":
+                    num_adapters: int = 0, gate: str = "per_adapter",
+                    dropout: float = 0.0) -> "GatedLoRALinear":
         """Wrap a trained ``nn.Linear``: its weight and bias Parameters are *shared* (no copy) and
         frozen (``requires_grad=False``, which the original module sees too)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_linear expects an nn.Linear, got {type(linear).__name__}")
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                    rank=rank, alpha=alpha, num_adapters=0, gate=gate, device="meta",
+                    rank=rank, alpha=alpha, num_adapters=0, gate=gate, dropout=dropout,
+                    device="meta",
                     dtype=linear.weight.dtype)
         layer.weight = linear.weight.requires_grad_(False)
         if linear.bias is not None:
@@ -369,17 +376,22 @@ class GatedLoRALinear(nn.Module):
         # Frozen adapters are left out of the weight-gradient GEMMs (only the newest trains).
         trainable = [a.requires_grad or b.requires_grad for a, b in zip(self.lora_A, self.lora_B)]
         return gated_lora_linear(x, self.weight, self.bias, lora_A, lora_B, g,
-                                 self.rank_offsets, self.scaling, trainable_adapters=trainable)
+                                 self.rank_offsets, self.scaling, trainable_adapters=trainable,
+                                 dropout=self.dropout if self.training else 0.0)
 
-    def reference_forward(self, x: torch.Tensor,
-                          gates: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The same module through the unfused reference ``gated_lora_linear_ref``."""
+    def reference_forward(self, x: torch.Tensor, gates: Optional[torch.Tensor] = None,
+                          dropout_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The same module through the unfused reference ``gated_lora_linear_ref``. In training
+        mode with ``dropout > 0`` the reference draws its own mask unless ``dropout_mask`` (bool,
+        ``x``'s shape, e.g. from ``lora_dropout.recorded_masks``) gives the forward's."""
         self._check_input(x)
         if self.num_adapters == 0:
             return F.linear(x, self.weight, self.bias)
         lora_A, lora_B = self.packed_bank()
+        p = self.dropout if self.training else 0.0
         return gated_lora_linear_ref(x, self.weight, self.bias, lora_A, lora_B,
-                                     self._gates_for(x, gates), self.rank_offsets, self.scaling)
+                                     self._gates_for(x, gates), self.rank_offsets, self.scaling,
+                                     dropout=p, dropout_mask=dropout_mask if p > 0 else None)
 
     def extra_repr(self) -> str:
         base = "frozen" if not self.weight.requires_grad else "trainable"
@@ -390,7 +402,7 @@ class GatedLoRALinear(nn.Module):
         external = ", external gates" if self._external_gates is not None else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, base={base}, gate={self.gate_mode}{external}, "
-                f"adapters=[{adapters}]")
+                f"{f'dropout={self.dropout:g}, ' if self.dropout else ''}adapters=[{adapters}]")
 
     # ----------------------------------------------------------------------------- merge
     def delta_weight(self, adapters: Optional[Sequence] = None,
@@ -481,6 +493,7 @@ class GatedLoRALinear(nn.Module):
             gate_trainable = self.router_weight.requires_grad
         return layer_meta.encode({
             "gate": self.gate_mode, "gate_trainable": gate_trainable, "ranks": self.ranks,
+            "dropout": self.dropout,
             "alphas": list(self._alphas), "names": list(self._names), "merged": list(self._merged),
             "requires_grad": [[A.requires_grad, B.requires_grad]
                               for A, B in zip(self.lora_A, self.lora_B)]})
@@ -504,6 +517,8 @@ class GatedLoRALinear(nn.Module):
         for (A, B), (ga, gb) in zip(zip(self.lora_A, self.lora_B), flags):
             A.requires_grad_(ga)
             B.requires_grad_(gb)
+        if "dropout" in meta:
+            self.dropout = check_p(meta["dropout"])
         if "gate_trainable" in meta:
             for name in ("gates", "router_weight", "router_bias"):
                 if self._parameters.get(name) is not None:

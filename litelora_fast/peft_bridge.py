@@ -25,8 +25,13 @@ in a warning by ``to_peft``.
 
 Not supported (a ``ValueError`` names the layer): merged adapters (unmerge first), DoRA and the
 other LoRA variants, ``lora_bias``, LoRA on embeddings or convolutions, ``fan_in_fan_out`` bases
-(GPT-2's ``Conv1D``), trainable tokens. PEFT's ``lora_dropout`` has no counterpart yet: outputs
-match in eval mode, and ``from_peft`` warns when it drops a non-zero dropout.
+(GPT-2's ``Conv1D``), trainable tokens.
+
+Dropout: PEFT's ``lora_dropout`` becomes the layer's ``dropout`` and back. PEFT holds one per
+adapter, our layer one per layer (one mask per call shared by the bank): when a layer's adapters
+disagree, the active adapters' largest ``p`` is kept and a warning names the layer; ``to_peft``
+writes, per adapter, the ``p`` most of its layers have (a warning when they differ, since a
+``LoraConfig`` has no per-layer dropout).
 """
 from __future__ import annotations
 
@@ -95,7 +100,7 @@ def from_peft(peft_model: nn.Module) -> nn.Module:
     Every PEFT adapter of a layer (any number, any ranks and alphas) becomes an entry of its
     bank, in the order the adapters were added to the model; its gate is 1.0 if PEFT has it active
     (``set_adapter``, also a list of names) and 0.0 otherwise, so the output equals PEFT's
-    (in eval mode: PEFT's ``lora_dropout`` is dropped). Adapter weights keep their
+    (in eval mode: dropout masks are random). Adapter weights keep their
     ``requires_grad``; the base stays frozen and is shared, not copied.
 
     Returns the underlying model (``peft_model.get_base_model()`` for a ``PeftModel``), no longer
@@ -117,16 +122,11 @@ def from_peft(peft_model: nn.Module) -> nn.Module:
     for name, layer in lora_layers:     # check everything before changing anything
         _check_lora_layer(name, layer)
     config = getattr(peft_model, "peft_config", {}) or {}
-    dropped = {n: c.lora_dropout for n, c in config.items() if getattr(c, "lora_dropout", 0)}
-    if dropped:
-        warnings.warn(f"from_peft: lora_dropout {dropped} is dropped (GatedLoRALinear has no "
-                      "dropout yet): training differs from PEFT's, eval outputs are equal",
-                      stacklevel=2)
     task_types = {str(getattr(c.task_type, "value", c.task_type)) for c in config.values()
                   if getattr(c, "task_type", None)}
     all_names = _all_names(model)
     for name, layer in lora_layers:
-        gated = _bank_from_lora_layer(layer, order)
+        gated = _bank_from_lora_layer(name, layer, order)
         for alias in all_names[id(layer)]:
             _set_module(model, alias, gated)
     saved = []
@@ -160,11 +160,23 @@ def _module_in_use(name: str, wrapper) -> nn.Module:
     return wrapper.original_module if kept is None else wrapper.modules_to_save[kept]
 
 
-def _bank_from_lora_layer(layer, order: list) -> GatedLoRALinear:
+def _dropout_of(lname: str, layer, names: list, active: set) -> float:
+    """One dropout ``p`` for the bank from PEFT's per-adapter ``lora_dropout``."""
+    ps = {n: float(getattr(layer.lora_dropout[n], "p", 0.0)) for n in names}
+    chosen = max(ps[n] for n in (active & set(names) or names))
+    if len(set(ps.values())) > 1:
+        warnings.warn(f"from_peft: layer {lname!r} has lora_dropout {ps}; GatedLoRALinear draws "
+                      f"one mask for the whole bank: p = {chosen:g} (the largest of the active "
+                      "adapters') is kept", stacklevel=4)
+    return chosen
+
+
+def _bank_from_lora_layer(lname: str, layer, order: list) -> GatedLoRALinear:
     names = [n for n in order if n in layer.lora_A] + [n for n in layer.lora_A if n not in order]
-    gated = GatedLoRALinear.from_linear(layer.get_base_layer())
-    gated.train(layer.training)
     active = set() if layer.disable_adapters else set(layer.active_adapters)
+    gated = GatedLoRALinear.from_linear(layer.get_base_layer(),
+                                        dropout=_dropout_of(lname, layer, names, active))
+    gated.train(layer.training)
     dtype = gated.weight.dtype
     with torch.no_grad():
         for name in names:
@@ -222,7 +234,7 @@ def _config_for(peft, entries: list, extra: dict):
         r=r0, lora_alpha=a0, target_modules=[n for n, _, _ in entries],
         rank_pattern={re.escape(n): r for n, r, _ in entries if r != r0},
         alpha_pattern={re.escape(n): a for n, _, a in entries if a != a0},
-        lora_dropout=0.0, bias="none", init_lora_weights=False, **extra)
+        bias="none", init_lora_weights=False, **extra)
 
 
 def _lost_parameters(model: nn.Module, saved: list) -> list:
@@ -274,12 +286,14 @@ def to_peft(model: nn.Module, adapter_names: Optional[Sequence[str]] = None,
     for layer in layers.values():
         layer.unmerge()      # PEFT gets unmerged adapters and the gates they had
     per_name: dict = {}     # adapter name -> [(layer name, r, alpha, gate, A, B)]
+    dropouts: dict = {}     # adapter name -> [the dropout of each layer holding it]
     for lname, layer in layers.items():
         gates = _gate_values(lname, layer)
         names = _layer_names(lname, layer, adapter_names)
         for k, (aname, r, alpha, g) in enumerate(zip(names, layer.ranks, _alphas(layer), gates)):
             A, B = layer.adapter(k)
             per_name.setdefault(aname, []).append((lname, r, alpha, g, A.detach(), B.detach()))
+            dropouts.setdefault(aname, []).append(layer.dropout)
     if not per_name:
         raise ValueError("to_peft: the GatedLoRALinear layers hold no adapter; add one first")
     active = [n for n, es in per_name.items() if any(g != 0 for *_, g, _, _ in es)]
@@ -291,11 +305,16 @@ def to_peft(model: nn.Module, adapter_names: Optional[Sequence[str]] = None,
     configs = {}
     for aname, entries in per_name.items():
         on = aname in active
+        p_drop = Counter(dropouts[aname]).most_common(1)[0][0]
+        if len(set(dropouts[aname])) > 1:
+            warnings.warn(f"to_peft: adapter {aname!r} sits in layers with dropout "
+                          f"{sorted(set(dropouts[aname]))}; PEFT's LoraConfig holds one "
+                          f"lora_dropout: {p_drop:g} (the most common) is written", stacklevel=2)
         # A gate folds into alpha only for an adapter that is on somewhere; one that is off
         # everywhere keeps its alpha and is simply left inactive.
         configs[aname] = _config_for(
             peft, [(ln, r, alpha * g if on else alpha) for ln, r, alpha, g, _, _ in entries],
-            {"modules_to_save": saved or None, "task_type": task_type})
+            {"modules_to_save": saved or None, "task_type": task_type, "lora_dropout": p_drop})
     extract_base(model)
     names = list(per_name)
     wrapped = peft.get_peft_model(model, configs[names[0]], adapter_name=names[0])

@@ -34,7 +34,9 @@ def trained(gate="per_adapter"):
     gates, a "trained" head."""
     net = Net().double()
     base = copy.deepcopy(net)
-    llf.inject(net, ["q", "v"], rank=2, alpha=4, gate=gate, modules_to_save=["head"])
+    llf.inject(net, ["q", "v"], rank=2, alpha=4, gate=gate, dropout=0.2,
+               modules_to_save=["head"])
+    net.eval()
     for i, layer in enumerate(llf.injected_layers(net).values()):
         layer.add_adapter(rank=2 + i, alpha=1.5, name="task_a")
         layer.freeze_adapter(0)
@@ -67,11 +69,13 @@ def test_round_trip_onto_a_fresh_base(gate, fast_path, seed, tmp_path):
     assert [a["rank"] for a in q0["adapters"]] == [2, 1]
     assert [a["alpha"] for a in q0["adapters"]] == [1.5, 4.0]
     assert [a["frozen"] for a in q0["adapters"]] == [[True, True], [False, False]]
+    assert q0["dropout"] == 0.2
     if gate == "per_adapter":
         assert [a["gate"] for a in q0["adapters"]] == [0.7, -1.2]
     # A model with no gated layer is injected with the saved targets first.
-    loaded = llf.load_adapters(base, tmp_path / "ad")
+    loaded = llf.load_adapters(base.eval(), tmp_path / "ad")
     assert_rel("reloaded", loaded(x), ref, torch.float64)
+    assert all(m.dropout == 0.2 for m in llf.injected_layers(loaded).values())
     layer = loaded.blocks[1]["v"]
     assert layer.ranks == [5, 1] and layer.adapter_names == ["task_a", "task_b"]
     assert layer.is_frozen(0) and not layer.is_frozen(1) and loaded.head.weight.requires_grad
@@ -103,7 +107,7 @@ def test_merged_adapters_are_saved_unmerged(fast_path, seed, tmp_path):
     for layer in llf.injected_layers(net).values():
         layer.merge()
     llf.save_adapters(net, tmp_path)
-    loaded = llf.load_adapters(base, tmp_path)
+    loaded = llf.load_adapters(base.eval(), tmp_path)
     assert all(not layer.merged_adapters for layer in llf.injected_layers(loaded).values())
     assert_rel("unmerged reload", loaded(x), ref, torch.float64)
 

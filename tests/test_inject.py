@@ -242,6 +242,13 @@ def test_inject_freezes_all_but_adapters_by_default(fast_path, seed, capsys):
     assert all(p.requires_grad for p in model.parameters()), "extract_base unfreezes"
 
 
+def test_inject_sets_the_dropout_of_every_swapped_layer():
+    model = llf.inject(toy(), ["query", "value"], dropout=0.25)
+    assert [m.dropout for m in injected_layers(model).values()] == [0.25] * 4
+    with pytest.raises(ValueError, match="dropout must be in"):
+        llf.inject(toy(), ["query"], dropout=-0.1)
+
+
 def test_inject_freeze_base_opt_out(fast_path, seed):
     model = toy()
     model.ffn[0].requires_grad_(False)           # the user's own choice is kept

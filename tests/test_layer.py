@@ -430,3 +430,57 @@ def test_empty_batch_with_adapters(backend, gate, monkeypatch, seed):
     for name, p in layer.named_parameters():
         if p.requires_grad:
             assert p.grad is not None and torch.equal(p.grad, torch.zeros_like(p)), name
+
+
+# ------------------------------------------------------------------------------- LoRA dropout
+@pytest.mark.parametrize("backend", ["fast_path", "interpreter"])
+def test_dropout_in_training_matches_the_reference_given_the_mask(backend, monkeypatch, seed):
+    """Training mode: the adapters see drop(x) = x * keep / (1 - p) with the call's mask (the
+    base sees x); output and every gradient against float64 with the same mask."""
+    from litelora_fast.lora_dropout import recorded_masks
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1" if backend == "interpreter" else "0")
+    layer = make_layer((3, 2), d_in=20, d_out=11)
+    layer.dropout = 0.4
+    layer.gates.requires_grad_(True)
+    x = torch.randn(3, 5, 20, requires_grad=True)
+    with recorded_masks() as masks:
+        y = layer(x)
+    assert len(masks) == 1 and masks[0].shape == (15, 20)
+    keep = masks[0].reshape(x.shape)
+    assert 0 < keep.sum() < keep.numel()
+    dy = torch.randn_like(y)
+    ref = copy.deepcopy(layer).double()
+    x64 = x.detach().double().requires_grad_()
+    y_ref = ref.reference_forward(x64, dropout_mask=keep)
+    y_ref.backward(dy.double())
+    assert_rel("y", y, y_ref, torch.float32)
+    y.backward(dy)
+    assert_rel("x.grad", x.grad, x64.grad, torch.float32)
+    for (name, p), p_ref in zip(layer.named_parameters(), ref.parameters()):
+        if p.requires_grad:
+            scale = None
+            if name == "gates":
+                A, B = layer.packed_bank()
+                scale = gate_grad_scale(x * keep / 0.6, A, B, dy, layer.rank_offsets,
+                                        layer.scaling, per_row=False)
+            assert_rel(name, p.grad, p_ref.grad, torch.float32, scale=scale)
+
+
+def test_dropout_only_in_training_and_it_travels(fast_path, seed):
+    layer = make_layer((2,))
+    layer.dropout = 0.5
+    x = torch.randn(6, layer.in_features)
+    layer.eval()
+    assert torch.equal(layer(x), layer(x))                   # eval: no mask
+    layer.train()
+    assert not torch.equal(layer(x), layer(x))               # training: a fresh mask per call
+    assert "dropout=0.5" in repr(layer)
+    fresh = GatedLoRALinear(layer.in_features, layer.out_features)
+    fresh.load_state_dict(layer.state_dict())
+    assert fresh.dropout == 0.5
+    assert GatedLoRALinear.from_linear(nn.Linear(3, 2), dropout=0.1).dropout == 0.1
+    with pytest.raises(ValueError, match="dropout must be in"):
+        GatedLoRALinear(4, 3, dropout=1.0)
+    with pytest.raises(TypeError, match="dropout must be a real number"):
+        GatedLoRALinear(4, 3, dropout="0.1")

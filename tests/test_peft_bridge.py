@@ -314,12 +314,29 @@ def test_to_peft_names_what_peft_would_lose(fast_path, seed):
         llf.to_peft(quiet)
 
 
-def test_from_peft_warns_when_it_drops_dropout():
+def test_lora_dropout_is_carried_both_ways(fast_path, seed):
     net = Net()
-    model = peft.get_peft_model(net, peft.LoraConfig(r=2, target_modules=["up"],
-                                                     lora_dropout=0.1))
-    with pytest.warns(UserWarning, match=r"lora_dropout \{'default': 0.1\} is dropped"):
-        llf.from_peft(model)
+    model = peft.get_peft_model(net, peft.LoraConfig(r=2, target_modules=["up", "q_proj"],
+                                                     lora_dropout=0.1), adapter_name="task0")
+    gated = llf.from_peft(model)
+    assert [layer.dropout for layer in injected_layers(gated).values()] == [0.1] * 4
+    back = llf.to_peft(gated)
+    assert back.peft_config["task0"].lora_dropout == 0.1
+    assert back.base_model.model.layers[1].up.lora_dropout["task0"].p == 0.1
+
+
+def test_lora_dropout_that_differs_is_named(fast_path, seed):
+    _, model = peft_net(names=["task0"])
+    model.add_adapter("task1", peft.LoraConfig(r=2, target_modules=["q_proj"], lora_dropout=0.3))
+    activate(model, ["task0", "task1"])
+    with pytest.warns(UserWarning, match=r"layers\.0\.q_proj.*'task0': 0\.0, 'task1': 0\.3.*"
+                                         r"p = 0\.3"):
+        net = llf.from_peft(model)
+    assert net.layers[0].q_proj.dropout == 0.3 and net.layers[0].v_proj.dropout == 0.0
+    with pytest.warns(UserWarning, match=r"adapter 'task0'.*dropout \[0\.0, 0\.3\].*"
+                                         r"lora_dropout: 0\.3 \(the most common\)"):
+        back = llf.to_peft(net)
+    assert back.peft_config["task1"].lora_dropout == 0.3
 
 
 def test_set_active_adapters_by_peft_name(fast_path, seed):
