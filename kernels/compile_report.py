@@ -2,7 +2,9 @@
 
     rows = compile_report(arch="sm_90")     # needs no GPU: triton.compile + ptxas + cuobjdump
     print(format_report(rows))
-    python -m litelora_fast inspect [--subset representative] [--json]
+    python -m litelora_fast inspect [--subset representative] [--json] [--check]
+
+``--check`` exits 1 when a row fails the sm_90 checks of ``failing_rows``.
 
 One row per (kernel, variant, config) of ``kernels.aot_specs.specs()``:
 
@@ -131,6 +133,24 @@ def _report_in_subprocess(arch: str, subset: str) -> list[dict]:
     return json.loads(proc.stdout)
 
 
+# A pure reduction has no tile product to put on the tensor cores (the fixed-order sum of split-N
+# partials), and exact fp32 ("fp32-ieee": torch's TF32 switch off) multiplies on the FMA units.
+NO_MATMUL = {"matmul_tn_sum_partials"}
+
+
+def failing_rows(rows: list[dict]) -> list[dict]:
+    """Rows that fail the sm_90 checks: HGMMA wherever tiles are multiplied on tensor cores, TMA
+    loads exactly in the descriptor variants, SETMAXREG exactly in the warp-specialized one, the
+    persistent flag exactly in the persistent one, no spills, shared memory within 227 KiB."""
+    return [r for r in rows if not (
+        (r["hgmma"] or r["kernel"] in NO_MATMUL or r["dtype"] == "fp32-ieee")
+        and r["tma"] == (r["variant"] != "pointer")
+        and r["warp_specialized"] == (r["variant"] == "tma_ws")
+        and r["persistent"] == (r["variant"] == "tma_persistent")
+        and r["spill_bytes"] == 0
+        and 0 <= r["shared_bytes"] <= H200_SHARED_LIMIT)]
+
+
 def format_report(rows: list[dict]) -> str:
     """The rows as a fixed-width text table."""
     cells = [[str(r[c]) for c in COLUMNS] for r in rows]
@@ -146,9 +166,15 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", default="sm_90")
     parser.add_argument("--subset", default="all", choices=["all", "representative"])
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 if a row fails the sm_90 checks (see failing_rows)")
     args = parser.parse_args(argv)
     rows = compile_report(args.arch, args.subset)
     print(json.dumps(rows) if args.json else format_report(rows))
+    bad = failing_rows(rows)
+    if args.check and bad:
+        print(f"{len(bad)} config(s) fail the sm_90 checks:\n{format_report(bad)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -14,11 +14,9 @@ import pytest
 
 from litelora_fast.kernels import aot_specs, compile_report
 
-# A pure reduction has no tile product to put on the tensor cores: the fixed-order sum of the
-# split-N partials. Every other kernel must lower its matmuls to wgmma.
-NO_MATMUL = {"matmul_tn_sum_partials"}
+NO_MATMUL = compile_report.NO_MATMUL
 KERNELS = {"shrink", "fused_forward", "grad_shrink", "fused_dx", "matmul_tn", "lora_weight_grads",
-           "matmul_tn_sum_partials"}
+           "matmul_tn_sum_partials", "masked_addmm"}
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +34,18 @@ def test_no_matmul_kernel_multiplies_tiles():
 
 
 def test_every_config_passes_the_sm90_checks(rows):
-    # Exact fp32 ("fp32-ieee": torch's TF32 switch off) multiplies on the FMA units, by design.
-    bad = [r for r in rows if not (
-        (r["hgmma"] or r["kernel"] in NO_MATMUL or r["dtype"] == "fp32-ieee")
-        and r["tma"] == (r["variant"] != "pointer")
-        and r["warp_specialized"] == (r["variant"] == "tma_ws")
-        and r["persistent"] == (r["variant"] == "tma_persistent")
-        and r["spill_bytes"] == 0
-        and 0 <= r["shared_bytes"] <= compile_report.H200_SHARED_LIMIT)]
+    bad = compile_report.failing_rows(rows)
     assert not bad, "configs failing the sm_90 checks:\n" + compile_report.format_report(bad)
+
+
+def test_the_checks_catch_each_failure(rows):
+    good = next(r for r in rows if r["variant"] == "tma_ws")
+    for broken in ({"spill_bytes": 8}, {"hgmma": False}, {"tma": False},
+                   {"warp_specialized": False}, {"persistent": True},
+                   {"shared_bytes": compile_report.H200_SHARED_LIMIT + 1}):
+        assert compile_report.failing_rows([{**good, **broken}]), broken
+    pointer = next(r for r in rows if r["variant"] == "pointer" and r["kernel"] == "fused_dx")
+    assert compile_report.failing_rows([{**pointer, "tma": True}])
 
 
 def test_report_covers_every_kernel_variant_and_dtype(rows):
