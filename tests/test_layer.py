@@ -1,5 +1,5 @@
 """``GatedLoRALinear``: drop-in equality, the adapter bank's life cycle, gates, errors, odd but
-legal input (K = 0, deferred initialisation on the meta device).
+legal input (K = 0, N = 0, deferred initialisation on the meta device), LoRA dropout.
 
 Numbers are checked against a float64 copy of the same layer run through ``reference_forward``
 (the unfused loop) with ``numerics.assert_rel``, on fresh random draws (``seed`` fixture). Most
