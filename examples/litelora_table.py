@@ -2,7 +2,13 @@
 two real MNIST streams (split-MNIST, 5 tasks; the 14-task domain stream), both protocols.
 
     python examples/litelora_table.py --sweep      # pick lam on development seeds 0-1 (~20 min)
-    python examples/litelora_table.py              # the table on held-out seeds 100-102
+    python examples/litelora_table.py              # the table on held-out seeds 100-102 (~20 min)
+    python examples/litelora_table.py --from-json docs/results/litelora_table_run1.json \
+        docs/results/litelora_table_run2_sdlora.json       # print the committed table, no run
+
+The committed ``docs/results/litelora_table.json`` merges two runs of this script on seeds
+100-102: all rows but the last two (run 1), then ``--rows`` with the SD-LoRA rows (run 2: the two
+same-footing SD-LoRA rows, and SD-LoRA itself, which reproduced run 1 exactly).
 
 ``--sweep`` runs every lam of ``SWEEP`` on the development seeds and, per stream, protocol and
 lam family, picks the lam that keeps the fewest adapters at mean accuracy within 1 point of SD-LoRA
@@ -25,7 +31,8 @@ os.environ.setdefault("TRITON_INTERPRET", "0")     # CPU tensors take the fast P
 import torch  # noqa: E402
 
 from litelora_fast.cl.mnist import LAM_DEFAULTS, STREAMS  # noqa: E402
-from litelora_fast.cl.table import ROWS, SWEEP, format_table, save_figure, sweep, table  # noqa: E402,E501
+from litelora_fast.cl.table import (ROWS, SWEEP, format_table, save_figure, summarize,  # noqa: E402
+                                   sweep, table)
 
 
 def main(argv=None):
@@ -39,6 +46,9 @@ def main(argv=None):
                    help="table rows (default: all)")
     p.add_argument("--epochs", type=int, default=None,
                    help="phase-1 epochs of every run (default: the streams'; a smoke run: 2)")
+    p.add_argument("--from-json", nargs="+", metavar="JSON", default=None,
+                   help="no run: merge the per-seed records of earlier table JSONs (rows of "
+                   "later files are added; a row present twice must agree), print and write")
     p.add_argument("--families", nargs="+", default=list(SWEEP), choices=list(SWEEP),
                    help="lam families to sweep (default: all)")
     p.add_argument("--out", default="docs/results/litelora_table",
@@ -48,7 +58,33 @@ def main(argv=None):
     start = time.perf_counter()
     machine = {"cpu_count": os.cpu_count(), "gpu": torch.cuda.is_available(),
                "torch": torch.__version__, "threads_per_run": 1, "platform": platform.platform()}
-    if args.sweep:
+    if args.from_json:
+        raw, seeds = {}, None
+        for path in args.from_json:
+            with open(path) as f:
+                prev = json.load(f)
+            seeds = seeds or prev["seeds"]
+            if prev["seeds"] != seeds:
+                raise SystemExit(f"{path}: seeds {prev['seeds']} differ from {seeds}")
+            for stream, by_protocol in prev["summary"].items():
+                for protocol, rows in by_protocol.items():
+                    for label, s in rows.items():
+                        cell = raw.setdefault(stream, {}).setdefault(protocol, {})
+                        if label in cell:
+                            same = [(a["avg_accuracy"], a["recruited"]) for a in cell[label]] \
+                                == [(b["avg_accuracy"], b["recruited"]) for b in s["per_seed"]]
+                            if not same:
+                                raise SystemExit(f"{path}: row {label!r} differs from the "
+                                                 f"earlier run ({stream}, {protocol})")
+                            continue
+                        cell[label] = s["per_seed"]
+        summary = summarize(raw)
+        print(format_table(summary))
+        res = {"machine": prev["machine"], "seeds": seeds, "lam_defaults": LAM_DEFAULTS,
+               "merged_from": args.from_json, "summary": summary}
+        save_figure(summary, args.out + ".png")
+        path = args.out + ".json"
+    elif args.sweep:
         res = sweep(args.seeds or [0, 1], args.workers, args.families)
         res["machine"] = machine
         path = args.out + "_sweep" + ("" if args.families == list(SWEEP) else

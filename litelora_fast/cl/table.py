@@ -30,6 +30,9 @@ ROWS = {
                              "paper-relative"),
     "library (all additions)": ("litelora", {"variant": "library"}, "library"),
     "SD-LoRA (adapter per task)": ("sdlora", {"variant": "paper"}, None),
+    # SD-LoRA with the optimiser settings of the rows that beat it: same-footing baselines
+    "SD-LoRA + magnitude lr x40": ("sdlora", {"variant": "paper", "magnitude_lr": 0.4}, None),
+    "SD-LoRA, library optimiser": ("sdlora", {"variant": "library"}, None),
     "one shared adapter": ("shared", {"variant": "paper"}, None),
     "head only": ("head", {"variant": "paper"}, None),
 }
@@ -154,6 +157,14 @@ def summarize(raw) -> dict:
                         for kind, v in r["decisions"]["near_reuse"].items():
                             near.setdefault(kind, []).append(v)
                     s["near_reuse"] = {k: sum(v) / len(v) for k, v in near.items()}
+                by_truth = {}
+                for r in recs:
+                    for t, (truth, got) in enumerate(zip(r["truth"], r["recruited"])):
+                        if t > 0:
+                            by_truth.setdefault(truth, [0, 0])
+                            by_truth[truth][0] += int(got)
+                            by_truth[truth][1] += 1
+                s["recruited_by_truth"] = by_truth       # kind -> [recruited, tasks]
                 s["per_seed"] = recs
                 summary.setdefault(stream, {}).setdefault(protocol, {})[label] = s
     return summary
@@ -209,8 +220,10 @@ def save_figure(summary, path, title="LiteLoRA variants vs baselines, MNIST stre
     import matplotlib.pyplot as plt
 
     panels = [(s, p) for s in summary for p in summary[s]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
-    for ax, (stream, protocol) in zip(axes[0], panels):
+    cols = min(len(panels), 2)
+    rows_ = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_, cols, figsize=(6.5 * cols, 4.8 * rows_), squeeze=False)
+    for ax, (stream, protocol) in zip(axes.flat, panels):
         rows = summary[stream][protocol]
         for i, (label, s) in enumerate(rows.items()):
             ax.errorbar(s["active_adapters"], s["avg_accuracy"], xerr=s["active_adapters_std"],
@@ -221,7 +234,7 @@ def save_figure(summary, path, title="LiteLoRA variants vs baselines, MNIST stre
         ax.set_xlabel("adapters kept")
         ax.set_ylabel("final accuracy, all tasks (%)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    axes.flat[0].legend(fontsize=7)
     fig.suptitle(f"{title} ({platform.machine()}, "
                  f"{os.cpu_count()}-core CPU, no GPU, torch {torch.__version__}, 1 thread)",
                  fontsize=10)
