@@ -329,7 +329,8 @@ def test_lora_dropout_that_differs_is_named(fast_path, seed):
     _, model = peft_net(names=["task0"])
     model.add_adapter("task1", peft.LoraConfig(r=2, target_modules=["q_proj"], lora_dropout=0.3))
     activate(model, ["task0", "task1"])
-    with pytest.warns(UserWarning, match=r"layers\.0\.q_proj.*'task0': 0\.0, 'task1': 0\.3.*"
+    # One warning per layer holding both (layers.0.q_proj, layers.1.q_proj): each must match.
+    with pytest.warns(UserWarning, match=r"layers\.\d\.q_proj.*'task0': 0\.0, 'task1': 0\.3.*"
                                          r"p = 0\.3"):
         net = llf.from_peft(model)
     assert net.layers[0].q_proj.dropout == 0.3 and net.layers[0].v_proj.dropout == 0.0
