@@ -26,6 +26,7 @@ tune`` (``tools/tune.py``) pre-tunes a model's shapes.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -62,8 +63,13 @@ def n_bucket(n: int) -> int:
 def bucket(n: int, d_in: int, d_out: int, r_act: int, dtype: torch.dtype, per_row: bool,
            needs) -> tuple:
     """The in-memory key of a shape bucket (see the module docstring)."""
-    return (n_bucket(n), d_in, d_out, r_act, str(dtype).replace("torch.", ""),
+    return (n_bucket(n), d_in, d_out, r_act, _dtype_name(dtype),
             "per_row" if per_row else "per_adapter", tuple(bool(v) for v in needs))
+
+
+@functools.lru_cache(maxsize=None)
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def bucket_name(key: tuple) -> str:
