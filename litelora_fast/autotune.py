@@ -8,11 +8,12 @@ The candidates are the two backends of ``backends.py`` running the same math (``
   ``addmm`` into the base output, and the packed GEMMs of its backward).
 
 A *shape bucket* is ``(N rounded up to a power of two, D_in, D_out, R_act, dtype, gate kind,
-gradient needs)``. The first call of a bucket on a CUDA device times both candidates on that
-call's own tensors (forward, plus backward when a gradient is needed; a few warm-up runs, then
-the median of timed runs with CUDA events: the only host syncs, once per bucket), and keeps the
-winner in memory and on disk, in ``~/.cache/litelora_fast/autotune-<machine>.json`` (directory
-overridden by ``LITELORA_CACHE_DIR``). The machine key is the GPU name and the torch and triton
+gradient needs, LoRA dropout on or off)``. The first call of a bucket on a CUDA device times both
+candidates on that call's own tensors (forward, plus backward when a gradient is needed; a few
+warm-up runs, then the median of timed runs with CUDA events: the only host syncs, once per
+bucket), and keeps the winner in memory and on disk, in
+``~/.cache/litelora_fast/autotune-<machine>.json`` (directory overridden by
+``LITELORA_CACHE_DIR``). The machine key is the GPU name and the torch and triton
 versions, so a new driver stack or GPU tunes afresh and each shape is tuned once per machine, not
 once per process. Every later call is a dictionary lookup: no host sync.
 
@@ -61,10 +62,12 @@ def n_bucket(n: int) -> int:
 
 
 def bucket(n: int, d_in: int, d_out: int, r_act: int, dtype: torch.dtype, per_row: bool,
-           needs) -> tuple:
-    """The in-memory key of a shape bucket (see the module docstring)."""
+           needs, dropout: bool = False) -> tuple:
+    """The in-memory key of a shape bucket (see the module docstring); ``dropout``: whether the
+    call applies LoRA dropout (the candidates then do different extra work)."""
     return (n_bucket(n), d_in, d_out, r_act, _dtype_name(dtype),
-            "per_row" if per_row else "per_adapter", tuple(bool(v) for v in needs))
+            "per_row" if per_row else "per_adapter", tuple(bool(v) for v in needs),
+            bool(dropout))
 
 
 @functools.lru_cache(maxsize=None)
@@ -74,10 +77,12 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def bucket_name(key: tuple) -> str:
     """The on-disk spelling of a bucket, e.g. ``N8192-Din4096-Dout4096-R16-bfloat16-per_adapter-
-    grad:x,lora_A,lora_B`` (``grad:none`` for inference)."""
-    n, d_in, d_out, r, dtype, kind, needs = key
+    grad:x,lora_A,lora_B`` (``grad:none`` for inference; ``-dropout`` appended with LoRA
+    dropout)."""
+    n, d_in, d_out, r, dtype, kind, needs, dropout = key
     grads = ",".join(name for name, need in zip(NEED_NAMES, needs) if need) or "none"
-    return f"N{n}-Din{d_in}-Dout{d_out}-R{r}-{dtype}-{kind}-grad:{grads}"
+    return (f"N{n}-Din{d_in}-Dout{d_out}-R{r}-{dtype}-{kind}-grad:{grads}"
+            + ("-dropout" if dropout else ""))
 
 
 def cuda_timer(fn: Callable[[], None], warmup: int = 3, reps: int = 10) -> float:
@@ -237,22 +242,22 @@ class Tuner:
 TUNER = Tuner()
 
 
-def _workload(be, x2d, weight, plan, gates2d, needs) -> Callable[[], None]:
+def _workload(be, x2d, weight, plan, gates2d, needs, drop=None) -> Callable[[], None]:
     """One forward (+ backward when a gradient is needed) of the call's packed bank on ``be``."""
     A, B = plan.lora_A, plan.lora_B
 
     def run():
         with torch.no_grad():
-            y, S = op_math.forward(x2d, weight, None, A, B, gates2d, plan, be)
+            y, S = op_math.forward(x2d, weight, None, A, B, gates2d, plan, be, drop)
             if any(needs):
                 op_math.backward(y, x2d, weight, A, B, gates2d, S, plan,
-                                 [True] * gates2d.shape[1], be, list(needs))
+                                 [True] * gates2d.shape[1], be, list(needs), drop)
     run.candidate = be.name               # (lets a test's fake timer tell the candidates apart)
     return run
 
 
 def select(x2d, weight, plan, gates2d, needs, override: Optional[str] = None,
-           empty: bool = False):
+           empty: bool = False, drop=None):
     """The backend class of one call: the fixed rules (``backends.select_backend``), then, for
     the kernels on a CUDA device, the tuned choice of the call's bucket (timed on this call's
     tensors when the bucket is new)."""
@@ -261,13 +266,13 @@ def select(x2d, weight, plan, gates2d, needs, override: Optional[str] = None,
             or plan is None or not enabled()):
         return be
     key = bucket(x2d.shape[0], x2d.shape[1], weight.shape[0], plan.rank, x2d.dtype,
-                 _per_row(gates2d), needs)
+                 _per_row(gates2d), needs, drop is not None)
     winner = TUNER.lookup(x2d.device, key)
     if winner is None:
         if torch.cuda.is_current_stream_capturing():
             return be                      # no timing inside a graph capture
         winner = TUNER.choose(x2d.device, key, {
-            name: _workload(backends.BACKENDS[name], x2d, weight, plan, gates2d, needs)
+            name: _workload(backends.BACKENDS[name], x2d, weight, plan, gates2d, needs, drop)
             for name in CANDIDATES})
     return backends.BACKENDS[winner]
 
@@ -308,11 +313,12 @@ def _per_row(gates2d: torch.Tensor) -> bool:
 def chosen_implementation(n: int, d_in: int, d_out: int, r_act: int, dtype: torch.dtype,
                           per_row_gates: bool = False,
                           needs=(True, False, False, True, True, False),
-                          device="cuda") -> Optional[str]:
+                          device="cuda", dropout: bool = False) -> Optional[str]:
     """Which implementation a shape uses: ``"triton"`` (the kernels) or ``"torch"`` (the cuBLAS
     composite); ``None`` when its bucket on this CUDA device is not tuned yet (its first call
     times both). ``needs``: which of ``(x, weight, bias, lora_A, lora_B, gates)`` require a
-    gradient (default: the usual LoRA training step). ``r_act``: the active adapters' total rank.
+    gradient (default: the usual LoRA training step). ``r_act``: the active adapters' total rank;
+    ``dropout``: whether the calls apply LoRA dropout.
     Off CUDA it is the fixed rule of ``backends.select_backend``."""
     device = torch.device(device)
     if device.type != "cuda":
@@ -326,4 +332,5 @@ def chosen_implementation(n: int, d_in: int, d_out: int, r_act: int, dtype: torc
         return "triton"
     if device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    return TUNER.lookup(device, bucket(n, d_in, d_out, r_act, dtype, per_row_gates, needs))
+    return TUNER.lookup(device, bucket(n, d_in, d_out, r_act, dtype, per_row_gates, needs,
+                                       dropout))

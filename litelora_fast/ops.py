@@ -48,10 +48,10 @@ def _drop(p_drop: float, seed):
     return None if seed is None or p_drop <= 0 else (p_drop, seed)
 
 
-def _backend(x2d, weight, plan, gates2d, needs, backend: str):
+def _backend(x2d, weight, plan, gates2d, needs, backend: str, drop=None):
     """The backend class of one call (see ``autotune.select``)."""
     return autotune.select(x2d, weight, plan, gates2d, needs, backend or None,
-                           empty=_is_empty(x2d, weight))
+                           empty=_is_empty(x2d, weight), drop=drop)
 
 
 # ------------------------------------------------------------------------------- custom ops
@@ -63,9 +63,9 @@ def _gated_lora_fwd(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
                     seed: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns ``y`` ``(N, D_out)`` and ``S`` ``(N, R)``: active adapters' S first, then zeros."""
     plan = pack(tuple(active), lora_A, lora_B, rank_offsets, scaling, x2d.dtype)
-    be = _backend(x2d, weight, plan, gates2d, needs, backend)
-    return op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be,
-                           _drop(p_drop, seed))
+    drop = _drop(p_drop, seed)
+    be = _backend(x2d, weight, plan, gates2d, needs, backend, drop)
+    return op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be, drop)
 
 
 @_gated_lora_fwd.register_fake
@@ -87,9 +87,10 @@ def _gated_lora_bwd(dy: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor,
     """Gradients ``(dx, dW, db, dA, dB, dg_rows)``; an unneeded one is an empty tensor.
     ``fwd_needs`` are the forward's gradient needs: the backend choice is keyed on them."""
     plan = pack(tuple(active), lora_A, lora_B, rank_offsets, scaling, x2d.dtype)
-    be = _backend(x2d, weight, plan, gates2d, fwd_needs, backend)
+    drop = _drop(p_drop, seed)
+    be = _backend(x2d, weight, plan, gates2d, fwd_needs, backend, drop)
     grads = op_math.backward(dy, x2d, weight, lora_A, lora_B, gates2d, S, plan, grad_adapters,
-                             be, needs, _drop(p_drop, seed))
+                             be, needs, drop)
     # Custom-op outputs must not alias each other: one fresh empty tensor per unneeded grad.
     return tuple(dy.new_empty(0) if g is None else g for g in grads)
 
@@ -144,9 +145,9 @@ class _GatedLoRA(torch.autograd.Function):
     def forward(ctx, x2d, weight, bias, lora_A, lora_B, gates2d, p, active, grad_adapters,
                 backend, needs, p_drop, seed):
         plan = pack(active, lora_A, lora_B, p.rank_offsets, p.scaling, x2d.dtype)
-        be = _backend(x2d, weight, plan, gates2d, needs, backend)
-        y, S = op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be,
-                               _drop(p_drop, seed))
+        drop = _drop(p_drop, seed)
+        be = _backend(x2d, weight, plan, gates2d, needs, backend, drop)
+        y, S = op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be, drop)
         # Only the active set and the backend are kept besides the saved tensors (no tensors
         # outside save_for_backward, so saved-tensor hooks see everything the backward holds).
         ctx.save_for_backward(x2d, weight, lora_A, lora_B, gates2d, S, seed)
@@ -261,9 +262,9 @@ def gated_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
                                    grad_adapters, backend or "", needs, p_drop, seed)
         else:
             plan = pack(active, lora_A, lora_B, p.rank_offsets, p.scaling, x2d.dtype)
-            be = _backend(x2d, weight, plan, gates2d, needs, backend or "")
-            y2d, _ = op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be,
-                                     _drop(p_drop, seed))
+            drop = _drop(p_drop, seed)
+            be = _backend(x2d, weight, plan, gates2d, needs, backend or "", drop)
+            y2d, _ = op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be, drop)
     else:
         y2d, _ = _gated_lora_fwd(x2d, weight, bias, lora_A, lora_B, gates2d, p.rank_offsets,
                                  p.scaling, list(active), grad_adapters, backend or "", needs,

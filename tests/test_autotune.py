@@ -46,10 +46,13 @@ def test_buckets_round_n_up_to_a_power_of_two_and_keep_the_rest():
     assert autotune.n_bucket(8192) == 8192 and autotune.n_bucket(8193) == 16384
     assert _key(n=300) == _key(n=512) != _key(n=513)
     assert len({_key(), _key(r=16), _key(dtype=torch.bfloat16), _key(per_row=True),
-                _key(needs=(False,) * 6)}) == 5
+                _key(needs=(False,) * 6), autotune.bucket(300, 64, 32, 8, torch.float16, False,
+                                                          NEEDS, dropout=True)}) == 6
     name = autotune.bucket_name(_key())
     assert name == "N512-Din64-Dout32-R8-float16-per_adapter-grad:x,lora_A,lora_B"
     assert autotune.bucket_name(_key(needs=(False,) * 6)).endswith("grad:none")
+    assert autotune.bucket_name(autotune.bucket(300, 64, 32, 8, torch.float16, False, NEEDS,
+                                                dropout=True)).endswith("lora_B-dropout")
 
 
 @pytest.mark.parametrize("ms,winner", [({"triton": 1.0, "torch": 2.0}, "triton"),

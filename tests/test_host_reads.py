@@ -1,12 +1,12 @@
 """No device-to-host read per call in steady state.
 
-On a GPU a read (``.tolist()``, ``.item()``, ``bool(t)``, ``.cpu()``, ``.numpy()``) stalls the launch
-queue and makes CUDA-graph capture impossible. These tests wrap those Tensor methods and count the
-calls made during training steps 2-5 of a ``GatedLoRALinear`` (step 1 may fill host caches), for
-frozen, trainable and per-row gates, on the PyTorch fast path and through the Triton kernels (the
-interpreter, small shapes), and with LoRA dropout through the kernels. ``__int__``/``__float__``/
-``__index__`` are counted too. The count must be 0. Calls made by Triton's interpreter itself are not
-counted: it *is* the device there (it moves tensors to numpy to emulate the kernels).
+On a GPU a read (``.tolist()``, ``.item()``, ``bool(t)``, ``.cpu()``, ``.numpy()``) stalls the
+launch queue and makes CUDA-graph capture impossible. These tests wrap those Tensor methods (and
+``__int__``/``__float__``/``__index__``) and count the calls made during training steps 2-5 of a
+``GatedLoRALinear`` (step 1 may fill host caches), for frozen, trainable and per-row gates, on
+the PyTorch fast path and through the Triton kernels (the interpreter, small shapes), and with
+LoRA dropout through the kernels. The count must be 0. Calls made by Triton's interpreter itself
+are not counted: it *is* the device there (it moves tensors to numpy to emulate the kernels).
 """
 import os
 import sys
