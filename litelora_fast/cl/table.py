@@ -202,9 +202,14 @@ def format_table(summary, what="held-out seeds") -> str:
                          + ("  decisions" if stream == "domain" else ""))
             for label, s in rows.items():
                 lam = "" if s["lam"] is None else f"{s['lam']:g}"
-                line = (f"  {label:<28}{lam:>6} {s['avg_accuracy']:6.2f}+-{s['avg_accuracy_std']:<4.1f}"
-                        f" {s['avg_incremental']:6.2f}+-{s['avg_incremental_std']:<4.1f}"
-                        f" {s['forgetting']:5.1f}+-{s['forgetting_std']:<4.1f}"
+
+                def ms(key, width, prec, sd_prec):
+                    # one seed: no spread to print
+                    if seeds == 1:
+                        return f"{s[key]:{width}.{prec}f}" + " " * (3 + 4)
+                    return f"{s[key]:{width}.{prec}f}+-{s[key + '_std']:<4.{sd_prec}f}"
+                line = (f"  {label:<28}{lam:>6} {ms('avg_accuracy', 6, 2, 1)}"
+                        f" {ms('avg_incremental', 6, 2, 1)} {ms('forgetting', 5, 1, 1)}"
                         f" {s['active_adapters']:5.2f}/{n:<4d} {s['params']:7.0f}"
                         f" {s['seconds']:5.1f}")
                 if "decisions_right" in s:
