@@ -41,6 +41,11 @@ below as file :: function, with the statement that decides):
 - *protocol*: class-incremental: one growing classifier, every kept adapter summed with the shared
   magnitudes, no task id at test (``models/litelora.py :: incremental_train``, ``update_fc``).
 
+Not from their code: the learning rates and epochs (``VARIANTS["paper"]``: SGD lr 0.01 for our
+2-layer MLP on 14x14 digits, not their 8e-3 for a ViT-B/16; phase-2 batches of 32, theirs 128)
+and ``lam`` (per stream, ``litelora_fast/cl/mnist.py``). Citations name file and function at
+commit 0fcb287 with the deciding statement quoted, not line numbers.
+
 Our additions, each a named option (``variant="library"`` turns them all on):
 
 - ``warmup`` (int epochs, 0 in the paper): before phase 1, train only the kept magnitudes and the

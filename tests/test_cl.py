@@ -172,3 +172,28 @@ def test_run_mnist_both_protocols(fast_path):
         assert r["avg_incremental"] == pytest.approx(sum(r["anytime"]) / 5)
         if protocol == "task-incremental":
             assert r["forgetting"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_demo_and_analyze_smoke(tmp_path, fast_path, capsys):
+    import json
+
+    from litelora_fast.tools.demo import analyze_main, demo_main, run_demo
+    torch.set_num_threads(1)
+    res = run_demo(seeds=(0,), progress=False, save_dir=str(tmp_path), streams=("split_mnist",),
+                   rows=("LiteLoRA (paper)", "SD-LoRA (adapter per task)"))
+    for protocol in ("class-incremental", "task-incremental"):
+        rows = res["split_mnist"][protocol]
+        assert rows["SD-LoRA (adapter per task)"]["active_adapters"] == 5
+        assert 0 <= rows["LiteLoRA (paper)"]["avg_accuracy"] <= 100
+    ckpt = tmp_path / "split_mnist_task-incremental_sdlora_paper.pt"
+    assert analyze_main([str(ckpt), "--png", str(tmp_path / "red.png")]) == 0
+    text = capsys.readouterr().out
+    assert "phi(A_i, A_j)" in text and (tmp_path / "red.png").stat().st_size > 0
+    # a missing file: one line on stderr, exit code 2
+    assert analyze_main([str(tmp_path / "missing.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing.pt" in err
+    # the command line's options and outputs (no run: an unknown stream is a usage error)
+    with pytest.raises(SystemExit):
+        demo_main(["--streams", "cifar"])
+    assert json.dumps(res)            # JSON-able
