@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from . import lora_dropout
-from .op_math import as_dtype, expanded_gates
+from .op_math import as_dtype, expanded_gates, gated_columns
 
 
 class TorchBackend:
@@ -70,8 +70,12 @@ class TorchBackend:
         return as_dtype(a.t() @ b, out_dtype)
 
     @staticmethod
-    def lora_weight_grads(x2d, dy, dS, SG, out_dtype, dropout=None):
+    def lora_weight_grads(x2d, dy, dS, SG, out_dtype, gates=None, dropout=None):
+        """``(dS^T @ drop(x2d), dy^T @ SG)``; with ``gates=(gates2d, col_adapter, col_scale)``
+        the fourth operand is ``S`` and ``SG = S * G_E`` is formed here (as the kernel does)."""
         x_lora = x2d if dropout is None else lora_dropout.dropped(x2d, dropout[1], dropout[0])
+        if gates is not None:
+            SG = gated_columns(SG, *gates, SG.dtype)
         return as_dtype(dS.t() @ x_lora, out_dtype), as_dtype(dy.t() @ SG, out_dtype)
 
 

@@ -78,13 +78,14 @@ def backward(dy, x2d, weight, lora_A, lora_B, gates2d, S, plan: Optional[Plan],
             dS, P = be.grad_shrink(dy, plan.lora_B, S_act, gates2d, plan.col_adapter,
                                    plan.col_scale, need_g)
         local, full = weight_grad_columns(plan, grad_adapters)
-        SG = None
-        if need_B and local:
-            G_E = expanded_gates(gates2d, plan.col_adapter, plan.col_scale)
-            SG = _take(as_dtype(as_dtype(S_act, G_E.dtype) * G_E, dy.dtype), local)
         if local and (need_A or need_B):
+            # dB needs SG = S * G_E of the training columns: S and their gate tables go to the
+            # backend, which forms SG where it is cheapest (inside the weight-gradient kernel).
+            tables = (gates2d, _take_cols(plan.col_adapter, local),
+                      _take_cols(plan.col_scale, local))
             dA_part, dB_part = _weight_grads(be, dy, x2d, _take(dS, local) if need_A else None,
-                                             SG, lora_A.dtype, drop)
+                                             _take(S_act, local) if need_B else None, tables,
+                                             lora_A.dtype, drop)
             dA = None if dA_part is None else _place(dA_part, full, lora_A, dim=0)
             dB = None if dB_part is None else _place(dB_part, full, lora_B, dim=1)
         if need_A and dA is None:
@@ -121,13 +122,21 @@ def _drop_kw(drop) -> dict:
     return {} if drop is None else {"dropout": drop}
 
 
-def _weight_grads(be, dy, x2d, dS_train, SG_train, out_dtype, drop=None):
-    """``(dA_part, dB_part)`` = ``(dS^T @ drop(x), dy^T @ SG)`` over the training columns;
-    ``None`` for an operand not given. One launch for both where the backend has
-    ``lora_weight_grads``."""
+def gated_columns(S, gates2d, col_adapter, col_scale, out_dtype):
+    """``SG = S * G_E`` in fp32 (float64 on the float64 path), rounded to ``out_dtype``."""
+    G_E = expanded_gates(gates2d, col_adapter, col_scale)
+    return as_dtype(as_dtype(S, G_E.dtype) * G_E, out_dtype)
+
+
+def _weight_grads(be, dy, x2d, dS_train, S_train, tables, out_dtype, drop=None):
+    """``(dA_part, dB_part)`` = ``(dS^T @ drop(x), dy^T @ (S * G_E))`` over the training
+    columns (``tables``: ``gates2d`` and those columns' ``col_adapter``/``col_scale``); ``None``
+    for an operand not given. Both from one launch where the backend has ``lora_weight_grads``,
+    which also forms ``S * G_E`` itself."""
     both = getattr(be, "lora_weight_grads", None)
-    if both is not None and dS_train is not None and SG_train is not None:
-        return both(x2d, dy, dS_train, SG_train, out_dtype, **_drop_kw(drop))
+    if both is not None and dS_train is not None and S_train is not None:
+        return both(x2d, dy, dS_train, S_train, out_dtype, gates=tables, **_drop_kw(drop))
+    SG_train = None if S_train is None else gated_columns(S_train, *tables, dy.dtype)
     if dS_train is not None and drop is not None:
         # dA alone (lora_B frozen) under dropout: rare, so the dropped x is a temporary.
         from .lora_dropout import dropped
@@ -149,6 +158,14 @@ def _index(cols: tuple, device: torch.device) -> torch.Tensor:
     # Cached per layout: a host-to-device copy per call would be a synchronous transfer (and
     # illegal under CUDA-graph capture). The tensor is only read.
     return torch.tensor(cols, dtype=torch.int64, device=device)
+
+
+def _take_cols(t: torch.Tensor, cols: tuple) -> torch.Tensor:
+    """Entries ``cols`` of the per-column table ``t`` (R_act,): a view for one stretch."""
+    span = _span(cols)
+    if span is not None:
+        return t[span[0]:span[1]]
+    return t.index_select(0, _index(cols, t.device))
 
 
 def _take(t: torch.Tensor, cols: tuple) -> torch.Tensor:

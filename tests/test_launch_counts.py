@@ -85,3 +85,37 @@ def test_one_launch_for_both_weight_gradients_matches_float64(trainable_adapters
     assert_rel("dx", x.grad, x64.grad, torch.float32)
     assert_rel("dA", A.grad, A64.grad * mask[:, None], torch.float32)
     assert_rel("dB", B.grad, B64.grad * mask[None, :], torch.float32)
+
+
+@pytest.mark.parametrize("per_row", [False, True], ids=["per-adapter", "per-row"])
+def test_weight_grads_form_SG_in_the_kernel(interpreter, seed, monkeypatch, per_row):
+    """The backward hands ``S`` and the gate tables to ``lora_weight_grads`` (the kernel forms
+    ``SG = S * G_E`` tile by tile), instead of building ``SG`` with elementwise launches first;
+    the gradients still match float64."""
+    from litelora_fast import backends
+    from litelora_fast.reference import gated_lora_linear_ref
+
+    seen = []
+    real = backends.TritonBackend.lora_weight_grads
+    monkeypatch.setattr(backends.TritonBackend, "lora_weight_grads", staticmethod(
+        lambda *a, **kw: seen.append(kw.get("gates")) or real(*a, **kw)))
+    N, D, ranks = 29, 20, [3, 5, 2]
+    x = torch.randn(N, D)
+    W = torch.randn(D + 5, D)
+    A = torch.randn(sum(ranks), D, requires_grad=True)
+    B = torch.randn(D + 5, sum(ranks), requires_grad=True)
+    g = torch.rand(N, 3) + 0.5 if per_row else torch.rand(3) + 0.5
+    offsets = [0, 3, 8, 10]
+    y = llf.gated_lora_linear(x, W, None, A, B, g, offsets, [2.0, 0.5, 1.0],
+                              trainable_adapters=[True, False, True])
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    assert len(seen) == 1 and seen[0] is not None
+    gates2d, col_adapter, col_scale = seen[0]
+    assert col_adapter.tolist() == [0, 0, 0, 2, 2] and col_scale.tolist() == [2.0] * 3 + [1.0] * 2
+    A64, B64 = (t.detach().double().requires_grad_() for t in (A, B))
+    gated_lora_linear_ref(x.double(), W.double(), None, A64, B64, g.double(), offsets,
+                          [2.0, 0.5, 1.0]).backward(dy.double())
+    train = torch.tensor([1] * 3 + [0] * 5 + [1] * 2, dtype=torch.double)
+    assert_rel("dA", A.grad, A64.grad * train[:, None], torch.float32)
+    assert_rel("dB", B.grad, B64.grad * train[None, :], torch.float32)

@@ -136,9 +136,9 @@ def test_frozen_adapters_get_no_weight_gradient_gemm(trainable_adapters, fast_pa
     widths = []
     both = backends.TorchBackend.lora_weight_grads    # dA and dB in one call: record both GEMMs
     monkeypatch.setattr(backends.TorchBackend, "lora_weight_grads", staticmethod(
-        lambda x2d, dy, dS, SG, dt: widths.extend([(dS.shape[1], x2d.shape[1]),
-                                                   (dy.shape[1], SG.shape[1])])
-        or both(x2d, dy, dS, SG, dt)))
+        lambda x2d, dy, dS, SG, dt, **kw: widths.extend([(dS.shape[1], x2d.shape[1]),
+                                                         (dy.shape[1], SG.shape[1])])
+        or both(x2d, dy, dS, SG, dt, **kw)))
     case = _with_trainable(CASES["N37-K3-ragged"], {"x", "lora_A", "lora_B", "gates"})
     t = make_inputs(case)
     y = llf.gated_lora_linear(t["x"], t["weight"], t["bias"], t["lora_A"], t["lora_B"],
