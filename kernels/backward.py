@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from . import LAUNCH_COUNTS, fused_tma
-from .tiles import dot_loop, grouped_tile
+from .tiles import grouped_tile, rank_tile, two_stretch_tile
 from .tuning import (block_r, check_out, choose_variant, dot_precision, fit_stages, n_bucket,
                      on_device, padded_columns, tuned)
 from .weight_grad import lora_weight_grads, matmul_tn
@@ -101,33 +101,12 @@ def _grad_shrink_kernel(
     NEED_GATE_GRAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    # The R blocks of one row block are neighbouring programs, so when R_act > BLOCK_R the second
-    # read of the same dy rows comes from L2, not HBM.
-    pid = tl.program_id(0)
-    num_r = (R_act + BLOCK_R - 1) // BLOCK_R
-    pid_m = pid // num_r
-    pid_r = pid % num_r
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_k = tl.arange(0, BLOCK_K)
-    # Loads wrap out-of-range rows/columns onto valid ones (their results are never stored), so
-    # only the reduction edge needs a mask; int64 rows keep n * stride from overflowing.
-    rows = (offs_m % N).to(tl.int64)
-    cols = (offs_r % R_act).to(tl.int64)
-
-    dy_ptrs = dy_ptr + rows[:, None] * stride_dy_n + offs_k[None, :] * stride_dy_o
-    b_ptrs = lora_B_ptr + offs_k[:, None] * stride_lora_B_o + cols[None, :] * stride_lora_B_r
-    acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-    acc = dot_loop(acc, dy_ptrs, b_ptrs, D_out, stride_dy_o, stride_lora_B_o, BLOCK_K,
-                   DOT_PRECISION)
-
-    adapter = tl.load(col_adapter_ptr + cols).to(tl.int64)
-    scale = tl.load(col_scale_ptr + cols).to(tl.float32)
-    gate = tl.load(gates_ptr + rows[:, None] * stride_gates_n + adapter[None, :] * stride_gates_k)
-    g_e = gate.to(tl.float32) * scale[None, :]
-    mask = (offs_m < N)[:, None] & (offs_r < R_act)[None, :]
-    out_rows = offs_m.to(tl.int64)[:, None]
-    out_cols = offs_r.to(tl.int64)[None, :]
+    acc, g_e, scale, rows, cols, out_m, out_r, mask = rank_tile(
+        tl.program_id(0), N, R_act, D_out, dy_ptr, lora_B_ptr, stride_dy_n, stride_dy_o,
+        stride_lora_B_o, stride_lora_B_r, col_adapter_ptr, col_scale_ptr, gates_ptr,
+        stride_gates_n, stride_gates_k, 0, DOT_PRECISION, BLOCK_M, BLOCK_K, BLOCK_R, 0.0)
+    out_rows = out_m[:, None]
+    out_cols = out_r[None, :]
     dS = acc * g_e
     tl.store(dS_ptr + out_rows * stride_dS_n + out_cols * stride_dS_r,
              dS.to(dS_ptr.dtype.element_ty), mask=mask)
@@ -235,27 +214,12 @@ def _fused_dx_kernel(
 ):
     # Grouped tile order: a group of dy row tiles reuses the same weight column tiles from L2.
     pid_m, pid_n = grouped_tile(tl.program_id(0), N, D_in, BLOCK_M, BLOCK_N, GROUP_M)
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = (offs_m % N).to(tl.int64)
-    cols = (offs_n % D_in).to(tl.int64)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-
-    # Base stretch of the reduction: dy @ weight over D_out.
-    offs_k = tl.arange(0, BLOCK_K)
-    dy_ptrs = dy_ptr + rows[:, None] * stride_dy_n + offs_k[None, :] * stride_dy_o
-    w_ptrs = weight_ptr + offs_k[:, None] * stride_weight_o + cols[None, :] * stride_weight_i
-    acc = dot_loop(acc, dy_ptrs, w_ptrs, D_out, stride_dy_o, stride_weight_o, BLOCK_K,
-                   DOT_PRECISION)
-
-    # Adapter stretch, same accumulator: dS @ lora_A over the R_act active columns (no steps
-    # when no adapter is active).
-    offs_r = tl.arange(0, BLOCK_R)
-    ds_ptrs = dS_ptr + rows[:, None] * stride_dS_n + offs_r[None, :] * stride_dS_r
-    a_ptrs = lora_A_ptr + offs_r[:, None] * stride_lora_A_r + cols[None, :] * stride_lora_A_i
-    acc = dot_loop(acc, ds_ptrs, a_ptrs, R_act, stride_dS_r, stride_lora_A_r, BLOCK_R,
-                   DOT_PRECISION)
+    # dy @ weight over D_out, then dS @ lora_A over R_act, one accumulator.
+    acc, offs_m, offs_n, _ = two_stretch_tile(
+        pid_m, pid_n, N, D_in, D_out, R_act, dy_ptr, weight_ptr, dS_ptr, lora_A_ptr,
+        stride_dy_n, stride_dy_o, stride_weight_o, stride_weight_i,
+        stride_dS_n, stride_dS_r, stride_lora_A_r, stride_lora_A_i,
+        DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_R)
 
     out_rows = offs_m.to(tl.int64)[:, None]
     out_cols = offs_n.to(tl.int64)[None, :]

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from . import LAUNCH_COUNTS, fused_tma
-from .tiles import dot_loop, grouped_tile
+from .tiles import grouped_tile, rank_tile, two_stretch_tile
 from .tuning import (block_r, check_out, choose_variant, dot_precision, fit_stages, n_bucket,
                      on_device, padded_columns, tuned)
 
@@ -112,40 +112,16 @@ def _shrink_kernel(
     BLOCK_K: tl.constexpr,
     P_DROP: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    num_pid_r = (R_act + BLOCK_R - 1) // BLOCK_R
-    # The R blocks of one row block are neighbouring programs, so when R_act > BLOCK_R the second
-    # read of that x tile comes from L2, not HBM.
-    pid_m = pid // num_pid_r
-    pid_r = pid % num_pid_r
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_k = tl.arange(0, BLOCK_K)
-    # Rows/columns past the edge wrap back into range, so only the K edge needs a load mask; the
-    # stores are masked. int64: row * stride reaches 2**31 at realistic N * D_in.
-    rows = (offs_m % N).to(tl.int64)
-    cols = (offs_r % R_act).to(tl.int64)
-
-    x_ptrs = x_ptr + rows[:, None] * stride_x_n + offs_k[None, :] * stride_x_i
-    a_ptrs = lora_A_ptr + cols[None, :] * stride_lora_A_r + offs_k[:, None] * stride_lora_A_i
-    acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     # LoRA dropout: S = drop(x) @ A^T, the mask drawn from the call's seed as x tiles arrive.
     drop_seed = 0
     if P_DROP > 0.0:
         drop_seed = tl.load(seed_ptr)
-    acc = dot_loop(acc, x_ptrs, a_ptrs, D_in, stride_x_i, stride_lora_A_i, BLOCK_K, DOT_PRECISION,
-                   drop_seed, rows[:, None], offs_k[None, :], 1, False, P_DROP)
-
-    # Expanded gate G_E[n, j] = gates[n, col_adapter[j]] * col_scale[j], upcast to fp32.
-    adapter = tl.load(col_adapter_ptr + cols).to(tl.int64)
-    scale = tl.load(col_scale_ptr + cols).to(tl.float32)
-    gate = tl.load(gates_ptr + rows[:, None] * stride_gates_n + adapter[None, :] * stride_gates_k)
-    sg = acc * (gate.to(tl.float32) * scale[None, :])
-
-    out_m = offs_m.to(tl.int64)
-    out_r = offs_r.to(tl.int64)
-    mask = (offs_m < N)[:, None] & (offs_r < R_act)[None, :]
+    acc, g_e, _, _, _, out_m, out_r, mask = rank_tile(
+        tl.program_id(0), N, R_act, D_in, x_ptr, lora_A_ptr, stride_x_n, stride_x_i,
+        stride_lora_A_i, stride_lora_A_r, col_adapter_ptr, col_scale_ptr, gates_ptr,
+        stride_gates_n, stride_gates_k, drop_seed, DOT_PRECISION, BLOCK_M, BLOCK_K, BLOCK_R,
+        P_DROP)
+    sg = acc * g_e
     tl.store(S_ptr + out_m[:, None] * stride_S_n + out_r[None, :] * stride_S_r,
              acc.to(S_ptr.dtype.element_ty), mask=mask)
     tl.store(SG_ptr + out_m[:, None] * stride_SG_n + out_r[None, :] * stride_SG_r,
@@ -178,28 +154,13 @@ def _fused_forward_kernel(
 ):
     # Grouped tile order: a group of x row tiles reuses the same weight column tiles from L2.
     pid_m, pid_n = grouped_tile(tl.program_id(0), N, D_out, BLOCK_M, BLOCK_N, GROUP_M)
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    # Edge rows/columns wrap back into range (loads need only the K mask; stores are masked);
-    # int64 because row * stride passes 2**31 at N * D_in beyond ~2.1e9 elements.
-    rows = (offs_m % N).to(tl.int64)
-    cols = (offs_n % D_out).to(tl.int64)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-
-    # Base stretch of the K-loop: x @ weight^T over D_in.
-    offs_k = tl.arange(0, BLOCK_K)
-    x_ptrs = x_ptr + rows[:, None] * stride_x_n + offs_k[None, :] * stride_x_i
-    w_ptrs = weight_ptr + cols[None, :] * stride_weight_o + offs_k[:, None] * stride_weight_i
-    acc = dot_loop(acc, x_ptrs, w_ptrs, D_in, stride_x_i, stride_weight_i, BLOCK_K, DOT_PRECISION)
-
-    # Adapter stretch, same accumulator: SG @ lora_B^T over the R_act active columns (no
-    # iterations when every adapter is inactive).
-    offs_r = tl.arange(0, BLOCK_R)
-    sg_ptrs = SG_ptr + rows[:, None] * stride_SG_n + offs_r[None, :] * stride_SG_r
-    b_ptrs = lora_B_ptr + cols[None, :] * stride_lora_B_o + offs_r[:, None] * stride_lora_B_r
-    acc = dot_loop(acc, sg_ptrs, b_ptrs, R_act, stride_SG_r, stride_lora_B_r, BLOCK_R,
-                   DOT_PRECISION)
+    # x @ weight^T over D_in, then SG @ lora_B^T over R_act, one accumulator (W and lora_B are
+    # read transposed: their (k, n) strides are (i, o) and (r, o)).
+    acc, offs_m, offs_n, cols = two_stretch_tile(
+        pid_m, pid_n, N, D_out, D_in, R_act, x_ptr, weight_ptr, SG_ptr, lora_B_ptr,
+        stride_x_n, stride_x_i, stride_weight_i, stride_weight_o,
+        stride_SG_n, stride_SG_r, stride_lora_B_r, stride_lora_B_o,
+        DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_R)
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols * stride_bias_o).to(tl.float32)[None, :]

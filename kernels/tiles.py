@@ -2,6 +2,8 @@
 
 - ``grouped_tile``: the program's output tile in grouped order, for L2 reuse.
 - ``keep_scale``: the LoRA-dropout keep factor of a tile of ``x`` (``kernels/dropout.py``).
+- ``rank_tile``: the shrink's and grad-shrink's tile, ``a @ b`` over all R_act columns plus its gate.
+- ``two_stretch_tile``: the pointer kernels' fused tile, ``a1 @ b1 + a2 @ b2`` on one accumulator.
 - ``dot_loop``: one stretch of a reduction, ``acc += a_tile @ b_tile`` over ``length`` steps,
   masked at the ragged end. The pointer kernels of the fused GEMMs call it once per stretch (base
   weight, then adapter columns) on the same accumulator: two pipelined loops, the second short.
@@ -98,3 +100,71 @@ def dot_loop(acc, a_ptrs, b_ptrs, length, step_a, step_b, BLOCK_K: tl.constexpr,
         a_ptrs += BLOCK_K * step_a
         b_ptrs += BLOCK_K * step_b
     return acc
+
+
+@triton.jit
+def two_stretch_tile(pid_m, pid_n, rows_total, cols_total, K1, K2,
+                     a1_ptr, b1_ptr, a2_ptr, b2_ptr,
+                     stride_a1_n, stride_a1_k, stride_b1_k, stride_b1_n,
+                     stride_a2_n, stride_a2_k, stride_b2_k, stride_b2_n,
+                     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr):
+    """The pointer kernels' fused tile: ``a1 @ b1 + a2 @ b2`` on ONE fp32 accumulator.
+
+    The base stretch runs over ``K1`` in BLOCK_K steps (``x @ W^T``, ``dy @ W``), the adapter
+    stretch over ``K2 = R_act`` in BLOCK_R steps (``SG @ lora_B^T``, ``dS @ lora_A``; no steps when
+    no adapter is active). Operands are addressed as ``a[n, k]`` and ``b[k, n]`` through their
+    strides, so a transposed read is just swapped strides. Edge rows/columns wrap back into range
+    (loads need only the K mask; the caller masks the store), with int64 offsets because
+    ``row * stride`` passes 2**31 at realistic sizes. Returns ``(acc, offs_m, offs_n, cols)``.
+    """
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = (offs_m % rows_total).to(tl.int64)
+    cols = (offs_n % cols_total).to(tl.int64)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    offs_k = tl.arange(0, BLOCK_K)
+    a1 = a1_ptr + rows[:, None] * stride_a1_n + offs_k[None, :] * stride_a1_k
+    b1 = b1_ptr + offs_k[:, None] * stride_b1_k + cols[None, :] * stride_b1_n
+    acc = dot_loop(acc, a1, b1, K1, stride_a1_k, stride_b1_k, BLOCK_K, DOT_PRECISION)
+    offs_r = tl.arange(0, BLOCK_R)
+    a2 = a2_ptr + rows[:, None] * stride_a2_n + offs_r[None, :] * stride_a2_k
+    b2 = b2_ptr + offs_r[:, None] * stride_b2_k + cols[None, :] * stride_b2_n
+    acc = dot_loop(acc, a2, b2, K2, stride_a2_k, stride_b2_k, BLOCK_R, DOT_PRECISION)
+    return acc, offs_m, offs_n, cols
+
+
+@triton.jit
+def rank_tile(pid, N, R_act, K, a_ptr, b_ptr, stride_a_n, stride_a_k, stride_b_k, stride_b_r,
+              col_adapter_ptr, col_scale_ptr, gates_ptr, stride_gates_n, stride_gates_k,
+              drop_seed, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, P_DROP: tl.constexpr):
+    """The rank-side kernels' tile (shrink: ``x @ lora_A^T``; grad-shrink: ``dy @ lora_B``):
+    ``acc = a[rows] @ b[:, cols]`` over ``K`` for BLOCK_M rows and BLOCK_R of the R_act adapter
+    columns, and the tile's expanded gate ``G_E[n, j] = gates[n, col_adapter[j]] * col_scale[j]``.
+
+    The R_act blocks of one row block are neighbouring programs, so when R_act > BLOCK_R the
+    second read of the same ``a`` rows comes from L2, not HBM. Rows and columns past the edge wrap
+    back into range (only the K edge needs a load mask; the returned ``mask`` is for the stores),
+    with int64 offsets. ``P_DROP > 0``: ``a`` is ``x`` and gets the call's dropout mask
+    (``dot_loop``). Returns ``(acc, g_e, scale, rows, cols, out_m, out_r, mask)``.
+    """
+    num_r = (R_act + BLOCK_R - 1) // BLOCK_R
+    pid_m = pid // num_r
+    pid_r = pid % num_r
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_k = tl.arange(0, BLOCK_K)
+    rows = (offs_m % N).to(tl.int64)
+    cols = (offs_r % R_act).to(tl.int64)
+    a_ptrs = a_ptr + rows[:, None] * stride_a_n + offs_k[None, :] * stride_a_k
+    b_ptrs = b_ptr + offs_k[:, None] * stride_b_k + cols[None, :] * stride_b_r
+    acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    acc = dot_loop(acc, a_ptrs, b_ptrs, K, stride_a_k, stride_b_k, BLOCK_K, DOT_PRECISION,
+                   drop_seed, rows[:, None], offs_k[None, :], 1, False, P_DROP)
+    adapter = tl.load(col_adapter_ptr + cols).to(tl.int64)
+    scale = tl.load(col_scale_ptr + cols).to(tl.float32)
+    gate = tl.load(gates_ptr + rows[:, None] * stride_gates_n + adapter[None, :] * stride_gates_k)
+    g_e = gate.to(tl.float32) * scale[None, :]
+    mask = (offs_m < N)[:, None] & (offs_r < R_act)[None, :]
+    return acc, g_e, scale, rows, cols, offs_m.to(tl.int64), offs_r.to(tl.int64), mask

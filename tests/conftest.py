@@ -37,3 +37,17 @@ def seed(request):
     request.node.user_properties.append(("seed", value))
     print(f"seed={value}")
     return value
+
+
+@pytest.fixture
+def shrink_widths(monkeypatch):
+    """The list of R_act widths the PyTorch backend's shrink sees, one per call: the packed
+    bank after zero-gate skipping."""
+    from litelora_fast import backends
+
+    seen = []
+    real = backends.TorchBackend.shrink
+    monkeypatch.setattr(backends.TorchBackend, "shrink",
+                        staticmethod(lambda x, A, *a, **kw: seen.append(A.shape[0])
+                                     or real(x, A, *a, **kw)))
+    return seen
