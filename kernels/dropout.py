@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from . import LAUNCH_COUNTS
-from .tiles import dot_loop, keep_scale
+from .tiles import keep_scale, two_stretch_tile
 
 
 @triton.jit
@@ -50,16 +50,12 @@ def _masked_addmm_kernel(dx_ptr, dS_ptr, lora_A_ptr, seed_ptr, N, D_in, R_act,
                          stride_lora_A_r, stride_lora_A_i,
                          DOT_PRECISION: tl.constexpr, P_DROP: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_r = tl.arange(0, BLOCK_R)
-    rows = (offs_m % N).to(tl.int64)
-    cols = (offs_n % D_in).to(tl.int64)
-    ds_ptrs = dS_ptr + rows[:, None] * stride_dS_n + offs_r[None, :] * stride_dS_r
-    a_ptrs = lora_A_ptr + offs_r[:, None] * stride_lora_A_r + cols[None, :] * stride_lora_A_i
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc = dot_loop(acc, ds_ptrs, a_ptrs, R_act, stride_dS_r, stride_lora_A_r, BLOCK_R,
-                   DOT_PRECISION)
+    # dS @ lora_A alone: the fused tile with an empty base stretch (K1 = 0: no steps).
+    acc, offs_m, offs_n, _ = two_stretch_tile(
+        tl.program_id(0), tl.program_id(1), N, D_in, 0, R_act, dS_ptr, lora_A_ptr, dS_ptr,
+        lora_A_ptr, stride_dS_n, stride_dS_r, stride_lora_A_r, stride_lora_A_i,
+        stride_dS_n, stride_dS_r, stride_lora_A_r, stride_lora_A_i,
+        DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_R, BLOCK_R)
     keep = keep_scale(tl.load(seed_ptr), offs_m[:, None], offs_n[None, :], P_DROP)
     mask = (offs_m < N)[:, None] & (offs_n < D_in)[None, :]
     dx_ptrs = (dx_ptr + offs_m.to(tl.int64)[:, None] * stride_dx_n
