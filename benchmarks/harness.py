@@ -16,10 +16,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 
 import pytest
 import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from numerics import rel_err  # noqa: E402  (the suite's one relative-error helper)
 
 from cases import Case, Inputs, make_inputs
 from litelora_fast.reference import gated_lora_linear_ref
@@ -96,11 +100,12 @@ def _reference_outputs(inp: Inputs) -> list:
     return [y.detach(), *torch.autograd.grad(y, up.grad_inputs(), up.dy)]
 
 
-def rel_err(outs: list, refs: list) -> float:
-    """Worst ``||out - ref|| / ||ref||`` over the pairs (inf on any non-finite value)."""
+def worst_rel_err(outs: list, refs: list) -> float:
+    """Worst ``||out - ref|| / ||ref||`` over the pairs (``tests/numerics.rel_err``; inf on any
+    non-finite value)."""
     worst = 0.0
     for o, r in zip(outs, refs):
-        err = float((o.double() - r).norm() / r.norm().clamp_min(1e-30))
+        err = rel_err(o, r)
         if not math.isfinite(err):
             return math.inf
         worst = max(worst, err)
@@ -120,7 +125,7 @@ def check_once(case: Case, seed: int) -> dict:
     for peer in (p for p in CHECKED_PEERS if p in run):
         outs = _outputs(Bound(peer, case, inp), inp.dy)
         # PEFT's gradients are x, A, B (no gates): compare with the reference's first three.
-        err = rel_err(outs, refs[:len(outs)])
+        err = worst_rel_err(outs, refs[:len(outs)])
         facts[f"rel_err_{peer}"] = err
         if not err <= bound:
             pytest.fail(f"{peer} on {case.id}: relative error {err:.3g} > {bound:g} "
