@@ -8,43 +8,66 @@ into *task-level gate values* that the fused layer receives through ``layer.set_
     g_t = beta_t * alpha_t           (the current candidate, not normalised)
 
 ``variant="paper"`` follows the authors' code (GitHub tanguy8001/LiteLoRA, commit 0fcb287; cited
-below as file :: function, with the statement that decides):
+below as ``file:LINE :: function``, with the statement that decides):
 
 - *gate placement*: one logit ``l_i`` (init 0.5) and one magnitude ``alpha_i`` (init 1.0) per task,
-  shared by every adapted layer (``backbone/lora_gumbel.py :: GumbelGate.__init__``, values from
-  ``exps/litelora_*.json`` ``init_logit``/``init_alpha``); old adapters normalised by
-  ``||B|| ||A||``, the current one not (``lora_gumbel.py :: _LoRA_qkv_timm_train.forward``,
-  ``normalize=False`` for the current task).
-- *noise*: Gumbel noise ``-log(-log u)``, drawn anew at every gate call (each adapted layer, each
-  forward; ``lora_gumbel.py :: GumbelGate.forward`` calls ``sample_gumbel`` each time, q and v
-  separately), only on the current task's logit (``noise_mask[-1] = 1.0``), and only in phase 2
-  (``if phase == 1: training = False``); the hard value ``soft > 0.5`` goes forward, the soft
-  gradient backward (``utils/gumbel_utils.py :: gumbel_binary_gate``).
-- *phases* (``models/litelora.py :: _update_representation``): phase 1 trains the candidate
-  ``A_t, B_t``, every magnitude ``alpha_0..alpha_t`` and the classifier with the gate at 1
-  (``alpha_epochs``); phase 2 trains only ``l_t`` (``beta_epochs`` = 1) on the task loss plus
-  ``lam`` times the mean over gate calls of ``beta_t`` (``_train_phase``: ``sparsity_loss(..., 'l1')``
-  divided by ``2 * num_reg_blocks``), with small batches (``batch_size_p2``).
+  shared by every adapted layer (``backbone/lora_gumbel.py:369-381 :: GumbelGate.__init__``; one
+  gate built at ``backbone/lora_gumbel.py:570`` and handed to every layer at
+  ``backbone/lora_gumbel.py:604``; values from ``exps/litelora_*.json``
+  ``init_logit``/``init_alpha``, e.g. ``exps/litelora_c100.json:31-32``); old adapters normalised
+  by ``||B|| ||A||`` (``backbone/lora_gumbel.py:169 :: _LoRA_qkv_timm_train._compute_adapter_out``,
+  ``normalize=True`` at ``backbone/lora_gumbel.py:216-217``), the current one not
+  (``backbone/lora_gumbel.py:226-227 :: _LoRA_qkv_timm_train.forward``, ``normalize=False`` for
+  the current task).
+- *noise*: Gumbel noise ``-log(-log u)`` (``utils/gumbel_utils.py:17-20 :: sample_gumbel``), drawn
+  anew at every gate call (each adapted layer, each forward;
+  ``backbone/lora_gumbel.py:460 :: GumbelGate.forward`` calls ``sample_gumbel`` each time, q and v
+  separately: ``backbone/lora_gumbel.py:238-243 :: _LoRA_qkv_timm_train.forward``), only on the
+  current task's logit (``backbone/lora_gumbel.py:464``: ``noise_mask[-1] = 1.0``), and only in
+  phase 2 (``backbone/lora_gumbel.py:447-448``: ``if phase == 1: training = False``); the hard
+  value ``soft > 0.5`` goes forward, the soft gradient backward
+  (``utils/gumbel_utils.py:101-102 :: gumbel_binary_gate``: ``y_hard = (y_soft > 0.5).float()``,
+  ``beta = y_hard - y_soft.detach() + y_soft``).
+- *phases* (``models/litelora.py:179-269 :: _update_representation``): phase 1 trains the
+  candidate ``A_t, B_t``, every magnitude ``alpha_0..alpha_t`` and the classifier with the gate at
+  1 (``alpha_epochs``, ``models/litelora.py:184``, ``models/litelora.py:215-219``); phase 2 trains
+  only ``l_t`` (``beta_epochs`` = 1, ``exps/litelora_c100.json:34``;
+  ``models/litelora.py:235-254``) on the task loss plus ``lam`` times the mean over gate calls of
+  ``beta_t`` (``models/litelora.py:292-306 :: _train_phase``: ``sparsity_loss(..., mode=mode)``
+  with ``mode = 'l1'`` when ``binary_beta``, divided by ``2 * num_reg_blocks``), with small
+  batches (``batch_size_p2``, ``models/litelora.py:259``).
 - *optimiser*: phase 1 is SGD with momentum 0.9, adapters, magnitudes and head at the same lr
-  (``lrate`` = ``alpha_lr`` = 8e-3 in ``exps/litelora_c100.json``), weight decay only on the
-  magnitudes, and the lr halved at 60% and 80% of the epochs (``MultiStepLR(milestones=[int(0.6 *
-  E), int(0.8 * E)], gamma=... else 0.5)``, ``lrate_decay`` 0); task 0 uses SGD with momentum and no
-  decay within its epochs (``_train``: ``init_milestones`` [60, 120, 170] > 20 epochs), ``alpha_0``
-  frozen at 1. Phase 2 uses AdamW (``beta_lr`` 0.05, weight decay 2e-4) on the logit (``_train``'s
+  (``models/litelora.py:215-219 :: _update_representation``; ``lrate`` = ``alpha_lr`` = 8e-3 in
+  ``exps/litelora_c100.json:24`` and ``exps/litelora_c100.json:40``), weight decay only on the
+  magnitudes (``models/litelora.py:217``), and the lr halved at 60% and 80% of the epochs
+  (``models/litelora.py:221-225``: ``MultiStepLR(..., milestones=[int(0.6 * E), int(0.8 * E)],
+  gamma=... else 0.5)`` with ``E`` = ``magnitude_epochs``; ``lrate_decay`` 0,
+  ``exps/litelora_c100.json:26``); task 0 uses SGD with momentum and no decay within its epochs
+  (``models/litelora.py:74-82 :: _train``: ``init_milestones`` [60, 120, 170] > 20 epochs,
+  ``exps/litelora_c100.json:21`` and ``exps/litelora_c100.json:19``), ``alpha_0`` frozen at 1
+  (created with ``requires_grad=False``, ``backbone/lora_gumbel.py:375 :: GumbelGate.__init__``).
+  Phase 2 uses AdamW (``beta_lr`` 0.05, weight decay 2e-4: ``exps/litelora_c100.json:41`` and
+  ``exps/litelora_c100.json:28``) on the logit (``models/litelora.py:93-97 :: _train``'s
   ``optimizer``).
 - *loss*: cross-entropy over the current task's classes only (``logits[:, self._known_classes:]``
-  in ``_train_phase``) when a task brings new classes.
+  in ``models/litelora.py:289 :: _train_phase``) when a task brings new classes.
 - *decision*: keep iff ``sigmoid(l_t) >= 0.5`` without noise, else prune for good
-  (``_conditional_growth_decision``, ``binary_beta`` threshold 0.5); task 0 always kept.
-- *magnitudes carried over* across tasks (``LoRA_ViT_timm.__init__`` loads the previous task's
-  ``alphas``); *nothing re-tuned after a prune*.
+  (``models/litelora.py:349-354 :: _conditional_growth_decision``, ``binary_beta`` threshold 0.5;
+  their ``if current_beta < threshold`` tests the hard noiseless ``get_betas`` value,
+  ``models/litelora.py:333``, so at exactly ``sigmoid(l_t) = 0.5`` theirs prunes); task 0 always
+  kept (the decision runs only at ``models/litelora.py:269``, for tasks after 0; ``pruning_mask``
+  starts at ones, ``backbone/lora_gumbel.py:384``).
+- *magnitudes carried over* across tasks (``backbone/lora_gumbel.py:575-578 ::
+  LoRA_ViT_timm.__init__`` loads the previous task's ``alphas``); *nothing re-tuned after a prune*
+  (the decision is the last step of ``_update_representation``, ``models/litelora.py:269``).
 - *protocol*: class-incremental: one growing classifier, every kept adapter summed with the shared
-  magnitudes, no task id at test (``models/litelora.py :: incremental_train``, ``update_fc``).
+  magnitudes, no task id at test (``models/litelora.py:32-62 :: incremental_train``, ``update_fc``
+  at ``models/litelora.py:37``).
 
 Not from their code: the learning rates and epochs (``VARIANTS["paper"]``: SGD lr 0.01 for our
-2-layer MLP on 14x14 digits, not their 8e-3 for a ViT-B/16; phase-2 batches of 32, theirs 128)
-and ``lam`` (per stream, ``litelora_fast/cl/mnist.py``). Citations name file and function at
-commit 0fcb287 with the deciding statement quoted, not line numbers.
+2-layer MLP on 14x14 digits, not their 8e-3 for a ViT-B/16, ``exps/litelora_c100.json:24``,
+``models/litelora.py:65``; phase-2 batches of 32, theirs 128, ``exps/litelora_c100.json:37``)
+and ``lam`` (per stream, ``litelora_fast/cl/mnist.py``).
 
 Our additions, each a named option (``variant="library"`` turns them all on):
 
