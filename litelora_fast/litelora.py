@@ -51,10 +51,10 @@ below as ``file:LINE :: function``, with the statement that decides):
   ``optimizer``).
 - *loss*: cross-entropy over the current task's classes only (``logits[:, self._known_classes:]``
   in ``models/litelora.py:289 :: _train_phase``) when a task brings new classes.
-- *decision*: keep iff ``sigmoid(l_t) >= 0.5`` without noise, else prune for good
+- *decision*: keep iff ``sigmoid(l_t) > 0.5`` without noise, else prune for good
   (``models/litelora.py:349-354 :: _conditional_growth_decision``, ``binary_beta`` threshold 0.5;
   their ``if current_beta < threshold`` tests the hard noiseless ``get_betas`` value,
-  ``models/litelora.py:333``, so at exactly ``sigmoid(l_t) = 0.5`` theirs prunes); task 0 always
+  ``models/litelora.py:333``, which is 0 at exactly ``sigmoid(l_t) = 0.5``: pruned); task 0 always
   kept (the decision runs only at ``models/litelora.py:269``, for tasks after 0; ``pruning_mask``
   starts at ones, ``backbone/lora_gumbel.py:384``).
 - *magnitudes carried over* across tasks (``backbone/lora_gumbel.py:575-578 ::
@@ -583,7 +583,7 @@ class ContinualLearner:
                   "adamw" if self.optimizer == "sgd" else "adam",
                   extra_loss=lambda: lam * beta["b"].mean())
         prob = torch.sigmoid(logit.detach()).tolist()
-        return [p >= 0.5 for p in prob], prob
+        return [p > 0.5 for p in prob], prob     # the hard gate's test: 0.5 exactly prunes
 
     def _recruit(self, t: int) -> None:
         for l, layer in enumerate(self.layers):
