@@ -10,8 +10,8 @@ The generator is counter-based (Philox 4x32, Triton's ``tl.philox``): element ``
 mask is a pure function of ``(seed, n, d)``, so any tile of any kernel reproduces it exactly,
 in any order. The two 32-bit counters are the row and the column, so masks never repeat inside
 a call for ``N, D_in < 2**32``. The seed lives in a one-element int64 tensor on the device
-(drawn by ``torch.randint`` on that device), so a CUDA graph replay draws a fresh mask and no
-host read is needed.
+(``litelora_fast.lora_dropout.new_seed``: ``torch.randint`` on that device), so a CUDA graph
+replay draws a fresh mask and no host read is needed.
 
 - ``tiles.keep_scale(seed, n_idx, d_idx, P_DROP)``: the device helper every kernel calls, a
   tile's ``keep / (1 - p)`` in fp32.
@@ -97,12 +97,6 @@ def masked_addmm_(dx, dS, lora_A, seed, p: float):
             BLOCK_R=block_r, num_warps=MASKED_ADDMM_CONFIG.num_warps)
     LAUNCH_COUNTS["masked_addmm"] += 1
     return dx
-
-
-def new_seed(device) -> torch.Tensor:
-    """A fresh per-call seed: one int64 on ``device`` from torch's generator for that device
-    (reproducible under ``torch.manual_seed``, and captured correctly by CUDA graphs)."""
-    return torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64, device=device)
 
 
 def dropout_mask(seed: torch.Tensor, N: int, D_in: int, p: float) -> torch.Tensor:

@@ -81,8 +81,8 @@ def backward(dy, x2d, weight, lora_A, lora_B, gates2d, S, plan: Optional[Plan],
         if local and (need_A or need_B):
             # dB needs SG = S * G_E of the training columns: S and their gate tables go to the
             # backend, which forms SG where it is cheapest (inside the weight-gradient kernel).
-            tables = (gates2d, _take_cols(plan.col_adapter, local),
-                      _take_cols(plan.col_scale, local))
+            tables = (gates2d, _take(plan.col_adapter, local, dim=0),
+                      _take(plan.col_scale, local, dim=0))
             dA_part, dB_part = _weight_grads(be, dy, x2d, _take(dS, local) if need_A else None,
                                              _take(S_act, local) if need_B else None, tables,
                                              lora_A.dtype, drop)
@@ -160,20 +160,13 @@ def _index(cols: tuple, device: torch.device) -> torch.Tensor:
     return torch.tensor(cols, dtype=torch.int64, device=device)
 
 
-def _take_cols(t: torch.Tensor, cols: tuple) -> torch.Tensor:
-    """Entries ``cols`` of the per-column table ``t`` (R_act,): a view for one stretch."""
+def _take(t: torch.Tensor, cols: tuple, dim: int = 1) -> torch.Tensor:
+    """Entries ``cols`` of ``t`` along ``dim`` (columns of a matrix, entries of a per-column
+    table with ``dim=0``): a view for one stretch, a gather otherwise."""
     span = _span(cols)
     if span is not None:
-        return t[span[0]:span[1]]
-    return t.index_select(0, _index(cols, t.device))
-
-
-def _take(t: torch.Tensor, cols: tuple) -> torch.Tensor:
-    """Columns ``cols`` of ``t``: a view for one stretch, a gather otherwise."""
-    span = _span(cols)
-    if span is not None:
-        return t[:, span[0]:span[1]]
-    return t.index_select(1, _index(cols, t.device))
+        return t.narrow(dim, span[0], span[1] - span[0])
+    return t.index_select(dim, _index(cols, t.device))
 
 
 def _place(grad_part: torch.Tensor, cols: tuple, like: torch.Tensor, dim: int) -> torch.Tensor:

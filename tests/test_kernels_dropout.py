@@ -16,7 +16,8 @@ from kernel_helpers import DTYPES, column_tables, make_gates, nan_like, shrink_r
 from litelora_fast.kernels import LAUNCH_COUNTS
 from litelora_fast.kernels import backward as bwd
 from litelora_fast.kernels import forward as fwd
-from litelora_fast.kernels.dropout import dropout_mask, masked_addmm_, new_seed
+from litelora_fast.kernels.dropout import dropout_mask, masked_addmm_
+from litelora_fast.lora_dropout import new_seed
 from numerics import assert_rel
 
 
