@@ -145,19 +145,25 @@ def gate_grad_scale(x, lora_A, lora_B, dy, rank_offsets, scaling, per_row: bool)
     return out.reshape(*x.shape[:-1], K) if per_row else out.sum(0)
 
 
-def check_against_oracle(case: Case, t: dict, y: torch.Tensor, dtype: torch.dtype) -> None:
+def check_against_oracle(case: Case, t: dict, y: torch.Tensor, dtype: torch.dtype,
+                         **ref_kwargs) -> None:
     """Backpropagate a random ``dy`` through ``y`` and compare output and grads with float64,
-    within ``numerics.TOL[dtype]`` (gate gradients against their cancellation-aware scale)."""
+    within ``numerics.TOL[dtype]`` (gate gradients against their cancellation-aware scale).
+    ``ref_kwargs`` go to the reference: with LoRA ``dropout``/``dropout_mask`` (x's shape) the
+    gate gradient's terms are those of the dropped ``x``."""
     dy = torch.randn_like(y)
-    y_ref, g_ref = oracle(case, t, dy)
+    y_ref, g_ref = oracle(case, t, dy, **ref_kwargs)
     assert_rel("y", y, y_ref, dtype)
     if not leaves(t):
         return
     y.backward(dy)
+    x_lora = t["x"].detach()
+    if ref_kwargs.get("dropout_mask") is not None:
+        x_lora = x_lora * ref_kwargs["dropout_mask"] / (1 - ref_kwargs["dropout"])
     for name, leaf in leaves(t).items():
         assert leaf.grad is not None, name
         scale = None
         if name == "gates":
-            scale = gate_grad_scale(t["x"], t["lora_A"], t["lora_B"], dy, case.rank_offsets,
+            scale = gate_grad_scale(x_lora, t["lora_A"], t["lora_B"], dy, case.rank_offsets,
                                     case.scaling, case.per_row)
         assert_rel(f"d{name}", leaf.grad, g_ref[name], dtype, scale=scale)

@@ -13,66 +13,41 @@ from litelora_fast import lora_dropout
 from litelora_fast.kernels import LAUNCH_COUNTS
 from litelora_fast.reference import gated_lora_linear_ref
 from numerics import assert_rel
-from op_cases import gate_grad_scale
+from op_cases import CASES, Case, call, case_params, check_against_oracle, make_inputs
 
 BACKENDS = ["fast_path", "interpreter"]
 
 
-def _inputs(lead, d_in, d_out, ranks, per_row):
-    K, R = len(ranks), sum(ranks)
-    x = torch.randn(*lead, d_in, requires_grad=True)
-    weight = torch.randn(d_out, d_in) / d_in ** 0.5
-    bias = torch.randn(d_out)
-    lora_A = (torch.randn(R, d_in) / d_in ** 0.5).requires_grad_()
-    lora_B = torch.randn(d_out, R, requires_grad=True)
-    gates = (torch.rand(*lead, K) if per_row else torch.rand(K)) + 0.25
-    offsets = [0]
-    for r in ranks:
-        offsets.append(offsets[-1] + r)
-    return x, weight, bias, lora_A, lora_B, gates.requires_grad_(), offsets
+def _args(lead, d_in, d_out, ranks, per_row):
+    """``(x, weight, bias, lora_A, lora_B, gates, rank_offsets)`` of a fresh ``op_cases`` draw."""
+    case = Case(lead=lead, d_in=d_in, d_out=d_out, ranks=ranks, per_row=per_row)
+    t = make_inputs(case)
+    return (t["x"], t["weight"], t["bias"], t["lora_A"], t["lora_B"], t["gates"],
+            case.rank_offsets)
 
 
 @pytest.mark.parametrize("path", BACKENDS)
-@pytest.mark.parametrize("lead,d_in,d_out,ranks,per_row", [
-    ((37,), 29, 19, [3, 1, 6], False),
-    ((3, 11), 24, 17, [2, 5, 2], True),
-    ((1,), 13, 7, [4], False),
-])
-def test_matches_reference_given_the_mask(request, seed, path, lead, d_in, d_out, ranks, per_row):
+@pytest.mark.parametrize("case", case_params(CASES))
+def test_matches_reference_given_the_mask(request, seed, path, case):
     request.getfixturevalue(path)
-    x, weight, bias, lora_A, lora_B, gates, offsets = _inputs(lead, d_in, d_out, ranks, per_row)
-    scaling = [0.5 + k for k in range(len(ranks))]
+    t = make_inputs(case)
     p = 0.3
     with lora_dropout.recorded_masks() as masks:
-        y = llf.gated_lora_linear(x, weight, bias, lora_A, lora_B, gates, offsets, scaling,
-                                  dropout=p)
-    assert len(masks) == 1 and masks[0].shape == (x[..., 0].numel(), d_in)
-    dy = torch.randn_like(y)
-    y.backward(dy)
-
-    leaves = {"x": x, "lora_A": lora_A, "lora_B": lora_B, "gates": gates}
-    t64 = {k: v.detach().double().requires_grad_() for k, v in leaves.items()}
-    y_ref = gated_lora_linear_ref(t64["x"], weight.double(), bias.double(), t64["lora_A"],
-                                  t64["lora_B"], t64["gates"], offsets, scaling, dropout=p,
-                                  dropout_mask=masks[0].reshape(x.shape))
-    y_ref.backward(dy.double())
-    assert_rel("y", y, y_ref, torch.float32)
-    for name in ("x", "lora_A", "lora_B"):
-        assert_rel(name, leaves[name].grad, t64[name].grad, torch.float32)
-    # The gate gradient is a cancelling inner product over drop(x) A^T and dy B.
-    xd = (x.detach() * masks[0].reshape(x.shape) / (1 - p))
-    scale = gate_grad_scale(xd, lora_A, lora_B, dy, offsets, scaling, per_row)
-    assert_rel("gates", gates.grad, t64["gates"].grad, torch.float32, scale=scale)
+        y = call(lambda *a: llf.gated_lora_linear(*a, dropout=p), case, t)
+    x = t["x"]
+    assert len(masks) == 1 and masks[0].shape == (x[..., 0].numel(), case.d_in)
+    mask = masks[0].reshape(x.shape)
     # And the mask mattered: without it the reference is far off.
-    y_plain = gated_lora_linear_ref(x.double(), weight.double(), bias.double(), lora_A.double(),
-                                    lora_B.double(), gates.double(), offsets, scaling)
+    t64 = {k: None if v is None else v.detach().double() for k, v in t.items()}
+    y_plain = call(gated_lora_linear_ref, case, t64)
     assert (y.double() - y_plain).norm() > 1e-2 * y_plain.norm()
+    check_against_oracle(case, t, y, torch.float32, dropout=p, dropout_mask=mask)
 
 
 def test_kernel_path_launches_and_frozen_adapters(interpreter, seed):
     """Under the interpreter the kernels really run (one more launch: the masked dx term), and a
     frozen adapter gets zero dA/dB while the trainable one matches the reference."""
-    x, weight, bias, lora_A, lora_B, gates, offsets = _inputs((40,), 30, 20, [4, 4], False)
+    x, weight, bias, lora_A, lora_B, gates, offsets = _args((40,), 30, 20, [4, 4], False)
     gates = gates.detach()
     before = LAUNCH_COUNTS.copy()
     with lora_dropout.recorded_masks() as masks:
@@ -93,7 +68,7 @@ def test_kernel_path_launches_and_frozen_adapters(interpreter, seed):
 
 
 def test_backends_draw_the_same_mask_under_the_interpreter(interpreter, monkeypatch, seed):
-    x, weight, bias, lora_A, lora_B, gates, offsets = _inputs((33,), 21, 9, [3, 5], False)
+    x, weight, bias, lora_A, lora_B, gates, offsets = _args((33,), 21, 9, [3, 5], False)
     outs = []
     for backend in ("torch", "triton"):
         torch.manual_seed(seed)
@@ -105,7 +80,7 @@ def test_backends_draw_the_same_mask_under_the_interpreter(interpreter, monkeypa
 @pytest.mark.parametrize("path", BACKENDS)
 def test_mask_is_fresh_per_call_and_seeded(request, seed, path):
     request.getfixturevalue(path)
-    x, weight, bias, lora_A, lora_B, gates, offsets = _inputs((64,), 48, 8, [4], False)
+    x, weight, bias, lora_A, lora_B, gates, offsets = _args((64,), 48, 8, [4], False)
     p = 0.5
     with lora_dropout.recorded_masks() as masks:
         torch.manual_seed(seed)
@@ -125,7 +100,7 @@ def test_mask_is_fresh_per_call_and_seeded(request, seed, path):
 @pytest.mark.parametrize("path", BACKENDS)
 def test_saves_a_seed_not_a_mask(request, seed, path):
     request.getfixturevalue(path)
-    x, weight, bias, lora_A, lora_B, gates, offsets = _inputs((50,), 40, 30, [4, 4], False)
+    x, weight, bias, lora_A, lora_B, gates, offsets = _args((50,), 40, 30, [4, 4], False)
     saved = []
 
     def pack(t):
@@ -150,7 +125,7 @@ def test_custom_op_path_matches_reference(interpreter, seed):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             return func(*args, **(kwargs or {}))
 
-    x, weight, bias, lora_A, lora_B, gates, offsets = _inputs((26,), 18, 11, [2, 3], True)
+    x, weight, bias, lora_A, lora_B, gates, offsets = _args((26,), 18, 11, [2, 3], True)
     with lora_dropout.recorded_masks() as masks, Passthrough():
         y = llf.gated_lora_linear(x, weight, bias, lora_A, lora_B, gates, offsets, dropout=0.4)
     y.sum().backward()
@@ -164,7 +139,7 @@ def test_custom_op_path_matches_reference(interpreter, seed):
 
 
 def test_zero_dropout_is_the_plain_op_and_bad_p_is_refused(fast_path, seed):
-    x, weight, bias, lora_A, lora_B, gates, offsets = _inputs((12,), 10, 6, [2, 2], False)
+    x, weight, bias, lora_A, lora_B, gates, offsets = _args((12,), 10, 6, [2, 2], False)
     with lora_dropout.recorded_masks() as masks:
         y0 = llf.gated_lora_linear(x, weight, bias, lora_A, lora_B, gates, offsets, dropout=0.0)
     assert masks == []
