@@ -5,7 +5,8 @@ Each command lives in its own module (the tools in ``litelora_fast.tools``) as a
 runs, ``sys.argv[0]`` is ``python -m litelora_fast <command>``, so every command's ``--help`` and
 usage errors name it properly; a ``FileNotFoundError`` or ``ValueError`` from a command (a
 missing input file, an input that holds nothing to work on) becomes a one-line error on stderr
-and exit code 2, like argparse's own usage errors.
+and exit code 2; so does a usage error of a command's own parser (argparse would print the whole
+usage block first: here only the line naming the problem, ``--help`` shows the rest).
 """
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ COMMANDS = {
 }
 
 
+def _one_line_error(parser: argparse.ArgumentParser, message: str):
+    """``ArgumentParser.error`` without the usage block: ``prog: error: message``, exit 2."""
+    parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -46,6 +52,8 @@ def main(argv=None) -> int:
     saved_argv0 = sys.argv[0] if sys.argv else None
     if sys.argv:
         sys.argv[0] = prog   # argparse's default prog is basename(sys.argv[0])
+    real_error = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = _one_line_error   # restored below: only while it runs
     try:
         return int(command(argv[1:]) or 0)
     except (FileNotFoundError, ValueError) as e:
@@ -53,6 +61,7 @@ def main(argv=None) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     finally:
+        argparse.ArgumentParser.error = real_error
         if saved_argv0 is not None:
             sys.argv[0] = saved_argv0
 

@@ -29,10 +29,30 @@ def interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
+# The seed every default run uses: chosen once (2026-12-02) and never changed after a failure.
+# Statistical bounds in the tests were measured on it and on the spreads over other seeds that
+# each test's docstring gives; `pytest -m fuzz` reruns every seeded test on a fresh seed.
+FIXED_SEED = 20261202
+
+
+def pytest_generate_tests(metafunc):
+    """Every test that takes ``seed`` runs on the fixed seed by default and, behind the opt-in
+    ``fuzz`` marker, once more on a fresh one."""
+    if "seed" in metafunc.fixturenames:
+        metafunc.parametrize("seed", ["fixed", pytest.param("fresh", marks=pytest.mark.fuzz)],
+                             indirect=True, ids=["seed=fixed", "seed=fresh"])
+
+
 @pytest.fixture
 def seed(request):
-    """A fresh seed per test run, printed on failure so a failing draw can be replayed."""
-    value = int(os.environ.get("LITELORA_TEST_SEED", torch.seed() % (2**31)))
+    """``FIXED_SEED``, or under ``-m fuzz`` a fresh seed; ``LITELORA_TEST_SEED`` replays one.
+    Printed (``-s`` or on failure) and recorded in the test's properties."""
+    if "LITELORA_TEST_SEED" in os.environ:
+        value = int(os.environ["LITELORA_TEST_SEED"])
+    elif getattr(request, "param", "fixed") == "fresh":
+        value = torch.seed() % (2**31)
+    else:
+        value = FIXED_SEED
     torch.manual_seed(value)
     request.node.user_properties.append(("seed", value))
     print(f"seed={value}")

@@ -11,12 +11,20 @@ seeds 0-3 when these tests were written (2026-11-29; R = recruited):
   (2 failures of an accuracy-within-1-point check in 3 suite runs: the 5% task was reused);
 - **where the gate fails**: adapters in two layers (40 -> 32 -> 24, update planted in the first):
   6/8 redundant tasks recruited; the adapters learned for earlier tasks spread the update over
-  both layers, so reuse costs accuracy (7.3 points median, up to 25 over seeds 0-59) and the gate
-  recruits;
+  both layers, so reuse costs accuracy (7.3 points median, 15.3 at the 90th percentile, 25.0 at
+  worst over seeds 0-59) and the gate recruits;
 - the paper's variant (no warm-up, no whole-state switching, magnitudes at the adapters' lr):
   6/6 redundant tasks recruited on the 1-layer stream (seeds 0-2).
 
-Each test runs one fresh seed and allows the misses stated in it.
+Seeds. Every test runs on the suite's fixed seed (``conftest.FIXED_SEED`` = 20261202, so
+``seed % 10_000`` = 1202), chosen once; ``pytest -m fuzz`` reruns them on a fresh seed, where the
+misses above are expected now and then (before: 2 of 4 clean-clone CI runs failed on a fresh
+draw of the "same subspace, new core" case, a 1.79-point gap). On the fixed seed (measured
+2026-12-02, one torch thread): recruit/reuse decisions 9/9 right on the three 1-layer patterns
+(accuracy gaps to one adapter per task -0.004, +0.005, -0.002 points); the hard cases 0 wrong with
+gaps of -0.08, -0.03 and -0.002 points; near-redundant both recruited (gap 0.001); two layers
+[R, reuse, R, R] with a gap of 8.98 points; the paper's variant recruits all. The bounds are the
+claims the spreads above support, not the fixed seed's values, so a fuzz failure is a finding.
 """
 import pytest
 import torch
@@ -129,14 +137,13 @@ def test_near_redundant_tasks_are_recruited(seed, fast_path):
 def test_two_layers_novel_recruited_redundant_costly(seed, fast_path):
     """Where the gate fails: with adapters in two layers a planted-redundant task is mostly
     recruited (6/8 measured). Asserted: the novel task is recruited (60/60 seeds 0-59) and the
-    average accuracy is at most 35 points under one adapter per task; over seeds 0-59 the gap was
-    7.3 points median, 15.3 at the 90th percentile, 25.0 at worst (a 15-point bound failed about
-    one suite run in ten)."""
+    average accuracy is at most 26 points under one adapter per task: over seeds 0-59 the gap was
+    7.3 points median, 15.3 at the 90th percentile, 25.0 at worst (8.98 on the fixed seed)."""
     torch.set_num_threads(1)
     kinds = ["novel", "redundant", "novel", "redundant"]
     lite, base = _decisions(kinds, seed % 10_000, layers=2, d_in=40, d_hidden=32, d_out=24)
     assert lite["recruited"][2], lite["recruited"]
-    assert lite["avg_accuracy"] >= base["avg_accuracy"] - 35.0
+    assert lite["avg_accuracy"] >= base["avg_accuracy"] - 26.0
 
 
 def test_paper_variant_recruits_redundant_tasks(seed, fast_path):
@@ -169,12 +176,21 @@ def test_run_mnist_both_protocols(fast_path):
     from litelora_fast.cl.mnist import run_mnist, split_mnist
     torch.set_num_threads(1)
     data = split_mnist(5)
+    # Measured on this data (seed 5, 2 epochs, 2026-12-02): class-incremental anytime
+    # 99.5 / 83.8 / 70.0 / 60.4 / 43.9, task-incremental final 97.3 (head only: 96.7). The bounds
+    # are what a working learner must clear whatever the seed: the first 2-class task is easy
+    # (>= 95), a class-incremental model that knew only the last task's 2 of 10 classes would
+    # score at most 20, and task-incremental heads stay near the easy per-task ceiling (>= 90).
     for protocol in ("class-incremental", "task-incremental"):
         r = run_mnist("split_mnist", 5, data=data, protocol=protocol, epochs=2)
-        assert len(r["anytime"]) == 5 and 0 <= r["avg_accuracy"] <= 100
+        assert len(r["anytime"]) == 5 and r["anytime"][0] >= 95.0, r["anytime"]
+        assert r["avg_accuracy"] == pytest.approx(r["anytime"][-1])
         assert r["avg_incremental"] == pytest.approx(sum(r["anytime"]) / 5)
         if protocol == "task-incremental":
             assert r["forgetting"] == pytest.approx(0.0, abs=1e-6)
+            assert r["avg_accuracy"] >= 90.0, r["anytime"]
+        else:
+            assert 20.0 < r["avg_accuracy"] and r["forgetting"] > 0, r["anytime"]
 
 
 def test_demo_and_analyze_smoke(tmp_path, fast_path, capsys):
@@ -187,7 +203,11 @@ def test_demo_and_analyze_smoke(tmp_path, fast_path, capsys):
     for protocol in ("class-incremental", "task-incremental"):
         rows = res["split_mnist"][protocol]
         assert rows["SD-LoRA (adapter per task)"]["active_adapters"] == 5
-        assert 0 <= rows["LiteLoRA (paper)"]["avg_accuracy"] <= 100
+        lite = rows["LiteLoRA (paper)"]
+        assert 1 <= lite["active_adapters"] <= 5
+        # the bounds of test_run_mnist_both_protocols: above a last-task-only model's 20 points
+        # class-incrementally, near the easy per-task ceiling task-incrementally
+        assert lite["avg_accuracy"] >= (90.0 if protocol == "task-incremental" else 20.0), lite
     ckpt = tmp_path / "split_mnist_task-incremental_sdlora_paper.pt"
     assert analyze_main([str(ckpt), "--png", str(tmp_path / "red.png")]) == 0
     text = capsys.readouterr().out

@@ -14,6 +14,7 @@ import torch.nn as nn
 from litelora_fast import GatedLoRALinear
 from litelora_fast.reference import gated_lora_linear_ref
 from numerics import assert_rel
+from op_cases import gate_grad_scale
 
 # Compiled and eager run the same kernels; they agree to rounding of the surrounding ops (~1e-7),
 # well inside numerics.TOL[float32].
@@ -148,11 +149,25 @@ def test_autocast_bf16_runs_the_matmuls_in_bf16(fast_path, seed):
         y = layer(x)
         y_linear = nn.functional.linear(x, layer.weight, layer.bias)
         assert y.dtype == y_linear.dtype == torch.bfloat16
+        y_grad = []
+        y.register_hook(y_grad.append)
         y.float().sum().backward()
     # Oracle: float64 on the bf16-rounded operands, i.e. what the bf16 matmuls were given.
     A, B = layer.packed_bank()
     r64 = [t.detach().to(torch.bfloat16).double() for t in (x, layer.weight, layer.bias, A, B)]
-    ref = gated_lora_linear_ref(*r64, layer.gates.detach().double(), layer.rank_offsets,
-                                layer.scaling)
+    A64, B64 = (t.requires_grad_(True) for t in r64[3:])
+    g64 = layer.gates.detach().double().requires_grad_(True)
+    ref = gated_lora_linear_ref(*r64[:3], A64, B64, g64, layer.rank_offsets, layer.scaling)
     assert_rel("y", y, ref, torch.bfloat16)
-    assert layer.lora_A[1].grad.dtype == torch.float32 and layer.gates.grad is not None
+    # The gradients too: the fp32 parameters get bf16-computed gradients of the right values,
+    # against the oracle given the same upstream gradient (the bf16 one the layer received).
+    dy = y_grad[0].detach().to(torch.bfloat16).double()
+    ref.backward(dy)
+    lo, hi = layer.rank_offsets[1], layer.rank_offsets[2]
+    assert layer.lora_A[1].grad.dtype == torch.float32
+    assert_rel("dA_1", layer.lora_A[1].grad, A64.grad[lo:hi], torch.bfloat16)
+    assert_rel("dB_1", layer.lora_B[1].grad, B64.grad[:, lo:hi], torch.bfloat16)
+    assert layer.lora_A[0].grad is None                      # the frozen adapter gets none
+    scale = gate_grad_scale(r64[0], r64[3], r64[4], dy, layer.rank_offsets, layer.scaling,
+                            per_row=False)
+    assert_rel("dgates", layer.gates.grad, g64.grad, torch.bfloat16, scale=scale)

@@ -18,10 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import sys
 import time
 
 import torch
+
+from .cli_types import positive_int
 
 DEMO_ROWS = ("LiteLoRA (paper)", "library (all additions)", "SD-LoRA (adapter per task)",
              "one shared adapter", "head only")
@@ -97,7 +100,7 @@ def demo_main(argv=None) -> int:
     p.add_argument("--save-dir", metavar="DIR", help="save the first seed's checkpoints for "
                    "`analyze`")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch CPU threads (default 1: the models are tiny; results depend on it)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -140,7 +143,14 @@ def analyze_main(argv=None) -> int:
     if not os.path.isfile(args.checkpoint):
         print(f"analyze: no such checkpoint file: {args.checkpoint}", file=sys.stderr)
         return 2
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        # torch.load's message is several paragraphs; its first line names the problem
+        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else \
+            type(e).__name__
+        raise ValueError(f"{args.checkpoint}: not a checkpoint torch.load can read ({first})") \
+            from None
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
     layers = adapters_from_state_dict(state)
     if not layers:

@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from .. import autotune
+from .cli_types import positive_int
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -50,7 +51,11 @@ def model_shapes(model: str, targets: list) -> list:
     qualified name ends in one of ``targets`` (built from its config on the meta device)."""
     from transformers import AutoConfig, AutoModel
 
-    config = AutoConfig.from_pretrained(model)
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0].split(". ")[0]
+        raise ValueError(f"--model {model!r}: no config found ({first})") from None
     with torch.device("meta"):
         net = AutoModel.from_config(config)
     shapes = []
@@ -72,8 +77,8 @@ def parse(argv) -> argparse.Namespace:
     parser.add_argument("--model", help="Hugging Face model name or local path (config only)")
     parser.add_argument("--target", default="q_proj,v_proj",
                         help="comma-separated layer names for --model (default q_proj,v_proj)")
-    parser.add_argument("--tokens", type=int, default=8192, help="rows N for --model")
-    parser.add_argument("--rank", type=int, default=16, help="rank of each adapter")
+    parser.add_argument("--tokens", type=positive_int, default=8192, help="rows N for --model")
+    parser.add_argument("--rank", type=positive_int, default=16, help="rank of each adapter")
     parser.add_argument("--adapters", default="1", help="adapter counts K, e.g. 1,4,8")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--gates", choices=["per_adapter", "per_row"], default="per_adapter")
