@@ -38,7 +38,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import backends, op_math
+from . import backends, op_math, settings
 
 CANDIDATES = ("triton", "torch")
 NEED_NAMES = ("x", "weight", "bias", "lora_A", "lora_B", "gates")
@@ -46,14 +46,13 @@ FORMAT = 1
 
 
 def enabled() -> bool:
-    """False when ``LITELORA_AUTOTUNE=0`` asks for the fixed, untimed choice (the kernels)."""
-    return os.environ.get("LITELORA_AUTOTUNE", "1") not in ("0", "")
+    """False when ``LITELORA_AUTOTUNE`` is off: the fixed, untimed choice (the kernels)."""
+    return settings.autotune()
 
 
 def cache_dir() -> str:
     """``$LITELORA_CACHE_DIR``, else ``~/.cache/litelora_fast``."""
-    return os.environ.get("LITELORA_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "litelora_fast")
+    return settings.cache_dir()
 
 
 def n_bucket(n: int) -> int:
