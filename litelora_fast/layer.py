@@ -49,8 +49,10 @@ from . import layer_meta
 from .lora_dropout import check_p
 from .ops import gated_lora_linear
 from .reference import gated_lora_linear_ref
+from .validation import as_list
 
 GATE_MODES = ("per_adapter", "per_row")
+_ADAPTER_LIST = "a list or tuple of adapter indices or names"
 
 
 class GatedLoRALinear(nn.Module):
@@ -422,10 +424,15 @@ class GatedLoRALinear(nn.Module):
         or names; default all), in float64 for a float64 base and float32 otherwise (not yet
         rounded to the base dtype). ``gates``: one value per adapter of the bank (default: the
         gates in effect, ``set_gates`` tensor or the ``gates`` Parameter)."""
-        ks = range(self.num_adapters) if adapters is None else [self.adapter_index(a)
-                                                               for a in adapters]
+        ks = range(self.num_adapters) if adapters is None else [
+            self.adapter_index(a) for a in as_list(adapters, "adapters", _ADAPTER_LIST)]
         if gates is None:
             gates = self._gate_values("delta_weight")
+        else:
+            gates = as_list(gates, "gates", "K numbers (a list, tuple or tensor)")
+            if len(gates) != self.num_adapters:
+                raise ValueError(f"delta_weight: gates must have K = {self.num_adapters} "
+                                 f"entries, got {len(gates)}")
         dtype = torch.float64 if self.weight.dtype == torch.float64 else torch.float32
         delta = torch.zeros(self.out_features, self.in_features, dtype=dtype,
                             device=self.weight.device)
@@ -461,7 +468,7 @@ class GatedLoRALinear(nn.Module):
             ks = [k for k in range(self.num_adapters)
                   if gates[k] != 0 and self._merged[k] is None]
         else:
-            ks = [self.adapter_index(a) for a in adapters]
+            ks = [self.adapter_index(a) for a in as_list(adapters, "adapters", _ADAPTER_LIST)]
             twice = [k for k in ks if self._merged[k] is not None]
             if twice or len(set(ks)) != len(ks):
                 raise ValueError(f"merge: adapter(s) {twice or ks} already merged or listed "
