@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import layer_meta
+from . import layer_meta, resized_state
 from .lora_dropout import check_p
 from .ops import gated_lora_linear
 from .reference import gated_lora_linear_ref
@@ -291,9 +291,9 @@ class GatedLoRALinear(nn.Module):
 
         In place: the Parameter objects stay the same (their ``.data`` is swapped), so an
         optimizer built before ``add_adapter``/``remove_adapter`` steps the live gates, the new
-        adapter's included. Their ``.grad`` (of the old size) is dropped, and optimizer state
-        kept for them (momentum, Adam's moments) has the old size: an optimizer that has
-        already stepped the gates needs ``optimizer.state.pop(layer.gates, None)`` first."""
+        adapter's included. Their ``.grad`` (of the old size) is dropped; a torch optimizer's
+        state for them (momentum, Adam's moments) follows the rows at its next step, a new
+        adapter's rows starting at zero (``resized_state.py``)."""
         factory = {"device": self.weight.device, "dtype": self.weight.dtype}
         if self.gate_mode == "per_adapter":
             self._resized("gates", torch.ones(len(keep), **factory), keep, False)
@@ -317,8 +317,10 @@ class GatedLoRALinear(nn.Module):
         if (old.device, old.dtype) != (fresh.device, fresh.dtype):   # cannot swap in place
             setattr(self, name, nn.Parameter(fresh, requires_grad=old.requires_grad))
             return
+        rows_before = old.shape[0]
         old.data = fresh
         old.grad = None
+        resized_state.resized(old, rows_before, keep)   # optimizers' state follows the rows
 
     # ----------------------------------------------------------------------------- gates
     def set_gates(self, gates: Optional[torch.Tensor]) -> None:

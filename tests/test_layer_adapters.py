@@ -28,8 +28,7 @@ def test_an_optimizer_built_before_add_adapter_steps_the_live_gates(fast_path, s
     layer.gates.requires_grad_(True)
     gates = layer.gates
     opt = make_opt(list(layer.parameters()))
-    if isinstance(opt, torch.optim.SGD):      # a stateless optimizer may step before the change
-        _step(layer, opt)
+    _step(layer, opt)                        # Adam now holds (2,) moments for the gates
     k = layer.add_adapter(name="new")
     with torch.no_grad():
         layer.adapter("new")[1].normal_()
@@ -89,3 +88,42 @@ def test_every_adapter_method_takes_an_index_or_a_name(fast_path, seed):
             method(0.0)
         with pytest.raises(IndexError, match="out of range"):
             method(3)
+
+
+def test_optimizer_state_follows_the_gates_rows(fast_path, seed):
+    layer = _layer(K=3)
+    layer.gates.requires_grad_(True)
+    gates = layer.gates
+    opt = torch.optim.SGD([gates], lr=0.01, momentum=0.9)
+    _step(layer, opt)
+    _step(layer, opt)
+    buf = opt.state[gates]["momentum_buffer"].clone()
+    layer.add_adapter()                      # rows 0, 1, 2 kept, row 3 new
+    layer.remove_adapter(0)                  # rows 1, 2, 3 of that
+    with torch.no_grad():
+        layer.adapter(2)[1].normal_()
+    opt.zero_grad()
+    layer(torch.randn(4, 6, dtype=torch.float64)).square().sum().backward()
+    grad = gates.grad.clone()
+    opt.step()
+    expected = 0.9 * torch.cat([buf[1:], buf.new_zeros(1)]) + grad
+    assert torch.allclose(opt.state[gates]["momentum_buffer"], expected, rtol=1e-12, atol=0)
+    # An optimizer built after the change keeps its own state at the current layout.
+    late = torch.optim.Adam([gates], lr=0.01)
+    _step(layer, late)
+    layer.add_adapter()
+    _step(layer, late)
+    _step(layer, opt)
+    assert late.state[gates]["exp_avg"].shape == (4,) == opt.state[gates]["momentum_buffer"].shape
+
+
+def test_state_that_cannot_be_aligned_is_reset_with_a_warning(fast_path, seed):
+    layer = _layer()
+    layer.gates.requires_grad_(True)
+    opt = torch.optim.SGD([layer.gates], lr=0.01, momentum=0.9)
+    _step(layer, opt)
+    layer.add_adapter()
+    opt.state[layer.gates]["momentum_buffer"] = torch.zeros(7, dtype=torch.float64)  # foreign
+    with pytest.warns(RuntimeWarning, match="could not be aligned.*reset"):
+        _step(layer, opt)
+    assert opt.state[layer.gates]["momentum_buffer"].shape == (3,)
