@@ -25,6 +25,8 @@ import time
 
 import torch
 
+from litelora_fast import settings
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gpu_plan  # noqa: E402  (puts tests/ on sys.path for op_cases and numerics)
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
     from litelora_fast.kernels import LAUNCH_COUNTS
 
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, "
-          f"LITELORA_AUTOTUNE={os.environ.get('LITELORA_AUTOTUNE', '(unset)')}, "
+          f"LITELORA_AUTOTUNE {'on' if settings.autotune() else 'off'}, "
           f"TF32 per run (fp32 descriptor runs with it on)", flush=True)
     start, failures, draws = time.time(), [], 0
     launched = {}   # (dtype, variant) -> Counter of launches

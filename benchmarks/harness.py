@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from numerics import rel_err  # noqa: E402  (the suite's one relative-error helper)
 
 from cases import Case, Inputs, make_inputs
+from litelora_fast import settings
 from litelora_fast.reference import gated_lora_linear_ref
 from litelora_fast.tools import roofline
 from litelora_fast.tools.bench_cases import MODES, PEERS, applicable
@@ -184,8 +185,8 @@ def run_case(benchmark, case: Case, mode: str) -> None:
     if case.device == "cuda" and _kernels_interpreted():
         pytest.skip("TRITON_INTERPRET=1 was set when triton was imported (tests/ in the same "
                     "pytest run?): the kernels are interpreted; run `pytest benchmarks/` alone")
-    deadline = os.environ.get("LITELORA_BENCH_DEADLINE")
-    if deadline and time.time() > float(deadline):
+    deadline = settings.bench_deadline()
+    if deadline is not None and time.time() > deadline:
         pytest.skip("LITELORA_BENCH_DEADLINE has passed: this run's time budget is spent")
     seed = torch.seed() % 2**31
     info = benchmark.extra_info
@@ -217,7 +218,7 @@ def run_case(benchmark, case: Case, mode: str) -> None:
         info[f"speedup_vs_{peer}"] = t / ms["ours"]
         if case.device == "cuda":
             info[f"predicted_ms_{peer}"] = c["seconds"] * 1e3
-    jsonl = os.environ.get("LITELORA_BENCH_JSONL")
+    jsonl = settings.bench_jsonl()
     if jsonl:
         with open(jsonl, "a") as f:
             f.write(json.dumps({"name": getattr(benchmark, "name", case.id), "extra_info": info})

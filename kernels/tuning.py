@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 
 import triton
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-AUTOTUNE = os.environ.get("LITELORA_AUTOTUNE", "1") != "0" and not INTERPRET
+from litelora_fast import settings
+
+# Read once, at import, as triton reads TRITON_INTERPRET when it builds the @triton.jit objects.
+INTERPRET = settings.interpret()
+AUTOTUNE = settings.autotune() and not INTERPRET
 
 # Hopper allows 227 KiB of shared memory per block; leave room for the epilogue's layout
 # conversion scratch, which Triton allocates on top of the pipelined operand buffers.
@@ -181,7 +183,7 @@ def tma_legal(t) -> bool:
 
 def requested_variant(variant=None) -> str:
     """``variant`` if given, else ``LITELORA_KERNEL_VARIANT`` (read per call), else "auto"."""
-    value = variant if variant is not None else os.environ.get(VARIANT_ENV, "auto") or "auto"
+    value = variant if variant is not None else settings.kernel_variant(("auto",) + VARIANTS)
     if value != "auto" and value not in VARIANTS:
         raise ValueError(f"variant: expected one of {('auto',) + VARIANTS} (argument or "
                          f"{VARIANT_ENV}), got {value!r}")

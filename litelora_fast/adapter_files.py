@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from . import layer_meta
+from .adapter_file_checks import read_json, read_tensors
 from .inject import MODULES_TO_SAVE_ATTR, inject, injected_layers
 from .layer import GatedLoRALinear
 
@@ -96,11 +97,9 @@ def _read(path):
     if missing:
         raise FileNotFoundError(f"load_adapters: {', '.join(missing)} not found (written by "
                                 "llf.save_adapters(model, path))")
-    config = json.loads(files[0].read_text())
-    if config.get("format") != FORMAT:
-        raise ValueError(f"load_adapters: {files[0]} has format {config.get('format')!r}, "
-                         f"expected {FORMAT!r}")
-    return config, _safetensors().load_file(os.fspath(files[1]))
+    # Every field checked, and an unreadable file named (adapter_file_checks.py).
+    config = read_json(files[0], FORMAT)
+    return config, read_tensors(files[1], _safetensors().load_file)
 
 
 def _check_layer(name: str, layer: GatedLoRALinear, record: dict, tensors: dict) -> None:
@@ -109,14 +108,20 @@ def _check_layer(name: str, layer: GatedLoRALinear, record: dict, tensors: dict)
         raise ValueError(f"load_adapters: layer {name!r} is ({layer.out_features}, "
                          f"{layer.in_features}) with gate={layer.gate_mode!r}, the file's is "
                          f"{saved} with gate={record['gate']!r}")
+    expected = {}
     for k, entry in enumerate(record["adapters"]):
         r = entry["rank"]
-        for key, shape in ((f"{name}.lora_A.{k}", (r, saved[1])),
-                           (f"{name}.lora_B.{k}", (saved[0], r))):
-            if key not in tensors or tuple(tensors[key].shape) != shape:
-                got = tuple(tensors[key].shape) if key in tensors else "missing"
-                raise ValueError(f"load_adapters: {key} should have shape {shape} for layer "
-                                 f"{name!r} ({saved[0]}, {saved[1]}) rank {r}, the file has {got}")
+        expected[f"{name}.lora_A.{k}"] = ((r, saved[1]), f"rank {r}")
+        expected[f"{name}.lora_B.{k}"] = ((saved[0], r), f"rank {r}")
+    if record["gate"] == "per_row":
+        K = len(record["adapters"])
+        expected[f"{name}.router_weight"] = ((K, saved[1]), f"per_row, {K} adapters")
+        expected[f"{name}.router_bias"] = ((K,), f"per_row, {K} adapters")
+    for key, (shape, what) in expected.items():
+        if key not in tensors or tuple(tensors[key].shape) != shape:
+            got = tuple(tensors[key].shape) if key in tensors else "missing"
+            raise ValueError(f"load_adapters: {key} should have shape {shape} for layer "
+                             f"{name!r} ({saved[0]}, {saved[1]}) {what}, the file has {got}")
 
 
 def load_adapters(model: nn.Module, path, freeze_base: bool = True) -> nn.Module:

@@ -15,7 +15,10 @@ bucket), and keeps the winner in memory and on disk, in
 ``~/.cache/litelora_fast/autotune-<machine>.json`` (directory overridden by
 ``LITELORA_CACHE_DIR``). The machine key is the GPU name and the torch and triton
 versions, so a new driver stack or GPU tunes afresh and each shape is tuned once per machine, not
-once per process. Every later call is a dictionary lookup: no host sync.
+once per process. Every later call is a dictionary lookup: no host sync. Processes that tune at
+once (DDP ranks) merge their entries into the file under an exclusive lock (``<file>.lock``), so
+none is lost and re-timed later. ``timings()`` returns every candidate's time per bucket (timed
+here or read from the cache): the tuning data of a GPU run.
 
 Never timed: CPU tensors (the PyTorch fast path, or the kernels under ``TRITON_INTERPRET=1``),
 a forced ``backend=``, float64/meta/empty problems (fixed rules in ``backends.select_backend``),
@@ -27,6 +30,7 @@ tune`` (``tools/tune.py``) pre-tunes a model's shapes.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -38,7 +42,12 @@ from typing import Callable, Optional
 
 import torch
 
-from . import backends, op_math
+try:                                   # the cache file's lock (POSIX)
+    import fcntl
+except ImportError:                    # pragma: no cover (Windows)
+    fcntl = None
+
+from . import backends, op_math, settings
 
 CANDIDATES = ("triton", "torch")
 NEED_NAMES = ("x", "weight", "bias", "lora_A", "lora_B", "gates")
@@ -46,14 +55,13 @@ FORMAT = 1
 
 
 def enabled() -> bool:
-    """False when ``LITELORA_AUTOTUNE=0`` asks for the fixed, untimed choice (the kernels)."""
-    return os.environ.get("LITELORA_AUTOTUNE", "1") not in ("0", "")
+    """False when ``LITELORA_AUTOTUNE`` is off: the fixed, untimed choice (the kernels)."""
+    return settings.autotune()
 
 
 def cache_dir() -> str:
     """``$LITELORA_CACHE_DIR``, else ``~/.cache/litelora_fast``."""
-    return os.environ.get("LITELORA_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "litelora_fast")
+    return settings.cache_dir()
 
 
 def n_bucket(n: int) -> int:
@@ -210,21 +218,38 @@ class Tuner:
         return winner
 
     def _write(self, device, key, winner: str, times: dict) -> None:
-        """Merge one entry into the cache file (re-read first: other processes tune too)."""
+        """Merge one entry into the cache file. Other processes (DDP ranks) tune too: the
+        re-read, merge and replace run under an exclusive lock on ``<file>.lock``, so no
+        process's entry is lost; readers need no lock (the replace is atomic)."""
         machine, path = self._machine(device)
-        entries = self._read(device) if os.path.exists(path) else {}
-        entries[bucket_name(key)] = {"winner": winner, "ms": {
+        entry = {"winner": winner, "ms": {
             k: (round(v, 6) if v != float("inf") else None) for k, v in times.items()}}
-        data = {"format": FORMAT, "machine": machine, "entries": entries}
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-            os.replace(tmp, path)             # atomic: a reader never sees half a file
+            with _locked(path + ".lock"):
+                entries = self._read(device) if os.path.exists(path) else {}
+                entries[bucket_name(key)] = entry
+                data = {"format": FORMAT, "machine": machine, "entries": entries}
+                fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+                with os.fdopen(fd, "w") as f:
+                    json.dump(data, f, indent=1, sort_keys=True)
+                os.replace(tmp, path)         # atomic: a reader never sees half a file
+            self._disk.setdefault(device, {}).update(entries)
         except OSError as e:
             warnings.warn(f"litelora_fast autotune could not write {path} ({e}); the choice "
                           f"is kept for this process only", RuntimeWarning)
+
+    def timings(self) -> dict:
+        """``{bucket name: {"times": {candidate: seconds}, "winner": name, "device": str}}``
+        over every bucket this process knows: timed here, or read from the cache file (a
+        candidate that could not run has time ``None``)."""
+        out = {}
+        for device, entries in self._disk.items():
+            for name, entry in entries.items():
+                out[name] = _timing(entry.get("ms", {}), entry["winner"], device)
+        for (device, key), winner in self._choices.items():
+            out[bucket_name(key)] = _timing(self.times.get((device, key), {}), winner, device)
+        return out
 
     def table(self) -> dict:
         """``{(device, bucket name): winner}`` of the buckets this process has decided."""
@@ -240,6 +265,31 @@ class Tuner:
 
 
 TUNER = Tuner()
+
+
+def timings() -> dict:
+    """Every candidate's time per bucket known to the op's tuner (``Tuner.timings``): the
+    buckets timed in this process and those read from the cache, in seconds."""
+    return TUNER.timings()
+
+
+def _timing(ms: dict, winner: str, device) -> dict:
+    seconds = {k: (None if v is None or v == float("inf") else v / 1e3) for k, v in ms.items()}
+    return {"times": seconds, "winner": winner, "device": str(device)}
+
+
+@contextlib.contextmanager
+def _locked(path: str):
+    """An exclusive lock on the file ``path`` (created if needed) for the ``with`` block."""
+    with open(path, "a") as f:
+        if fcntl is None:                 # no flock (Windows, where triton does not run): as before
+            yield
+            return
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _workload(be, x2d, weight, plan, gates2d, needs, drop=None) -> Callable[[], None]:

@@ -10,13 +10,12 @@ choice); on CUDA, ``autotune.py`` then picks between the two by measurement.
 """
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Optional
 
 import torch
 
-from . import lora_dropout
+from . import lora_dropout, settings
 from .op_math import as_dtype, expanded_gates, gated_columns
 
 
@@ -130,8 +129,9 @@ class TritonBackend:
 
 
 def interpreter_requested() -> bool:
-    """True when ``TRITON_INTERPRET=1`` asks for the Triton kernels on CPU tensors."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """True when ``TRITON_INTERPRET`` (read as triton reads it, ``settings.interpret``) asks for
+    the Triton kernels on CPU tensors."""
+    return settings.interpret()
 
 
 BACKENDS = {"torch": TorchBackend, "triton": TritonBackend}

@@ -26,6 +26,7 @@ from typing import Iterable, Union
 import torch.nn as nn
 
 from .layer import GatedLoRALinear
+from .validation import as_list
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +54,9 @@ def _normalize_targets(target_modules: TargetModules):
             raise ValueError(f"target_modules {target_modules!r} is not a valid regular "
                              f"expression: {err}") from None
         return lambda name: pattern.fullmatch(name) is not None
-    if target_modules is None or not isinstance(target_modules, Iterable):
-        raise TypeError("target_modules must be a list of module names or a regex string, "
-                        f"got {type(target_modules).__name__}")
-    targets = list(target_modules)
+    targets = as_list(target_modules, "target_modules",
+                      "a list of module names or a regex string (a set too)",
+                      ordered=False)
     if not targets:
         raise ValueError("target_modules is empty: name at least one module (e.g. ['q_proj'])")
     bad = [t for t in targets if not isinstance(t, str) or not t]
@@ -147,11 +147,9 @@ def find_modules_to_save(model: nn.Module, modules_to_save) -> list:
     """Full names of the modules ``modules_to_save`` selects (PEFT's rule: a name equal to an
     entry or ending with ``"." + entry``); ``ValueError`` listing the model's top modules when an
     entry selects nothing."""
-    if isinstance(modules_to_save, str) or not isinstance(modules_to_save, Iterable):
-        raise TypeError("modules_to_save must be a list of module names, got "
-                        f"{type(modules_to_save).__name__}")
     found = []
-    for entry in modules_to_save:
+    for entry in as_list(modules_to_save, "modules_to_save", "a list of module names (a set too)",
+                         ordered=False):
         if not isinstance(entry, str) or not entry:
             raise TypeError(f"modules_to_save entries must be non-empty strings, got {entry!r}")
         names = [n for n, _ in model.named_modules()

@@ -45,12 +45,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import layer_meta
+from . import layer_meta, resized_state
 from .lora_dropout import check_p
 from .ops import gated_lora_linear
 from .reference import gated_lora_linear_ref
+from .validation import as_list
 
 GATE_MODES = ("per_adapter", "per_row")
+_ADAPTER_LIST = "a list or tuple of adapter indices or names"
 
 
 class GatedLoRALinear(nn.Module):
@@ -203,9 +205,10 @@ class GatedLoRALinear(nn.Module):
             return list(range(self.num_adapters))
         return [k for k, v in enumerate(g.detach().tolist()) if v != 0]
 
-    def adapter(self, k: int):
-        """``(A_k, B_k)``: adapter ``k``'s Parameters, ``(r_k, D_in)`` and ``(D_out, r_k)``."""
-        k = self._check_index(k)
+    def adapter(self, k: Union[int, str]):
+        """``(A_k, B_k)``: adapter ``k``'s Parameters (``k`` an index or a name), ``(r_k, D_in)``
+        and ``(D_out, r_k)``."""
+        k = self.adapter_index(k)
         return self.lora_A[k], self.lora_B[k]
 
     def adapter_index(self, key: Union[int, str]) -> int:
@@ -217,7 +220,8 @@ class GatedLoRALinear(nn.Module):
             return self._names.index(key)
         return self._check_index(key)
 
-    def is_frozen(self, k: int) -> bool:
+    def is_frozen(self, k: Union[int, str]) -> bool:
+        """Whether adapter ``k`` (an index or a name) trains neither ``A_k`` nor ``B_k``."""
         A, B = self.adapter(k)
         return not (A.requires_grad or B.requires_grad)
 
@@ -251,8 +255,9 @@ class GatedLoRALinear(nn.Module):
         self._resize_gates(list(range(K - 1)) + [None])
         return K - 1
 
-    def freeze_adapter(self, k: int) -> None:
-        """Stop training adapter ``k``: its ``A_k`` and ``B_k`` no longer get gradients."""
+    def freeze_adapter(self, k: Union[int, str]) -> None:
+        """Stop training adapter ``k`` (an index or a name): its ``A_k`` and ``B_k`` no longer get
+        gradients."""
         for p in self.adapter(k):
             p.requires_grad_(False)
 
@@ -274,38 +279,48 @@ class GatedLoRALinear(nn.Module):
     def _check_index(self, k) -> int:
         K = self.num_adapters
         if isinstance(k, bool) or not isinstance(k, int):
-            raise TypeError(f"adapter index must be an int, got {type(k).__name__}")
+            raise TypeError(f"an adapter is named by its index (int) or its name (str), got "
+                            f"{type(k).__name__} {k!r}")
         if not -K <= k < K:
             raise IndexError(f"adapter index {k} out of range for a layer with {K} adapters")
         return k % K
 
     def _resize_gates(self, keep: list) -> None:
-        """Rebuild the gate Parameters for the new bank. ``keep[i]`` is the old index of new
-        adapter ``i``, or ``None`` for a new one (gate 1.0, router row 0 -> gate 1.0)."""
+        """Resize the gate Parameters to the new bank. ``keep[i]`` is the old index of new
+        adapter ``i``, or ``None`` for a new one (gate 1.0, router row 0 -> gate 1.0).
+
+        In place: the Parameter objects stay the same (their ``.data`` is swapped), so an
+        optimizer built before ``add_adapter``/``remove_adapter`` steps the live gates, the new
+        adapter's included. Their ``.grad`` (of the old size) is dropped; a torch optimizer's
+        state for them (momentum, Adam's moments) follows the rows at its next step, a new
+        adapter's rows starting at zero (``resized_state.py``)."""
         factory = {"device": self.weight.device, "dtype": self.weight.dtype}
-        old = self._parameters
         if self.gate_mode == "per_adapter":
-            values = torch.ones(len(keep), **factory)
-            grad = False
-            if old.get("gates") is not None and not old["gates"].is_meta:
-                g = old["gates"]
-                grad = g.requires_grad
+            self._resized("gates", torch.ones(len(keep), **factory), keep, False)
+            return
+        self._resized("router_weight", torch.zeros(len(keep), self.in_features, **factory),
+                      keep, True)
+        self._resized("router_bias", torch.zeros(len(keep), **factory), keep, True)
+
+    def _resized(self, name: str, fresh: torch.Tensor, keep: list, trainable: bool) -> None:
+        """Put ``fresh``, with the kept rows of the old Parameter ``name`` copied in, into that
+        Parameter in place (or register it, ``requires_grad=trainable``, when there is none)."""
+        old = self._parameters.get(name)
+        if old is None or old.is_meta:       # (from_linear: meta gates onto the real device)
+            setattr(self, name, nn.Parameter(fresh, requires_grad=trainable))
+            return
+        if not fresh.is_meta:
+            with torch.no_grad():
                 for i, j in enumerate(keep):
                     if j is not None:
-                        values[i] = g.detach()[j]
-            self.gates = nn.Parameter(values, requires_grad=grad)
+                        fresh[i] = old.detach()[j]
+        if (old.device, old.dtype) != (fresh.device, fresh.dtype):   # cannot swap in place
+            setattr(self, name, nn.Parameter(fresh, requires_grad=old.requires_grad))
             return
-        weight = torch.zeros(len(keep), self.in_features, **factory)
-        bias = torch.zeros(len(keep), **factory)
-        grad = True
-        if old.get("router_weight") is not None and not old["router_weight"].is_meta:
-            w, b = old["router_weight"], old["router_bias"]
-            grad = w.requires_grad
-            for i, j in enumerate(keep):
-                if j is not None:
-                    weight[i], bias[i] = w.detach()[j], b.detach()[j]
-        self.router_weight = nn.Parameter(weight, requires_grad=grad)
-        self.router_bias = nn.Parameter(bias, requires_grad=grad)
+        rows_before = old.shape[0]
+        old.data = fresh
+        old.grad = None
+        resized_state.resized(old, rows_before, keep)   # optimizers' state follows the rows
 
     # ----------------------------------------------------------------------------- gates
     def set_gates(self, gates: Optional[torch.Tensor]) -> None:
@@ -411,10 +426,15 @@ class GatedLoRALinear(nn.Module):
         or names; default all), in float64 for a float64 base and float32 otherwise (not yet
         rounded to the base dtype). ``gates``: one value per adapter of the bank (default: the
         gates in effect, ``set_gates`` tensor or the ``gates`` Parameter)."""
-        ks = range(self.num_adapters) if adapters is None else [self.adapter_index(a)
-                                                               for a in adapters]
+        ks = range(self.num_adapters) if adapters is None else [
+            self.adapter_index(a) for a in as_list(adapters, "adapters", _ADAPTER_LIST)]
         if gates is None:
             gates = self._gate_values("delta_weight")
+        else:
+            gates = as_list(gates, "gates", "K numbers (a list, tuple or tensor)")
+            if len(gates) != self.num_adapters:
+                raise ValueError(f"delta_weight: gates must have K = {self.num_adapters} "
+                                 f"entries, got {len(gates)}")
         dtype = torch.float64 if self.weight.dtype == torch.float64 else torch.float32
         delta = torch.zeros(self.out_features, self.in_features, dtype=dtype,
                             device=self.weight.device)
@@ -450,7 +470,7 @@ class GatedLoRALinear(nn.Module):
             ks = [k for k in range(self.num_adapters)
                   if gates[k] != 0 and self._merged[k] is None]
         else:
-            ks = [self.adapter_index(a) for a in adapters]
+            ks = [self.adapter_index(a) for a in as_list(adapters, "adapters", _ADAPTER_LIST)]
             twice = [k for k in ks if self._merged[k] is not None]
             if twice or len(set(ks)) != len(ks):
                 raise ValueError(f"merge: adapter(s) {twice or ks} already merged or listed "

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 
 import torch
+
+from . import settings
 
 _RECORDERS: list = []
 
@@ -50,7 +51,7 @@ def keep_mask(seed: torch.Tensor, n: int, d_in: int, p: float) -> torch.Tensor:
     """The ``(n, d_in)`` bool keep-mask of the call whose seed is ``seed``."""
     # The Triton mask kernel runs on CUDA, and on CPU tensors under TRITON_INTERPRET=1 (the same
     # call-time rule as backends.interpreter_requested; backends imports this module, not back).
-    if seed.is_cuda or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if seed.is_cuda or settings.interpret():
         from .kernels.dropout import dropout_mask
 
         return dropout_mask(seed, n, d_in, p)

@@ -32,9 +32,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import autotune, lora_dropout, op_math
-from .plan import PLAIN_TYPES, all_finite, decide_active, pack
-from .reference import gated_lora_linear_ref
-from .validation import RankOffsets, Scaling, validate
+from .plan import PLAIN_TYPES, decide_active, pack
+from .validation import RankOffsets, Scaling, as_list, validate
 
 __all__ = ["gated_lora_linear", "direct_ok"]
 
@@ -182,7 +181,7 @@ def _autocast(tensors, device_type: str):
 
 
 def _flags(name: str, values, K: int) -> list:
-    flags = [bool(v) for v in values]
+    flags = [bool(v) for v in as_list(values, name, "K booleans (a list or tuple)")]
     if len(flags) != K:
         raise ValueError(f"{name} must have K = {K} entries (K = gates.shape[-1]), "
                          f"got {len(flags)}")
@@ -243,12 +242,9 @@ def gated_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     grad_on = torch.is_grad_enabled()
     needs = [grad_on and t is not None and t.requires_grad
              for t in (x2d, weight, bias, lora_A, lora_B, gates2d)]
-    active, host_gates = decide_active(p, needs[5], hint)
-    if not all_finite(host_gates):
-        # inf/NaN gates: S * inf summed over an adapter's ranks mixes +inf and -inf into NaN,
-        # where the reference scales the adapter's finite update by inf. Rare: take its math.
-        return gated_lora_linear_ref(x, weight, bias, lora_A, lora_B, gates, p.rank_offsets,
-                                     p.scaling, dropout=p_drop)
+    # (inf/NaN gates take the same path as any other: every spelling of the gates gives the
+    # same IEEE result, docs/MATH.md#4-public-api-contract)
+    active, _ = decide_active(p, needs[5], hint)
     # A seed only when an adapter is active (else nothing to drop) and there is data.
     seed = None
     if p_drop > 0 and active and not _is_empty(x2d, weight):

@@ -23,7 +23,6 @@ makes CUDA-graph capture impossible). So the gate values are read only
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -80,11 +79,6 @@ def decide_active(p: Problem, gates_need_grad: bool,
         return ranked, None
     values = GATE_CACHE.values(p.gates)
     return tuple(k for k in ranked if values[k] != 0), values
-
-
-def all_finite(values: Optional[tuple]) -> bool:
-    """False when host gate values hold an inf or NaN (``None``: unknown, taken as finite)."""
-    return values is None or all(math.isfinite(v) for v in values)
 
 
 def _ranked_of(offsets: tuple) -> tuple:

@@ -8,6 +8,8 @@ Triton crash or a silent broadcast.
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Iterator, Mapping, Sequence as SequenceABC, Set
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -71,6 +73,34 @@ def _check_float(name: str, t: torch.Tensor) -> None:
                         f"got {t.dtype}")
 
 
+def as_list(value, name: str, expected: str = "a list or tuple", ordered: bool = True) -> list:
+    """``value`` as a list, for every list-like argument of the op, the module and ``inject``.
+
+    Accepted: lists, tuples, ranges, numpy arrays and 1-D tensors (``len`` and a fixed order),
+    and sets when ``ordered`` is False (names, where order means nothing). Refused with a
+    ``TypeError`` naming ``name``: strings, mappings (iterating a dict gives its keys: a
+    ``{0: 5.0}`` scaling would silently be ``[0]``), sets where entries are per adapter (no
+    order), and iterators and generators (consumed by the first pass, unsized).
+    """
+    if isinstance(value, torch.Tensor) and value.dim() == 1:
+        return value.tolist()
+    ok = (isinstance(value, SequenceABC) or (hasattr(value, "__array__")
+                                             and getattr(value, "ndim", 0) == 1)
+          or (not ordered and isinstance(value, Set)))
+    if (not ok or isinstance(value, (str, bytes, bytearray, Mapping, Iterator))):
+        kind = ("a mapping" if isinstance(value, Mapping) else
+                "a set (no order)" if isinstance(value, Set) else
+                "an iterator or generator" if isinstance(value, Iterator) else
+                type(value).__name__)
+        raise TypeError(f"{name} must be {expected}, got {kind} {_brief(value)}")
+    return list(value)
+
+
+def _brief(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def normalize_rank_offsets(rank_offsets: RankOffsets, num_adapters: int, total_rank: int) -> list:
     """Return the rank table as a list of ``K+1`` ints, checked against ``R`` and ``K``."""
     K, R = num_adapters, total_rank
@@ -91,13 +121,11 @@ def normalize_rank_offsets(rank_offsets: RankOffsets, num_adapters: int, total_r
                             f"{rank_offsets.dtype} and shape {_shape(rank_offsets)}")
         offsets = [int(v) for v in host_values(rank_offsets)]
     else:
-        try:
-            offsets = list(rank_offsets)
-        except TypeError:
-            raise TypeError(f"rank_offsets must be None, a list of ints or an int tensor, "
-                            f"got {type(rank_offsets).__name__}") from None
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in offsets):
+        offsets = as_list(rank_offsets, "rank_offsets", "None, a list of ints or an int tensor")
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                   for v in offsets):
             raise TypeError(f"rank_offsets must hold ints, got {offsets!r}")
+        offsets = [int(v) for v in offsets]        # (numpy integers too)
     if len(offsets) != K + 1:
         raise ValueError(f"rank_offsets must have K + 1 = {K + 1} entries (K = gates.shape[-1]), "
                          f"got {len(offsets)}: {offsets}")
@@ -140,13 +168,9 @@ def normalize_scaling(scaling: Scaling, num_adapters: int) -> list:
         if scaling.dim() != 1 or scaling.shape[0] != K:
             raise ValueError(f"scaling must have shape (K,) = ({K},), got {_shape(scaling)}")
         return [_real(v, f"entry {k}") for k, v in enumerate(host_values(scaling))]
-    if isinstance(scaling, (str, bytes, bytearray)):
-        raise TypeError(f"scaling must be a float, a list of K floats or a (K,) tensor, "
-                        f"got {type(scaling).__name__} {scaling!r}")
-    try:
-        values = list(scaling)
-    except TypeError:
-        return [_real(scaling, "the value")] * K
+    if isinstance(scaling, numbers.Number) or getattr(scaling, "ndim", None) == 0:
+        return [_real(scaling, "the value")] * K      # one number (numpy scalars too)
+    values = as_list(scaling, "scaling", "a float, a list of K floats or a (K,) tensor")
     values = [_real(v, f"entry {k}") for k, v in enumerate(values)]
     if len(values) != K:
         raise ValueError(f"scaling must have K = {K} entries (K = gates.shape[-1]), "
