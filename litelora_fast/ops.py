@@ -234,6 +234,10 @@ def gated_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         x, weight, bias, lora_A, lora_B = _autocast([x, weight, bias, lora_A, lora_B],
                                                     x.device.type)
     p = validate(x, weight, bias, lora_A, lora_B, gates, rank_offsets, scaling)
+    if lora_A.dtype != x.dtype:
+        # A float32 bank beside a half-precision x (PEFT's adapter dtype): the kernels read one
+        # dtype, so the bank is rounded to x's; autograd casts dA/dB back to float32.
+        lora_A, lora_B = lora_A.to(x.dtype), lora_B.to(x.dtype)
     K = p.num_adapters
     grad_adapters = [True] * K if trainable_adapters is None else _flags(
         "trainable_adapters", trainable_adapters, K)

@@ -37,11 +37,14 @@ def gated_lora_linear_ref(x: torch.Tensor, weight: torch.Tensor, bias, lora_A: t
             raise ValueError(f"dropout_mask: expected x's shape {tuple(x.shape)}, got "
                              f"{tuple(keep.shape)}")
         x_lora = x * keep.to(x.dtype) * (1.0 / (1.0 - dropout))
+    # A float32 bank beside a half-precision x runs in float32, as PEFT runs it: x is cast to the
+    # adapters' dtype and each update back to y's.
+    x_lora = x_lora.to(lora_A.dtype)
     for k, s_k in enumerate(p.scaling):
         lo, hi = p.rank_offsets[k], p.rank_offsets[k + 1]
         if hi == lo:
             continue
         update = F.linear(F.linear(x_lora, lora_A[lo:hi]), lora_B[:, lo:hi])
         g_k = gates[..., k:k + 1] if p.per_row_gates else gates[k]
-        y = y + update * (g_k * s_k).to(update.dtype)
+        y = y + (update * (g_k * s_k).to(update.dtype)).to(y.dtype)
     return y

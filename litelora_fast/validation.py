@@ -208,6 +208,20 @@ def host_values(t: torch.Tensor) -> tuple:
 _CONSTS = HostCopies()
 
 
+def check_adapter_dtype(x_dtype: torch.dtype, lora_A: torch.Tensor,
+                        lora_B: torch.Tensor) -> None:
+    """The bank has ``x``'s dtype, or float32 beside a float16/bfloat16 ``x`` (PEFT keeps the
+    adapters of a half-precision model in float32; the op rounds them to ``x``'s dtype)."""
+    allowed = (x_dtype, torch.float32) if x_dtype in (torch.float16, torch.bfloat16) else (x_dtype,)
+    for name, t in (("lora_A", lora_A), ("lora_B", lora_B)):
+        if t.dtype not in allowed:
+            extra = " or float32" if len(allowed) > 1 else ""
+            raise TypeError(f"{name} must have x's dtype {x_dtype}{extra}, got {t.dtype}")
+    if lora_A.dtype != lora_B.dtype:
+        raise TypeError(f"lora_A and lora_B must share one dtype, got {lora_A.dtype} and "
+                        f"{lora_B.dtype}")
+
+
 def validate(x, weight, bias, lora_A, lora_B, gates,
              rank_offsets: RankOffsets = None, scaling: Scaling = None) -> Problem:
     """Check the public op's arguments and return the normalised ``Problem``."""
@@ -235,9 +249,10 @@ def validate(x, weight, bias, lora_A, lora_B, gates,
         raise ValueError(f"lora_B must have shape (D_out, R) = ({d_out}, {R}) to match weight "
                          f"{_shape(weight)} and lora_A {_shape(lora_A)}, got {_shape(lora_B)}")
 
-    for name, t in (("weight", weight), ("bias", bias), ("lora_A", lora_A), ("lora_B", lora_B)):
+    for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.dtype != x.dtype:
             raise TypeError(f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
+    check_adapter_dtype(x.dtype, lora_A, lora_B)
     _check_float("gates", gates)
     for name, t in (("weight", weight), ("bias", bias), ("lora_A", lora_A), ("lora_B", lora_B),
                     ("gates", gates)):
