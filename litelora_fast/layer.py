@@ -405,6 +405,9 @@ class GatedLoRALinear(nn.Module):
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have shape (..., in_features) = (..., {self.in_features}), "
                              f"got {tuple(x.shape)}")
+        self._check_dtype(x)
+
+    def _check_dtype(self, x: torch.Tensor) -> None:
         # Meta tensors have no autocast state (asking raises): a dtype mismatch is an error there.
         if x.dtype != self.weight.dtype and (
                 x.is_meta or not torch.is_autocast_enabled(x.device.type)):

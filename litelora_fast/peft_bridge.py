@@ -43,12 +43,9 @@ from typing import Iterable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .inject import (MODULES_TO_SAVE_ATTR, _all_names, _set_module, _short_list, extract_base,
-                     find_modules_to_save, injected_layers)
+from .inject import (MODULES_TO_SAVE_ATTR, TASK_TYPE_ATTR, _all_names, _set_module,
+                     _short_list, extract_base, find_modules_to_save, injected_layers)
 from .layer import GatedLoRALinear
-
-# Attribute set on the model by from_peft: PEFT's task_type (to_peft hands it back).
-TASK_TYPE_ATTR = "llf_peft_task_type"
 
 
 def _require_peft():
