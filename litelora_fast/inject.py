@@ -132,15 +132,15 @@ def find_targets(model: nn.Module, target_modules: TargetModules, *, exclude_mod
     if isinstance(model, nn.Linear):
         raise TypeError("inject swaps layers inside a model; wrap a bare nn.Linear with "
                         "GatedLoRALinear.from_linear instead")
+    gated = [n for n, m in model.named_modules() if isinstance(m, GatedLoRALinear)]
     wildcard = isinstance(target_modules, str) and target_modules.lower() == ALL_LINEAR
     if wildcard:
-        chosen = set(all_linear_names(model, task_type, tuple(modules_to_save)))
+        chosen = set(all_linear_names(model, task_type, tuple(modules_to_save) + tuple(gated)))
         matches = chosen.__contains__
     else:
         matches = _normalize_targets(target_modules)
     by_index = not isinstance(target_modules, str)     # PEFT: layers_to_transform with lists only
     all_names = _all_names(model)
-    gated = [n for n, m in model.named_modules() if isinstance(m, GatedLoRALinear)]
     linear, other, seen = [], [], set()
     for name, module in model.named_modules():
         aliases = [n for n in all_names[id(module)] if n]
