@@ -36,8 +36,9 @@ import torch.nn as nn
 
 from . import base_layers
 from .layer import GatedLoRALinear
-from .peft_config import (ALL_LINEAR, all_linear_names, config_kwargs, default_targets,
-                          excluded, is_lora_config, layer_index_ok, layer_rank_alpha)
+from .peft_config import (ALL_LINEAR, SEQ_CLS_HEAD_NAMES, all_linear_names, config_kwargs,
+                          default_targets, excluded, is_lora_config, layer_index_ok,
+                          layer_rank_alpha)
 
 logger = logging.getLogger(__name__)
 
@@ -305,6 +306,12 @@ def inject(model: nn.Module, target_modules=None, rank: int = 8, alpha: float = 
         target_modules = given.pop("target_modules")
         num_adapters = 1 if num_adapters is None else num_adapters
         adapter_name = "default" if adapter_name is None else adapter_name
+        if task_type == "SEQ_CLS":
+            # As PEFT's PeftModelForSequenceClassification: the classification head trains.
+            given["modules_to_save"] += [h for h in SEQ_CLS_HEAD_NAMES if h not in
+                                         given["modules_to_save"] and any(
+                                             n == h or n.endswith("." + h)
+                                             for n, _ in model.named_modules())]
     explicit_count = num_adapters is not None
     num_adapters = 0 if num_adapters is None else num_adapters
     if given["init_lora_weights"] not in (True, False, "gaussian"):
