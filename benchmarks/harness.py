@@ -13,6 +13,7 @@ pytest ends cleanly and writes its JSON; ``LITELORA_BENCH_JSONL`` appends each c
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,17 +22,20 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from numerics import rel_err  # noqa: E402  (the suite's one relative-error helper)
 
 from cases import Case, Inputs, make_inputs
+from litelora_fast import lora_dropout
 from litelora_fast.reference import gated_lora_linear_ref
 from litelora_fast.tools import roofline
 from litelora_fast.tools.bench_cases import MODES, PEERS, applicable
-from peers import FUNCTIONAL_PEERS
+import peers
 import peft_peer
 import timing
+import tuning_record
 
 # Relative error ||out - ref|| / ||ref|| against the float64 oracle, worst of y and the gradients.
 # bf16 rounds each stored value to 8 significant bits (unit roundoff 3.9e-3) and the backward
@@ -40,7 +44,10 @@ import timing
 # op, reductions of a few thousand terms). Each bound leaves ~4-10x headroom over that.
 ERROR_BOUNDS = {("cuda", "bfloat16"): 2e-2, ("cuda", "float16"): 5e-3,
                 ("cuda", "float32"): 5e-3, ("cpu", "float32"): 1e-5}
-CHECKED_PEERS = ("ours", "reference", "packed", "peft")
+# "hybrid": ours forced to the op's hybrid backend (cuBLAS base GEMMs, Triton LoRA work), on CUDA
+# where the op has it; timed beside ours so every row names what the hybrid alone does.
+EXTRA_PEERS = ("hybrid",)
+CHECKED_PEERS = ("ours", "hybrid", "reference", "packed", "peft")
 BENCH_ROUNDS = 10   # pytest-benchmark's own rounds of ours (a cross-check, not the headline)
 
 _case_facts = {}   # case id -> {"rel_err_<peer>", "saved_bytes_<peer>", "peak_bytes_<peer>"}
@@ -56,8 +63,7 @@ class Bound:
             layer = peft_peer.PeftPeer(case, inp)
             self.forward, self.wrt, self.packed = layer.forward, layer.wrt(), layer.packed_grads
         else:
-            f, args = FUNCTIONAL_PEERS[peer], inp.args()
-            self.forward = lambda: f(*args)
+            self.forward = peers.bind(peer, inp.args(), case.dropout)
             self.wrt = [inp.x] if peer == "base" else inp.grad_inputs()
             self.packed = list
 
@@ -65,12 +71,17 @@ class Bound:
 def peers_for(case: Case) -> tuple:
     """``(peers to run, {peer: reason skipped})`` for ``case``."""
     skipped = {}
-    for peer in PEERS:
-        if not applicable(case, peer):
+    for peer in PEERS + EXTRA_PEERS:
+        if peer == "hybrid":
+            if case.device != "cuda":
+                skipped[peer] = "the hybrid backend is timed on CUDA only"
+            elif not peers.hybrid_available():
+                skipped[peer] = "this version of the op has no hybrid backend"
+        elif not applicable(case, peer):
             skipped[peer] = "PEFT has no trainable gates"
         elif peer == "peft" and peft_peer.available():
             skipped[peer] = peft_peer.available()
-    return tuple(p for p in PEERS if p not in skipped), skipped
+    return tuple(p for p in PEERS + EXTRA_PEERS if p not in skipped), skipped
 
 
 def make_fn(bound: Bound, dy, mode: str):
@@ -88,15 +99,56 @@ def make_fn(bound: Bound, dy, mode: str):
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
-def _outputs(bound: Bound, dy) -> list:
-    y = bound.forward()
-    return [y.detach(), *bound.packed(list(torch.autograd.grad(y, bound.wrt, dy)))]
+@contextlib.contextmanager
+def recorded_dropout():
+    """``with recorded_dropout() as masks:`` appends the keep-mask (``out != 0``) of every
+    ``F.dropout`` call in training mode: the masks (b) and PEFT draw, for the oracle. ``x`` is
+    random normal, so an element of it is never exactly 0."""
+    masks, real = [], F.dropout
+
+    def recording(input, p=0.5, training=True, inplace=False):
+        out = real(input, p, training, inplace)
+        if training and p > 0:
+            masks.append(out.detach() != 0)
+        return out
+    torch.nn.functional.dropout = recording
+    try:
+        yield masks
+    finally:
+        torch.nn.functional.dropout = real
 
 
-def _reference_outputs(inp: Inputs) -> list:
-    """float64 y and gradients, in the order ``_outputs`` returns them."""
+def _outputs(bound: Bound, dy) -> tuple:
+    """``([y, *grads in the reference's layout], dropout masks of the forward)``: the op's own
+    recorded mask for ours/hybrid, the ``F.dropout`` masks for (b) and PEFT."""
+    with lora_dropout.recorded_masks() as ours, recorded_dropout() as theirs:
+        y = bound.forward()
+    masks = ours[-1:] if ours else theirs
+    return [y.detach(), *bound.packed(list(torch.autograd.grad(y, bound.wrt, dy)))], masks
+
+
+def _reference_outputs(inp: Inputs, dropout: float = 0.0, masks=()) -> list:
+    """float64 y and gradients, in the order ``_outputs`` returns them. With dropout, ``masks``
+    holds one keep-mask shared by the bank, or one per active adapter (PEFT's, in adapter
+    order, the zero-gate adapters skipped)."""
     up = inp.upcast(torch.float64)
-    y = gated_lora_linear_ref(*up.args())
+    x2d = up.x.reshape(-1, up.x.shape[-1])
+    if not dropout or len(masks) <= 1:
+        mask = masks[0].reshape(up.x.shape) if masks else None
+        y = gated_lora_linear_ref(*up.args(), dropout=dropout if mask is not None else 0.0,
+                                  dropout_mask=mask)
+    else:
+        K, r = len(inp.scaling), up.lora_A.shape[0] // len(inp.scaling)
+        active = [k for k in range(K) if float(inp.gates[k]) != 0.0]
+        if len(active) != len(masks):
+            raise ValueError(f"{len(masks)} dropout masks for {len(active)} active adapters")
+        y = F.linear(x2d, up.weight)
+        for k, m in zip(active, masks):
+            x_k = x2d * m.reshape(x2d.shape).to(x2d.dtype) / (1.0 - dropout)
+            u = F.linear(F.linear(x_k, up.lora_A[k * r:(k + 1) * r]),
+                         up.lora_B[:, k * r:(k + 1) * r])
+            y = y + u * (up.gates[k] * inp.scaling[k])
+        y = y.reshape(*up.x.shape[:-1], -1)
     return [y.detach(), *torch.autograd.grad(y, up.grad_inputs(), up.dy)]
 
 
@@ -112,20 +164,33 @@ def worst_rel_err(outs: list, refs: list) -> float:
     return worst
 
 
+def _needs(inp: Inputs) -> tuple:
+    """Which of ``(x, weight, bias, lora_A, lora_B, gates)`` require a gradient."""
+    return tuple(t.requires_grad for t in (inp.x, inp.weight)) + (False,) + tuple(
+        t.requires_grad for t in (inp.lora_A, inp.lora_B, inp.gates))
+
+
 def check_once(case: Case, seed: int) -> dict:
-    """Correctness of every checked peer against the float64 reference, plus the memory facts;
-    computed once per case (the first mode that runs it), on inputs of their own seed."""
+    """Correctness of every checked peer against the float64 reference (with dropout: on the
+    masks each peer drew), plus the memory facts and, on CUDA, the base GEMM of our kernels
+    against cuBLAS; computed once per case (the first mode that runs it), on inputs of their
+    own seed."""
     if case.id in _case_facts:
         return _case_facts[case.id]
     inp = make_inputs(case, seed)
-    refs = _reference_outputs(inp)
     bound = ERROR_BOUNDS[(case.device, case.dtype)]
     run, skipped = peers_for(case)
     facts = {f"skipped_{p}": why for p, why in skipped.items()}
+    refs = None if case.dropout else _reference_outputs(inp)
     for peer in (p for p in CHECKED_PEERS if p in run):
-        outs = _outputs(Bound(peer, case, inp), inp.dy)
+        if peer == "reference" and case.dropout:
+            continue   # (a) draws its mask inside the oracle's own function: nothing to check
+        outs, masks = _outputs(Bound(peer, case, inp), inp.dy)
+        if case.dropout and not masks:
+            pytest.fail(f"{peer} on {case.id}: no dropout mask was recorded")
+        ref = refs if refs is not None else _reference_outputs(inp, case.dropout, masks)
         # PEFT's gradients are x, A, B (no gates): compare with the reference's first three.
-        err = worst_rel_err(outs, refs[:len(outs)])
+        err = worst_rel_err(outs, ref[:len(outs)])
         facts[f"rel_err_{peer}"] = err
         if not err <= bound:
             pytest.fail(f"{peer} on {case.id}: relative error {err:.3g} > {bound:g} "
@@ -136,6 +201,8 @@ def check_once(case: Case, seed: int) -> dict:
         inputs = [inp.x, inp.weight, inp.lora_A, inp.lora_B, inp.gates, *b.wrt]
         facts[f"saved_bytes_{peer}"] = timing.saved_bytes(b.forward, inputs)
         facts[f"peak_bytes_{peer}"] = timing.peak_bytes(make_fn(b, inp.dy, "fwd_bwd"), case.device)
+    if case.device == "cuda":
+        facts["base_gemm"] = tuning_record.base_gemm(case)
     facts["check_seed"] = seed
     _case_facts[case.id] = facts
     return facts
@@ -154,7 +221,7 @@ def versions() -> dict:
             "load_avg_1min": os.getloadavg()[0]}
 
 
-IMPL_NAMES = {"triton": "kernels", "torch": "composite", None: "not tuned"}
+IMPL_NAMES = {"triton": "kernels", "torch": "composite", "hybrid": "hybrid", None: "not tuned"}
 
 
 def implementation_of_ours(case: Case, inp: Inputs) -> str:
@@ -165,11 +232,10 @@ def implementation_of_ours(case: Case, inp: Inputs) -> str:
         return "torch fast path"
     from litelora_fast import autotune
 
-    needs = tuple(t.requires_grad for t in (inp.x, inp.weight)) + (False,) + tuple(
-        t.requires_grad for t in (inp.lora_A, inp.lora_B, inp.gates))
-    return IMPL_NAMES[autotune.chosen_implementation(
+    name = autotune.chosen_implementation(
         case.n, case.d_in, case.d_out, case.active_rank, getattr(torch, case.dtype),
-        per_row_gates=False, needs=needs, device=case.device)]
+        per_row_gates=False, needs=_needs(inp), device=case.device, dropout=bool(case.dropout))
+    return IMPL_NAMES.get(name, str(name))
 
 
 def _kernels_interpreted() -> bool:
@@ -205,16 +271,21 @@ def run_case(benchmark, case: Case, mode: str) -> None:
         ms = timing.cpu_median_ms({peer: make_fn(Bound(peer, case, inp), inp.dy, mode)
                                    for peer in run})
     info["impl_ours"] = implementation_of_ours(case, inp)
+    if case.device == "cuda":   # what tuning needs (tuning_record.py)
+        info["candidates_ours"] = tuning_record.candidates(case, _needs(inp))
+        info["triton_configs"] = tuning_record.triton_configs()
     benchmark.pedantic(timing.synced(make_fn(Bound("ours", case, inp), inp.dy, mode),
                                      case.device), rounds=BENCH_ROUNDS, warmup_rounds=1)
     for peer, t in ms.items():
+        info[f"ms_{peer}"] = t
+        info[f"speedup_vs_{peer}"] = t / ms["ours"]
+        if peer not in PEERS:   # no roofline model of its own (hybrid)
+            continue
         # ours: the FLOPs and bytes of the implementation it ran (the model's pick if unknown)
         impl = info["impl_ours"] if info["impl_ours"] in roofline.IMPLS else "ours"
         c = roofline.cost(case, impl if peer == "ours" else peer, mode)
-        info[f"ms_{peer}"] = t
         info[f"tflops_{peer}"] = c["flops"] / (t * 1e-3) / 1e12
         info[f"gbps_{peer}"] = c["bytes"] / (t * 1e-3) / 1e9
-        info[f"speedup_vs_{peer}"] = t / ms["ours"]
         if case.device == "cuda":
             info[f"predicted_ms_{peer}"] = c["seconds"] * 1e3
     jsonl = os.environ.get("LITELORA_BENCH_JSONL")
