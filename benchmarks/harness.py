@@ -6,8 +6,10 @@ GPU, perf_counter on the CPU). pytest-benchmark's own statistics time ``ours`` o
 clock around a synced call (``benchmark.pedantic``), as a cross-check.
 
 Two environment variables make a time-boxed run safe (``gpu_check.sh`` sets both):
-``LITELORA_BENCH_DEADLINE`` (seconds since the epoch) skips the cases that would start after it, so
-pytest ends cleanly and writes its JSON; ``LITELORA_BENCH_JSONL`` appends each case's
+``LITELORA_BENCH_DEADLINE`` (seconds since the epoch) is when the last case must be done: a case
+whose estimated cost (``gpu_estimate.bench_costs``: its compiles, autotuning and timings; a
+later mode of a case only its timings) would run past it is skipped, so pytest ends cleanly and
+writes its JSON, and a cheaper later case may still run; ``LITELORA_BENCH_JSONL`` appends each case's
 ``extra_info`` as one JSON line as soon as it is measured (kept even if the run is killed;
 ``python -m litelora_fast report`` reads it too).
 """
@@ -238,6 +240,25 @@ def implementation_of_ours(case: Case, inp: Inputs) -> str:
     return IMPL_NAMES.get(name, str(name))
 
 
+_COSTS = {}
+
+
+def estimated_cost(case: Case) -> float:
+    """Seconds ``case`` is estimated to take in its next mode: the first pays the compiles and
+    autotuning (``gpu_estimate.bench_costs``), a later one its peers' timings; 0 when the
+    estimate cannot be made (the case then runs)."""
+    import timing as t
+    if case.id in _case_facts:
+        return len(PEERS + EXTRA_PEERS) * ((t.GPU_WARMUP_MS + t.GPU_REP_MS) / 1e3 + 0.02) + 1.0
+    if not _COSTS:
+        try:
+            import gpu_estimate
+            _COSTS.update(gpu_estimate.bench_costs())
+        except Exception as e:   # never lose a case over the estimate
+            _COSTS["error"] = str(e)
+    return float(_COSTS.get(case.id, 0.0))   # all its modes: the first pays most of it
+
+
 def _kernels_interpreted() -> bool:
     from litelora_fast.kernels import tuning
     return tuning.INTERPRET
@@ -251,8 +272,11 @@ def run_case(benchmark, case: Case, mode: str) -> None:
         pytest.skip("TRITON_INTERPRET=1 was set when triton was imported (tests/ in the same "
                     "pytest run?): the kernels are interpreted; run `pytest benchmarks/` alone")
     deadline = os.environ.get("LITELORA_BENCH_DEADLINE")
-    if deadline and time.time() > float(deadline):
-        pytest.skip("LITELORA_BENCH_DEADLINE has passed: this run's time budget is spent")
+    if deadline:
+        cost = estimated_cost(case)
+        if time.time() + cost > float(deadline):
+            pytest.skip(f"LITELORA_BENCH_DEADLINE: this case (~{cost:.0f} s) would not finish "
+                        f"in this run's time budget")
     seed = torch.seed() % 2**31
     info = benchmark.extra_info
     info.update(case=case.to_dict(), case_id=case.id, mode=mode, seed=seed,

@@ -6,10 +6,10 @@ each case's ``extra_info``):
   from ``litelora_fast.autotune.timings()`` (seconds), else from the tuner's in-memory record;
 - ``triton_configs()``: the Triton config each kernel's autotuner chose, from
   ``litelora_fast.kernels.chosen_configs()``;
-- ``base_gemm(case)``: the fused GEMMs with no adapter columns (the base GEMM alone through our
-  Triton kernels, ``fused_forward`` and ``fused_dx``) against ``F.linear`` / ``dy @ W`` (cuBLAS)
-  at the case's shape: TFLOP/s of each and the Triton kernel's % of cuBLAS. This is the number
-  that decides whether the fused kernels can win at all.
+- ``base_gemm(case)``: our fused GEMMs (``fused_forward``, ``fused_dx``) at the case's shape and
+  adapter width against cuBLAS doing the base GEMM alone (``F.linear``, ``dy @ W``) and the same
+  work (the composite): TFLOP/s and % of each. This is the number that decides whether the fused
+  kernels can win at all.
 
 Every name of another module is looked up with ``getattr``: where one is missing (a branch that
 has not landed) the field says ``"unavailable: ..."`` instead of failing the benchmark.
@@ -99,34 +99,43 @@ def triton_configs():
 
 
 def base_gemm(case, median_ms=timing.gpu_median_ms) -> dict:
-    """The base GEMM alone through our fused kernels (no adapter columns) and through cuBLAS at
-    ``case``'s shape: ``{"fwd": {...}, "dx": {...}}`` with ``ms_triton``, ``ms_cublas``,
-    ``tflops_triton``, ``tflops_cublas`` and ``pct_of_cublas`` (100 = as fast as cuBLAS), or
-    ``"error"`` where the kernel failed."""
+    """Our fused GEMMs against cuBLAS at ``case``'s shape and active adapter width ``R``:
+    ``fused_forward`` (``y = x W^T + SG B^T``) against ``F.linear`` (the base GEMM alone) and
+    against the cuBLAS composite doing the same work (``addmm``), likewise ``fused_dx``
+    (``dx = dy W + dS A``) against ``dy @ W``. The launches are the autotuned ones the op's
+    kernels candidate makes (same specialisation: no new compile). Per kernel: ``ms_triton``,
+    ``ms_cublas_base``, ``ms_cublas_composite``, ``tflops_triton`` (base and adapter FLOPs),
+    ``tflops_cublas_base``, ``pct_of_flinear`` (the fused GEMM's TFLOP/s as % of F.linear's)
+    and ``pct_of_composite`` (100 = as fast as the composite), or ``"error"``."""
     from litelora_fast.kernels import backward as kb
     from litelora_fast.kernels import forward as kf
 
     dtype, dev = getattr(torch, case.dtype), case.device
-    N, Di, Do = case.n, case.d_in, case.d_out
+    N, Di, Do, R = case.n, case.d_in, case.d_out, case.active_rank
     g = torch.Generator(device=dev).manual_seed(0)
-    x = torch.randn(N, Di, generator=g, device=dev).to(dtype)
-    w = (torch.randn(Do, Di, generator=g, device=dev) * Di ** -0.5).to(dtype)
-    dy = torch.randn(N, Do, generator=g, device=dev).to(dtype)
-    flops = 2 * N * Di * Do
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, device=dev) * scale).to(dtype)
+
+    x, w, dy = randn(N, Di), randn(Do, Di, scale=Di ** -0.5), randn(N, Do)
+    SG, B = randn(N, R), randn(Do, R, scale=max(R, 1) ** -0.5)
+    dS, A = randn(N, R), randn(R, Di, scale=max(R, 1) ** -0.5)
     runs = {
-        "fwd": (lambda: kf.fused_forward(x, w, None, x.new_empty(N, 0), w.new_empty(Do, 0)),
-                lambda: F.linear(x, w)),
-        "dx": (lambda: kb.fused_dx(dy, w, dy.new_empty(N, 0), x.new_empty(0, Di)),
-               lambda: dy @ w),
+        "fwd": (lambda: kf.fused_forward(x, w, None, SG, B), lambda: F.linear(x, w),
+                lambda: torch.addmm(F.linear(x, w), SG, B.t()), 2 * N * Do * Di, 2 * N * Do * R),
+        "dx": (lambda: kb.fused_dx(dy, w, dS, A), lambda: dy @ w,
+               lambda: torch.addmm(dy @ w, dS, A), 2 * N * Di * Do, 2 * N * Di * R),
     }
-    out = {}
-    for name, (ours, cublas) in runs.items():
+    out = {"R": R}
+    for name, (ours, base, composite, base_flops, lora_flops) in runs.items():
         try:
-            t_tri, t_cub = median_ms(ours), median_ms(cublas)
-            out[name] = {"ms_triton": t_tri, "ms_cublas": t_cub,
-                         "tflops_triton": flops / (t_tri * 1e-3) / 1e12,
-                         "tflops_cublas": flops / (t_cub * 1e-3) / 1e12,
-                         "pct_of_cublas": 100.0 * t_cub / t_tri}
+            t_tri, t_base, t_comp = median_ms(ours), median_ms(base), median_ms(composite)
+            tf_tri = (base_flops + lora_flops) / (t_tri * 1e-3) / 1e12
+            tf_base = base_flops / (t_base * 1e-3) / 1e12
+            out[name] = {"ms_triton": t_tri, "ms_cublas_base": t_base,
+                         "ms_cublas_composite": t_comp, "tflops_triton": tf_tri,
+                         "tflops_cublas_base": tf_base, "pct_of_flinear": 100.0 * tf_tri / tf_base,
+                         "pct_of_composite": 100.0 * t_comp / t_tri}
         except Exception as e:   # record, never fail the case over this extra
             out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     return out

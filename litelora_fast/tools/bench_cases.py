@@ -92,15 +92,15 @@ GRIDS = ("headline", "default", "full")
 
 def headline_cases() -> list:
     """The headline grid in the order it is run, most valuable first, so that the rows a short
-    budget drops are the least important ones: the 4096x14336 (MLP) shape and the dropout rows
-    before the 4096x4096 rows without dropout, K = 4 (a typical bank) before K = 8 and K = 1."""
+    budget drops are the least important ones: the 4096x14336 (MLP) shape and the LoRA-dropout
+    rows first, K = 4 (a typical bank) before K = 8; the 4096x4096 rows without dropout, and
+    p = 0.05 beside p = 0.1, last."""
     big, square = (4096, 14336), (4096, 4096)
-    out = [Case(*big, 8192, 4, 16), Case(*big, 8192, 1, 16, dropout=0.1),
-           Case(*square, 8192, 4, 16), Case(*square, 8192, 1, 16, dropout=0.1),
-           Case(*big, 8192, 8, 16), Case(*big, 8192, 1, 16),
-           Case(*square, 8192, 4, 16, dropout=0.1), Case(*square, 8192, 1, 16, dropout=0.05),
-           Case(*square, 8192, 8, 16), Case(*square, 8192, 1, 16)]
-    return out
+    return [Case(*big, 8192, 4, 16), Case(*big, 8192, 1, 16, dropout=0.1),
+            Case(*square, 8192, 1, 16, dropout=0.1), Case(*big, 8192, 1, 16),
+            Case(*square, 8192, 4, 16), Case(*big, 8192, 8, 16),
+            Case(*square, 8192, 4, 16, dropout=0.1), Case(*square, 8192, 8, 16),
+            Case(*square, 8192, 1, 16), Case(*square, 8192, 1, 16, dropout=0.05)]
 
 
 def dropout_cases() -> list:
