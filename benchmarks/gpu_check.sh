@@ -58,17 +58,8 @@ mkdir -p "$PKG/litelora_fast" && cp -r litelora_fast/. "$PKG/litelora_fast/" \
     || { echo "gpu_check.sh: could not copy the package to $PKG" >&2; exit 3; }
 export PYTHONPATH="$PKG${PYTHONPATH:+:$PYTHONPATH}"
 
-# The plan's limits, read now that the copy is on the path (gpu_plan imports the package).
-if [ "$MODE" != estimate ]; then
-    if ! LIMITS_SH=$(cd benchmarks && "$PY" -c "import gpu_plan; print(gpu_plan.shell_limits('$MODE'))" 2>&1); then
-        echo "gpu_check.sh: cannot read the step limits from benchmarks/gpu_plan.py:" >&2
-        echo "$LIMITS_SH" >&2
-        exit 3
-    fi
-    eval "$LIMITS_SH"
-fi
-# From here on neither `python -m` nor a script puts the repository root (or the script's
-# folder) first on sys.path: the copy is what every step imports.
+# Neither `python -m` nor a script puts the repository root (or the script's folder) first on
+# sys.path: the copy is what every step imports (the checkout's ./litelora_fast has no kernels/).
 export PYTHONSAFEPATH=1
 
 if [ "$MODE" = estimate ]; then
@@ -76,18 +67,31 @@ if [ "$MODE" = estimate ]; then
     exit $?
 fi
 
+OUT="${OUT:-./out}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+SUMMARY="$OUT/summary.txt"
+export LITELORA_CACHE_DIR="$CACHE"   # the op's implementation choices, fresh per run
+{
+    echo "gpu_check.sh $MODE $(date -u +%Y-%m-%dT%H:%M:%SZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv 2>&1 | head -3
+} >"$SUMMARY"
+
+# One probe (gpu_setup.py), run as every step runs: versions into the summary; the plan's limits
+# (read with the copy on the path; the script stops if they cannot be), where the package comes
+# from and whether CUDA is there, for the eval.
+if ! SETUP_SH=$("$PY" benchmarks/gpu_setup.py "$MODE" "$SUMMARY" 2>"$CACHE/setup.err"); then
+    echo "gpu_check.sh: cannot read the step limits from benchmarks/gpu_plan.py (or import the package copy):" | tee -a "$SUMMARY" >&2
+    tail -20 "$CACHE/setup.err" | tee -a "$SUMMARY" >&2
+    exit 3
+fi
+eval "$SETUP_SH"
 TOTAL_LIMIT=$LIMIT_total
 limit_of() {   # the step's limit; a missing one is a bug in gpu_plan.py, never a default
     local v="LIMIT_$1"
     if [ -z "${!v:-}" ]; then echo "gpu_check.sh: no limit for step $1 in gpu_plan.py" >&2; exit 3; fi
     echo "${!v}"
 }
-
-OUT="${OUT:-./out}"
-mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"
-SUMMARY="$OUT/summary.txt"
-export LITELORA_CACHE_DIR="$CACHE"   # the op's implementation choices, fresh per run
 
 step() {   # step NAME LOG COMMAND...: run under min(its limit, time left), log, never abort
     local name=$1 log=$2; shift 2
@@ -106,28 +110,18 @@ step() {   # step NAME LOG COMMAND...: run under min(its limit, time left), log,
     return $rc
 }
 
-{
-    echo "gpu_check.sh $MODE $(date -u +%Y-%m-%dT%H:%M:%SZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv 2>&1 | head -3
-    "$PY" -c "import sys, torch, triton, numpy; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'numpy', numpy.__version__)" 2>&1
-    "$PY" -c "import peft, transformers; print('peft', peft.__version__, 'transformers', transformers.__version__)" 2>/dev/null || echo "peft/transformers: not installed (the PEFT peer and the block step are skipped)"
-} >"$SUMMARY"
-
-# Where the package comes from: both files must lie under the copy.
-FILES=$("$PY" -c "import litelora_fast, litelora_fast.kernels as k; print(litelora_fast.__file__); print(k.__file__)" 2>&1)
-PKG_FILE=$(echo "$FILES" | sed -n 1p)
-KERNELS_FILE=$(echo "$FILES" | sed -n 2p)
+# Where the package comes from (both files must lie under the copy) and each step's limit.
 {
     echo "package: $PKG_FILE"
     echo "kernels: $KERNELS_FILE"
-    for name in $(echo "$LIMITS_SH" | sed -n 's/^LIMIT_\([a-z_]*\)=.*/\1/p'); do
+    for name in $(echo "$SETUP_SH" | sed -n 's/^LIMIT_\([a-z_]*\)=.*/\1/p'); do
         echo "limit $name: $(limit_of "$name") s"
     done
 } | tee -a "$SUMMARY"
-case "$PKG_FILE" in "$PKG"/*) ;; *) echo "gpu_check.sh: litelora_fast does not come from the copy $PKG: $FILES" | tee -a "$SUMMARY" >&2; exit 3 ;; esac
-case "$KERNELS_FILE" in "$PKG"/*) ;; *) echo "gpu_check.sh: litelora_fast.kernels does not come from the copy $PKG: $FILES" | tee -a "$SUMMARY" >&2; exit 3 ;; esac
-HAVE_GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>>"$SUMMARY" || echo 0)
-echo "CUDA: $HAVE_GPU; setup ${SECONDS}s" >>"$SUMMARY"
+for f in "$PKG_FILE" "$KERNELS_FILE"; do
+    case "$f" in "$PKG"/*) ;; *) echo "gpu_check.sh: $f does not come from the package copy $PKG" | tee -a "$SUMMARY" >&2; exit 3 ;; esac
+done
+echo "CUDA: $HAVE_GPU; setup $((SECONDS - START))s" >>"$SUMMARY"
 
 step_deadline() {   # seconds since the epoch at which step $1 should stop starting work ($2 s early)
     local limit left

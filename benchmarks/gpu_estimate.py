@@ -43,7 +43,7 @@ FIXED_KERNELS = {"matmul_tn_sum_partials"}   # one config, no list: one compile 
 TIMED_S = 0.15            # one autotune candidate: Triton's do_bench, 25 ms warm-up + 100 ms + setup
 PEER_TIMED_S = (timing.GPU_WARMUP_MS + timing.GPU_REP_MS) / 1e3 + 0.02   # a peer's do_bench
 PROCESS_START_S = 6.0     # python + torch + triton import + CUDA context, per Python process
-SETUP_S = 15.0            # the script's own setup: nvidia-smi, the package copy, 5 short pythons
+SETUP_S = 15.0            # the script's own setup: package copy, nvidia-smi, the probe (gpu_setup)
 FP64_FLOPS = 60e12        # float64 matrix rate for the benchmark's oracle check (H100/H200 class)
 CHOICE_CANDIDATES = 3     # the op's measured choice: kernels, composite, hybrid
 BLOCK_BUILD_S = 8.0       # one Llama-like block built, moved to the GPU, and its optimizer
@@ -426,7 +426,8 @@ def estimate(mode: str = "check", pricer: Pricer = None) -> tuple:
     over = {k: v for k, v in limits.items() if v <= 0}
     if over:
         raise ValueError(f"non-positive step limits: {over}")
-    lines = [f"[setup] nvidia-smi, versions, package copy, 5 short pythons: {SETUP_S:.0f} s"]
+    lines = [f"[setup] package copy, nvidia-smi, the probe (versions, limits, package files): "
+             f"{SETUP_S:.0f} s"]
     for st in steps:
         lines += st.lines()
     total = SETUP_S + sum(st.charged for st in steps)
