@@ -109,3 +109,20 @@ def test_packed_peer_per_row_gates_and_bad_input(seed):
         peers.PackedLoRA(w, None, A, B, gates, [0, 1, 3], None)
     with pytest.raises(ValueError, match="dropout"):
         peers.PackedLoRA(w, None, A, B, gates, dropout=1.0)
+
+
+@pytest.mark.parametrize("peer", ["ours", "peft"])
+def test_dropout_peers_match_float64_on_the_masks_they_drew(peer, seed, fast_path):
+    # PEFT draws one mask per adapter, ours one for the bank: the oracle takes either
+    pytest.importorskip("peft") if peer == "peft" else None
+    case = CASES[3]
+    inp = make_inputs(case, seed)
+    outs, masks = harness._outputs(harness.Bound(peer, case, inp), inp.dy)
+    assert len(masks) == (case.k if peer == "peft" else 1)
+    refs = harness._reference_outputs(inp, case.dropout, masks)
+    for name, o, r in zip(("y", "dx", "dA", "dB"), outs, refs):
+        assert_rel(name, o, r, torch.float32)
+    # and a wrong mask is caught: the check is not vacuous
+    wrong = [~m for m in masks]
+    bad = harness._reference_outputs(inp, case.dropout, wrong)
+    assert harness.worst_rel_err(outs, bad[:len(outs)]) > 0.1
