@@ -39,7 +39,9 @@ from litelora_fast.tools.bench_cases import MODES, PEERS, applicable, gpu_cases 
 
 COMPILE_S = {"bfloat16": 2.5, "float16": 2.0, "float32": 2.2, "float32-ieee": 4.0}
 WIDE_IEEE_S = 10.0        # exact fp32 fused GEMMs at the widest adapter tile (8.0 s measured)
-FIXED_KERNELS = {"matmul_tn_sum_partials"}   # one config, no list: one compile per spec
+# one config, no list: one compile per spec (the split-N partial sum; the keep-mask kernel that
+# lora_dropout.recorded_masks runs when a check records the mask a dropout call drew)
+FIXED_KERNELS = {"matmul_tn_sum_partials", "dropout_mask"}
 TIMED_S = 0.15            # one autotune candidate: Triton's do_bench, 25 ms warm-up + 100 ms + setup
 PEER_TIMED_S = (timing.GPU_WARMUP_MS + timing.GPU_REP_MS) / 1e3 + 0.02   # a peer's do_bench
 PROCESS_START_S = 6.0     # python + torch + triton import + CUDA context, per Python process
@@ -120,6 +122,9 @@ def launches(case, dtype: str, variant: str, gates_train: bool, strided: bool = 
         if drop and r_act:
             out.append(("masked_addmm", "pointer", kind + (p_drop,) + sizes,
                         (n, case.d_in, r_act)))
+    if drop and r_act:   # the checks record the call's keep-mask (lora_dropout.keep_mask)
+        out.append(("dropout_mask", "fixed", ("bfloat16", "mask", p_drop) + _ints(n, case.d_in),
+                    None))   # dtype-free: priced as a bf16 compile
     if r_act and needs_ab:
         out.append(("lora_weight_grads", "pointer",
                     kind + (p_drop, _pow2(r_act, cap=64)) + sizes + stride,
@@ -339,6 +344,7 @@ def _benchmark(pricer: Pricer) -> Step:
 
 def _sweep(pricer: Pricer) -> Step:
     import gpu_sweep
+    import sweep_configs
     st = Step("sweep", gpu_plan.TUNE_LIMITS["sweep"], PROCESS_START_S, margin_s=SWEEP_SLACK_S)
     plan = gpu_sweep.plan()
     shapes, ranks = gpu_plan.SWEEP_SHAPES, gpu_plan.SWEEP_RANKS
@@ -348,6 +354,8 @@ def _sweep(pricer: Pricer) -> Step:
         st.items.append((f"baselines R={R}", len(shapes) * 2 * (3 * PEER_TIMED_S + 0.05)))
         st.timed += len(shapes) * 2 * 3
         for k, (configs, _) in plan.items():
+            if not sweep_configs.takes_config(sweep_configs.launcher(k)):
+                continue   # no config= yet: only the baselines and the autotuned launch run
             for label, _, _ in configs:
                 st.compiles += 1
                 st.timed += len(shapes)
