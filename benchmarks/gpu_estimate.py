@@ -18,10 +18,11 @@ Triton's integer specialisation) times the configs tried: one config with
 compiled by an earlier step (or by the first call, for ``--tune``) is not counted again. A
 model of what Triton specialises on, not a trace: it errs on the side of more compiles.
 
-``compile_s``: CPU seconds per compile measured on this project's 2-core machine (2026-12-02,
-every shipped spec compiled for sm_90 with an empty Triton cache, ptxas included: median bf16
-2.0 s, fp16 1.5 s, TF32 fp32 1.7 s, exact fp32 2.7 s, the widest exact-fp32 fused forward 8.0 s),
-plus 25% for the JIT's launcher and cubin load; the GPU machine's cores are not slower.
+``compile_s``: CPU seconds per compile measured on this project's 2-core machine (2026-12-02: all
+106 shipped specs compiled for sm_90 with an empty Triton cache, ptxas included, CPU time of the
+process and its children: median bf16 1.8 s (max 4.3), fp16 1.5, TF32 fp32 1.6, exact fp32 2.6,
+the widest exact-fp32 fused forward 8.0), plus 25-50% for the JIT's launcher and cubin load; the
+GPU machine's cores are not expected to be slower. Not a GPU measurement.
 """
 from __future__ import annotations
 

@@ -200,7 +200,7 @@ def test_numerics_plan_covers_every_kernel_variant_and_dtype():
     kernels = {k for k, _ in registry}
     assert not gpu_plan.ws_runs_dx("float32") and gpu_plan.ws_runs_dx("bfloat16")
     for dtype in gpu_plan.DTYPES:
-        assert {k for k, _ in launched[dtype]} - {"matmul_tn_sum_partials"} == kernels, dtype
+        assert {k for k, _ in launched[dtype]} - gpu_estimate.FIXED_KERNELS == kernels, dtype
         variants = ("pointer",) + (gpu_plan.TMA_VARIANTS if dtype == "bfloat16"
                                    else gpu_plan.OTHER_DTYPE_VARIANTS)
         for kernel in ("fused_forward", "fused_dx"):
