@@ -126,3 +126,29 @@ def test_dropout_peers_match_float64_on_the_masks_they_drew(peer, seed, fast_pat
     wrong = [~m for m in masks]
     bad = harness._reference_outputs(inp, case.dropout, wrong)
     assert harness.worst_rel_err(outs, bad[:len(outs)]) > 0.1
+
+
+def test_tuning_record_reads_the_op_or_says_unavailable(monkeypatch):
+    # what the GPU benchmark records beside the times: the op's candidate timings per bucket and
+    # the Triton configs chosen, read through getattr so a missing name never fails a case
+    import tuning_record
+    from litelora_fast import autotune
+    from litelora_fast import kernels
+
+    case = Case(4096, 4096, 8192, 1, 16, dropout=0.1)
+    needs = (True, False, False, True, True, False)
+    name = tuning_record.bucket_name(case, needs)
+    assert name.startswith("N8192-Din4096-Dout4096-R16-bfloat16-") and name.endswith("-dropout")
+    monkeypatch.setattr(autotune, "timings", lambda: {
+        name: {"times": {"triton": 2e-3, "torch": 1e-3, "hybrid": float("inf")},
+               "winner": "torch"}}, raising=False)
+    got = tuning_record.candidates(case, needs)
+    assert got == {"bucket": name, "times": {"triton": 2e-3, "torch": 1e-3, "hybrid": None},
+                   "winner": "torch"}
+    other = tuning_record.candidates(Case(4096, 14336, 8192, 1, 16), needs)
+    assert "unavailable" in other and other["bucket"] != name
+    monkeypatch.delattr(kernels, "chosen_configs", raising=False)
+    assert tuning_record.triton_configs().startswith("unavailable")
+    monkeypatch.setattr(kernels, "chosen_configs", lambda: {"shrink": {"BLOCK_M": 64}},
+                        raising=False)
+    assert tuning_record.triton_configs() == {"shrink": {"BLOCK_M": 64}}
