@@ -184,21 +184,33 @@ def check_once(case: Case, seed: int) -> dict:
     run, skipped = peers_for(case)
     facts = {f"skipped_{p}": why for p, why in skipped.items()}
     refs = None if case.dropout else _reference_outputs(inp)
+    failed = []
     for peer in (p for p in CHECKED_PEERS if p in run):
         if peer == "reference" and case.dropout:
             continue   # (a) draws its mask inside the oracle's own function: nothing to check
-        outs, masks = _outputs(Bound(peer, case, inp), inp.dy)
-        if case.dropout and not masks:
-            pytest.fail(f"{peer} on {case.id}: no dropout mask was recorded")
-        ref = refs if refs is not None else _reference_outputs(inp, case.dropout, masks)
-        # PEFT's gradients are x, A, B (no gates): compare with the reference's first three.
-        err = worst_rel_err(outs, ref[:len(outs)])
+        try:
+            outs, masks = _outputs(Bound(peer, case, inp), inp.dy)
+            if case.dropout and not masks:
+                raise RuntimeError("no dropout mask was recorded")
+            ref = refs if refs is not None else _reference_outputs(inp, case.dropout, masks)
+            # PEFT's gradients are x, A, B (no gates): compare with the reference's first three.
+            err = worst_rel_err(outs, ref[:len(outs)])
+        except Exception as e:   # a peer that cannot run this case
+            if peer == "ours":
+                raise
+            failed.append(peer)
+            facts[f"skipped_{peer}"] = f"raised {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            continue
         facts[f"rel_err_{peer}"] = err
         if not err <= bound:
-            pytest.fail(f"{peer} on {case.id}: relative error {err:.3g} > {bound:g} "
-                        f"(seed {seed})")
+            if peer == "ours":   # our correctness gates the case
+                pytest.fail(f"{peer} on {case.id}: relative error {err:.3g} > {bound:g} "
+                            f"(seed {seed})")
+            failed.append(peer)   # another peer's wrong answer is recorded, not timed
+            facts[f"skipped_{peer}"] = f"relative error {err:.3g} > {bound:g} (seed {seed})"
     del refs
-    for peer in run:
+    facts["failed_peers"] = failed
+    for peer in (p for p in run if p not in failed):
         b = Bound(peer, case, inp)
         inputs = [inp.x, inp.weight, inp.lora_A, inp.lora_B, inp.gates, *b.wrt]
         facts[f"saved_bytes_{peer}"] = timing.saved_bytes(b.forward, inputs)
@@ -285,6 +297,7 @@ def run_case(benchmark, case: Case, mode: str) -> None:
 
     inp = make_inputs(case, seed)
     run, _ = peers_for(case)
+    run = tuple(p for p in run if p not in info.get("failed_peers", ()))
     if case.device == "cuda":
         ms = {}
         for peer in run:   # one peer's graph alive at a time

@@ -152,3 +152,30 @@ def test_tuning_record_reads_the_op_or_says_unavailable(monkeypatch):
     monkeypatch.setattr(kernels, "chosen_configs", lambda: {"shrink": {"BLOCK_M": 64}},
                         raising=False)
     assert tuning_record.triton_configs() == {"shrink": {"BLOCK_M": 64}}
+
+
+def test_a_peer_that_fails_its_check_is_recorded_not_timed(monkeypatch, seed, fast_path):
+    # one broken peer must not cost the case (and ours' numbers) on a one-shot GPU run
+    case = CASES[0]
+    real = peers.bind
+
+    def broken(peer, args, dropout=0.0):
+        if peer == "packed":
+            raise RuntimeError("boom")
+        if peer == "reference":
+            f = real(peer, args, dropout)
+            return lambda: f() * 2.0   # a wrong answer
+        return real(peer, args, dropout)
+    monkeypatch.setattr(peers, "bind", broken)
+    monkeypatch.setattr(harness, "_case_facts", {})
+    facts = harness.check_once(case, seed)
+    assert facts["failed_peers"] == ["reference", "packed"]
+    assert facts["skipped_packed"] == "raised RuntimeError: boom"
+    assert facts["skipped_reference"].startswith("relative error")
+    assert "saved_bytes_ours" in facts and "saved_bytes_packed" not in facts
+    monkeypatch.setattr(harness, "_case_facts", {})
+    monkeypatch.setattr(peers, "bind", lambda peer, args, dropout=0.0: (
+        (lambda: real(peer, args, dropout)() + 1.0) if peer == "ours" else real(peer, args,
+                                                                                 dropout)))
+    with pytest.raises(pytest.fail.Exception, match="ours on"):
+        harness.check_once(case, seed)
