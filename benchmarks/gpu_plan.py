@@ -178,7 +178,7 @@ STEADY_WARMUP_STEPS, STEADY_CHECKED_STEPS = 3, 4
 # Step time limits of gpu_check.sh (seconds; the script reads them from here, after the package
 # copy is on the path, and stops if it cannot). The first call (no option) must end within
 # TOTAL_LIMITS["check"] cold, setup included; the second (--tune) within TOTAL_LIMITS["tune"].
-LIMITS = {"numerics": 66, "steady": 15, "benchmark": 182, "report": 8, "roofline": 6}
+LIMITS = {"numerics": 66, "steady": 15, "benchmark": 182, "report": 9, "roofline": 8}
 TUNE_LIMITS = {"block": 50, "sweep": 90, "numerics": 80}
 TOTAL_LIMITS = {"check": 300, "tune": 240}
 SETUP_LIMIT_S = 15          # the script's own setup before the first step (versions, copy)
