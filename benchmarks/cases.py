@@ -17,6 +17,7 @@ CPU_CASES = [
     Case(256, 256, 512, 8, 8, dtype="float32", device="cpu"),
     Case(256, 256, 512, 8, 8, train_gates=True, dtype="float32", device="cpu"),
     Case(256, 256, 512, 8, 8, sparsity=0.5, dtype="float32", device="cpu"),
+    Case(256, 256, 512, 4, 8, dtype="float32", device="cpu", dropout=0.1),
 ]
 
 

@@ -1,18 +1,28 @@
-"""``bash benchmarks/gpu_check.sh --estimate``: what the GPU check will cost, with no GPU.
+"""``bash benchmarks/gpu_check.sh --estimate``: what the two GPU calls will cost, with no GPU.
 
-Prices the lists the GPU scripts run (``gpu_plan``: numerics runs, steady-state runs, the
-benchmark grid) against the kernels' own config lists (``litelora_fast.kernels``), at
-``COMPILE_S`` per distinct compile and ``TIMED_S`` per timed config (an autotune candidate, an
-implementation-choice candidate or a benchmark peer), plus the benchmark's own repetitions priced
-by the roofline model and a fixed start-up per Python process. Prints one block per step and
-ends with the line ``estimated total: N s``.
+Prices the lists the GPU scripts run (``gpu_plan``: numerics runs and the kernels' own checks,
+steady-state runs, the benchmark grid in its run order, the sweep, the block step) against the
+kernels' own config lists (``litelora_fast.kernels``): ``compile_s`` per distinct compile,
+``TIMED_S`` per timed config (an autotune candidate, an implementation-choice candidate, a peer's
+or a sweep row's do_bench), the benchmark's own repetitions priced by the roofline model, and a
+start-up per Python process and for the script's setup. Prints one block per step, the runs or
+cases each time-boxed step is expected not to reach (value order: they are the last ones), and
+ends with one line per call: ``estimated total (check): N s of 300 s`` and
+``estimated total (--tune): M s of 240 s``. A step counts at most its limit (the script stops
+it there, and each step stops starting work before its limit).
 
-A compile is one distinct (kernel, variant, dtype, constexpr flags, Triton's integer
-specialisation) times the configs tried: one config with ``LITELORA_AUTOTUNE=0`` (numerics,
-steady state), every candidate config with autotuning on (benchmark). Triton's on-disk cache is
-shared by the steps of one run, so a key compiled by an earlier step is not counted again.
-This is a model of what Triton specialises on (the flags below and the divisibility by 16 of the
-sizes, or a size of 1), not a trace: it errs on the side of more compiles.
+A compile is one distinct (kernel, variant, dtype, constexpr flags, BLOCK_R / BLOCK_P bucket,
+Triton's integer specialisation) times the configs tried: one config with
+``LITELORA_AUTOTUNE=0`` (numerics, steady state), every candidate config with autotuning on
+(benchmark, block step). Triton's on-disk cache is shared by the steps of one machine, so a key
+compiled by an earlier step (or by the first call, for ``--tune``) is not counted again. A
+model of what Triton specialises on, not a trace: it errs on the side of more compiles.
+
+``compile_s``: CPU seconds per compile measured on this project's 2-core machine (2026-12-02: all
+106 shipped specs compiled for sm_90 with an empty Triton cache, ptxas included, CPU time of the
+process and its children: median bf16 1.8 s (max 4.3), fp16 1.5, TF32 fp32 1.6, exact fp32 2.6,
+the widest exact-fp32 fused forward 8.0), plus 25-50% for the JIT's launcher and cubin load; the
+GPU machine's cores are not expected to be slower. Not a GPU measurement.
 """
 from __future__ import annotations
 
@@ -28,13 +38,21 @@ import timing  # noqa: E402
 from litelora_fast.tools import roofline  # noqa: E402
 from litelora_fast.tools.bench_cases import MODES, PEERS, applicable, gpu_cases  # noqa: E402
 
-COMPILE_S = 1.5           # one Triton compile (ptxas included) of one config
-TIMED_S = 0.15            # one timed config: do_bench's 25 ms warm-up + 100 ms repetitions + setup
+COMPILE_S = {"bfloat16": 2.5, "float16": 2.0, "float32": 2.2, "float32-ieee": 4.0}
+WIDE_IEEE_S = 10.0        # exact fp32 fused GEMMs at the widest adapter tile (8.0 s measured)
+# one config, no list: one compile per spec (the split-N partial sum; the keep-mask kernel that
+# lora_dropout.recorded_masks runs when a check records the mask a dropout call drew)
+FIXED_KERNELS = {"matmul_tn_sum_partials", "dropout_mask"}
+TIMED_S = 0.15            # one autotune candidate: Triton's do_bench, 25 ms warm-up + 100 ms + setup
+PEER_TIMED_S = (timing.GPU_WARMUP_MS + timing.GPU_REP_MS) / 1e3 + 0.02   # a peer's do_bench
 PROCESS_START_S = 6.0     # python + torch + triton import + CUDA context, per Python process
-SETUP_S = 5.0             # the script's own setup (nvidia-smi, package copy)
+SETUP_S = 15.0            # the script's own setup: package copy, nvidia-smi, the probe (gpu_setup)
 FP64_FLOPS = 60e12        # float64 matrix rate for the benchmark's oracle check (H100/H200 class)
-CHOICE_CANDIDATES = 2     # the op's measured choice (autotune.CANDIDATES: kernels, composite)
-LIMIT_S = 360
+CHOICE_CANDIDATES = 3     # the op's measured choice: kernels, composite, hybrid
+BLOCK_BUILD_S = 8.0       # one Llama-like block built, moved to the GPU, and its optimizer
+NUMERICS_SLACK_S = 5.0    # gpu_check.sh ends the numerics' budget this long before its limit
+SWEEP_SLACK_S = 5.0       # ... and the sweep's
+BLOCK_STEP_S = 0.08       # one training step of the block at 8192 tokens (~11 TFLOP + attention)
 
 
 def kernel_configs() -> dict:
@@ -55,13 +73,25 @@ def _ints(*sizes) -> tuple:
     return tuple("1" if s == 1 else ("16" if s % 16 == 0 else "-") for s in sizes)
 
 
+def compile_s(spec: tuple, kernel: str = "") -> float:
+    """Seconds of one compile of a launch whose spec key starts with the dtype (fp32: then the
+    TF32 flag)."""
+    dtype = spec[0]
+    if dtype == "float32" and len(spec) > 1 and spec[1] is False:
+        wide = kernel in ("fused_forward", "fused_dx") and 64 in spec
+        return WIDE_IEEE_S if wide else COMPILE_S["float32-ieee"]
+    return COMPILE_S[dtype]
+
+
 def launches(case, dtype: str, variant: str, gates_train: bool, strided: bool = False,
              dropout: float = 0.0, tf32: bool = False) -> list:
     """``[(kernel, variant, spec key, autotune key)]`` one forward+backward of the op launches.
 
     ``case`` is an ``op_cases.Case``-like object: lead, d_in, d_out, ranks, per_row, bias,
     zero_gates, trainable. A spec key starts with the dtype; fp32 also carries TF32 on/off (the
-    dots' precision is a constexpr), LoRA dropout its own flag (compiled out at p = 0)."""
+    dots' precision is a constexpr), LoRA dropout its own flag (compiled out at p = 0). The
+    adapter-width buckets are the launchers' BLOCK_R (shrink, grad-shrink, fused GEMMs) and
+    BLOCK_P (the weight-gradient GEMMs); a split-N weight gradient adds its partial-sum kernel."""
     n = 1
     for d in case.lead:
         n *= d
@@ -70,12 +100,13 @@ def launches(case, dtype: str, variant: str, gates_train: bool, strided: bool = 
     r_act = r_all if gates_train else sum(r for k, r in enumerate(ranks) if k not in zero)
     tr = case.trainable
     per_row, bias, drop = bool(case.per_row), bool(case.bias), dropout > 0
+    p_drop = round(float(dropout), 6)   # P_DROP is a constexpr: each p compiles its own
     sizes = _ints(n, case.d_in, case.d_out, r_act)
     kind = (dtype, tf32) if dtype == "float32" else (dtype,)
     stride = ("strided",) if strided else ()
     out = []
     if r_act:
-        out.append(("shrink", "pointer", kind + (per_row, drop, _pow2(r_act)) + sizes + stride,
+        out.append(("shrink", "pointer", kind + (per_row, p_drop, _pow2(r_act)) + sizes + stride,
                     (n, case.d_in, r_act)))
     out.append(("fused_forward", variant, kind + (bias, _pow2(r_act, cap=64)) + sizes + stride,
                 (n, case.d_in, case.d_out, r_act)))
@@ -90,10 +121,17 @@ def launches(case, dtype: str, variant: str, gates_train: bool, strided: bool = 
         out.append(("fused_dx", variant, kind + (_pow2(dx_r, cap=64) if dx_r else 0,) + sizes,
                     (n, case.d_in, case.d_out, dx_r)))
         if drop and r_act:
-            out.append(("masked_addmm", "pointer", kind + sizes, (n, case.d_in, r_act)))
+            out.append(("masked_addmm", "pointer", kind + (p_drop,) + sizes,
+                        (n, case.d_in, r_act)))
+    if drop and r_act:   # the checks record the call's keep-mask (lora_dropout.keep_mask)
+        out.append(("dropout_mask", "fixed", ("bfloat16", "mask", p_drop) + _ints(n, case.d_in),
+                    None))   # dtype-free: priced as a bf16 compile
     if r_act and needs_ab:
-        out.append(("lora_weight_grads", "pointer", kind + (drop,) + sizes + stride,
+        out.append(("lora_weight_grads", "pointer",
+                    kind + (p_drop, _pow2(r_act, cap=64)) + sizes + stride,
                     (n, case.d_in, case.d_out, r_act)))
+        if n >= 512:   # split-N: the fixed-order sum of the partials (weight_grad.split_count)
+            out.append(("matmul_tn_sum_partials", "fixed", kind, None))
     if tr.get("weight", False) or tr.get("bias", False):
         out.append(("matmul_tn", "wide", kind + sizes + stride,   # dW = dy^T x
                     (n, case.d_in, case.d_out)))
@@ -103,17 +141,21 @@ def launches(case, dtype: str, variant: str, gates_train: bool, strided: bool = 
 class Pricer:
     """Counts compiles across steps (one shared cache) and timed configs per step."""
 
-    def __init__(self, configs: dict):
+    def __init__(self, configs: dict, warm: bool = False):
         self.configs = configs
+        self.warm = warm          # Triton's cache already holds every compile: they cost 0
         self.compiled = set()
-        kernels = {k for k, _ in configs}
-        self.kernels = kernels
+        self.kernels = {k for k, _ in configs}
+        self.by_kernel = {}
 
     def candidates(self, kernel: str, variant: str, dtype: str, autotune: bool) -> list:
         """The configs a launch may compile: the first one untuned; with autotuning the list of
         the forced variant, or under "auto" every descriptor variant's list of that kernel (the
         variants are configs of one launch; "auto" takes them on descriptor-legal operands).
         fp32 has lists of its own (``<variant>/fp32``) for most kernels."""
+        if kernel in FIXED_KERNELS:
+            return [("fixed", "fixed")]
+
         def name(v):   # fp32's own list where the kernel has one (masked_addmm has one list)
             fp32 = v + "/fp32"
             return fp32 if dtype == "float32" and (kernel, fp32) in self.configs else v
@@ -130,11 +172,12 @@ class Pricer:
         lists = [(n, c) for n in names for c in self.configs[(kernel, n)]]
         return lists if autotune else lists[:1]
 
-    def price(self, launch_list: list, autotune: bool) -> tuple:
-        """``(new compiles, timed configs)`` of a step's launches; ``self.by_kernel`` holds the
-        step's new compiles per kernel."""
-        new, timed, keys = 0, 0, set()
-        self.by_kernel = {}
+    def price(self, launch_list: list, autotune: bool, tuned: set = None) -> tuple:
+        """``(new compiles, their seconds, timed configs)`` of a list of launches; ``tuned``
+        (kept by the caller across calls of one process) holds the autotune keys already timed;
+        ``self.by_kernel`` accumulates the new compiles per kernel."""
+        new, seconds, timed = 0, 0.0, 0
+        tuned = set() if tuned is None else tuned
         for kernel, variant, spec, tune_key in launch_list:
             cands = self.candidates(kernel, variant, spec[0], autotune)
             for v, c in cands:
@@ -142,125 +185,283 @@ class Pricer:
                 if key not in self.compiled:
                     self.compiled.add(key)
                     new += 1
+                    seconds += 0.0 if self.warm else compile_s(spec, kernel)
                     self.by_kernel[kernel] = self.by_kernel.get(kernel, 0) + 1
-            if autotune and (kernel, variant, tune_key) not in keys:
-                keys.add((kernel, variant, tune_key))
+            if autotune and tune_key is not None and (kernel, variant, tune_key) not in tuned:
+                tuned.add((kernel, variant, tune_key))
                 timed += len(cands)
-        return new, timed
+        return new, seconds, timed
 
 
-def _step(name: str, compiles: int, timed: int, extra_s: float, extra_what: str,
-          processes: int = 1, by_kernel: dict = None) -> tuple:
-    seconds = (compiles * COMPILE_S + timed * TIMED_S + extra_s + processes * PROCESS_START_S)
-    lines = [f"[{name}] {compiles} compiles x {COMPILE_S} s + {timed} timed configs x {TIMED_S} s"
-             f" + {extra_what} {extra_s:.1f} s + {processes} process start x {PROCESS_START_S} s"
-             f" = {seconds:.1f} s (limit {gpu_plan.LIMITS.get(name, '-')} s)"]
-    if by_kernel:
-        lines.append("  compiles by kernel: " + ", ".join(f"{k} {v}" for k, v in
-                                                          sorted(by_kernel.items())))
-    return seconds, lines
+@dataclasses.dataclass
+class Step:
+    """One step's price: its items in run order, each ``(label, seconds)``, and fixed costs."""
+
+    name: str
+    limit: float
+    fixed_s: float = 0.0
+    items: list = dataclasses.field(default_factory=list)
+    notes: list = dataclasses.field(default_factory=list)
+    compiles: int = 0
+    timed: int = 0
+    margin_s: float = 0.0      # the step stops starting items this long before its limit
+
+    @property
+    def seconds(self) -> float:
+        return self.fixed_s + sum(s for _, s in self.items)
+
+    def dropped(self) -> list:
+        """Items expected to be skipped: as the live scripts do, an item runs only if its
+        estimated cost still fits before the step's end (limit - margin)."""
+        t, out = self.fixed_s, []
+        for label, s in self.items:
+            if t + s > self.limit - self.margin_s:
+                out.append(label)
+            else:
+                t += s
+        return out
+
+    @property
+    def charged(self) -> float:
+        """What the call pays: the items that fit, at most the step's limit."""
+        drop = set(self.dropped())
+        return min(self.limit, self.fixed_s + sum(s for n, s in self.items if n not in drop))
+
+    def lines(self) -> list:
+        head = (f"[{self.name}] {self.seconds:.1f} s estimated, {self.charged:.1f} s charged "
+                f"(limit {self.limit:.0f} s): {self.compiles} compiles, {self.timed} timed "
+                f"configs, {len(self.items)} items, {self.fixed_s:.1f} s fixed")
+        out = [head] + [f"  {n}" for n in self.notes]
+        drop = self.dropped()
+        if drop:
+            out.append(f"  expected NOT reached ({len(drop)}, last in value order): "
+                       + ", ".join(drop))
+        return out
 
 
-def estimate() -> tuple:
-    """``(total seconds, printed lines)``."""
-    pricer = Pricer(kernel_configs())
-    lines, total = [], SETUP_S
-    lines.append(f"[setup] nvidia-smi, versions, package copy: {SETUP_S:.1f} s")
-
-    # numerics: LITELORA_AUTOTUNE=0, every run forward + backward
-    runs = gpu_plan.numerics_runs()
-    ls = [lk for r in runs for lk in launches(r.case, r.dtype, r.variant, r.gates == "train",
-                                              r.case.strided_x, r.dropout, r.tf32)]
-    compiles, timed = pricer.price(ls, autotune=False)
-    draws = len(runs) * gpu_plan.SEEDS_PER_RUN
-    s, out = _step("numerics", compiles, timed, 0.02 * draws, f"{draws} draws x 0.02 s",
-                   by_kernel=pricer.by_kernel)
+def _numerics(pricer: Pricer, part: str = "check") -> Step:
+    limit = (gpu_plan.LIMITS if part == "check" else gpu_plan.TUNE_LIMITS)["numerics"]
+    st = Step("numerics", limit, PROCESS_START_S, margin_s=NUMERICS_SLACK_S)
+    items = gpu_plan.numerics_part(part)
+    runs = [r for r in items if not isinstance(r, str)]
+    for item in items:
+        if item == "kernel_tests":
+            st.items.append(("kernel tests (8 bf16 tests of tests/)", _kernel_tests(pricer, st)))
+        elif item == "non_first_configs":
+            st.compiles += 2   # fused_forward and fused_dx, each with its second config
+            st.items.append(("non-first configs",
+                             (0 if pricer.warm else 2 * COMPILE_S["bfloat16"]) + 0.2))
+        else:
+            r = item
+            ls = launches(r.case, r.dtype, r.variant, r.gates == "train", r.case.strided_x,
+                          r.dropout, r.tf32)
+            new, secs, _ = pricer.price(ls, autotune=False)
+            st.compiles += new
+            st.items.append((r.label, secs + 0.03 * gpu_plan.SEEDS_PER_RUN))
     per_dtype = {d: sum(r.dtype == d for r in runs) for d in gpu_plan.DTYPES}
-    out.append(f"  {len(runs)} runs {per_dtype} (pointer path on the GPU shapes, + the "
-               f"{len(gpu_plan.EDGE_CASES) + len(gpu_plan.BF16_CASES)} edge cases in {'/'.join(gpu_plan.EDGE_CASE_DTYPES)}; "
-               f"{'/'.join(gpu_plan.TMA_VARIANTS)} on {gpu_plan.TMA_CASE} (fp32 with TF32 on); "
-               f"LoRA dropout {gpu_plan.DROPOUT:g}; gates train, and frozen where one is 0) x "
-               f"{gpu_plan.SEEDS_PER_RUN} seeds")
-    total += s
-    lines += out
+    st.notes.append(f"{len(runs)} runs {per_dtype} x {gpu_plan.SEEDS_PER_RUN} seeds and the "
+                    f"kernel checks {sorted(gpu_plan.CHECK_TIERS)}, in value order")
+    st.notes.append("compiles by kernel: " + ", ".join(
+        f"{k} {v}" for k, v in sorted(pricer.by_kernel.items())))
+    return st
 
-    # steady state: bf16, AUTOTUNE=0, three gate kinds; sync-debug steps and one graph each
+
+def _kernel_tests(pricer: Pricer, st: Step) -> float:
+    """The 8 bf16 GPU tests of tests/ (gpu_kernel_checks.kernel_tests): shrink and fused forward
+    at (300, 257 or 264, 190 or 200); grad-shrink, fused dx, matmul_tn and lora_weight_grads
+    with split_n = 3 at N = 1000; per-row gates, R = 21."""
+    from types import SimpleNamespace as NS
+    secs = 0.0
+    for variant in ("pointer",) + gpu_plan.TMA_VARIANTS:
+        d_in, d_out = (257, 190) if variant == "pointer" else (264, 200)
+        fwd = NS(lead=(300,), d_in=d_in, d_out=d_out, ranks=[16, 5], zero_gates=(), per_row=True,
+                 bias=False, trainable=dict(x=False, lora_A=False, lora_B=False))
+        bwd = NS(lead=(1000,), d_in=d_in, d_out=d_out, ranks=[16, 5], zero_gates=(),
+                 per_row=True, bias=False,
+                 trainable=dict(x=True, lora_A=True, lora_B=True, weight=True))
+        ls = launches(fwd, "bfloat16", variant, False)[:2] + launches(
+            bwd, "bfloat16", variant, True)[2:] + [("matmul_tn_sum_partials", "fixed",
+                                                    ("bfloat16",), None)]
+        new, s, _ = pricer.price(ls, autotune=False)
+        st.compiles += new
+        secs += s + 0.05
+    return secs
+
+
+def _steady(pricer: Pricer) -> Step:
+    st = Step("steady", gpu_plan.LIMITS["steady"], PROCESS_START_S)
     c = gpu_plan.STEADY_CASE
-    ls = []
     for kind in gpu_plan.STEADY_GATES:
         zero = (1,) if kind == "frozen-with-a-zero" else ()
         sc = dataclasses.replace(c, bias=True, per_row=kind == "per-row", zero_gates=zero,
                                  trainable=dict(x=False, weight=False, bias=False, lora_A=True,
                                                 lora_B=True, gates=kind != "frozen-with-a-zero"))
-        ls += launches(sc, "bfloat16", "auto", kind != "frozen-with-a-zero")
-    compiles, timed = pricer.price(ls, autotune=False)
-    steps = len(gpu_plan.STEADY_GATES) * 2 * (gpu_plan.STEADY_WARMUP_STEPS
-                                               + gpu_plan.STEADY_CHECKED_STEPS + 3)
-    s, out = _step("steady", compiles, timed, 0.005 * steps, f"{steps} steps x 5 ms",
-                   by_kernel=pricer.by_kernel)
-    total += s
-    lines += out
+        new, secs, _ = pricer.price(launches(sc, "bfloat16", "auto",
+                                             kind != "frozen-with-a-zero"), autotune=False)
+        st.compiles += new
+        steps = 3 * (gpu_plan.STEADY_WARMUP_STEPS + gpu_plan.STEADY_CHECKED_STEPS) + 3
+        st.items.append((kind, secs + 0.005 * steps))
+    st.notes.append(f"{len(gpu_plan.STEADY_GATES)} gate kinds x (sync-debug, cuda-graph, "
+                    f"(b) sync)")
+    return st
 
-    # benchmark: the headline grid, autotuning on, every peer timed in every mode
-    cases = gpu_cases(gpu_plan.BENCH_GRID)
-    ls, choice = [], set()
-    for bc in cases:
-        oc = gpu_plan.Case(lead=(bc.n,), d_in=bc.d_in, d_out=bc.d_out, ranks=[bc.r] * bc.k,
-                           bias=False, zero_gates=tuple(range(1, bc.k, 2))[:bc.zero_gates],
-                           trainable=dict(x=True, weight=False, bias=False, lora_A=True,
-                                          lora_B=True, gates=bc.train_gates))
-        ls += launches(oc, bc.dtype, "auto", bc.train_gates)
-        choice.add((bc.n, bc.d_in, bc.d_out, bc.active_rank, bc.train_gates))
-    compiles, timed = pricer.price(ls, autotune=True)
-    by_kernel = pricer.by_kernel
-    # one choice per shape bucket, timing forward + backward of each candidate
-    choice_timed = CHOICE_CANDIDATES * len(choice)
-    bench_s, n_peer_timings = bench_budget(cases)
-    s, out = _step("benchmark", compiles, timed + choice_timed + n_peer_timings, bench_s,
-                   "check once per case + pytest-benchmark rounds of ours", by_kernel=by_kernel)
-    out.append(f"  {len(cases)} cases ({gpu_plan.BENCH_GRID} grid) x {len(MODES)} modes; timed "
-               f"configs: {timed} autotune candidates + {choice_timed} implementation-choice "
-               f"candidates + {n_peer_timings} peer timings (do_bench {timing.GPU_WARMUP_MS} + "
-               f"{timing.GPU_REP_MS} ms each)")
-    total += s
-    lines += out
 
-    for name in ("report", "roofline"):
-        s, out = _step(name, 0, 0, 2.0 if name == "report" else 0.5, "work")
-        total += s
-        lines += out
-    over = {k: v for k, v in gpu_plan.LIMITS.items() if v <= 0}
+def _bench_case_launches(bc) -> list:
+    oc = gpu_plan.Case(lead=(bc.n,), d_in=bc.d_in, d_out=bc.d_out, ranks=[bc.r] * bc.k,
+                       bias=False, zero_gates=tuple(range(1, bc.k, 2))[:bc.zero_gates],
+                       trainable=dict(x=True, weight=False, bias=False, lora_A=True,
+                                      lora_B=True, gates=bc.train_gates))
+    ls = launches(oc, bc.dtype, "auto", bc.train_gates, dropout=bc.dropout)
+    # tuning_record.base_gemm launches the fused GEMMs at the case's width: the same specs as
+    # the op's kernels candidate (dx with the adapter columns even under dropout)
+    if bc.dropout:
+        ls += [lk for lk in launches(oc, bc.dtype, "auto", bc.train_gates) if lk[0] == "fused_dx"]
+    return ls
+
+
+def _benchmark(pricer: Pricer) -> Step:
+    st = Step("benchmark", gpu_plan.LIMITS["benchmark"], PROCESS_START_S,
+              margin_s=gpu_plan.BENCH_MARGIN_S)
+    tuned, choices = set(), set()
+    for bc in gpu_cases(gpu_plan.BENCH_GRID):
+        new, secs, timed = pricer.price(_bench_case_launches(bc), autotune=True, tuned=tuned)
+        bucket = (bc.n, bc.d_in, bc.d_out, bc.active_rank, bc.train_gates, bc.dropout)
+        choice = CHOICE_CANDIDATES if bucket not in choices else 0
+        choices.add(bucket)
+        peers = [p for p in PEERS if applicable(bc, p)] + ["hybrid"]
+        ref = roofline.cost(bc, "reference", "fwd_bwd")
+        work = ref["flops"] / FP64_FLOPS + 2 * len(peers) * ref["seconds"]
+        work += sum((harness.BENCH_ROUNDS + 1) * roofline.cost(bc, "ours", m)["seconds"]
+                    for m in MODES)
+        n_peer = len(peers) * len(MODES) + 6   # + tuning_record.base_gemm: 2 kernels x 3
+        st.compiles += new
+        st.timed += timed + choice + n_peer
+        st.items.append((bc.id, secs + (timed + choice) * TIMED_S + n_peer * PEER_TIMED_S + work))
+    st.notes.append(f"{len(st.items)} cases ({gpu_plan.BENCH_GRID} grid, run order) x "
+                    f"{len(MODES)} modes; peers {', '.join(PEERS)}, hybrid; do_bench "
+                    f"{timing.GPU_WARMUP_MS} + {timing.GPU_REP_MS} ms per timing")
+    return st
+
+
+def _sweep(pricer: Pricer) -> Step:
+    import gpu_sweep
+    import sweep_configs
+    st = Step("sweep", gpu_plan.TUNE_LIMITS["sweep"], PROCESS_START_S, margin_s=SWEEP_SLACK_S)
+    plan = gpu_sweep.plan()
+    shapes, ranks = gpu_plan.SWEEP_SHAPES, gpu_plan.SWEEP_RANKS
+    for R in ranks:
+        # baselines: cuBLAS base and composite, the autotuned launch (compiled by the check
+        # call's benchmark at R = 16 and 64 on the same machine)
+        st.items.append((f"baselines R={R}", len(shapes) * 2 * (3 * PEER_TIMED_S + 0.05)))
+        st.timed += len(shapes) * 2 * 3
+        for k, (configs, _) in plan.items():
+            if not sweep_configs.takes_config(sweep_configs.launcher(k)):
+                continue   # no config= yet: only the baselines and the autotuned launch run
+            for label, _, _ in configs:
+                st.compiles += 1
+                st.timed += len(shapes)
+                st.items.append((f"{k} R={R} {label}", (0 if pricer.warm else COMPILE_S["bfloat16"])
+                                 + len(shapes) * (PEER_TIMED_S + 0.05)))
+    st.notes.append(", ".join(f"{k}: {len(c)} configs from {src}" for k, (c, src) in plan.items())
+                    + f"; shapes {shapes}; R {ranks}")
+    return st
+
+
+def _block(pricer: Pricer) -> Step:
+    from types import SimpleNamespace as NS
+    b = gpu_plan.BLOCK
+    st = Step("block", gpu_plan.TUNE_LIMITS["block"], PROCESS_START_S)
+    h, i, kv = b["hidden"], b["intermediate"], b["hidden"] * b["kv_heads"] // b["heads"]
+    n = b["batch"] * b["seq"]
+    shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+              "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    tuned = set()
+    secs, new, timed = 0.0, 0, 0
+    for name in gpu_plan.BLOCK_TARGETS:
+        d_in, d_out = shapes[name]
+        c = NS(lead=(n,), d_in=d_in, d_out=d_out, ranks=[b["rank"]], zero_gates=(),
+               per_row=False, bias=False, trainable=dict(x=True, lora_A=True, lora_B=True))
+        nw, s, t = pricer.price(launches(c, "bfloat16", "auto", False, dropout=b["dropout"]),
+                                autotune=True, tuned=tuned)
+        secs, new, timed = secs + s, new + nw, timed + t
+    buckets = len(set(shapes.values()))
+    timed += CHOICE_CANDIDATES * buckets
+    st.compiles, st.timed = new, timed
+    steps = b["warmup_steps"] + b["timed_steps"]
+    st.items.append(("ours (inject)", BLOCK_BUILD_S + secs + timed * TIMED_S + steps * BLOCK_STEP_S))
+    st.items.append(("peft", BLOCK_BUILD_S + steps * BLOCK_STEP_S * 1.5))
+    st.notes.append(f"{len(gpu_plan.BLOCK_TARGETS)} LoRA layers in {buckets} shape buckets, "
+                    f"{n} tokens, {steps} steps per implementation")
+    return st
+
+
+def numerics_costs(part: str = "check") -> list:
+    """Estimated seconds of each item of ``gpu_plan.numerics_part(part)``, in order (what
+    ``gpu_numerics.py`` budgets with); the tune part priced after the check call."""
+    pricer = Pricer(kernel_configs())
+    if part == "tune":
+        estimate("check", pricer)
+    return [s for _, s in _numerics(pricer, part).items]
+
+
+def bench_costs() -> dict:
+    """``{case id: estimated seconds}`` of the benchmark's cases (their first mode pays the
+    compiles and autotuning), priced after the numerics and steady steps as the call runs them
+    (what ``harness.run_case`` budgets with)."""
+    pricer = Pricer(kernel_configs())
+    _numerics(pricer)
+    _steady(pricer)
+    return dict(_benchmark(pricer).items)
+
+
+def _fixed(name: str, work: float) -> Step:
+    return Step(name, gpu_plan.LIMITS[name], PROCESS_START_S + work)
+
+
+def estimate(mode: str = "check", pricer: Pricer = None) -> tuple:
+    """``(charged seconds, printed lines)`` of one call (``"check"`` or ``"tune"``); the tune
+    call is priced after the check call on the same machine (its Triton cache warm)."""
+    pricer = Pricer(kernel_configs()) if pricer is None else pricer
+    if mode == "check":
+        steps = [_numerics(pricer), _steady(pricer), _benchmark(pricer), _fixed("report", 2.0),
+                 _fixed("roofline", 0.5)]
+    elif mode == "tune":
+        if not pricer.compiled:   # the check call ran first: its compiles are cached
+            estimate("check", pricer)
+        steps = [_block(pricer), _sweep(pricer), _numerics(pricer, "tune")]
+    else:
+        raise ValueError(f"mode must be 'check' or 'tune', got {mode!r}")
+    limits = gpu_plan.limits(mode)
+    over = {k: v for k, v in limits.items() if v <= 0}
     if over:
         raise ValueError(f"non-positive step limits: {over}")
-    lines.append(f"sum of step limits: {sum(gpu_plan.LIMITS.values())} s + setup "
-                 f"{SETUP_S:.0f} s (the script's hard ceiling)")
-    lines.append(f"estimated total: {round(total)} s")
-    return total, lines
-
-
-def bench_budget(cases: list) -> tuple:
-    """``(seconds, peer timings)`` of the benchmark's own repetitions, priced by the roofline:
-    per case, the float64 oracle at ``FP64_FLOPS`` and the checked peers' and memory passes
-    (one fwd+bwd each); per case and mode, pytest-benchmark's rounds of ours. Each peer's
-    do_bench in each mode is one timed config (counted apart)."""
-    seconds, timings = 0.0, 0
-    for c in cases:
-        peers = [p for p in PEERS if applicable(c, p)]
-        ref = roofline.cost(c, "reference", "fwd_bwd")
-        seconds += ref["flops"] / FP64_FLOPS
-        seconds += 2 * len(peers) * ref["seconds"]   # check + saved/peak memory, one pass each
-        for mode in MODES:
-            timings += len(peers)
-            seconds += (harness.BENCH_ROUNDS + 1) * roofline.cost(c, "ours", mode)["seconds"]
-    return seconds, timings
+    lines = [f"[setup] package copy, nvidia-smi, the probe (versions, limits, package files): "
+             f"{SETUP_S:.0f} s"]
+    for st in steps:
+        lines += st.lines()
+    total = SETUP_S + sum(st.charged for st in steps)
+    lines.append(f"sum of step limits: {sum(limits.values())} s + setup {SETUP_S:.0f} s "
+                 f"(the call's ceiling: {gpu_plan.TOTAL_LIMITS[mode]} s)")
+    return total, lines, steps
 
 
 def main(argv=None) -> int:
-    total, lines = estimate()
-    print("gpu_check.sh estimate (no GPU): distinct compiles and timed configs per step")
-    for line in lines:
-        print(line)
-    return 0 if total <= LIMIT_S else 1
+    pricer = Pricer(kernel_configs())
+    print("gpu_check.sh estimate (no GPU): compiles, timed configs and work per step")
+    totals = {}
+    for mode in ("check", "tune"):
+        total, lines, _ = estimate(mode, pricer)
+        print(f"--- call {'gpu_check.sh' if mode == 'check' else 'gpu_check.sh --tune'} ---")
+        for line in lines:
+            print(line)
+        totals[mode] = total
+    warm, _, _ = estimate("check", Pricer(kernel_configs(), warm=True))
+    print(f"estimated gpu_check.sh again on the same machine (Triton's cache warm): "
+          f"{round(warm)} s")
+    for mode, total in totals.items():
+        name = "check" if mode == "check" else "--tune"
+        print(f"estimated total ({name}): {round(total)} s of {gpu_plan.TOTAL_LIMITS[mode]} s")
+    return 0 if all(totals[m] <= gpu_plan.TOTAL_LIMITS[m] for m in totals) else 1
 
 
 if __name__ == "__main__":

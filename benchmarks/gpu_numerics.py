@@ -13,12 +13,17 @@ descriptor kernels take fp32 only then); the gate
 gradient is measured against ``op_cases.gate_grad_scale`` (the sum of |terms|), as the unit tests
 do, since it is an inner product that can cancel far below its terms.
 
+Then the kernels' own GPU checks (``gpu_kernel_checks.py``): the 8 ``test_bf16_on_gpu`` tests of
+``tests/`` (split-N reduction included), called as functions, and a non-first launch config of
+each fused GEMM.
+
 Run with ``LITELORA_AUTOTUNE=0`` (``gpu_check.sh`` sets it): one config per kernel, no tuning.
 Prints one line per draw and a summary; exits 1 on any error over its bound, or when a kernel
 never launched in a dtype. ``--list`` prints the runs and exits (no GPU needed).
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -34,6 +39,21 @@ from numerics import TOL, TOL_FP32_LONG, TOL_TF32, rel_err  # noqa: E402
 from op_cases import call, gate_grad_scale, leaves, make_inputs, oracle  # noqa: E402
 
 VARIANT_ENV = "LITELORA_KERNEL_VARIANT"
+# Seconds since the epoch by which the step must be done (gpu_check.sh sets it a few seconds
+# before the step's limit): an item whose estimated cost (gpu_estimate) would run past it is
+# skipped and listed, so the summary is always printed.
+END_ENV = "LITELORA_NUMERICS_END"
+
+
+def item_costs(part: str) -> list:
+    """Estimated seconds of each item of ``gpu_plan.numerics_part(part)`` (``gpu_estimate``'s
+    model, compiles shared along the list); zeros if the estimate cannot be made."""
+    try:
+        import gpu_estimate
+        return gpu_estimate.numerics_costs(part)
+    except Exception as e:   # never lose the numerics over the estimate
+        print(f"(no cost estimate: {type(e).__name__}: {e}; every item is tried)")
+        return [0.0] * len(gpu_plan.numerics_part(part))
 FUSED = ("fused_forward", "fused_dx")   # the kernels with variants
 
 
@@ -78,13 +98,29 @@ def check(run: gpu_plan.Run, seed: int, device: str = "cuda") -> dict:
     return errs
 
 
+def kernel_checks(name: str, seed: int) -> list:
+    """One of the kernels' own GPU checks (``gpu_kernel_checks``); ``[(name, seed, message)]``
+    of its failures."""
+    import gpu_kernel_checks
+    failed = []
+    for label, ok, msg in gpu_kernel_checks.run(name, seed, TOL[torch.bfloat16]):
+        print(f"{'ok  ' if ok else 'FAIL' if ok is False else 'n/a '} {label:70s} {msg}",
+              flush=True)
+        if ok is False:
+            failed.append((label, seed, msg))
+    return failed
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     runs = gpu_plan.numerics_runs()
     if "--list" in argv:
-        for r in runs:
-            print(r.label)
-        print(f"{len(runs)} runs x {gpu_plan.SEEDS_PER_RUN} seeds")
+        for item in gpu_plan.numerics_plan():
+            tier = gpu_plan.CHECK_TIERS[item] if isinstance(item, str) else item.tier
+            call = "check" if tier <= gpu_plan.CHECK_CALL_MAX_TIER else "tune"
+            print(f"[{call}] " + getattr(item, "label", f"check: {item}"))
+        print(f"{len(runs)} runs x {gpu_plan.SEEDS_PER_RUN} seeds + "
+              f"{len(gpu_plan.CHECK_TIERS)} kernel checks")
         return 0
     if not torch.cuda.is_available():
         print("gpu_numerics: no CUDA device, nothing checked")
@@ -95,9 +131,23 @@ def main(argv=None) -> int:
           f"LITELORA_AUTOTUNE {'on' if settings.autotune() else 'off'}, "
           f"TF32 per run (fp32 descriptor runs with it on)", flush=True)
     start, failures, draws = time.time(), [], 0
+    end = settings.numerics_end() or math.inf
+    part = "tune" if "--tune-part" in argv else "check"
+    plan = gpu_plan.numerics_part(part)
+    costs = item_costs(part)
     launched = {}   # (dtype, variant) -> Counter of launches
     base_seed = torch.seed() % 2**31
-    for i, run in enumerate(runs):
+    done, not_run = [], []
+    for i, (item, cost) in enumerate(zip(plan, costs)):
+        name = getattr(item, "label", item)
+        if time.time() + cost > end:   # would not finish in the step's time: the next may
+            not_run.append(f"{name} (~{cost:.0f} s)")
+            continue
+        if isinstance(item, str):
+            failures += kernel_checks(item, base_seed)
+            continue
+        run = item
+        done.append(run)
         os.environ[VARIANT_ENV] = run.variant
         limit = bound(run)
         before = dict(LAUNCH_COUNTS)
@@ -120,11 +170,14 @@ def main(argv=None) -> int:
             counts[k] = counts.get(k, 0) + v - before.get(k, 0)
     os.environ.pop(VARIANT_ENV, None)
     # Every kernel that launched anywhere must have launched in every dtype on the pointer path,
-    # and each fused GEMM as every forced variant (the launchers count "<kernel>/<variant>").
+    # and each fused GEMM as every forced variant (the launchers count "<kernel>/<variant>"),
+    # among the runs that ran.
     kernels = {k for c in launched.values() for k, v in c.items() if v and "/" not in k}
-    missing = [f"{dtype}/{POINTER}: {k}" for dtype in gpu_plan.DTYPES for k in sorted(kernels)
+    ran_dtypes = {r.dtype for r in done if r.variant == POINTER and not r.dropout}
+    missing = [f"{dtype}/{POINTER}: {k}" for dtype in gpu_plan.DTYPES if dtype in ran_dtypes
+               for k in sorted(kernels - {"masked_addmm"})
                if not launched.get((dtype, POINTER), {}).get(k)]
-    expected = {(r.dtype, r.variant, k) for r in runs for k in FUSED
+    expected = {(r.dtype, r.variant, k) for r in done for k in FUSED
                 if k == "fused_forward" or r.case.trainable.get("x")}
     missing += [f"{dtype}/{v}: {k}/{v}" for dtype, v, k in sorted(expected)
                 if not launched.get((dtype, v), {}).get(f"{k}/{v}")]
@@ -133,7 +186,13 @@ def main(argv=None) -> int:
         print("FAIL: no Triton kernel launched (the op did not run Triton on CUDA?)")
     for m in missing:
         print(f"FAIL: never launched: {m}")
-    print(f"{len(failures)} failed draws of {draws}; {time.time() - start:.1f} s")
+    if not_run:
+        print(f"NOT RUN (estimated not to fit the step's time): {len(not_run)} items: "
+              + ", ".join(not_run))
+    n_runs = sum(not isinstance(i, str) for i in plan)
+    print(f"{len(failures)} failed draws or checks of {draws} draws; {len(done)} of {n_runs} "
+          f"runs of the {part} part; "
+          f"{time.time() - start:.1f} s")
     return 1 if failures or missing or not kernels else 0
 
 

@@ -8,7 +8,9 @@ zero-gate skipping path runs; trainable per-adapter gates; per-row gates), a bf1
 2. ``STEADY_CHECKED_STEPS`` steps under ``torch.cuda.set_sync_debug_mode("error")``: any
    device-to-host read (``.item()``, ``.tolist()``, a data-dependent shape) raises;
 3. one step captured in a ``torch.cuda.CUDAGraph`` on fresh inputs, replayed, and its gradients
-   compared with an eager step on the same values (bf16 bound of ``tests/numerics.py``).
+   compared with an eager step on the same values (bf16 bound of ``tests/numerics.py``);
+4. the same steps of peer (b) (``peers.PackedLoRA``, bound once) under the sync debug mode: the
+   fair peer makes no host sync either (the CPU test counts host reads; this is the GPU's word).
 
 Prints one line per gate kind and check; exits 1 on any failure. Needs CUDA (exits 2 without).
 """
@@ -58,6 +60,14 @@ class Step:
         self.dy = randn(N, c.d_out)
         self.params = [p for p in (self.A, self.B, self.gates) if p.requires_grad]
 
+    def use_packed_peer(self):
+        """Run peer (b) instead of ours (bound once to this step's bank)."""
+        from peers import PackedLoRA
+        layer = PackedLoRA(self.weight, self.bias, self.A, self.B, self.gates, self.offsets,
+                           self.scaling)
+        self.op = lambda x, *_: layer(x)
+        return self
+
     def __call__(self):
         y = self.op(self.x, self.weight, self.bias, self.A, self.B, self.gates, self.offsets,
                     self.scaling)
@@ -68,8 +78,10 @@ class Step:
         return grads
 
 
-def check_no_sync(kind: str) -> tuple:
+def check_no_sync(kind: str, packed: bool = False) -> tuple:
     step = Step(kind, seed=1)
+    if packed:
+        step.use_packed_peer()
     for _ in range(gpu_plan.STEADY_WARMUP_STEPS):
         step()
     torch.cuda.synchronize()
@@ -111,14 +123,20 @@ def check_graph(kind: str) -> tuple:
     return worst <= TOL[DTYPE], f"replay vs eager gradients: worst rel err {worst:.2e}"
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--list" in argv:
+        print(f"gpu_steady imports: {len(gpu_plan.STEADY_GATES)} gate kinds x (sync-debug, "
+              f"cuda-graph, (b) sync)")
+        return 0
     if not torch.cuda.is_available():
         print("gpu_steady: no CUDA device, nothing checked")
         return 2
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     t0, failures = time.time(), 0
     for kind in gpu_plan.STEADY_GATES:
-        for name, check in (("sync-debug", check_no_sync), ("cuda-graph", check_graph)):
+        for name, check in (("sync-debug", check_no_sync), ("cuda-graph", check_graph),
+                            ("(b) sync", lambda k: check_no_sync(k, packed=True))):
             try:
                 ok, msg = check(kind)
             except Exception as e:   # a sync in debug mode, or a capture error, is a failure

@@ -10,7 +10,8 @@ and autograd bookkeeping. It is printed in microseconds per call for
   allocation, descriptors) runs, the kernel does not. This is the host time a GPU call pays on top
   of Triton's own launch cost (its C launcher and the driver, ~5-20 us per launch on a GPU, not
   measured here), so it is the part to compare with the kernels' run time;
-- ``packed``: ``peers.packed_lora_linear``, the best plain-PyTorch path, as ordinary torch code;
+- ``packed``: ``peers.PackedLoRA``, the best plain-PyTorch path, bound once to the bank (its
+  index and scale tensors built then, as a user's module would) and called per step;
 - ``F.linear``: the base layer alone, the floor;
 
 in two modes (``forward``; ``fwd+bwd``: forward then ``backward()``), with frozen gates
@@ -39,7 +40,7 @@ import torch.nn.functional as F  # noqa: E402
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peers import packed_lora_linear  # noqa: E402
+from peers import PackedLoRA  # noqa: E402
 
 import litelora_fast  # noqa: E402
 
@@ -66,10 +67,11 @@ def callables(args, mode: str) -> dict:
     """``{peer: fn()}`` running one call (forward, or forward then backward) of each peer."""
     x, weight, bias, lora_A, lora_B, gates = args
     op = litelora_fast.gated_lora_linear
+    packed = PackedLoRA(weight, bias, lora_A, lora_B, gates)
     peers = {
         "ours": lambda: op(*args, backend="torch"),
         "kernels*": lambda: op(*args, backend="triton"),
-        "packed": lambda: packed_lora_linear(*args),
+        "packed": lambda: packed(x),
         "F.linear": lambda: F.linear(x, weight, bias),
     }
     if mode == "forward":

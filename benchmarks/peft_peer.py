@@ -11,7 +11,9 @@ The layer computes the same function as ours on the same tensors:
   off, so bf16 adapters stay bf16 as ours do);
 - PEFT has no gates: adapter k's scaling is ``g_k * s_k`` (the gate folded in), and an adapter
   whose gate is exactly 0 is simply not activated, as a PEFT user would do. Cases with trainable
-  gates have no PEFT counterpart (``bench_cases.applicable``).
+  gates have no PEFT counterpart (``bench_cases.applicable``);
+- with ``case.dropout`` > 0 it is PEFT's ``lora_dropout`` (an ``nn.Dropout`` per adapter, in
+  training mode): each active adapter draws its own mask and materialises its dropped ``x``.
 
 ``available()`` says why the peer cannot run (PEFT not installed: the GPU machine may lack it)
 or ``None``; the harness then records the peer as skipped and times the others.
@@ -41,7 +43,8 @@ class PeftPeer:
         weight = inp.weight.detach()
         base = torch.nn.Linear(case.d_in, case.d_out, bias=False, device="meta")
         base.weight = torch.nn.Parameter(weight, requires_grad=False)   # the same storage as W
-        config = LoraConfig(r=r, lora_alpha=r, target_modules=["proj"], lora_dropout=0.0,
+        config = LoraConfig(r=r, lora_alpha=r, target_modules=["proj"],
+                            lora_dropout=float(getattr(case, "dropout", 0.0)),
                             init_lora_weights=False)
         model = get_peft_model(torch.nn.Sequential(OrderedDict(proj=base)), config,
                                adapter_name="a0", autocast_adapter_dtype=False)
@@ -63,6 +66,7 @@ class PeftPeer:
             for p in (layer.lora_A[f"a{k}"].weight, layer.lora_B[f"a{k}"].weight):
                 p.requires_grad_(k in self.active)
         layer.base_layer.weight.requires_grad_(False)
+        layer.train()   # lora_dropout acts in training mode only
         self.layer, self.case, self.x = layer, case, inp.x
         self.params = [t for k in self.active
                        for t in (layer.lora_A[f"a{k}"].weight, layer.lora_B[f"a{k}"].weight)]

@@ -28,6 +28,8 @@ CACHE_DIR = "LITELORA_CACHE_DIR"
 KERNEL_VARIANT = "LITELORA_KERNEL_VARIANT"
 BENCH_DEADLINE = "LITELORA_BENCH_DEADLINE"
 BENCH_JSONL = "LITELORA_BENCH_JSONL"
+NUMERICS_END = "LITELORA_NUMERICS_END"
+SWEEP_DEADLINE = "LITELORA_SWEEP_DEADLINE"
 
 # name -> (allowed values, default, meaning): the table of docs/settings.md (a test checks that
 # the page lists every name here and that no module outside this one reads os.environ).
@@ -43,6 +45,10 @@ VARIABLES = {
     BENCH_DEADLINE: ("a Unix time in seconds", "none",
                      "benchmarks: skip the cases that would start after it"),
     BENCH_JSONL: ("a file path", "none", "benchmarks: also append each result as a JSON line"),
+    NUMERICS_END: ("a Unix time in seconds", "none",
+                   "GPU check: numerics runs that would end after it are skipped and listed"),
+    SWEEP_DEADLINE: ("a Unix time in seconds", "none",
+                     "GPU check --tune: sweep rows that would end after it are skipped"),
 }
 
 
@@ -110,10 +116,9 @@ def kernel_variant(allowed: Sequence[str]) -> str:
     return choice(KERNEL_VARIANT, allowed, "auto")
 
 
-def bench_deadline() -> Optional[float]:
-    """``LITELORA_BENCH_DEADLINE``: a Unix time in seconds after which benchmark cases are
-    skipped; ``None`` when unset."""
-    value = _raw(BENCH_DEADLINE)
+def _unix_time(name: str) -> Optional[float]:
+    """A deadline variable: a Unix time in seconds, ``None`` when unset."""
+    value = _raw(name)
     if value is None:
         return None
     try:
@@ -121,8 +126,24 @@ def bench_deadline() -> Optional[float]:
     except ValueError:
         deadline = math.nan
     if not math.isfinite(deadline):
-        raise SettingError(BENCH_DEADLINE, value, "a finite number of seconds since the epoch")
+        raise SettingError(name, value, "a finite number of seconds since the epoch")
     return deadline
+
+
+def bench_deadline() -> Optional[float]:
+    """``LITELORA_BENCH_DEADLINE``: a Unix time in seconds after which benchmark cases are
+    skipped; ``None`` when unset."""
+    return _unix_time(BENCH_DEADLINE)
+
+
+def numerics_end() -> Optional[float]:
+    """``LITELORA_NUMERICS_END``: the GPU check's numerics step ends by this Unix time."""
+    return _unix_time(NUMERICS_END)
+
+
+def sweep_deadline() -> Optional[float]:
+    """``LITELORA_SWEEP_DEADLINE``: the GPU check's config sweep ends by this Unix time."""
+    return _unix_time(SWEEP_DEADLINE)
 
 
 def bench_jsonl() -> Optional[str]:

@@ -35,16 +35,44 @@ def test_table_has_one_row_per_benchmark_with_its_numbers(bench, tmp_path):
     head = [c.strip() for c in md.splitlines()[md.splitlines().index(
         next(line for line in md.splitlines() if line.startswith("| shape")))].strip("|").split("|")]
     col = {name: i for i, name in enumerate(head)}
-    by_key = {(r[col["K"]], r[col["gates"]], r[col["zero gates"]], r[col["mode"]]): r for r in rows}
+    by_key = {(r[col["K"]], r[col["gates"]], r[col["zero gates"]], r[col["dropout"]],
+               r[col["mode"]]): r for r in rows}
+    assert len(by_key) == len(rows)
     for info in infos:
         c = info["case"]
         key = (str(c["k"]), "train" if c["train_gates"] else "frozen",
-               f"{int(c['k'] * c['sparsity'])}/{c['k']}", info["mode"])
+               f"{int(c['k'] * c['sparsity'])}/{c['k']}", f"{c.get('dropout', 0.0):g}",
+               info["mode"])
         row = by_key[key]
         assert row[col["ours ms"]] == f"{info['ms_ours']:.3f}"
         assert row[col["(a) ref ms"]] == f"{info['ms_reference']:.3f}"
         assert row[col["x vs (a)"]] == f"{info['ms_reference'] / info['ms_ours']:.2f}"
         assert row[col["x vs (b)"]] == f"{info['ms_packed'] / info['ms_ours']:.2f}"
+
+
+def test_gpu_rows_show_candidates_and_the_fused_gemms_against_cublas(bench, tmp_path):
+    # a GPU-shaped entry as harness.run_case writes it (the fields tuning_record.py records)
+    info = dict(bench["benchmarks"][0]["extra_info"])
+    case = dict(info["case"], device="cuda", dtype="bfloat16", dropout=0.1)
+    info.update(case=case, case_id="gpu-case", ms_hybrid=0.5, impl_ours="hybrid",
+                candidates_ours={"bucket": "b", "times": {"triton": 1.2e-3, "torch": 1.0e-3,
+                                                          "hybrid": 0.9e-3}, "winner": "hybrid"},
+                base_gemm={"R": 16, "fwd": {"ms_triton": 1.1, "ms_cublas_base": 1.0,
+                                            "ms_cublas_composite": 1.05, "tflops_triton": 600.0,
+                                            "tflops_cublas_base": 700.0, "pct_of_flinear": 85.7,
+                                            "pct_of_composite": 95.5},
+                           "dx": {"error": "RuntimeError: out of resources"}},
+                triton_configs={"fused_forward": "BLOCK_M=128,BLOCK_N=256,w8,s3"})
+    path = tmp_path / "gpu.jsonl"
+    path.write_text(json.dumps({"name": "x", "extra_info": info}) + "\n")
+    md = open(report.write_report(str(path), str(tmp_path), "g")[0]).read()
+    row = _rows(md)[0]
+    assert "triton 1.20 / torch 1.00 / hybrid 0.90 -> hybrid" in row
+    assert "86 / -" in row and "0.500" in row and "0.1" in row
+    assert "## What tuning needs" in md
+    assert "Triton 1.100 ms (600 TFLOP/s), F.linear 1.000 ms (700)" in md
+    assert "dx: RuntimeError: out of resources" in md
+    assert "fused_forward: BLOCK_M=128,BLOCK_N=256,w8,s3" in md
 
 
 def test_header_names_date_device_and_versions(bench, tmp_path):

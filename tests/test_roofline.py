@@ -189,6 +189,20 @@ def test_ours_is_the_cheaper_implementation_and_never_slower_than_packed():
     assert cost(cpu, "ours", "fwd_bwd")["impl"] == "composite"
 
 
+def test_dropout_peers_pay_for_the_dropped_copy_and_ours_does_not():
+    plain = Case(4096, 14336, 8192, 1, 16)
+    drop = Case(4096, 14336, 8192, 1, 16, dropout=0.1)
+    for peer in ("packed", "peft", "reference"):
+        extra = cost(drop, peer, "forward")["bytes"] - cost(plain, peer, "forward")["bytes"]
+        assert extra == (2 * 2 + 1) * 8192 * 4096, peer   # read x, write x_d and its mask
+    assert cost(drop, "kernels", "forward")["bytes"] == cost(plain, "kernels", "forward")["bytes"]
+    names = [s.name for s in roofline.steps(drop, "kernels", "backward")]
+    assert "dx += (dS A) * keep / (1 - p)" in names
+    # the targets speak about the rows without dropout only
+    assert all("p0" not in t for t, _, _ in roofline.targets([drop]))
+    assert roofline.targets([drop]) == []
+
+
 def test_peft_has_no_trainable_gates():
     with pytest.raises(ValueError, match="PEFT has no trainable gates"):
         cost(Case(Di, Do, N, 4, r, train_gates=True), "peft", "forward")
@@ -200,14 +214,22 @@ def test_grids_nest_and_the_headline_is_the_targets_grid():
     headline, default = bench_cases.gpu_cases("headline"), bench_cases.gpu_cases("default")
     full = bench_cases.gpu_cases("full")
     assert set(headline) <= set(default) <= set(full)
-    # shapes x N x r x trainable gates x (4 K without zero gates + 3 K > 1 with half zero)
-    assert len(full) == 3 * 3 * 2 * 2 * (4 + 3)
+    # shapes x N x r x trainable gates x (4 K without zero gates + 3 K > 1 with half zero),
+    # plus the LoRA-dropout rows
+    dropout = bench_cases.dropout_cases()
+    assert len(full) == 3 * 3 * 2 * 2 * (4 + 3) + len(dropout) and set(dropout) <= set(full)
+    assert {c.dropout for c in dropout} == {0.1, 0.05}
+    assert {c.dropout for c in headline} == {0.0, 0.1, 0.05}
+    # value order: the 4096x14336 (MLP) rows and the K = 1 dropout rows come first
+    first = headline[:4]
+    assert {(c.d_out, c.dropout) for c in first} >= {(14336, 0.0), (14336, 0.1), (4096, 0.1)}
     assert 10 <= len(default) <= 20
     assert {(c.d_in, c.d_out, c.k) for c in headline} == {
         (4096, 4096, 1), (4096, 4096, 4), (4096, 4096, 8),
         (4096, 14336, 1), (4096, 14336, 4), (4096, 14336, 8)}
     assert all((c.n, c.r, c.dtype, c.train_gates, c.sparsity) == (8192, 16, "bfloat16", False, 0)
                for c in headline)
+    assert len({c.id for c in full}) == len(full)   # dropout shows in the id
     with pytest.raises(ValueError, match="grid must be one of"):
         bench_cases.gpu_cases("huge")
 

@@ -57,33 +57,91 @@ def _mb(v) -> str:
     return "-" if v is None else f"{v / 2**20:.2f}"
 
 
-TABLE_PEERS = ("ours", "reference", "packed", "base", "peft")
+TABLE_PEERS = ("ours", "reference", "packed", "base", "peft", "hybrid")
+
+
+def _candidates(i: dict) -> str:
+    """The op's own timing of its candidates for the case's bucket: ``kernels 1.20 / torch
+    1.05 / hybrid 0.98 -> hybrid`` (ms), or why there is none."""
+    c = i.get("candidates_ours")
+    if not isinstance(c, dict):
+        return "-"
+    if "times" not in c:
+        return "unavailable"
+    times = " / ".join(f"{k} {'-' if v is None else format(v * 1e3, '.2f')}"
+                       for k, v in c["times"].items())
+    return f"{times} -> {c.get('winner', '?')}"
+
+
+def _pct(i: dict, kernel: str) -> str:
+    b = i.get("base_gemm")
+    v = b.get(kernel, {}).get("pct_of_flinear") if isinstance(b, dict) else None
+    return "-" if v is None else f"{v:.0f}"
 
 
 def table(rows: list) -> str:
-    """One row per case and mode: every peer's headline time, our speedups, the implementation
-    ours ran (``impl_ours``, on CUDA), memory and our error against float64."""
-    head = ["shape", "N", "K", "r", "zero gates", "gates", "mode", "ours ms", "(a) ref ms",
-            "(b) packed ms", "(c) base ms", "PEFT ms", "x vs (a)", "x vs (b)", "x vs PEFT",
-            "ours / (c)", "ours impl", "ours TFLOP/s", "saved MB ours / (a) / (b) / PEFT",
-            "peak MB ours / (a)", "err ours", "err PEFT"]
+    """One row per case and mode: every peer's headline time (the hybrid backend forced, where
+    the op has it), our speedups, the implementation ours ran (``impl_ours``, on CUDA) and the
+    op's timing of each candidate, the fused GEMMs' TFLOP/s as % of ``F.linear``'s, memory and
+    our error against float64."""
+    head = ["shape", "N", "K", "r", "zero gates", "gates", "dropout", "mode", "ours ms",
+            "(a) ref ms", "(b) packed ms", "(c) base ms", "PEFT ms", "hybrid ms", "x vs (a)",
+            "x vs (b)", "x vs PEFT", "ours / (c)", "ours impl", "op candidates ms",
+            "fused fwd / dx % of F.linear", "ours TFLOP/s",
+            "saved MB ours / (a) / (b) / PEFT / hybrid", "peak MB ours / (a) / (b) / PEFT",
+            "err ours", "err PEFT"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i in rows:
         c = i["case"]
         ms = {p: i.get(f"ms_{p}") for p in TABLE_PEERS}
         row = [f"{c.d_in}x{c.d_out}", str(c.n), str(c.k), str(c.r), f"{c.zero_gates}/{c.k}",
-               "train" if c.train_gates else "frozen", i["mode"],
+               "train" if c.train_gates else "frozen", f"{c.dropout:g}", i["mode"],
                *(_f(ms[p], ".3f") for p in TABLE_PEERS),
                *(_f(i.get(f"speedup_vs_{p}"), ".2f") for p in ("reference", "packed", "peft")),
                _f(ms["ours"] / ms["base"] if ms["ours"] and ms["base"] else None, ".2f"),
-               i.get("impl_ours") or "-",
+               i.get("impl_ours") or "-", _candidates(i),
+               f"{_pct(i, 'fwd')} / {_pct(i, 'dx')}",
                _f(i.get("tflops_ours"), ".2f"),
                " / ".join(_mb(i.get(f"saved_bytes_{p}"))
+                          for p in ("ours", "reference", "packed", "peft", "hybrid")),
+               " / ".join(_mb(i.get(f"peak_bytes_{p}"))
                           for p in ("ours", "reference", "packed", "peft")),
-               " / ".join(_mb(i.get(f"peak_bytes_{p}")) for p in ("ours", "reference")),
                _f(i.get("rel_err_ours"), ".1e"), _f(i.get("rel_err_peft"), ".1e")]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def tuning_section(rows: list) -> list:
+    """Markdown lines: per GPU case, the Triton config each kernel's autotuner chose
+    (``triton_configs``) and the fused GEMMs against cuBLAS (``base_gemm``)."""
+    out, seen = [], set()
+    for i in rows:
+        c = i["case"]
+        if c.device != "cuda" or i["case_id"] in seen:
+            continue
+        seen.add(i["case_id"])
+        b = i.get("base_gemm") or {}
+        parts = []
+        for k in ("fwd", "dx"):
+            v = b.get(k, {})
+            if "ms_triton" in v:
+                parts.append(f"{k}: Triton {v['ms_triton']:.3f} ms ({v['tflops_triton']:.0f} "
+                             f"TFLOP/s), F.linear {v['ms_cublas_base']:.3f} ms "
+                             f"({v['tflops_cublas_base']:.0f}), cuBLAS composite "
+                             f"{v['ms_cublas_composite']:.3f} ms")
+            elif v:
+                parts.append(f"{k}: {v.get('error', '?')}")
+        out.append(f"- `{i['case_id']}`: " + ("; ".join(parts) or "no base-GEMM timing"))
+        configs = i.get("triton_configs")
+        if configs is not None:
+            text = configs if isinstance(configs, str) else "; ".join(
+                f"{k}: {v}" for k, v in sorted(configs.items()))
+            out.append(f"  - Triton configs chosen: {text}")
+    if out:
+        out = ["## What tuning needs", "", "Per case: the fused GEMMs at the case's width "
+               "against cuBLAS (base GEMM alone and the composite), and the Triton configs the "
+               "autotuners chose (`litelora_fast.kernels.chosen_configs()`).", ""] + out + [""]
+    return out
 
 
 def plot(rows: list, path: str, title: str) -> None:
@@ -139,11 +197,16 @@ def write_report(json_path: str, out_dir: str, name: str = None) -> tuple:
                       "`gated_lora_linear_ref` (loop over adapters); (b) = packed plain PyTorch "
                       "(`benchmarks/peers.py`); (c) = `F.linear` alone; PEFT = PEFT's own LoRA "
                       "layer with the same adapters active at once (gates folded into its "
-                      "scalings; '-' with trainable gates, which PEFT does not have). "
+                      "scalings; '-' with trainable gates, which PEFT does not have); hybrid = "
+                      "ours forced to `backend=\"hybrid\"` (cuBLAS base GEMMs, Triton LoRA "
+                      "work; CUDA only). `dropout` = LoRA dropout p of every peer that has it. "
+                      "`op candidates ms` = the op's own timing (fwd+bwd) of each candidate "
+                      "for the case's bucket and its pick. "
                       "`x vs (a)` = time of (a) / time of ours (> 1: ours is faster). `saved MB` "
                       "= activation memory autograd keeps for backward; `err` = relative error "
                       "vs the float64 reference (y and all grads).",
-                      "", table(rows), "", f"![speedup vs K]({name}.png)", ""])
+                      "", table(rows), "", *tuning_section(rows),
+                      f"![speedup vs K]({name}.png)", ""])
     with open(md_path, "w") as f:
         f.write(text)
     plot(rows, png_path, "\n".join(h.lstrip("- ") for h in head[:3]))

@@ -111,8 +111,14 @@ def _kernels(c: Case, mode: str) -> list:
     gate_bytes = (e * N * Rp + 4 * N * Rp) if c.train_gates else 0  # read S, write fp32 P
     bwd.append(Step("grad-shrink: dS = (dy B) * G_E", 2 * N * Do * Rp,
                     e * (N * Do + Do * Rp + N * Rp) + gate_bytes))
-    bwd.append(Step("fused dx = [dy, dS] [W; A] (one pipelined loop)", 2 * N * Di * (Do + Rf),
-                    e * (N * (Do + Rp) + Di * (Do + Rp) + N * Di)))
+    if c.dropout:
+        # the fused dx runs base-only; the masked adapter term dx += (dS A) * keep / (1 - p),
+        # the mask redrawn in-kernel from the seed, is its own accumulating pass
+        bwd.append(gemm("fused dx = dy W (base only, dropout)", N, Di, Do, e))
+        bwd.append(gemm("dx += (dS A) * keep / (1 - p)", N, Di, Rp, e, accumulate=True))
+    else:
+        bwd.append(Step("fused dx = [dy, dS] [W; A] (one pipelined loop)",
+                        2 * N * Di * (Do + Rf), e * (N * (Do + Rp) + Di * (Do + Rp) + N * Di)))
     bwd.append(gemm("dA = dS^T x", Rp, Di, N, e))
     bwd.append(moved("SG = S * G_E (recomputed)", 2 * e * N * Rp))
     bwd.append(gemm("dB = dy^T SG", Do, Rp, N, e))
@@ -129,6 +135,7 @@ def _packed(c: Case, mode: str) -> list:
     fwd = []
     if skip:
         fwd.append(moved("gather active A, B", 2 * e * Ra * (Di + Do)))
+    fwd = _dropped_x(c, fwd)
     fwd += [gemm("S = x A^T", N, Ra, Di, e),
             moved("SG = S * G_E", 2 * e * N * Ra),
             gemm("y = x W^T", N, Do, Di, e),
@@ -152,7 +159,7 @@ def _loop(c: Case, mode: str, adapters: int, gated: bool, slices: bool) -> list:
     the base output: the reference (a) (gated, slices of the packed bank) and PEFT (one
     ``nn.Linear`` pair per adapter, the scaling a Python float)."""
     N, Di, Do, R, r, e = c.n, c.d_in, c.d_out, c.rank, c.r, ELEMENT_BYTES[c.dtype]
-    fwd = [gemm("y = x W^T", N, Do, Di, e)]
+    fwd = _dropped_x(c, [gemm("y = x W^T", N, Do, Di, e)])
     bwd = [gemm("dx = dy W", N, Di, Do, e)]
     scale = "g_k s_k" if gated else "s_k"
     for k in range(adapters):
@@ -189,6 +196,16 @@ def _base(c: Case, mode: str) -> list:
     e = ELEMENT_BYTES[c.dtype]
     return _pick([gemm("y = x W^T", c.n, c.d_out, c.d_in, e)],
                  [gemm("dx = dy W", c.n, c.d_in, c.d_out, e)], mode)
+
+
+def _dropped_x(c: Case, fwd: list) -> list:
+    """A peer that drops ``x`` with ``F.dropout`` first (packed (b), the reference (a), PEFT):
+    one pass reading ``x`` and writing the dropped copy (and its mask, one byte per element),
+    which autograd keeps for the adapters' backward."""
+    if not c.dropout:
+        return fwd
+    e = ELEMENT_BYTES[c.dtype]
+    return [moved("x_d = dropout(x) (materialised)", (2 * e + 1) * c.n * c.d_in)] + fwd
 
 
 def _pick(fwd: list, bwd: list, mode: str) -> list:
@@ -243,13 +260,13 @@ def cost(case: Case, peer: str, mode: str) -> dict:
 
 def targets(cases: list) -> list:
     """``(target, predicted, verdict)`` rows for the cases of ``cases`` the targets speak about
-    (N = 8192, r = 16, frozen gates, no zero gates)."""
+    (N = 8192, r = 16, frozen gates, no zero gates, no dropout)."""
     def pred(c, peer, mode):
         return cost(c, peer, mode)["seconds"]
 
     rows = []
     for c in cases:
-        if (c.n, c.r, c.sparsity, c.train_gates) != (8192, 16, 0.0, False):
+        if (c.n, c.r, c.sparsity, c.train_gates, c.dropout) != (8192, 16, 0.0, False, 0.0):
             continue
         shape = f"{c.d_in}x{c.d_out} K={c.k}"
         x_a = pred(c, "reference", "fwd_bwd") / pred(c, "ours", "fwd_bwd")
