@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import layer_meta
+from . import layer_meta, routing_state
 from .lora_dropout import check_p
 from .ops import gated_lora_linear
 from .reference import gated_lora_linear_ref
@@ -371,6 +371,11 @@ class GatedLoRALinear(nn.Module):
         self._check_input(x)
         if self.num_adapters == 0:
             return F.linear(x, self.weight, self.bias)
+        routing = routing_state.current() if gates is None else None
+        if routing is not None:                 # inside llf.route: each row to its adapter
+            routed = routing.forward(self, x)
+            if routed is not None:
+                return routed
         g = self._gates_for(x, gates)
         lora_A, lora_B = self.packed_bank()
         # Frozen adapters are left out of the weight-gradient GEMMs (only the newest trains).
