@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from . import routing_state
 from .inject import injected_layers
-from .routed_op import routed_lora_
+from .routed_op import routed_linear, routed_lora_
 
 ROUTE_INPUT = "adapter_ids"
 # Above this many runs per distinct (adapter, weight) group, rows are grouped by index lists
@@ -278,19 +278,32 @@ class Routing:
         if id(layer) in self.dense:
             g = self.dense[id(layer)]
             shape = tuple(x.shape[:-1]) + (g.shape[-1],)
-            g = g.reshape(g.shape[0], *([1] * (x.dim() - 1 - (g.dim() - 1))), *g.shape[1:])
+            g = g.reshape(g.shape[0], *([1] * (x.dim() - g.dim())), *g.shape[1:])
             return layer(x, gates=g.expand(shape))
+        groups = self._row_groups(self.groups[id(layer)], per, x.device)
+        x2d = x.reshape(-1, x.shape[-1])
+        x_lora = None
+        if layer.training and layer.dropout > 0:
+            x_lora = F.dropout(x2d, layer.dropout, training=True)
+        A, B = list(layer.lora_A), list(layer.lora_B)
+        if _plain_base(layer, x):
+            y2d = routed_linear(x2d, layer.weight, layer.bias, groups, A, B, x_lora)
+            return y2d.view(*x.shape[:-1], y2d.shape[-1])
         y = self._base(layer, x)
-        groups = self.groups[id(layer)]
         if not groups:
             return y
-        x2d = x.reshape(-1, x.shape[-1])
-        if layer.training and layer.dropout > 0:
-            x2d = F.dropout(x2d, layer.dropout, training=True)
-        groups = self._row_groups(groups, per, x.device)
-        out = routed_lora_(y.reshape(-1, y.shape[-1]), x2d, groups, list(layer.lora_A),
-                           list(layer.lora_B))
+        out = routed_lora_(y.reshape(-1, y.shape[-1]), x2d if x_lora is None else x_lora,
+                           groups, A, B)
         return out.view(y.shape)
+
+
+def _plain_base(layer, x: torch.Tensor) -> bool:
+    """Whether ``F.linear(x, layer.weight, layer.bias)`` is the layer's base, as is: a floating
+    weight of ``x``'s dtype, no autocast, no separate base module."""
+    w = layer.weight
+    return (getattr(layer, "base_layer", None) is None and isinstance(w, torch.Tensor)
+            and w.dtype == x.dtype and w.is_floating_point()
+            and not torch.is_autocast_enabled(x.device.type))
 
 
 class BindRouting:
