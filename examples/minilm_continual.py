@@ -164,7 +164,7 @@ def main(argv=None) -> dict:
     base_params = {n: p.detach().clone() for n, p in model.named_parameters()}
     with torch.no_grad():
         before = embed(model, tokenizer, probe)
-        llf.inject(model, TARGETS, rank=args.rank, alpha=args.alpha, verbose=True)
+        llf.inject(model, TARGETS, rank=args.rank, alpha=args.alpha, num_adapters=0, verbose=True)
         after = embed(model, tokenizer, probe)
     diff_zero = (after - before).abs().max().item()
     print(f"embeddings before vs after inject (0 adapters): max |diff| = {diff_zero:.3g}")

@@ -134,6 +134,7 @@ def load_adapters(model: nn.Module, path, freeze_base: bool = True) -> nn.Module
     if not injected_layers(model):
         for gate in sorted({r["gate"] for r in records.values()}):
             inject(model, [n for n, r in records.items() if r["gate"] == gate], gate=gate,
+                   num_adapters=0,
                    freeze_base=freeze_base, modules_to_save=config.get("modules_to_save", []))
     layers = injected_layers(model)
     if set(layers) != set(records):

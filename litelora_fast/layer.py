@@ -45,7 +45,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import layer_meta, routing_state
+from . import base_layers, layer_meta, routing_state
+from .bank_cache import BankCache, cat_bank
 from .lora_dropout import check_p
 from .ops import gated_lora_linear
 from .reference import gated_lora_linear_ref
@@ -68,12 +69,32 @@ class GatedLoRALinear(nn.Module):
             GPU, never stored); applied in training mode only.
         device, dtype: as ``nn.Linear``; ``device="meta"`` allocates nothing (deferred
             initialisation: ``to_empty(device=...)``, then :meth:`reset_parameters`).
+        fan_in_fan_out: the weight is stored ``(in_features, out_features)``, as HF's ``Conv1D``
+            (GPT-2) holds it; the op reads its transpose (a view).
+        adapter_dtype: dtype of the adapters and gates; default: float32 beside a float16/
+            bfloat16 base (PEFT's ``autocast_adapter_dtype``), the base dtype otherwise
+            (``base_layers``). Pass the base's dtype to keep a half-precision bank.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, rank: int = 8,
                  alpha: float = 16, num_adapters: int = 0, gate: str = "per_adapter",
-                 dropout: float = 0.0, device=None, dtype=None):
+                 dropout: float = 0.0, device=None, dtype=None, *, fan_in_fan_out: bool = False,
+                 adapter_dtype: Optional[torch.dtype] = None):
         super().__init__()
+        self._init_settings(in_features, out_features, rank, alpha, num_adapters, gate, dropout)
+        self.fan_in_fan_out = bool(fan_in_fan_out)
+        factory = {"device": device, "dtype": dtype}
+        shape = (in_features, out_features) if fan_in_fan_out else (out_features, in_features)
+        self.weight = nn.Parameter(torch.empty(*shape, **factory), requires_grad=False)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **factory), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+        self._reset_base()
+        self._init_bank(adapter_dtype, num_adapters)
+
+    def _init_settings(self, in_features, out_features, rank, alpha, num_adapters, gate,
+                       dropout) -> None:
         if gate not in GATE_MODES:
             raise ValueError(f"gate must be one of {GATE_MODES}, got {gate!r}")
         for name, v in (("in_features", in_features), ("out_features", out_features)):
@@ -86,14 +107,10 @@ class GatedLoRALinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.rank, self.alpha, self.gate_mode = rank, alpha, gate
         self.dropout = check_p(dropout)
-        factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory),
-                                   requires_grad=False)
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_features, **factory), requires_grad=False)
-        else:
-            self.register_parameter("bias", None)
-        self._reset_base()
+
+    def _init_bank(self, adapter_dtype: Optional[torch.dtype], num_adapters: int) -> None:
+        self._adapter_dtype = base_layers.check_adapter_dtype(adapter_dtype)
+        self.bank_cache = BankCache()
         self.lora_A = nn.ParameterList()
         self.lora_B = nn.ParameterList()
         self._alphas: list = []
@@ -109,7 +126,7 @@ class GatedLoRALinear(nn.Module):
             return
         # nn.Linear's initialisation, so a fresh layer behaves like a fresh nn.Linear.
         with torch.no_grad():
-            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+            nn.init.kaiming_uniform_(self.base_weight(), a=math.sqrt(5))
             if self.bias is not None:
                 bound = 1 / math.sqrt(self.in_features) if self.in_features else 0.0
                 nn.init.uniform_(self.bias, -bound, bound)
@@ -134,17 +151,31 @@ class GatedLoRALinear(nn.Module):
         self._merged = [None] * self.num_adapters
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, rank: int = 8, alpha: float = 16,
+    def from_linear(cls, linear: nn.Module, rank: int = 8, alpha: float = 16,
                     num_adapters: int = 0, gate: str = "per_adapter",
-                    dropout: float = 0.0) -> "GatedLoRALinear":
-        """Wrap a trained ``nn.Linear``: its weight and bias Parameters are *shared* (no copy) and
-        frozen (``requires_grad=False``, which the original module sees too)."""
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(f"from_linear expects an nn.Linear, got {type(linear).__name__}")
-        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                    dropout: float = 0.0,
+                    adapter_dtype: Optional[torch.dtype] = None) -> "GatedLoRALinear":
+        """Wrap a trained linear-like base (``base_layers``): ``nn.Linear``, HF ``Conv1D``, or a
+        module the kernels cannot read (bitsandbytes ``Linear4bit``/``Linear8bitLt``...), which
+        gives a :class:`~litelora_fast.layer_on_module.GatedLoRAOnModule`. The base's weight and
+        bias Parameters are *shared* (no copy) and frozen (``requires_grad=False``, which the
+        original module sees too). ``adapter_dtype``: see ``base_layers`` (default float32 beside
+        a half-precision or quantized base)."""
+        kind = base_layers.base_kind(linear) if isinstance(linear, nn.Module) else None
+        if kind is None:
+            raise TypeError(f"from_linear expects an nn.Linear or another linear-like module (HF "
+                            f"Conv1D, a bitsandbytes Linear4bit/Linear8bitLt, a module with int "
+                            f"in_features/out_features), got {type(linear).__name__}")
+        if kind == "module":
+            from .layer_on_module import GatedLoRAOnModule
+            return GatedLoRAOnModule.wrap(linear, rank=rank, alpha=alpha,
+                                          num_adapters=num_adapters, gate=gate, dropout=dropout,
+                                          adapter_dtype=adapter_dtype)
+        d_in, d_out = base_layers.features(linear, kind)
+        layer = cls(d_in, d_out, bias=linear.bias is not None,
                     rank=rank, alpha=alpha, num_adapters=0, gate=gate, dropout=dropout,
-                    device="meta",
-                    dtype=linear.weight.dtype)
+                    device="meta", dtype=linear.weight.dtype, fan_in_fan_out=kind == "conv1d",
+                    adapter_dtype=adapter_dtype)
         layer.weight = linear.weight.requires_grad_(False)
         if linear.bias is not None:
             layer.bias = linear.bias.requires_grad_(False)
@@ -152,6 +183,26 @@ class GatedLoRALinear(nn.Module):
         for _ in range(num_adapters):
             layer.add_adapter()
         return layer
+
+    # ----------------------------------------------------------------------------- the base
+    def base_weight(self) -> torch.Tensor:
+        """``W`` as the op reads it, ``(D_out, D_in)``: the weight, or for a Conv1D base
+        (``fan_in_fan_out``) the transposed view of its ``(D_in, D_out)`` weight (no copy)."""
+        return self.weight.t() if self.fan_in_fan_out else self.weight
+
+    def _base_dtype(self) -> torch.dtype:
+        return self.weight.dtype
+
+    @property
+    def adapter_dtype(self) -> torch.dtype:
+        """The dtype of the adapters and the gates: the bank's own once it holds an adapter (the
+        bank is one dtype), else ``adapter_dtype=`` as given, else the rule of ``base_layers``:
+        float32 beside a half-precision or quantized base, the base dtype otherwise."""
+        if self.num_adapters:
+            return self.lora_A[0].dtype
+        if self._adapter_dtype is not None:
+            return self._adapter_dtype
+        return base_layers.default_adapter_dtype(self._base_dtype())
 
     # ----------------------------------------------------------------------------- the bank
     @property
@@ -239,7 +290,7 @@ class GatedLoRALinear(nn.Module):
             raise TypeError(f"name must be a non-empty str, got {name!r}")
         elif name in self._names:
             raise ValueError(f"name {name!r} is taken; this layer's adapters are {self._names}")
-        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
+        factory = {"device": self.weight.device, "dtype": self.adapter_dtype}
         A = torch.empty(rank, self.in_features, **factory)
         nn.init.kaiming_uniform_(A, a=math.sqrt(5))
         self.lora_A.append(nn.Parameter(A))
@@ -282,7 +333,7 @@ class GatedLoRALinear(nn.Module):
     def _resize_gates(self, keep: list) -> None:
         """Rebuild the gate Parameters for the new bank. ``keep[i]`` is the old index of new
         adapter ``i``, or ``None`` for a new one (gate 1.0, router row 0 -> gate 1.0)."""
-        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
+        factory = {"device": self.weight.device, "dtype": self.adapter_dtype}
         old = self._parameters
         if self.gate_mode == "per_adapter":
             values = torch.ones(len(keep), **factory)
@@ -344,7 +395,8 @@ class GatedLoRALinear(nn.Module):
             return self._external_gates
         if self.gate_mode == "per_adapter":
             return self.gates
-        return 2.0 * torch.sigmoid(F.linear(x, self.router_weight, self.router_bias))
+        weight = self.router_weight
+        return 2.0 * torch.sigmoid(F.linear(x.to(weight.dtype), weight, self.router_bias))
 
     # ----------------------------------------------------------------------------- forward
     def _check_input(self, x) -> None:
@@ -353,35 +405,52 @@ class GatedLoRALinear(nn.Module):
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have shape (..., in_features) = (..., {self.in_features}), "
                              f"got {tuple(x.shape)}")
+        self._check_dtype(x)
+
+    def _check_dtype(self, x: torch.Tensor) -> None:
         # Meta tensors have no autocast state (asking raises): a dtype mismatch is an error there.
         if x.dtype != self.weight.dtype and (
                 x.is_meta or not torch.is_autocast_enabled(x.device.type)):
             raise TypeError(f"x has dtype {x.dtype} but the layer's weight is {self.weight.dtype} "
                             f"(shape {tuple(self.weight.shape)}); cast one to the other")
 
-    def packed_bank(self):
-        """``(lora_A, lora_B)`` packed: ``(R, D_in)`` and ``(D_out, R)``, differentiable."""
-        if self.num_adapters == 1:
-            return self.lora_A[0], self.lora_B[0]
-        return torch.cat(list(self.lora_A), 0), torch.cat(list(self.lora_B), 1)
+    def packed_bank(self, dtype: Optional[torch.dtype] = None):
+        """``(lora_A, lora_B)`` packed: ``(R, D_in)`` and ``(D_out, R)``, differentiable, in
+        ``dtype`` (default the bank's). Kept between calls (``bank_cache``): an adapter is copied
+        again only when its Parameters change. Read-only: write to the Parameters instead."""
+        return self.bank_cache.packed(self.lora_A, self.lora_B, dtype or self.adapter_dtype)
+
+    def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """The dtype the op multiplies in: autocast's when it is on, else ``x``'s."""
+        device = x.device.type
+        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+            return torch.get_autocast_dtype(device)
+        return x.dtype
+
+    def _trainable(self) -> list:
+        return [a.requires_grad or b.requires_grad for a, b in zip(self.lora_A, self.lora_B)]
+
+    def _routed_forward(self, x: torch.Tensor, gates: Optional[torch.Tensor]):
+        """Inside ``llf.route`` (and without explicit ``gates``): this layer's output with each
+        row sent to its adapter (``routing.py``); else ``None``."""
+        routing = routing_state.current() if gates is None else None
+        return None if routing is None else routing.forward(self, x)
 
     def forward(self, x: torch.Tensor, gates: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x`` ``(..., in_features)`` -> ``(..., out_features)``; ``gates`` overrides the
         layer's own gates for this call (see the module docstring)."""
         self._check_input(x)
         if self.num_adapters == 0:
-            return F.linear(x, self.weight, self.bias)
-        routing = routing_state.current() if gates is None else None
-        if routing is not None:                 # inside llf.route: each row to its adapter
-            routed = routing.forward(self, x)
-            if routed is not None:
-                return routed
+            return F.linear(x, self.base_weight(), self.bias)
+        routed = self._routed_forward(x, gates)
+        if routed is not None:
+            return routed
         g = self._gates_for(x, gates)
-        lora_A, lora_B = self.packed_bank()
+        lora_A, lora_B = self.packed_bank(self._compute_dtype(x))
         # Frozen adapters are left out of the weight-gradient GEMMs (only the newest trains).
-        trainable = [a.requires_grad or b.requires_grad for a, b in zip(self.lora_A, self.lora_B)]
-        return gated_lora_linear(x, self.weight, self.bias, lora_A, lora_B, g,
-                                 self.rank_offsets, self.scaling, trainable_adapters=trainable,
+        return gated_lora_linear(x, self.base_weight(), self.bias, lora_A, lora_B, g,
+                                 self.rank_offsets, self.scaling,
+                                 trainable_adapters=self._trainable(),
                                  dropout=self.dropout if self.training else 0.0)
 
     def reference_forward(self, x: torch.Tensor, gates: Optional[torch.Tensor] = None,
@@ -391,10 +460,10 @@ class GatedLoRALinear(nn.Module):
         ``x``'s shape, e.g. from ``lora_dropout.recorded_masks``) gives the forward's."""
         self._check_input(x)
         if self.num_adapters == 0:
-            return F.linear(x, self.weight, self.bias)
-        lora_A, lora_B = self.packed_bank()
+            return F.linear(x, self.base_weight(), self.bias)
+        lora_A, lora_B = cat_bank(self.lora_A, self.lora_B)
         p = self.dropout if self.training else 0.0
-        return gated_lora_linear_ref(x, self.weight, self.bias, lora_A, lora_B,
+        return gated_lora_linear_ref(x, self.base_weight(), self.bias, lora_A, lora_B,
                                      self._gates_for(x, gates), self.rank_offsets, self.scaling,
                                      dropout=p, dropout_mask=dropout_mask if p > 0 else None)
 
@@ -486,7 +555,8 @@ class GatedLoRALinear(nn.Module):
     def _add_to_weight(self, delta: torch.Tensor) -> None:
         with torch.no_grad():
             # One rounding to the base dtype: the sum is formed in delta's (wider) dtype.
-            self.weight.copy_((self.weight.to(delta.dtype) + delta).to(self.weight.dtype))
+            W = self.base_weight()
+            W.copy_((W.to(delta.dtype) + delta).to(W.dtype))
 
     # ----------------------------------------------------------------------------- state dict
     def get_extra_state(self) -> torch.Tensor:

@@ -674,7 +674,7 @@ def inject_and_learner(model: nn.Module, target_modules, rank: int = 4, alpha: f
                        **options) -> ContinualLearner:
     """``llf.inject`` the targets, then wrap the model in a :class:`ContinualLearner`."""
     from .inject import inject
-    inject(model, target_modules=target_modules, rank=rank, alpha=alpha)
+    inject(model, target_modules=target_modules, rank=rank, alpha=alpha, num_adapters=0)
     return ContinualLearner(model, **options)
 
 

@@ -43,12 +43,9 @@ from typing import Iterable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .inject import (MODULES_TO_SAVE_ATTR, _all_names, _set_module, _short_list, extract_base,
-                     find_modules_to_save, injected_layers)
+from .inject import (MODULES_TO_SAVE_ATTR, TASK_TYPE_ATTR, _all_names, _set_module,
+                     _short_list, extract_base, find_modules_to_save, injected_layers)
 from .layer import GatedLoRALinear
-
-# Attribute set on the model by from_peft: PEFT's task_type (to_peft hands it back).
-TASK_TYPE_ATTR = "llf_peft_task_type"
 
 
 def _require_peft():
@@ -177,14 +174,15 @@ def _bank_from_lora_layer(lname: str, layer, order: list) -> GatedLoRALinear:
     gated = GatedLoRALinear.from_linear(layer.get_base_layer(),
                                         dropout=_dropout_of(lname, layer, names, active))
     gated.train(layer.training)
-    dtype = gated.weight.dtype
+    dtype = gated.adapter_dtype
     with torch.no_grad():
         for name in names:
             A, B = layer.lora_A[name].weight, layer.lora_B[name].weight
             r = A.shape[0]
             k = gated.add_adapter(rank=r, alpha=layer.scaling[name] * r, name=name)
             A_k, B_k = gated.adapter(k)
-            # PEFT may keep adapters in fp32 beside a half-precision base; the bank is one dtype.
+            # PEFT keeps adapters in fp32 beside a half-precision base, and so does the bank
+            # (base_layers' rule); the bank is one dtype.
             A_k.copy_(A.to(dtype))
             B_k.copy_(B.to(dtype))
             A_k.requires_grad_(A.requires_grad)

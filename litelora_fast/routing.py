@@ -287,9 +287,10 @@ class Routing:
             x_lora = F.dropout(x2d, layer.dropout, training=True)
         A, B = list(layer.lora_A), list(layer.lora_B)
         if _plain_base(layer, x):
-            y2d = routed_linear(x2d, layer.weight, layer.bias, groups, A, B, x_lora)
+            y2d = routed_linear(x2d, layer.base_weight(), layer.bias, groups, A, B, x_lora)
             return y2d.view(*x.shape[:-1], y2d.shape[-1])
-        y = self._base(layer, x)
+        base = getattr(layer, "base_layer", None)      # a black-box base (QLoRA): its forward
+        y = base(x) if base is not None else self._base(layer, x)
         if not groups:
             return y
         out = routed_lora_(y.reshape(-1, y.shape[-1]), x2d if x_lora is None else x_lora,

@@ -30,7 +30,7 @@ class Problem:
 
     x2d: torch.Tensor
     lead_shape: tuple
-    weight: torch.Tensor
+    weight: Optional[torch.Tensor]    # None: the LoRA-only op (no base term)
     bias: Optional[torch.Tensor]
     lora_A: torch.Tensor
     lora_B: torch.Tensor
@@ -208,6 +208,20 @@ def host_values(t: torch.Tensor) -> tuple:
 _CONSTS = HostCopies()
 
 
+def check_adapter_dtype(x_dtype: torch.dtype, lora_A: torch.Tensor,
+                        lora_B: torch.Tensor) -> None:
+    """The bank has ``x``'s dtype, or float32 beside a float16/bfloat16 ``x`` (PEFT keeps the
+    adapters of a half-precision model in float32; the op rounds them to ``x``'s dtype)."""
+    allowed = (x_dtype, torch.float32) if x_dtype in (torch.float16, torch.bfloat16) else (x_dtype,)
+    for name, t in (("lora_A", lora_A), ("lora_B", lora_B)):
+        if t.dtype not in allowed:
+            extra = " or float32" if len(allowed) > 1 else ""
+            raise TypeError(f"{name} must have x's dtype {x_dtype}{extra}, got {t.dtype}")
+    if lora_A.dtype != lora_B.dtype:
+        raise TypeError(f"lora_A and lora_B must share one dtype, got {lora_A.dtype} and "
+                        f"{lora_B.dtype}")
+
+
 def validate(x, weight, bias, lora_A, lora_B, gates,
              rank_offsets: RankOffsets = None, scaling: Scaling = None) -> Problem:
     """Check the public op's arguments and return the normalised ``Problem``."""
@@ -215,17 +229,24 @@ def validate(x, weight, bias, lora_A, lora_B, gates,
     if x.dim() < 1:
         raise ValueError(f"x must have at least 1 dimension (..., D_in), got shape {_shape(x)}")
     _check_float("x", x)
-    _check_tensor("weight", weight, 2)
+    if weight is None and bias is not None:
+        raise ValueError(f"weight is None (the LoRA-only op: the adapter term alone) but bias is "
+                         f"given, shape {_shape(bias)}; add the bias to the base module's output "
+                         f"instead, or pass the weight too")
+    if weight is not None:
+        _check_tensor("weight", weight, 2)
     _check_tensor("lora_A", lora_A, 2)
     _check_tensor("lora_B", lora_B, 2)
     _check_tensor("gates", gates)
     if bias is not None:
         _check_tensor("bias", bias, 1)
 
-    d_out, d_in = weight.shape
+    # weight None (LoRA-only): the widths come from the bank, lora_A (R, D_in), lora_B (D_out, R).
+    d_out, d_in = weight.shape if weight is not None else (lora_B.shape[0], lora_A.shape[1])
     if x.shape[-1] != d_in:
-        raise ValueError(f"x's last dimension must equal weight's D_in = {d_in} "
-                         f"(weight is (D_out, D_in) = {_shape(weight)}), got x of shape {_shape(x)}")
+        of = (f"weight's D_in = {d_in} (weight is (D_out, D_in) = {_shape(weight)})"
+              if weight is not None else f"lora_A's D_in = {d_in} (lora_A is {_shape(lora_A)})")
+        raise ValueError(f"x's last dimension must equal {of}, got x of shape {_shape(x)}")
     if bias is not None and bias.shape[0] != d_out:
         raise ValueError(f"bias must have shape (D_out,) = ({d_out},), got {_shape(bias)}")
     R = lora_A.shape[0]
@@ -235,9 +256,10 @@ def validate(x, weight, bias, lora_A, lora_B, gates,
         raise ValueError(f"lora_B must have shape (D_out, R) = ({d_out}, {R}) to match weight "
                          f"{_shape(weight)} and lora_A {_shape(lora_A)}, got {_shape(lora_B)}")
 
-    for name, t in (("weight", weight), ("bias", bias), ("lora_A", lora_A), ("lora_B", lora_B)):
+    for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.dtype != x.dtype:
             raise TypeError(f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
+    check_adapter_dtype(x.dtype, lora_A, lora_B)
     _check_float("gates", gates)
     for name, t in (("weight", weight), ("bias", bias), ("lora_A", lora_A), ("lora_B", lora_B),
                     ("gates", gates)):

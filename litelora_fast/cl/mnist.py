@@ -169,7 +169,7 @@ def run_mnist(stream: str = "split_mnist", seed: int = 0, method: str = "litelor
         backbone = nn.Sequential(nn.Linear(SIDE * SIDE, HIDDEN), nn.ReLU(),
                                  nn.Linear(HIDDEN, HIDDEN), nn.ReLU())
         backbone.load_state_dict(state)
-        return inject(backbone, target_modules=["0", "2"], rank=rank, alpha=alpha)
+        return inject(backbone, target_modules=["0", "2"], rank=rank, alpha=alpha, num_adapters=0)
 
     for key, value in STREAM_DEFAULTS.items():
         options.setdefault(key, value)

@@ -137,7 +137,8 @@ def make_planted_model(weights, biases, rank: int, alpha: float):
             lin.bias.copy_(b)
         mods += [lin] if i == 0 else [nn.Tanh(), lin]
     targets = [str(i) for i, m in enumerate(mods) if isinstance(m, nn.Linear)]
-    return inject(nn.Sequential(*mods), target_modules=targets, rank=rank, alpha=alpha)
+    return inject(nn.Sequential(*mods), target_modules=targets, rank=rank, alpha=alpha,
+                  num_adapters=0)
 
 
 def run_planted(novel, seed: int = 0, method: str = "litelora", progress=None, **options) -> dict:
