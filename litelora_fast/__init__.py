@@ -25,6 +25,7 @@ from .merge import merge_and_unload
 from .routing import accept_adapter_ids, route
 from .model_adapters import (add_adapter, delete_adapter, disable_adapters, merge_adapters,
                              unmerge_adapters)
+from .hf_checkpoints import from_pretrained, save_pretrained, trainer_callbacks
 from .litelora import ContinualLearner
 from . import cl, litelora, redundancy
 
@@ -33,6 +34,6 @@ __all__ = ["gated_lora_linear", "reference", "GatedLoRALinear", "inject", "extra
            "trainable_parameters", "print_trainable_parameters", "save_adapters",
            "load_adapters", "merge_and_unload", "route", "accept_adapter_ids",
            "disable_adapters", "add_adapter", "delete_adapter", "merge_adapters",
-           "unmerge_adapters", "ContinualLearner", "litelora", "redundancy",
+           "unmerge_adapters", "trainer_callbacks", "save_pretrained", "from_pretrained", "ContinualLearner", "litelora", "redundancy",
            "cl"]
 __version__ = "0.1.0"
