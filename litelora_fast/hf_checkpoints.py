@@ -25,7 +25,8 @@ import torch.nn as nn
 
 from .adapter_files import load_adapters, save_adapters
 from .inject import MODULES_TO_SAVE_ATTR, injected_layers
-from .routing import _unwrap, accept_adapter_ids
+from .dist_tensors import unwrap as _unwrap
+from .routing import accept_adapter_ids
 
 # State-dict entries of a gated layer that belong to the bank (all others are its base).
 BANK_KEYS = ("lora_A", "lora_B", "gates", "router_weight", "router_bias", "_extra_state")

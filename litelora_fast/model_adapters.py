@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from . import routing_state
 from .inject import _normalize_targets, injected_layers
-from .routing import _unwrap
+from .dist_tensors import unwrap as _unwrap
 
 
 def _layers(model: nn.Module, what: str) -> dict:

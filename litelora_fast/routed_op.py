@@ -14,6 +14,8 @@ and in the backward, for ``dy``:
     dB_k = dy[rows_k]^T @ S_k,   dS_k = dy[rows_k] @ B_k * c_k,
     dA_k = dS_k^T @ x[rows_k],   dx[rows_k] += dS_k @ A_k   (nothing on rows routed to no adapter)
 
+(zeros for a trainable adapter that no row uses, as the packed op gives, and as DDP needs).
+
 Two entry points:
 
 - :func:`routed_linear`: base ``x @ W^T + b`` and the update in one autograd node, for a plain
@@ -90,6 +92,10 @@ def _update_backward(dy, x2d, segments, A, B, S, need_A, need_B, dx, accumulate:
                     dA[k] = ds.t() @ xs if dA[k] is None else dA[k].addmm_(ds.t(), xs)
                 if dx is not None:
                     _add_product(dx, rows, ds, A[k], accumulate)
+    # A trainable adapter no row was routed to gets a zero gradient, not none: DDP waits for a
+    # gradient of every Parameter in the graph (another rank's batch may route rows to it).
+    dA = [torch.zeros_like(a) if need and d is None else d for a, d, need in zip(A, dA, need_A)]
+    dB = [torch.zeros_like(b) if need and d is None else d for b, d, need in zip(B, dB, need_B)]
     return dA, dB
 
 

@@ -44,6 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import routing_state
+from .dist_tensors import unwrap as _unwrap
 from .inject import injected_layers
 from .routed_op import routed_linear, routed_lora_
 
@@ -51,14 +52,6 @@ ROUTE_INPUT = "adapter_ids"
 # Above this many runs per distinct (adapter, weight) group, rows are grouped by index lists
 # (one gather per group) instead of by slices (one small GEMM pair per run).
 _RUNS_PER_GROUP = 2
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DDP / FSDP-style wrapper (``.module``)."""
-    while isinstance(getattr(model, "module", None), nn.Module) and type(model).__name__ in (
-            "DistributedDataParallel", "DataParallel", "FullyShardedDataParallel"):
-        model = model.module
-    return model
 
 
 def _is_key(v) -> bool:

@@ -7,7 +7,7 @@ import torch
 
 import litelora_fast as llf
 from numerics import assert_rel
-from tiny_llm import grads, llama, with_tenants
+from tenant_models import grads, llama_with_tenants
 
 pytest.importorskip("transformers")
 
@@ -16,7 +16,7 @@ TENANTS = ["a", "c", "c", "b", "d"]
 
 @pytest.fixture
 def model(fast_path, seed):
-    return with_tenants(llama()).eval()
+    return llama_with_tenants(seed=seed % 1000).eval()
 
 
 def one_by_one(model, ids, tenants, loss=True):
@@ -143,7 +143,8 @@ def test_gradient_checkpointing_backward_after_the_block(model, reentrant):
     runs after the with-block has closed (and inside another route block)."""
     ids = torch.randint(1, 64, (len(TENANTS), 7))
     ref, ref_grads = one_by_one(model, ids, TENANTS)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    model.activation_checkpointing_enable(
+        activation_checkpointing_kwargs={"use_reentrant": reentrant})
     model.train()
     with llf.route(model, TENANTS):
         out = model(ids).logits
@@ -158,12 +159,14 @@ def test_generate_with_kv_cache(model):
     expected = []
     for i, t in enumerate(tenants):
         llf.set_active_adapters(model, t)
-        expected.append(model.generate(ids[i:i + 1], max_new_tokens=6, do_sample=False,
+        expected.append(model.generate(ids[i:i + 1], max_new_tokens=6, min_new_tokens=6,
+                                       do_sample=False,
                                        use_cache=True, output_logits=True,
                                        return_dict_in_generate=True))
     llf.set_active_adapters(model, ["a", "b", "c", "d"])
     with llf.route(model, tenants):
-        got = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True,
+        got = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                             use_cache=True,
                              output_logits=True, return_dict_in_generate=True)
     assert torch.equal(got.sequences, torch.cat([e.sequences for e in expected]))
     for step, logits in enumerate(got.logits):
@@ -186,7 +189,7 @@ def test_adapter_ids_as_a_model_input(model):
 
 
 def test_route_leaves_other_models_alone(model, seed):
-    other = with_tenants(llama()).eval()
+    other = llama_with_tenants(seed=seed % 1000 + 1).eval()
     ids = torch.randint(1, 64, (2, 4))
     before = other(ids).logits
     with llf.route(model, ["a", "b"]):
