@@ -69,8 +69,10 @@ def set_active_adapters(model: nn.Module, adapters: Union[AdapterKey, Sequence[A
             raise IndexError(f"set_active_adapters: layer {name!r}: {err}") from None
     for name, layer in layers.items():
         with torch.no_grad():
+            # float64 on the host: a weight reaches float64 gates unrounded.
             layer.gates.copy_(torch.tensor([plan[name].get(k, 0.0)
-                                            for k in range(layer.num_adapters)]))
+                                            for k in range(layer.num_adapters)],
+                                           dtype=torch.float64))
 
 
 def trainable_parameters(model: nn.Module) -> list:
