@@ -5,8 +5,9 @@
   plus the optimizer state, never the frozen base; ``resume_from_checkpoint`` loads them back
   into the live Parameters (bit-identical continuation). How: during ``train()`` the model's
   ``_keys_to_ignore_on_save`` (HF's own list of state-dict keys ``save_pretrained`` leaves out)
-  holds every base key; the Trainer's resume loads the file with ``strict=False`` and, the
-  missing keys being exactly that list, says nothing. The list is restored after ``train()``.
+  holds every base key (from the ``Trainer``'s construction on); the Trainer's resume loads the
+  file with ``strict=False`` and, the missing keys being exactly that list, says nothing. The
+  list is restored after ``train()``.
   The callback also lets the collator route batches (``adapter_ids`` in the batch:
   ``llf.accept_adapter_ids``) and, given the model, lets the Trainer accept a quantized (QLoRA)
   base it would otherwise refuse as "purely quantized" (HF accepts a quantized model only when
@@ -77,13 +78,20 @@ def _trainer_callback_class():
                     setattr(model, _PEFT_FLAG, False)     # only for the Trainer's check
                     del model._llf_trainer_flag
                 accept_adapter_ids(model)
+                # Already here: train(resume_from_checkpoint=...) loads the checkpoint before
+                # on_train_begin, and checks its missing keys against this list.
+                self._ignore_base(model)
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self._ignore_base(model)
+
+        def _ignore_base(self, model) -> None:
             if model is None or not injected_layers(_unwrap(model)):
                 return
-            previous = getattr(model, "_keys_to_ignore_on_save", None)
-            self._ignored[id(model)] = previous
-            model._keys_to_ignore_on_save = set(previous or ()) | base_keys(model)
+            if id(model) not in self._ignored:
+                self._ignored[id(model)] = getattr(model, "_keys_to_ignore_on_save", None)
+            model._keys_to_ignore_on_save = (set(self._ignored[id(model)] or ())
+                                             | base_keys(model))
 
         def on_train_end(self, args, state, control, model=None, **kwargs):
             if model is not None and id(model) in self._ignored:
