@@ -19,6 +19,8 @@ their gates; :meth:`GatedLoRALinear.unmerge` subtracts them again (exact up to o
 
 Gates, in the order a forward looks for them:
 
+0. ``with llf.route(model, adapter_ids):`` (``routing.py``): each row to its adapter, when no
+   ``gates`` are passed;
 1. ``forward(x, gates=...)``: explicit gates, ``(K,)`` or ``x.shape[:-1] + (K,)``;
 2. ``set_gates(g)``: external task-level gates ``(K,)`` (LiteLoRA: one tensor shared by every
    layer, possibly requiring grad), used until ``set_gates(None)``;
