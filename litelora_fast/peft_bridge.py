@@ -23,9 +23,12 @@ adapters' copies are dropped, with a warning) and its name is recorded in
 that PEFT's adapter files would not hold (outside the adapters and ``modules_to_save``) are named
 in a warning by ``to_peft``.
 
+Bases: whatever ``GatedLoRALinear.from_linear`` wraps (``base_layers``): ``nn.Linear``, GPT-2's
+``Conv1D`` (PEFT's ``fan_in_fan_out``) and quantized layers such as bitsandbytes' ``Linear4bit``
+(a PEFT QLoRA model converts both ways).
+
 Not supported (a ``ValueError`` names the layer): merged adapters (unmerge first), DoRA and the
-other LoRA variants, ``lora_bias``, LoRA on embeddings or convolutions, ``fan_in_fan_out`` bases
-(GPT-2's ``Conv1D``), trainable tokens.
+other LoRA variants, ``lora_bias``, LoRA on embeddings or convolutions, trainable tokens.
 
 Dropout: PEFT's ``lora_dropout`` becomes the layer's ``dropout`` and back. PEFT holds one per
 adapter, our layer one per layer (one mask per call shared by the bank): when a layer's adapters
@@ -43,6 +46,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from . import base_layers
 from .inject import (MODULES_TO_SAVE_ATTR, TASK_TYPE_ATTR, _all_names, _set_module,
                      _short_list, extract_base, find_modules_to_save, injected_layers)
 from .layer import GatedLoRALinear
@@ -78,13 +82,14 @@ def _unwrap(peft_model: nn.Module):
 
 
 def _check_lora_layer(name: str, layer) -> None:
-    peft = _require_peft()
     base = layer.get_base_layer()
     problems = []
-    if type(base) is not nn.Linear:
-        problems.append(f"its base layer is a {type(base).__name__}, not an nn.Linear")
-    if getattr(layer, "fan_in_fan_out", False):
-        problems.append("fan_in_fan_out=True")
+    kind = base_layers.base_kind(base)
+    if kind is None:
+        problems.append(f"its base layer is a {type(base).__name__}, not a linear-like layer")
+    if getattr(layer, "fan_in_fan_out", False) and kind != "conv1d":
+        problems.append(f"fan_in_fan_out=True on a {type(base).__name__} (only a Conv1D base "
+                        "stores its weight transposed)")
     if layer.merged:
         problems.append(f"adapters {layer.merged_adapters} are merged into the base weight "
                         "(call unmerge_adapter() first)")
@@ -92,8 +97,10 @@ def _check_lora_layer(name: str, layer) -> None:
         problems.append(f"adapters {sorted(layer.lora_variant)} use a LoRA variant (e.g. DoRA)")
     if any(getattr(layer, "lora_bias", {}).values()):
         problems.append("lora_bias=True")
-    if not isinstance(layer, peft.tuners.lora.Linear):
-        problems.append(f"it is a {type(layer).__name__}, not a lora.Linear")
+    # lora.Linear and PEFT's per-backend ones (bnb Linear4bit/Linear8bitLt, ...): PEFT names
+    # its linear LoRA layers "...Linear..." (the convention its own "all-linear" relies on).
+    if "Linear" not in type(layer).__name__:
+        problems.append(f"it is a {type(layer).__name__}, not a linear LoRA layer")
     if problems:
         raise ValueError(f"from_peft cannot convert PEFT layer {name!r}: " + "; ".join(problems))
 

@@ -133,10 +133,8 @@ def all_linear_names(model: nn.Module, task_type: Optional[str] = None,
                      skip: tuple = ()) -> list:
     """PEFT's ``"all-linear"``: every ``nn.Linear`` (quantized subclasses included) and
     ``Conv1D``, except the output head (``get_output_embeddings()``; for a ``SEQ_CLS`` model
-    without one, its ``score``/``classifier``), modules inside an already gated layer, and the
-    modules named in ``skip`` (``modules_to_save``: trained in full, never adapted)."""
-    from .layer import GatedLoRALinear
-    gated = [n for n, m in model.named_modules() if isinstance(m, GatedLoRALinear)]
+    without one, its ``score``/``classifier``) and the modules in or under the names ``skip``
+    (``modules_to_save``, which are trained in full, and layers already gated)."""
     exclude = list(skip)
     get_out = getattr(model, "get_output_embeddings", None)
     head = get_out() if callable(get_out) else None
@@ -149,8 +147,7 @@ def all_linear_names(model: nn.Module, task_type: Optional[str] = None,
                 exclude += [n for n, m in model.named_modules() if m is cls_head][:1]
                 break
     return [n for n, m in model.named_modules()
-            if n and base_layers.is_linear_like(m) and not _inside(n, exclude)
-            and not any(n.startswith(g + ".") for g in gated)]
+            if n and base_layers.is_linear_like(m) and not _inside(n, exclude)]
 
 
 def excluded(name: str, exclude_modules) -> bool:

@@ -209,3 +209,21 @@ def test_litelora_on_a_qlora_base(fast_path, seed):
     assert layer.num_adapters == 2 and layer.is_frozen(0)
     assert layer.lora_B[0].abs().sum() > 0
     assert torch.equal(learner.predict(0, tasks[0][0]), first)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "qlora"])
+def test_from_peft_and_back_on_conv1d_and_4bit_bases(kind, tmp_path, fast_path, seed):
+    """A PEFT model on GPT-2's Conv1D or on a 4-bit base converts into the bank and back to
+    PEFT with its logits unchanged."""
+    peft = pytest.importorskip("peft")
+    base = tiny("gpt2") if kind == "gpt2" else quantized_llama(tmp_path / "base", 4)
+    targets = ["c_attn", "c_proj"] if kind == "gpt2" else ["q_proj", "v_proj"]
+    wrapped = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets,
+                                                        init_lora_weights=False))
+    batch = ids()
+    want = wrapped(batch).logits
+    model = llf.from_peft(wrapped)
+    layer = next(iter(llf.injected_layers(model).values()))
+    assert isinstance(layer, GatedLoRAOnModule) == (kind == "qlora")
+    assert_rel("from_peft", model(batch).logits, want, torch.float32)
+    assert_rel("to_peft", llf.to_peft(model)(batch).logits, want, torch.float32)
