@@ -24,6 +24,10 @@ from .peft_bridge import from_peft, to_peft
 from .model_utils import print_trainable_parameters, set_active_adapters, trainable_parameters
 from .adapter_files import load_adapters, save_adapters
 from .merge import merge_and_unload
+from .routing import accept_adapter_ids, route
+from .model_adapters import (add_adapter, delete_adapter, disable_adapters, merge_adapters,
+                             unmerge_adapters)
+from .hf_checkpoints import from_pretrained, save_pretrained, trainer_callbacks
 from .litelora import ContinualLearner
 from . import cl, litelora, redundancy
 
@@ -31,6 +35,8 @@ __all__ = ["gated_lora_linear", "reference", "GatedLoRALinear", "GatedLoRAOnModu
            "inject", "extract_base",
            "injected_layers", "from_peft", "to_peft", "set_active_adapters",
            "trainable_parameters", "print_trainable_parameters", "save_adapters",
-           "load_adapters", "merge_and_unload", "ContinualLearner", "litelora", "redundancy",
+           "load_adapters", "merge_and_unload", "route", "accept_adapter_ids",
+           "disable_adapters", "add_adapter", "delete_adapter", "merge_adapters",
+           "unmerge_adapters", "trainer_callbacks", "save_pretrained", "from_pretrained", "ContinualLearner", "litelora", "redundancy",
            "cl"]
 __version__ = "0.1.0"

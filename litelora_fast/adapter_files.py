@@ -12,17 +12,23 @@
 (same names; a model with none is injected first, with the saved targets), rebuilding banks whose
 layout differs. Mismatched targets or shapes raise ``ValueError`` naming the layer and shapes.
 Gates given with ``set_gates`` (e.g. LiteLoRA's task gates) are not layer state and are not saved.
+``load_adapters(model, path, name="b")`` adds the file's adapter *beside* the bank instead.
+
+Data parallelism (``dist_tensors``): both work on DDP-wrapped and FSDP2-sharded models. Every
+rank calls them; ``save_adapters`` gathers the shards and rank 0 writes; ``load_adapters`` reads
+the file on every rank and keeps each rank's shard.
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from . import layer_meta
+from . import dist_tensors, layer_meta
 from .adapter_file_checks import read_json, read_tensors
 from .inject import MODULES_TO_SAVE_ATTR, inject, injected_layers
 from .layer import GatedLoRALinear
@@ -43,7 +49,7 @@ def _safetensors():
 
 def _layer_record(layer: GatedLoRALinear) -> dict:
     # A merged adapter is saved as its unmerged self (its gate as merged): W is not in the file.
-    gates = ([float(v) for v in layer.gates.detach().tolist()]
+    gates = ([float(v) for v in dist_tensors.whole(layer.gates).tolist()]
              if layer.gate_mode == "per_adapter" else None)
     merged = layer._merged
     return {
@@ -64,10 +70,12 @@ def save_adapters(model: nn.Module, path, modules_to_save=None) -> Path:
     ``path`` (created if needed); returns it. ``modules_to_save``: module names; default those
     recorded by ``inject``/``from_peft`` (``model.llf_modules_to_save``)."""
     st = _safetensors()
+    model = dist_tensors.unwrap(model)
     layers = injected_layers(model)
     if not layers:
         raise ValueError(f"save_adapters: the {type(model).__name__} has no GatedLoRALinear "
                          "layer (llf.inject or llf.from_peft first)")
+    whole = dist_tensors.whole
     extra = list(getattr(model, MODULES_TO_SAVE_ATTR, []) if modules_to_save is None
                  else modules_to_save)
     tensors, config = {}, {"format": FORMAT, "layers": {}, "modules_to_save": extra}
@@ -75,18 +83,20 @@ def save_adapters(model: nn.Module, path, modules_to_save=None) -> Path:
         config["layers"][name] = _layer_record(layer)
         for k in range(layer.num_adapters):
             A, B = layer.adapter(k)
-            tensors[f"{name}.lora_A.{k}"] = A.detach().cpu().contiguous()
-            tensors[f"{name}.lora_B.{k}"] = B.detach().cpu().contiguous()
+            tensors[f"{name}.lora_A.{k}"] = whole(A).cpu().contiguous()
+            tensors[f"{name}.lora_B.{k}"] = whole(B).cpu().contiguous()
         if layer.gate_mode == "per_row":
-            tensors[f"{name}.router_weight"] = layer.router_weight.detach().cpu().contiguous()
-            tensors[f"{name}.router_bias"] = layer.router_bias.detach().cpu().contiguous()
+            tensors[f"{name}.router_weight"] = whole(layer.router_weight).cpu().contiguous()
+            tensors[f"{name}.router_bias"] = whole(layer.router_bias).cpu().contiguous()
     for module_name in extra:
         for pname, p in model.get_submodule(module_name).named_parameters():
-            tensors[f"modules_to_save.{module_name}.{pname}"] = p.detach().cpu().contiguous()
+            tensors[f"modules_to_save.{module_name}.{pname}"] = whole(p).cpu().contiguous()
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    st.save_file(tensors, os.fspath(path / WEIGHTS_NAME), metadata={"format": FORMAT})
-    (path / CONFIG_NAME).write_text(json.dumps(config, indent=1) + "\n")
+    if dist_tensors.is_writer():
+        path.mkdir(parents=True, exist_ok=True)
+        st.save_file(tensors, os.fspath(path / WEIGHTS_NAME), metadata={"format": FORMAT})
+        (path / CONFIG_NAME).write_text(json.dumps(config, indent=1) + "\n")
+    dist_tensors.wait_for_writer()
     return path
 
 
@@ -124,31 +134,16 @@ def _check_layer(name: str, layer: GatedLoRALinear, record: dict, tensors: dict)
                              f"{name!r} ({saved[0]}, {saved[1]}) {what}, the file has {got}")
 
 
-def load_adapters(model: nn.Module, path, freeze_base: bool = True) -> nn.Module:
-    """Load what :func:`save_adapters` wrote into ``model`` (same base model), in place; returns
-    ``model``.
-
-    ``model``'s gated layers must be exactly the saved ones (``ValueError`` lists the missing and
-    the unexpected names); a model without any is injected first with the saved layer names
-    (``freeze_base`` as in ``inject``). A bank with the saved layout is written in place (an
-    optimizer built before keeps training it); another layout is rebuilt, with a warning when
-    the layer had adapters. Names, alphas, gates and frozen flags come from the file.
-    """
-    config, tensors = _read(path)
+def _inject_saved(model: nn.Module, config: dict, freeze_base: bool) -> None:
+    """Inject the file's layers into a model that has no gated layer yet."""
     records = config["layers"]
-    if not injected_layers(model):
-        for gate in sorted({r["gate"] for r in records.values()}):
-            inject(model, [n for n, r in records.items() if r["gate"] == gate], gate=gate,
-                   num_adapters=0,
-                   freeze_base=freeze_base, modules_to_save=config.get("modules_to_save", []))
-    layers = injected_layers(model)
-    if set(layers) != set(records):
-        raise ValueError(
-            f"load_adapters: the file's gated layers differ from the model's: missing in the "
-            f"model {sorted(set(records) - set(layers))}, not in the file "
-            f"{sorted(set(layers) - set(records))}")
-    for name, layer in layers.items():     # every check before the first change
-        _check_layer(name, layer, records[name], tensors)
+    for gate in sorted({r["gate"] for r in records.values()}):
+        inject(model, [n for n, r in records.items() if r["gate"] == gate], gate=gate,
+               num_adapters=0,
+               freeze_base=freeze_base, modules_to_save=config.get("modules_to_save", []))
+
+
+def _check_modules_to_save(model: nn.Module, config: dict, tensors: dict) -> None:
     for module_name in config.get("modules_to_save", []):
         try:
             module = model.get_submodule(module_name)
@@ -161,32 +156,126 @@ def load_adapters(model: nn.Module, path, freeze_base: bool = True) -> nn.Module
                 got = tuple(tensors[key].shape) if key in tensors else "missing"
                 raise ValueError(f"load_adapters: {key} should have shape {tuple(p.shape)}, the "
                                  f"file has {got}")
+
+
+def _load_modules_to_save(model: nn.Module, config: dict, tensors: dict) -> None:
     recorded = getattr(model, MODULES_TO_SAVE_ATTR, [])
     setattr(model, MODULES_TO_SAVE_ATTR, recorded + [
         n for n in config.get("modules_to_save", []) if n not in recorded])
-    for name, layer in layers.items():
+    with torch.no_grad():
+        for module_name in config.get("modules_to_save", []):
+            for pname, p in model.get_submodule(module_name).named_parameters():
+                p.copy_(dist_tensors.like(p, tensors[f"modules_to_save.{module_name}.{pname}"]))
+
+
+def load_adapters(model: nn.Module, path, freeze_base: bool = True,
+                  name: Optional[str] = None) -> nn.Module:
+    """Load what :func:`save_adapters` wrote into ``model`` (same base model), in place; returns
+    ``model``.
+
+    Without ``name``: ``model``'s gated layers must be exactly the saved ones (``ValueError``
+    lists the missing and the unexpected names); a model without any is injected first with the
+    saved layer names (``freeze_base`` as in ``inject``). A bank with the saved layout is
+    written in place (an optimizer built before keeps training it); another layout is rebuilt,
+    with a warning when the layer had adapters. Names, alphas, gates and frozen flags come from
+    the file.
+
+    With ``name="b"``: the file's adapter (one per layer, e.g. from a model trained with one
+    adapter) is added *beside* the adapters already there, as adapter ``"b"`` of each saved
+    layer, with the file's rank, alpha, gate and frozen flags (PEFT's ``load_adapter``). The
+    saved layers must be gated layers of ``model`` (it may hold more); a layer that already has
+    ``"b"`` raises ``ValueError``. The ``modules_to_save`` in the file overwrite the model's.
+
+    Data parallelism: ``model`` may be wrapped in DDP or sharded with FSDP2; call this on every
+    rank (each reads the file and keeps its shard). A bank can be rebuilt or added to only
+    before ``fully_shard`` (which fixes the Parameters).
+    """
+    model = dist_tensors.unwrap(model)
+    config, tensors = _read(path)
+    if not injected_layers(model):
+        _inject_saved(model, config, freeze_base)
+    if name is not None:
+        return _load_beside(model, config, tensors, name)
+    records = config["layers"]
+    layers = injected_layers(model)
+    if set(layers) != set(records):
+        raise ValueError(
+            f"load_adapters: the file's gated layers differ from the model's: missing in the "
+            f"model {sorted(set(records) - set(layers))}, not in the file "
+            f"{sorted(set(layers) - set(records))}")
+    for lname, layer in layers.items():     # every check before the first change
+        _check_layer(lname, layer, records[lname], tensors)
+        ranks = [e["rank"] for e in records[lname]["adapters"]]
+        if ranks != layer.ranks and dist_tensors.is_sharded(layer.lora_A[0] if layer.lora_A
+                                                             else layer.weight):
+            raise ValueError(f"load_adapters: layer {lname!r} has adapters of ranks "
+                             f"{layer.ranks}, the file {ranks}; a sharded (FSDP2) bank cannot be "
+                             "rebuilt: load before fully_shard")
+    _check_modules_to_save(model, config, tensors)
+    for lname, layer in layers.items():
         state = {}
-        for k, entry in enumerate(records[name]["adapters"]):
+        for k, entry in enumerate(records[lname]["adapters"]):
             for kind in ("lora_A", "lora_B"):
-                state[f"{kind}.{k}"] = tensors[f"{name}.{kind}.{k}"]
-        adapters = records[name]["adapters"]
+                state[f"{kind}.{k}"] = tensors[f"{lname}.{kind}.{k}"]
+        adapters = records[lname]["adapters"]
         if layer.gate_mode == "per_adapter":
             state["gates"] = torch.tensor([e["gate"] for e in adapters], dtype=torch.float64)
         else:
-            state["router_weight"] = tensors[f"{name}.router_weight"]
-            state["router_bias"] = tensors[f"{name}.router_bias"]
+            state["router_weight"] = tensors[f"{lname}.router_weight"]
+            state["router_bias"] = tensors[f"{lname}.router_bias"]
+        if [e["rank"] for e in adapters] == layer.ranks:
+            # Each rank's shard of an FSDP2 Parameter (the whole tensor elsewhere).
+            state = {k: dist_tensors.like(layer.get_parameter(k), v) for k, v in state.items()}
         # The layer's own state-dict metadata carries names, alphas and frozen flags.
         state["_extra_state"] = layer_meta.encode({
             "gate": layer.gate_mode, "ranks": [e["rank"] for e in adapters],
-            "dropout": records[name].get("dropout", layer.dropout),
+            "dropout": records[lname].get("dropout", layer.dropout),
             "alphas": [e["alpha"] for e in adapters], "names": [e["name"] for e in adapters],
             "merged": [None] * len(adapters),
             "requires_grad": [[not f for f in e["frozen"]] for e in adapters]})
         layer.unmerge()
         # strict=False: the base weight and bias are not in the file and stay as they are.
         layer.load_state_dict(state, strict=False)
-    with torch.no_grad():
-        for module_name in config.get("modules_to_save", []):
-            for pname, p in model.get_submodule(module_name).named_parameters():
-                p.copy_(tensors[f"modules_to_save.{module_name}.{pname}"])
+    _load_modules_to_save(model, config, tensors)
+    return model
+
+
+def _load_beside(model: nn.Module, config: dict, tensors: dict, name: str) -> nn.Module:
+    """``load_adapters(..., name=)``: the file's one adapter appended to each saved layer."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"load_adapters: name must be a non-empty str, got {name!r}")
+    records = config["layers"]
+    layers = injected_layers(model)
+    saved = sorted({e["name"] for r in records.values() for e in r["adapters"]})
+    many = {n: len(r["adapters"]) for n, r in records.items() if len(r["adapters"]) != 1}
+    if len(saved) != 1 or many:
+        raise ValueError(f"load_adapters(name={name!r}) adds one adapter per layer; the file "
+                         f"holds adapters {saved} ({many or 'one per layer'}): load it without "
+                         "name= to replace the bank")
+    missing = sorted(set(records) - set(layers))
+    if missing:
+        raise ValueError(f"load_adapters: the file's layers {missing[:4]} are not gated layers "
+                         f"of the {type(model).__name__}")
+    taken = [n for n in records if name in layers[n].adapter_names]
+    if taken:
+        raise ValueError(f"load_adapters: layer(s) {taken[:4]} already hold an adapter named "
+                         f"{name!r}; delete it (llf.delete_adapter) or pick another name")
+    for lname in records:
+        _check_layer(lname, layers[lname], records[lname], tensors)
+    _check_modules_to_save(model, config, tensors)
+    for lname, record in records.items():
+        layer, entry = layers[lname], record["adapters"][0]
+        k = layer.add_adapter(rank=entry["rank"], alpha=entry["alpha"], name=name)
+        A, B = layer.adapter(k)
+        with torch.no_grad():
+            A.copy_(tensors[f"{lname}.lora_A.0"])
+            B.copy_(tensors[f"{lname}.lora_B.0"])
+            if layer.gate_mode == "per_adapter":
+                layer.gates[k] = entry["gate"]
+            else:
+                layer.router_weight[k] = tensors[f"{lname}.router_weight"][0]
+                layer.router_bias[k] = tensors[f"{lname}.router_bias"][0]
+        A.requires_grad_(not entry["frozen"][0])
+        B.requires_grad_(not entry["frozen"][1])
+    _load_modules_to_save(model, config, tensors)
     return model

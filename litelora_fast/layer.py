@@ -19,6 +19,8 @@ their gates; :meth:`GatedLoRALinear.unmerge` subtracts them again (exact up to o
 
 Gates, in the order a forward looks for them:
 
+0. ``with llf.route(model, adapter_ids):`` (``routing.py``): each row to its adapter, when no
+   ``gates`` are passed;
 1. ``forward(x, gates=...)``: explicit gates, ``(K,)`` or ``x.shape[:-1] + (K,)``;
 2. ``set_gates(g)``: external task-level gates ``(K,)`` (LiteLoRA: one tensor shared by every
    layer, possibly requiring grad), used until ``set_gates(None)``;
@@ -45,7 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import base_layers, layer_meta, resized_state
+from . import base_layers, layer_meta, resized_state, routing_state
 from .bank_cache import BankCache, cat_bank
 from .lora_dropout import check_p
 from .ops import gated_lora_linear
@@ -448,12 +450,21 @@ class GatedLoRALinear(nn.Module):
     def _trainable(self) -> list:
         return [a.requires_grad or b.requires_grad for a, b in zip(self.lora_A, self.lora_B)]
 
+    def _routed_forward(self, x: torch.Tensor, gates: Optional[torch.Tensor]):
+        """Inside ``llf.route`` (and without explicit ``gates``): this layer's output with each
+        row sent to its adapter (``routing.py``); else ``None``."""
+        routing = routing_state.current() if gates is None else None
+        return None if routing is None else routing.forward(self, x)
+
     def forward(self, x: torch.Tensor, gates: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x`` ``(..., in_features)`` -> ``(..., out_features)``; ``gates`` overrides the
         layer's own gates for this call (see the module docstring)."""
         self._check_input(x)
         if self.num_adapters == 0:
             return F.linear(x, self.base_weight(), self.bias)
+        routed = self._routed_forward(x, gates)
+        if routed is not None:
+            return routed
         g = self._gates_for(x, gates)
         lora_A, lora_B = self.packed_bank(self._compute_dtype(x))
         # Frozen adapters are left out of the weight-gradient GEMMs (only the newest trains).

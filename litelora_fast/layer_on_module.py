@@ -85,6 +85,9 @@ class GatedLoRAOnModule(GatedLoRALinear):
 
     def forward(self, x: torch.Tensor, gates: Optional[torch.Tensor] = None) -> torch.Tensor:
         self._check_input(x)
+        routed = self._routed_forward(x, gates) if self.num_adapters else None
+        if routed is not None:
+            return routed
         y = self.base_layer(x)
         if self.num_adapters == 0:
             return y

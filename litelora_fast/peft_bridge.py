@@ -51,6 +51,13 @@ from .inject import (MODULES_TO_SAVE_ATTR, TASK_TYPE_ATTR, _all_names, _set_modu
                      _short_list, extract_base, find_modules_to_save, injected_layers)
 from .layer import GatedLoRALinear
 
+# PEFT's name of an adapter created without a name; the one it saves at the top of a directory.
+DEFAULT_NAME = "default"
+_TASK_SUFFIXES = (("ForCausalLM", "CAUSAL_LM"), ("LMHeadModel", "CAUSAL_LM"),
+                  ("ForSequenceClassification", "SEQ_CLS"), ("ForTokenClassification", "TOKEN_CLS"),
+                  ("ForQuestionAnswering", "QUESTION_ANS"),
+                  ("ForConditionalGeneration", "SEQ_2_SEQ_LM"))
+
 
 def _require_peft():
     try:
@@ -225,7 +232,27 @@ def _layer_names(name: str, layer: GatedLoRALinear,
             raise ValueError(f"adapter_names has {len(adapter_names)} names but layer {name!r} "
                              f"has {K} adapters")
         return list(adapter_names[:K])
-    return layer.adapter_names
+    # The first adapter under its automatic name becomes PEFT's "default", the one PEFT saves at
+    # the top of the directory (others go to DIR/<name>/), so PeftModel.from_pretrained(base,
+    # DIR) loads it as PEFT users expect.
+    names = layer.adapter_names
+    if names and names[0] == "adapter_0" and DEFAULT_NAME not in names:
+        names[0] = DEFAULT_NAME
+    return names
+
+
+def infer_task_type(model: nn.Module) -> Optional[str]:
+    """PEFT's ``task_type`` for a Hugging Face model class: ``*ForCausalLM`` -> ``CAUSAL_LM``,
+    ``*ForSequenceClassification`` -> ``SEQ_CLS`` (PEFT then saves the head), token
+    classification, question answering, encoder-decoder LMs; ``None`` for anything else."""
+    name = type(model).__name__
+    for suffix, task in _TASK_SUFFIXES:
+        if name.endswith(suffix):
+            if task == "CAUSAL_LM" and getattr(getattr(model, "config", None),
+                                               "is_encoder_decoder", False):
+                return "SEQ_2_SEQ_LM"
+            return task
+    return None
 
 
 def _config_for(peft, entries: list, extra: dict):
@@ -261,13 +288,19 @@ def to_peft(model: nn.Module, adapter_names: Optional[Sequence[str]] = None,
     Args:
         model: a model with ``GatedLoRALinear`` layers (from :func:`inject` or :func:`from_peft`).
         adapter_names: PEFT's name for bank entry ``k``; default: each layer's
-            ``adapter_names`` (PEFT's names after :func:`from_peft`, else ``adapter_<k>``).
+            ``adapter_names`` (PEFT's names after :func:`from_peft`, else ``adapter_<k>``),
+            except that an unnamed first adapter (``adapter_0``) is PEFT's ``"default"``: the
+            one ``save_pretrained(DIR)`` writes at the top of ``DIR``, which
+            ``PeftModel.from_pretrained(base, DIR)`` loads.
         modules_to_save: modules PEFT stores beside the adapters (e.g. ``["classifier"]``);
             default: those recorded by ``inject(modules_to_save=...)`` or :func:`from_peft`.
             Other Parameters that require grad are named in a ``UserWarning``: PEFT's adapter
             files do not hold them, so a PEFT reload would lose their trained values.
         task_type: PEFT's ``task_type`` (e.g. ``"SEQ_CLS"``, which also saves the classifier);
-            default: the one :func:`from_peft` recorded, else none.
+            default: the one :func:`from_peft` recorded, else inferred from the model class
+            (:func:`infer_task_type`: ``CAUSAL_LM`` for ``*ForCausalLM``, ``SEQ_CLS`` for
+            ``*ForSequenceClassification``, ...), so the result is a ``PeftModelForCausalLM``
+            etc.
 
     Returns a ``PeftModel`` whose output equals ``model``'s: the adapters with a non-zero gate in
     some layer are active (``base_model.set_adapter(list)``), a gate ``g`` other than 1 is folded
@@ -281,7 +314,8 @@ def to_peft(model: nn.Module, adapter_names: Optional[Sequence[str]] = None,
         raise ValueError(f"to_peft found no GatedLoRALinear in the {type(model).__name__}")
     saved = find_modules_to_save(model, getattr(model, MODULES_TO_SAVE_ATTR, [])
                                  if modules_to_save is None else modules_to_save)
-    task_type = getattr(model, TASK_TYPE_ATTR, None) if task_type is None else task_type
+    if task_type is None:
+        task_type = getattr(model, TASK_TYPE_ATTR, None) or infer_task_type(model)
     lost = _lost_parameters(model, saved)
     if lost:
         warnings.warn(f"to_peft: {len(lost)} trainable Parameter(s) outside the adapters and "

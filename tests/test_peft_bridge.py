@@ -189,7 +189,8 @@ def test_peft_round_trip_keeps_weights_and_outputs(fast_path, seed):
 def test_default_adapter_names(fast_path, seed):
     _, net = gated_net(seed)
     model = llf.to_peft(net)
-    assert list(model.peft_config) == ["adapter_0", "adapter_1", "adapter_2"]
+    # The unnamed first adapter is PEFT's "default" (saved at the top of a directory).
+    assert list(model.peft_config) == ["default", "adapter_1", "adapter_2"]
 
 
 def test_unsupported_peft_layers_are_named():
@@ -259,8 +260,8 @@ def test_modules_to_save_survive_a_peft_reload(fast_path, seed, tmp_path):
     ref = net(x)
     model = llf.to_peft(net)
     assert_rel("to_peft", model(x), ref, F64)
-    model.save_pretrained(tmp_path)       # one directory per adapter name
-    loaded = peft.PeftModel.from_pretrained(base, os.fspath(tmp_path / "adapter_0")).eval()
+    model.save_pretrained(tmp_path)       # "default" at the top, as PEFT users expect
+    loaded = peft.PeftModel.from_pretrained(base, os.fspath(tmp_path)).eval()
     assert_rel("PEFT reload", loaded(x), ref, F64)
 
 
@@ -296,7 +297,7 @@ def test_task_type_and_modules_to_save_round_trip(fast_path, seed, tmp_path):
 
 def test_to_peft_modules_to_save_with_two_active_adapters_is_refused(fast_path, seed):
     net = llf.inject(Net().double(), ["q_proj"], num_adapters=2, modules_to_save=["head"])
-    with pytest.raises(ValueError, match=r"one active adapter.*\['adapter_0', 'adapter_1'\]"):
+    with pytest.raises(ValueError, match=r"one active adapter.*\['default', 'adapter_1'\]"):
         llf.to_peft(net)
     assert len(injected_layers(net)) == 2, "nothing changed by the failed call"
     llf.set_active_adapters(net, "adapter_1")

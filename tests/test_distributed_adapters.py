@@ -1,0 +1,124 @@
+"""Model-level adapter features under data parallelism on the CPU (two gloo processes):
+``save_adapters``/``load_adapters`` on DDP and FSDP2 models (rank 0 writes, every rank loads its
+shard) and ``llf.route`` under DDP (the routed gradients equal one process on the whole batch).
+The layer's own DDP/FSDP2 gradients: ``test_distributed.py``."""
+import copy
+import datetime
+import os
+import socket
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+import litelora_fast as llf
+from numerics import assert_rel
+
+WORLD = 2
+TOL = 1e-9     # two halves summed in another order (float64); see test_distributed.py
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bank_model(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    layers = [llf.GatedLoRALinear(16, 32, rank=4, num_adapters=2),
+              llf.GatedLoRALinear(32, 8, rank=2, num_adapters=2)]
+    for layer in layers:
+        with torch.no_grad():
+            for B in layer.lora_B:
+                B.normal_()
+            layer.gates.uniform_(0.5, 1.5)
+    return nn.Sequential(layers[0], nn.GELU(), layers[1]).double()
+
+
+def _whole_state(model) -> dict:
+    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+            for n, p in model.named_parameters()}
+
+
+def _check_files(rank: int, seed: int, path: str, wrapper: str) -> None:
+    model = _bank_model(seed)
+    expected = _whole_state(model)
+    if wrapper == "ddp":
+        wrapped = nn.parallel.DistributedDataParallel(model)
+    else:
+        from torch.distributed.fsdp import fully_shard
+        fully_shard(model[0])
+        fully_shard(model[2])
+        wrapped = fully_shard(model)
+    out = os.path.join(path, wrapper)
+    llf.save_adapters(wrapped, out)                 # collective; rank 0 writes
+    assert os.path.isfile(os.path.join(out, "adapters.safetensors"))
+    # Load into a model with other values, wrapped the same way: every rank gets the file's.
+    other = _bank_model(seed + 1)
+    if wrapper == "ddp":
+        target = nn.parallel.DistributedDataParallel(other)
+    else:
+        from torch.distributed.fsdp import fully_shard
+        fully_shard(other[0])
+        fully_shard(other[2])
+        target = fully_shard(other)
+    llf.load_adapters(target, out)
+    got = _whole_state(other)
+    for name, value in expected.items():
+        if "lora" in name or "gates" in name:
+            assert torch.equal(got[name], value), f"{wrapper} {name} after load (rank {rank})"
+
+
+def _check_routed_ddp(rank: int, seed: int) -> None:
+    from tenant_models import grads, llama_with_tenants
+    model = llama_with_tenants(seed=seed % 1000)
+    ids = torch.randint(1, 64, (4, 5), generator=torch.Generator().manual_seed(seed))
+    tenants = ["a", "c", "c", "b"]
+    single = copy.deepcopy(model)
+    with llf.route(single, tenants):
+        single(ids, labels=ids).loss.backward()
+    expected = grads(single)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    half = slice(2 * rank, 2 * rank + 2)
+    with llf.route(ddp, tenants[half]):
+        ddp(ids[half], labels=ids[half]).loss.backward()
+    got = {n.removeprefix("module."): g for n, g in grads(model).items()}
+    assert set(got) <= set(expected) and got
+    for name, g in expected.items():
+        # Tenants absent from this rank's half still get the other rank's gradient (all-reduce).
+        assert_rel(f"routed DDP grad {name}", got.get(name, torch.zeros_like(g)), g,
+                   torch.float64, tol=TOL)
+
+
+def _worker(rank: int, port: int, seed: int, path: str) -> None:
+    os.environ["TRITON_INTERPRET"] = "0"
+    sys.path.insert(0, os.path.dirname(__file__))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD, timeout=datetime.timedelta(seconds=120))
+    failures = []
+    try:
+        for name, check in (("ddp files", lambda: _check_files(rank, seed, path, "ddp")),
+                            ("fsdp2 files", lambda: _check_files(rank, seed, path, "fsdp2")),
+                            ("routed ddp", lambda: _check_routed_ddp(rank, seed))):
+            try:
+                check()
+            except Exception as e:
+                failures.append(f"rank {rank} {name}: {type(e).__name__}: {e}")
+    finally:
+        dist.destroy_process_group()
+    if failures:
+        raise AssertionError("\n".join(failures))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)        # see test_distributed.py: a clean pass leaves at once
+
+
+def test_adapter_files_and_routing_under_ddp_and_fsdp2(seed, tmp_path):
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available in this build")
+    pytest.importorskip("transformers")
+    mp.spawn(_worker, args=(_free_port(), seed, os.fspath(tmp_path)), nprocs=WORLD, join=True)
