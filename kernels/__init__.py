@@ -1,37 +1,48 @@
 """Triton kernels of litelora-fast, installed as ``litelora_fast.kernels``.
 
-Launchers (the math in docs/MATH.md, the contracts in docs/DESIGN.md):
+The launchers (the math in docs/MATH.md, the contracts in docs/DESIGN.md, the internals in
+docs/kernels.md) are exported from this package itself, resolved lazily on first use:
 
-- ``forward``: the shrink kernel (``S = x @ lora_A^T`` and the gated ``SG``) and the fused
-  base-plus-adapter GEMM ``y = x @ weight^T + SG @ lora_B^T + bias`` (pointer kernel), with the
-  launchers ``shrink`` and ``fused_forward``.
-- ``backward``: grad-shrink (``dS`` and the gate-gradient partials ``P``) and the fused
-  ``dx = dy @ weight + dS @ lora_A`` (pointer kernel), with ``grad_shrink`` and ``fused_dx``;
-  re-exports ``matmul_tn`` and ``lora_weight_grads``.
-- ``fused_tma``: the tensor-descriptor (TMA) kernel behind both fused GEMMs: variants "tma",
-  "tma_persistent" and "tma_ws" (warp-specialized), chosen per call (``tuning.choose_variant``).
-- ``weight_grad``: the deterministic ``a^T @ b`` GEMM (dA, dB, dW) and ``lora_weight_grads``
-  (dA and dB from one launch), with the fixed-order split-N partial sum.
+    from litelora_fast import kernels
+    S, SG = kernels.shrink(x2d, lora_A, gates2d, col_adapter, col_scale)
+    y = kernels.fused_forward(x2d, weight, bias, SG, lora_B)
 
-- ``dropout``: LoRA dropout's keep-mask materialised (``dropout_mask``) and the masked adapter
-  term of ``dx`` (``masked_addmm_``); the kernels draw the mask in-kernel (``tiles.keep_scale``).
+``shrink``, ``fused_forward``, ``grad_shrink``, ``fused_dx``, ``lora_weight_grads``,
+``matmul_tn``, ``masked_addmm_``, ``dropout_mask``.
 
-Shared pieces:
-
-- ``tiles``: device helpers inlined into the kernels (grouped tile order, the masked K-loop,
-  the Philox dropout keep factor).
-- ``tuning``: launch helpers (autotune switch, shared-memory fit, TF32 choice, variant choice,
-  descriptor legality, padded buffers).
-- ``aot_specs``: the ahead-of-time compile specs of every shipped config, generated from the
-  config lists, and ``config_lists()``, the registry of launch configs.
-- ``compile_report``: ``compile_report(arch="sm_90")`` compiles those specs without a GPU and
-  reads registers, spills, shared memory, HGMMA, TMA and warp specialization from the SASS
-  (``python -m litelora_fast inspect``).
-
-``LAUNCH_COUNTS`` counts kernel launches by kernel name (and ``"<kernel>/<variant>"`` for the fused
-GEMMs); every launcher increments it, so tests can prove that the interpreter really ran our
-kernels and which variant it took. Importing this package imports neither torch nor triton.
+``LAUNCH_COUNTS`` counts kernel launches by kernel name (and ``"<kernel>/<variant>"`` for the
+fused GEMMs); every launcher increments it, so tests can prove that the interpreter really ran
+our kernels and which variant it took. Importing this package imports neither torch nor triton:
+the first use of an exported name imports the file that defines it.
 """
 import collections
+import importlib
 
 LAUNCH_COUNTS = collections.Counter()
+
+# exported name -> the module (in this package) that defines it
+_EXPORTS = {
+    "shrink": "forward",
+    "fused_forward": "forward",
+    "grad_shrink": "backward",
+    "fused_dx": "backward",
+    "lora_weight_grads": "weight_grad",
+    "matmul_tn": "weight_grad",
+    "masked_addmm_": "dropout",
+    "dropout_mask": "dropout",
+}
+
+__all__ = ["LAUNCH_COUNTS", *_EXPORTS]
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value          # resolved once; later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
