@@ -14,9 +14,26 @@ docs/kernels.md) are exported from this package itself, resolved lazily on first
 fused GEMMs); every launcher increments it, so tests can prove that the interpreter really ran
 our kernels and which variant it took. Importing this package imports neither torch nor triton:
 the first use of an exported name imports the file that defines it.
+
+Why this file is a module with a ``__path__`` and not ``kernels/__init__.py``: the kernel files
+live in the repository's top-level folder ``kernels/``. With an ``__init__.py`` there, that folder
+is a regular package named ``kernels`` for any Python started at the repository root (the root
+is ``sys.path[0]``), and it hides an installed package of that name (Hugging Face's kernels hub,
+which bitsandbytes imports). Without one, the folder is only a namespace portion, which loses to
+a regular package found later on the path. This module is the package's ``__init__``: Python
+takes ``litelora_fast/kernels.py`` as ``litelora_fast.kernels`` (a module beats a directory
+without ``__init__.py``), and its ``__path__`` makes the kernel files its submodules.
 """
 import collections
 import importlib
+import os
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# Installed (setup.py maps kernels/ to litelora_fast/kernels/, as does benchmarks/gpu_check.sh's
+# copy): the folder beside this file. In the source tree (editable install, PYTHONPATH=repo):
+# the repository's top-level kernels/, next to setup.py.
+_INSTALLED = os.path.join(_HERE, "kernels")
+__path__ = [_INSTALLED if os.path.isdir(_INSTALLED) else os.path.join(os.path.dirname(_HERE), "kernels")]
 
 LAUNCH_COUNTS = collections.Counter()
 
