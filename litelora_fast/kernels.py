@@ -8,7 +8,15 @@ docs/kernels.md) are exported from this package itself, resolved lazily on first
     y = kernels.fused_forward(x2d, weight, bias, SG, lora_B)
 
 ``shrink``, ``fused_forward``, ``grad_shrink``, ``fused_dx``, ``lora_weight_grads``,
-``matmul_tn``, ``masked_addmm_``, ``dropout_mask``.
+``matmul_tn``, ``masked_addmm_``, ``dropout_mask``; and for tools: ``chosen_configs()`` (the config
+each tuned launch of this process picked), ``config_lists()`` (every config list the launchers
+tune over), ``ws_fits`` (whether the warp-specialized kernel takes a bank), ``STATUS`` (how far the
+configs are tuned).
+
+One file per fused product (docs/kernels.md): ``shrink_xa`` (S, SG), ``fused_xw_sgb`` (y),
+``shrink_dyb`` (dS, P), ``fused_dyw_dsa`` (dx), ``weight_grad`` (dA, dB, dW), ``dropout``
+(masked dx term, the mask); ``tiles`` (device helpers), ``tuning`` (launch helpers),
+``compile_spec`` and ``compile_report`` (the offline sm_90 check).
 
 ``LAUNCH_COUNTS`` counts kernel launches by kernel name (and ``"<kernel>/<variant>"`` for the
 fused GEMMs); every launcher increments it, so tests can prove that the interpreter really ran
@@ -39,14 +47,18 @@ LAUNCH_COUNTS = collections.Counter()
 
 # exported name -> the module (in this package) that defines it
 _EXPORTS = {
-    "shrink": "forward",
-    "fused_forward": "forward",
-    "grad_shrink": "backward",
-    "fused_dx": "backward",
+    "shrink": "shrink_xa",
+    "fused_forward": "fused_xw_sgb",
+    "grad_shrink": "shrink_dyb",
+    "fused_dx": "fused_dyw_dsa",
     "lora_weight_grads": "weight_grad",
     "matmul_tn": "weight_grad",
     "masked_addmm_": "dropout",
     "dropout_mask": "dropout",
+    "chosen_configs": "tuning",
+    "STATUS": "tuning",
+    "ws_fits": "fused_xw_sgb",
+    "config_lists": "compile_report",
 }
 
 __all__ = ["LAUNCH_COUNTS", *_EXPORTS]

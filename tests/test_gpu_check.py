@@ -2,7 +2,7 @@
 numerics plan covers every kernel, variant and dtype, and a dry run without a GPU skips cleanly.
 
 No GPU is needed: the estimate prices the lists the GPU scripts run (``benchmarks/gpu_plan.py``)
-against the kernels' config lists (``litelora_fast.kernels.aot_specs.config_lists``).
+against the kernels' config lists (``litelora_fast.kernels.config_lists``).
 """
 import os
 import subprocess
