@@ -61,8 +61,8 @@ class KernelSpec:
 
     ``launchers``: ``{False: Launcher, True: Launcher}`` (16-bit, fp32 operands).
     ``types``: argument -> triton type, where not the default; "*T" stands for the operand dtype.
-    ``unit_strides``: stride arguments fixed to 1. ``buckets(dtype)``: ``{constexpr: values}``
-    the launcher picks from. ``flags``: constexpr sets compiled for each bucket (e.g. with and
+    ``unit_strides``: stride arguments fixed to 1. ``buckets(dtype, flags)``: ``{constexpr:
+    values}`` the launcher picks from for that dtype and flag set. ``flags``: constexpr sets compiled for each bucket (e.g. with and
     without dropout). ``consts``: constexprs fixed for every compile. ``blocks(meta)``: the
     descriptor block shapes of a descriptor kernel (the same function its config pre_hook uses).
     ``sweep``: extra bf16 configs to compile (``SWEEP_CONFIGS``). ``listed``: in
@@ -112,10 +112,10 @@ class KernelSpec:
         out = []
         for dtype in self.dtypes:
             launcher = self.launchers[dtype.startswith("fp32")]
-            buckets = self.buckets(dtype) if self.buckets else {}
-            for values in itertools.product(*buckets.values()):
-                bucket = dict(zip(buckets, values))
-                for rank, flags in enumerate(self.flags):
+            for rank, flags in enumerate(self.flags):
+                buckets = self.buckets(dtype, flags) if self.buckets else {}
+                for values in itertools.product(*buckets.values()):
+                    bucket = dict(zip(buckets, values))
                     consts = {**self.consts, **bucket, **flags, "DOT_PRECISION": precision(dtype),
                               **{s: 1 for s in self.unit_strides}}
                     tag = " ".join(f"{k}={v}" for k, v in bucket.items())
@@ -125,7 +125,7 @@ class KernelSpec:
             launcher = self.launchers[False]
             consts = {**self.consts, **(self.flags[0]), "DOT_PRECISION": "tf32",
                       **{s: 1 for s in self.unit_strides}}
-            bucket = self.buckets("bf16") if self.buckets else {}
+            bucket = self.buckets("bf16", self.flags[0]) if self.buckets else {}
             consts.update({k: v[0] for k, v in bucket.items()})
             tag = " ".join(f"{k}={v[0]}" for k, v in bucket.items())
             for kept in launcher.fit([c], ELEM["bf16"], consts):

@@ -91,7 +91,7 @@ SPECS = [
     KernelSpec("masked_addmm", "pointer", _masked_addmm_kernel, _ADDMM,
                types={"seed_ptr": "*i64"},
                unit_strides=("stride_dx_i", "stride_dS_r", "stride_lora_A_i"),
-               buckets=lambda dt: {"BLOCK_R": buckets(MAX_BLOCK_R)}, flags=({"P_DROP": 0.1},)),
+               buckets=lambda dt, flags: {"BLOCK_R": buckets(MAX_BLOCK_R)}, flags=({"P_DROP": 0.1},)),
     KernelSpec("dropout_mask", "pointer", _mask_kernel, _MASK,
                types={"seed_ptr": "*i64", "out_ptr": "*i8"}, flags=({"P_DROP": 0.1},),
                dtypes=("bf16",), listed=False),   # the mask is int8 whatever the operands' dtype

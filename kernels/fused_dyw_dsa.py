@@ -50,7 +50,7 @@ SWEEP_CONFIGS = {
             _gemm(128, 128, 64, 8, 5, split=True), _gemm(128, 128, 64, 4, 4, split=False)],
     "tma_persistent": [_gemm(128, 256, 64, 8, 3, split=True), _gemm(128, 128, 64, 8, 4, split=True),
                        _gemm(128, 128, 64, 8, 4, group=16, split=False)],
-    "tma_ws": [_gemm(128, 128, 64, 8, 4), _gemm(128, 256, 64, 8, 3), _gemm(128, 128, 64, 4, 3)],
+    "tma_ws": [_gemm(128, 128, 64, 4, 3), _gemm(128, 128, 64, 4, 4, group=16)],
 }
 INTERPRETER_CONFIG = {
     "pointer": _gemm(32, 32, 32, 4, 1, group=2),
@@ -184,7 +184,7 @@ SPECS = [
     # fp32 fused_dx never takes tma_ws (``ws_fits``).
     KernelSpec("fused_dx", "tma_ws", _tma_ws_kernel, _LAUNCH["tma_ws"], dtypes=("bf16", "fp16"),
                blocks=_ws_blocks, consts={"HAS_ADAPTER": True},
-               buckets=lambda dt: {"BLOCK_R": buckets(WS_MAX_BLOCK_R)},
+               buckets=lambda dt, flags: {"BLOCK_R": buckets(WS_MAX_BLOCK_R)},
                sweep=tuple(SWEEP_CONFIGS["tma_ws"])),
 ]
 

@@ -92,7 +92,7 @@ SPECS = [KernelSpec(
     unit_strides=("stride_dy_o", "stride_lora_B_r", "stride_S_r", "stride_gates_k",
                   "stride_dS_r", "stride_P_r"),
     unaligned=("stride_gates_n",),
-    buckets=lambda dt: {"BLOCK_R": buckets(MAX_BLOCK_R)},
+    buckets=lambda dt, flags: {"BLOCK_R": buckets(MAX_BLOCK_R)},
     flags=({"NEED_GATE_GRAD": True},))]     # the heavier epilogue (S read, P written)
 
 

@@ -109,7 +109,7 @@ SPECS = [KernelSpec(
            "seed_ptr": "*i64"},
     unit_strides=("stride_x_i", "stride_lora_A_i", "stride_gates_k", "stride_S_r", "stride_SG_r"),
     unaligned=("stride_gates_n",),
-    buckets=lambda dt: {"BLOCK_R": buckets(MAX_BLOCK_R["fp32" if dt.startswith("fp32") else "16-bit"])},
+    buckets=lambda dt, flags: {"BLOCK_R": buckets(MAX_BLOCK_R["fp32" if dt.startswith("fp32") else "16-bit"])},
     # With LoRA dropout the Philox mask on the x tiles must not cost the HGMMA or spill.
     flags=({"P_DROP": 0.0}, {"P_DROP": 0.1}))]
 

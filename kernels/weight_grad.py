@@ -68,6 +68,10 @@ _NARROW_INTERPRET = triton.Config({"BLOCK_M": 32, "BLOCK_K": 32, "GROUP_M": 1},
                                   num_warps=4, num_stages=1)
 
 NARROW_MAX_P = 64            # outputs at most this wide (after the swap) use the narrow configs
+# lora_weight_grads with LoRA dropout: the masked x tile next to the gate and S tiles leaves no
+# registers for a 64-wide output tile (sm_90 compile: every 16-bit narrow config spills 56-4424 B
+# at BLOCK_N = 64), so wider banks take 32-column tiles (x re-read from L2, the mask redrawn).
+DROPOUT_MAX_N = 32
 SPLIT_ALIGN = 256            # chunk lengths are multiples of every BLOCK_K above
 MIN_SPLIT_ROWS = 1024        # below this a chunk's partial write + read outweighs its share of work
 SUM_BLOCK = 1024             # elements per program of the partial-sum kernel
@@ -213,8 +217,17 @@ def _sum_partials_kernel(
 
 
 def _tn_smem(c, elem, consts):
+    """Pipelined a/b tiles; with in-kernel gates or dropout, the b tile is re-staged with its
+    gate in fp32 (sm_90 compile: 3 x BLOCK_K x BLOCK_N x 4 B beyond the stages, at most)."""
     k = c.kwargs
-    return stage_bytes(k["BLOCK_M"], k.get("BLOCK_N", consts.get("BLOCK_N")), k["BLOCK_K"], elem), 0
+    n = k.get("BLOCK_N", consts.get("BLOCK_N"))
+    transformed = consts.get("GATED", False) or consts.get("P_DROP", 0.0) > 0
+    return stage_bytes(k["BLOCK_M"], n, k["BLOCK_K"], elem), 3 * k["BLOCK_K"] * n * 4 if transformed else 0
+
+
+def _pair_spills(c, elem, consts):
+    # sm_90 compile: with dropout, 256-deep x tiles (their Philox counters) spill 2,688-4,424 B.
+    return consts.get("P_DROP", 0.0) > 0 and c.kwargs["BLOCK_K"] >= 256
 
 
 _KEY = ["M", "P", "N_BUCKET", "chunk", "DOT_PRECISION"]
@@ -226,7 +239,7 @@ _narrow = {fp32: Launcher("matmul_tn", _matmul_tn_kernel, c, _NARROW_INTERPRET, 
 # lora_weight_grads: the narrow configs (dA^T and dB are both D x R outputs).
 _lora_pair = {fp32: Launcher("lora_weight_grads", _lora_weight_grads_kernel, c, _NARROW_INTERPRET,
                              ["D_in", "D_out", "R", "N_BUCKET", "chunk", "BLOCK_N", "DOT_PRECISION",
-                              "GATED", "P_DROP"], _tn_smem)
+                              "GATED", "P_DROP"], _tn_smem, spills=_pair_spills)
               for fp32, c in by_dtype(NARROW_CONFIGS).items()}
 _SUM_CONFIG = triton.Config({"BLOCK": SUM_BLOCK}, num_warps=4, num_stages=1)
 _sum = {fp32: Launcher("matmul_tn_sum_partials", _sum_partials_kernel, [_SUM_CONFIG], _SUM_CONFIG,
@@ -239,7 +252,7 @@ SPECS = [
                unit_strides=("stride_a_m", "stride_b_p", "stride_out_p")),      # dW
     KernelSpec("matmul_tn", "narrow", _matmul_tn_kernel, _narrow, types=_TN_TYPES,
                unit_strides=("stride_a_m", "stride_b_p", "stride_out_p"),       # dB, split
-               buckets=lambda dt: {"BLOCK_N": buckets(NARROW_MAX_P)}),
+               buckets=lambda dt, flags: {"BLOCK_N": buckets(NARROW_MAX_P)}),
     # The split path (what the benchmark shapes run: their output tiles cannot fill the SMs),
     # with and without the gates and dropout (``lora_weight_grads(..., gates=, dropout=)``).
     KernelSpec("lora_weight_grads", "pointer", _lora_weight_grads_kernel, _lora_pair,
@@ -247,8 +260,11 @@ SPECS = [
                       "col_adapter_ptr": "*i32", "col_scale_ptr": "*fp32", "seed_ptr": "*i64"},
                unit_strides=("stride_x_i", "stride_dS_r", "stride_dy_o", "stride_SG_r",
                              "stride_dA_r", "stride_dB_r", "stride_gates_k"),
-               unaligned=("stride_gates_n",), buckets=lambda dt: {"BLOCK_N": buckets(NARROW_MAX_P)},
-               flags=({"GATED": False, "P_DROP": 0.0}, {"GATED": True, "P_DROP": 0.1})),
+               unaligned=("stride_gates_n",),
+               buckets=lambda dt, flags: {"BLOCK_N": buckets(DROPOUT_MAX_N if flags["P_DROP"] else NARROW_MAX_P)},
+               # plain (direct calls), the op's call without and with dropout
+               flags=({"GATED": False, "P_DROP": 0.0}, {"GATED": True, "P_DROP": 0.0},
+                      {"GATED": True, "P_DROP": 0.1})),
     KernelSpec("matmul_tn_sum_partials", "pointer", _sum_partials_kernel, _sum,
                types={"part_ptr": "*fp32"}, unit_strides=("stride_out_p", "stride_out2_p"),
                dtypes=("bf16", "fp32"), listed=False),
@@ -403,7 +419,8 @@ def lora_weight_grads(x2d, dy, dS, SG, out_dtype, *, out=None, split_n=None, gat
         part = torch.empty((split_n, D_in + D_out, R), dtype=torch.float32, device=x2d.device)
         tA, sA = part, (part.stride(0), 1, R)                 # (s, r, i) strides of dA^T rows
         tB, sB = part[:, D_in:], (part.stride(0), R, 1)       # (s, o, r)
-    block_n = max(16, triton.next_power_of_2(R)) if R <= NARROW_MAX_P else NARROW_MAX_P
+    cap = DROPOUT_MAX_N if dropout is not None and dropout[0] > 0 else NARROW_MAX_P
+    block_n = min(max(16, triton.next_power_of_2(R)), cap)
     tiles_p = triton.cdiv(R, block_n)
     grid = lambda c: ((triton.cdiv(D_in, c["BLOCK_M"]) + triton.cdiv(D_out, c["BLOCK_M"])) * tiles_p,
                       split_n)
