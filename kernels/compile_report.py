@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 
-from .tuning import SMEM_LIMIT
+from .tuning import SMEM_LIMIT, TMA_VARIANTS
 
 COLUMNS = ["kernel", "variant", "dtype", "config", "registers", "spill_bytes", "shared_bytes",
            "hgmma", "tma", "warp_specialized", "persistent", "sweep"]
@@ -192,7 +192,7 @@ def failing_rows(rows: list[dict]) -> list[dict]:
     ``tuning.SMEM_LIMIT`` (232,448 B)."""
     return [r for r in rows if not (
         (r["hgmma"] or r["kernel"] in NO_MATMUL or r["dtype"] == "fp32-ieee")
-        and r["tma"] == (r["variant"] != "pointer")
+        and r["tma"] == (r["variant"] in TMA_VARIANTS)
         and r["warp_specialized"] == (r["variant"] == "tma_ws")
         and r["persistent"] == (r["variant"] == "tma_persistent")
         and r["spill_bytes"] == 0

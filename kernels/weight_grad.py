@@ -57,8 +57,10 @@ NARROW_CONFIGS = {
         triton.Config({"BLOCK_M": 128, "BLOCK_K": 64, "GROUP_M": 1}, num_warps=4, num_stages=5),
     ],
     # 8 warps: at BLOCK_N = 64 with in-kernel dropout and gates, exact fp32 (FMA) products spill
-    # with 4 (328 B per thread in the sm_90 compile).
-    "fp32": [triton.Config({"BLOCK_M": 64, "BLOCK_K": 64, "GROUP_M": 1}, num_warps=8, num_stages=3)],
+    # with 4 (328 B per thread in the sm_90 compile). 32-deep tiles for exact fp32 with the gates
+    # in the kernel, where 64-deep ones spill (296 B at BLOCK_N = 32).
+    "fp32": [triton.Config({"BLOCK_M": 64, "BLOCK_K": 64, "GROUP_M": 1}, num_warps=8, num_stages=3),
+             triton.Config({"BLOCK_M": 64, "BLOCK_K": 32, "GROUP_M": 1}, num_warps=8, num_stages=3)],
 }
 
 # Under the interpreter: small tiles so test shapes cover several tiles and ragged edges.
@@ -226,8 +228,14 @@ def _tn_smem(c, elem, consts):
 
 
 def _pair_spills(c, elem, consts):
-    # sm_90 compile: with dropout, 256-deep x tiles (their Philox counters) spill 2,688-4,424 B.
-    return consts.get("P_DROP", 0.0) > 0 and c.kwargs["BLOCK_K"] >= 256
+    # sm_90 compile, with the gates (and dropout) applied in the kernel: 256-deep tiles spill
+    # 176-4,424 B, and 4 warps at BLOCK_K x BLOCK_N = 128 x 64 spill 480 B (8 warps do not).
+    if not (consts.get("GATED", False) or consts.get("P_DROP", 0.0) > 0):
+        return False
+    k = c.kwargs
+    if consts.get("DOT_PRECISION") == "ieee":      # exact fp32: FMA products hold both tiles
+        return elem == 4 and k["BLOCK_K"] >= 64 and consts["BLOCK_N"] >= 32
+    return k["BLOCK_K"] >= 256 or (c.num_warps == 4 and k["BLOCK_K"] * consts["BLOCK_N"] >= 128 * 64)
 
 
 _KEY = ["M", "P", "N_BUCKET", "chunk", "DOT_PRECISION"]
