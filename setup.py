@@ -1,7 +1,9 @@
 """Packaging for litelora-fast.
 
 The Triton kernels live in the top-level folder ``kernels/`` of the repository but install as the
-subpackage ``litelora_fast.kernels`` (never as a top-level module named ``kernels``).
+subpackage ``litelora_fast.kernels`` (never as a top-level module named ``kernels``). That folder has
+no ``__init__.py``, so Python started at the repository root never takes it for an installed
+``kernels`` package; the package's ``__init__`` is ``litelora_fast/kernels.py`` (see its docstring).
 """
 from setuptools import setup
 

@@ -57,8 +57,8 @@ BLOCK_STEP_S = 0.08       # one training step of the block at 8192 tokens (~11 T
 
 def kernel_configs() -> dict:
     """``{(kernel, variant): [triton.Config, ...]}``: every config list the kernels ship."""
-    from litelora_fast.kernels import aot_specs
-    return aot_specs.config_lists()
+    from litelora_fast import kernels
+    return kernels.config_lists()
 
 
 def _pow2(n: int, lo: int = 16, cap: int = 128) -> int:
@@ -167,7 +167,7 @@ class Pricer:
         missing = [n for n in names if (kernel, n) not in self.configs]
         if missing:
             raise KeyError(f"estimate: no config list for kernel {kernel!r} variant(s) {missing} "
-                           f"in litelora_fast.kernels.aot_specs.config_lists(); known: "
+                           f"in litelora_fast.kernels.config_lists(); known: "
                            f"{sorted(self.configs)} (update benchmarks/gpu_estimate.py)")
         lists = [(n, c) for n in names for c in self.configs[(kernel, n)]]
         return lists if autotune else lists[:1]

@@ -80,12 +80,12 @@ def _gate_modes(case: Case):
 
 def ws_runs_dx(dtype: str) -> bool:
     """Whether the warp-specialized variant ships a fused-dx kernel for ``dtype`` on
-    ``TMA_CASE`` (``fused_tma.ws_fits``: triton 3.6 cannot lower the fp32 one). Where it does
+    ``TMA_CASE`` (``kernels.ws_fits``: triton 3.6 cannot lower the fp32 one). Where it does
     not, the forced ``tma_ws`` runs keep ``x`` frozen, so only the forward is forced."""
-    from litelora_fast.kernels import fused_tma
+    from litelora_fast import kernels
 
     case = GPU_CASES[TMA_CASE]
-    return fused_tma.ws_fits(sum(case.ranks), dtype == "float32", b_kmajor=False)
+    return kernels.ws_fits(sum(case.ranks), dtype == "float32", b_kmajor=False)
 
 
 # bf16 (the benchmark dtype, and the one the interpreter cannot check) runs everything above;

@@ -1,14 +1,18 @@
-"""Ahead-of-time compile of every shipped kernel config, with static checks read from the SASS.
+"""Ahead-of-time compile of every launchable kernel config, with static checks read from the SASS.
 
     rows = compile_report(arch="sm_90")     # needs no GPU: triton.compile + ptxas + cuobjdump
     print(format_report(rows))
-    python -m litelora_fast inspect [--subset representative] [--json] [--check]
+    python -m litelora_fast inspect [--subset buckets] [--json] [--check]
 
-``--check`` exits 1 when a row fails the sm_90 checks of ``failing_rows``.
+``--check`` exits 1 when a row fails the sm_90 checks of ``failing_rows``. The last lines of the
+text report are the totals (``summary``).
 
-One row per (kernel, variant, config) of ``kernels.aot_specs.specs()``:
+One row per (kernel, variant, dtype, bucket, config) of ``specs()`` (the ``SPECS`` each kernel
+file declares, expanded by ``kernels.compile_spec``): every config each launcher's prune keeps, at every compile-time bucket it can pick (``BLOCK_R`` /
+``BLOCK_N`` widths) and feature flags, in every dtype it serves, plus the ``SWEEP_CONFIGS``:
 
-    kernel, variant ("pointer", "tma", "tma_persistent", "tma_ws"), dtype, config (str)
+    kernel, variant ("pointer", "tma", "tma_persistent", "tma_ws"; "wide"/"narrow" for
+                      matmul_tn), dtype, config (str: tile, warps, stages, bucket, flags)
     registers         per thread
     spill_bytes       stack + local memory per thread: 0 means no register spills
     shared_bytes      dynamic shared memory Triton launches with + static shared memory
@@ -16,13 +20,11 @@ One row per (kernel, variant, config) of ``kernels.aot_specs.specs()``:
     tma               the SASS holds UTMALDG: operand tiles arrive through the TMA unit
     warp_specialized  the SASS holds SETMAXREG: warp groups re-balance registers, which Triton
                       emits only when the warp-specialization pass took effect
-    persistent        the config loops over output tiles on a grid of one program per SM
+    persistent        the kernel reads the grid size (tt.get_num_programs in its TTIR): it loops
+                      over output tiles on a grid of one program per SM
 
-Cost (measured 2026-11-29 on this project's 2-core CPU machine, shared with other jobs, empty
-Triton cache): all 100 shipped configs take 120 s (``python -m litelora_fast inspect``); the
-representative subset (43 configs, one per kernel, variant and dtype), which
-``tests/test_compile_report.py`` compiles, took 49 s. Triton's on-disk cache makes repeat runs
-faster.
+Cost: see docs/kernels.md (measured on this project's CPU machine; Triton's on-disk cache makes
+repeat runs faster).
 
 Under ``TRITON_INTERPRET=1`` (the test session) the kernels are interpreted functions and the
 interpreter patches ``triton.language`` while it runs, which breaks Triton's code generator in the
@@ -39,9 +41,53 @@ import subprocess
 import sys
 import tempfile
 
-H200_SHARED_LIMIT = 227 * 1024  # max dynamic + static shared memory per block on sm_90
+from .tuning import SMEM_LIMIT, TMA_VARIANTS
+
 COLUMNS = ["kernel", "variant", "dtype", "config", "registers", "spill_bytes", "shared_bytes",
-           "hgmma", "tma", "warp_specialized", "persistent"]
+           "hgmma", "tma", "warp_specialized", "persistent", "sweep"]
+
+
+def kernel_specs() -> list:
+    """Every ``KernelSpec`` of the package, in launch order (forward, backward, dropout)."""
+    from . import dropout, fused_dyw_dsa, fused_xw_sgb, shrink_dyb, shrink_xa, weight_grad
+
+    return [*shrink_xa.SPECS, *fused_xw_sgb.SPECS, *shrink_dyb.SPECS, *fused_dyw_dsa.SPECS,
+            *weight_grad.SPECS, *dropout.SPECS]
+
+
+def specs(subset: str = "all") -> list:
+    """Every launchable config as an ``AotSpec``, the sweep configs included. ``subset="buckets"``:
+    for each (kernel, variant, dtype, bucket) the first config the launcher would take with the
+    heaviest flag set (dropout, gates), no sweep configs: each compile-time shape a launcher can
+    pick, once (the unit test's pass)."""
+    if subset not in ("all", "buckets"):
+        raise ValueError(f"subset: expected 'all' or 'buckets', got {subset!r}")
+    out = [a for k in kernel_specs() for a in k.expand()]
+    if subset == "all":
+        return out
+    key = lambda s: (s.name, s.variant, s.dtype, s.bucket)    # noqa: E731
+    heaviest = {}
+    for s in out:
+        heaviest[key(s)] = max(heaviest.get(key(s), 0), s.flags)
+    seen, kept = set(), []
+    for s in out:
+        if not s.sweep and s.flags == heaviest[key(s)] and key(s) not in seen:
+            seen.add(key(s))
+            kept.append(s)
+    return kept
+
+
+def config_lists() -> dict:
+    """``{(kernel, variant): [triton.Config, ...]}``: every config list the launchers can tune
+    over on a GPU (16-bit lists, and the fp32 lists under ``variant + "/fp32"`` where they
+    differ), for tools that count compiles and timings (``benchmarks/gpu_estimate.py``)."""
+    lists = {}
+    for k in kernel_specs():
+        if not k.listed:
+            continue
+        for fp32, launcher in k.launchers.items():
+            lists.setdefault((k.name, k.variant + ("/fp32" if fp32 else "")), launcher.configs)
+    return lists
 
 
 def _parse_arch(arch: str) -> int:
@@ -100,7 +146,9 @@ def compile_spec(spec, arch: str = "sm_90") -> dict:
         "hgmma": "HGMMA" in sass,
         "tma": "UTMALDG" in sass,
         "warp_specialized": "SETMAXREG" in sass,
-        "persistent": bool(spec.constexprs.get("PERSISTENT", False)),
+        # A persistent kernel strides its tile loop by the grid size.
+        "persistent": "tt.get_num_programs" in compiled.asm["ttir"],
+        "sweep": spec.sweep,
     }
 
 
@@ -111,15 +159,14 @@ def _interpreted() -> bool:
 
 
 def compile_report(arch: str = "sm_90", subset: str = "all") -> list[dict]:
-    """One row per shipped (kernel, config), compiled ahead of time for ``arch`` (no GPU needed).
-    ``subset="representative"``: one config per (kernel, variant, dtype)."""
+    """One row per launchable (kernel, variant, dtype, bucket, config), compiled ahead of time
+    for ``arch`` (no GPU needed). ``subset="buckets"``: the first config of each (kernel, variant,
+    dtype, bucket, flags) and every sweep config."""
     _parse_arch(arch)
-    if subset not in ("all", "representative"):
-        raise ValueError(f"subset: expected 'all' or 'representative', got {subset!r}")
+    if subset not in ("all", "buckets"):
+        raise ValueError(f"subset: expected 'all' or 'buckets', got {subset!r}")
     if _interpreted():
         return _report_in_subprocess(arch, subset)
-    from .aot_specs import specs
-
     return [compile_spec(spec, arch) for spec in specs(subset)]
 
 
@@ -135,20 +182,21 @@ def _report_in_subprocess(arch: str, subset: str) -> list[dict]:
 
 # A pure reduction has no tile product to put on the tensor cores (the fixed-order sum of split-N
 # partials), and exact fp32 ("fp32-ieee": torch's TF32 switch off) multiplies on the FMA units.
-NO_MATMUL = {"matmul_tn_sum_partials"}
+NO_MATMUL = {"matmul_tn_sum_partials", "dropout_mask"}
 
 
 def failing_rows(rows: list[dict]) -> list[dict]:
     """Rows that fail the sm_90 checks: HGMMA wherever tiles are multiplied on tensor cores, TMA
     loads exactly in the descriptor variants, SETMAXREG exactly in the warp-specialized one, the
-    persistent flag exactly in the persistent one, no spills, shared memory within 227 KiB."""
+    persistent kernel exactly in the persistent variant, no spills, shared memory within
+    ``tuning.SMEM_LIMIT`` (232,448 B)."""
     return [r for r in rows if not (
         (r["hgmma"] or r["kernel"] in NO_MATMUL or r["dtype"] == "fp32-ieee")
-        and r["tma"] == (r["variant"] != "pointer")
+        and r["tma"] == (r["variant"] in TMA_VARIANTS)
         and r["warp_specialized"] == (r["variant"] == "tma_ws")
         and r["persistent"] == (r["variant"] == "tma_persistent")
         and r["spill_bytes"] == 0
-        and 0 <= r["shared_bytes"] <= H200_SHARED_LIMIT)]
+        and 0 <= r["shared_bytes"] <= SMEM_LIMIT)]
 
 
 def format_report(rows: list[dict]) -> str:
@@ -161,16 +209,33 @@ def format_report(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(rows: list[dict]) -> str:
+    """The totals: configs, kernels, spills, the largest shared memory, and how many rows hold
+    HGMMA, UTMALDG and SETMAXREG."""
+    kernels = {(r["kernel"], r["variant"]) for r in rows}
+    spilling = sum(r["spill_bytes"] > 0 for r in rows)
+    biggest = max(rows, key=lambda r: r["shared_bytes"]) if rows else None
+    lines = [f"{len(rows)} configs of {len({r['kernel'] for r in rows})} kernels "
+             f"({len(kernels)} kernel/variant pairs), {sum(r['sweep'] for r in rows)} of them sweep configs",
+             f"spills: {spilling} configs; shared memory: max {biggest['shared_bytes'] if biggest else 0:,} B "
+             f"of {SMEM_LIMIT:,} B" + (f" ({biggest['kernel']}/{biggest['variant']} {biggest['dtype']} "
+                                       f"{biggest['config']})" if biggest else ""),
+             f"HGMMA in {sum(r['hgmma'] for r in rows)}, UTMALDG in {sum(r['tma'] for r in rows)}, "
+             f"SETMAXREG in {sum(r['warp_specialized'] for r in rows)}; "
+             f"failing the checks: {len(failing_rows(rows))}"]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="sm_90")
-    parser.add_argument("--subset", default="all", choices=["all", "representative"])
+    parser.add_argument("--subset", default="all", choices=["all", "buckets"])
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.add_argument("--check", action="store_true",
                         help="exit 1 if a row fails the sm_90 checks (see failing_rows)")
     args = parser.parse_args(argv)
     rows = compile_report(args.arch, args.subset)
-    print(json.dumps(rows) if args.json else format_report(rows))
+    print(json.dumps(rows) if args.json else format_report(rows) + "\n\n" + summary(rows))
     bad = failing_rows(rows)
     if args.check and bad:
         print(f"{len(bad)} config(s) fail the sm_90 checks:\n{format_report(bad)}", file=sys.stderr)

@@ -29,7 +29,10 @@ import triton
 import triton.language as tl
 
 from . import LAUNCH_COUNTS
+from .compile_spec import KernelSpec
 from .tiles import keep_scale, two_stretch_tile
+from .tuning import (Launcher, block_r, buckets, check_launch, dot_precision, on_device,
+                     stage_bytes)
 
 
 @triton.jit
@@ -64,9 +67,35 @@ def _masked_addmm_kernel(dx_ptr, dS_ptr, lora_A_ptr, seed_ptr, N, D_in, R_act,
     tl.store(dx_ptrs, (dx + acc * keep).to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-# One untuned launch config (GPU; nothing to autotune: no GPU has timed it yet). The interpreter
-# uses 16 x 32 tiles so test shapes of tens of rows cross tile edges.
+# One launch config each (``tuning.STATUS``; nothing to tune: one pass over the output). The
+# interpreter uses small tiles so test shapes of tens of rows cross tile edges.
 MASKED_ADDMM_CONFIG = triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=1)
+MASK_CONFIG = triton.Config({"BLOCK_M": 32, "BLOCK_D": 128}, num_warps=4, num_stages=1)
+MAX_BLOCK_R = 64     # masked_addmm_ reduces over R_act in steps of at most this many columns
+
+
+def _addmm_smem(c, elem, consts):
+    return stage_bytes(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], consts["BLOCK_R"], elem), 0
+
+
+_ADDMM = {fp32: Launcher("masked_addmm", _masked_addmm_kernel, [MASKED_ADDMM_CONFIG],
+                         triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=1),
+                         ["N", "D_in", "R_act", "DOT_PRECISION"], _addmm_smem)
+          for fp32 in (False, True)}
+_MASK = {fp32: Launcher("dropout_mask", _mask_kernel, [MASK_CONFIG],
+                        triton.Config({"BLOCK_M": 32, "BLOCK_D": 32}, num_warps=4, num_stages=1),
+                        [], lambda c, elem, consts: (0, 0))
+         for fp32 in (False, True)}
+
+SPECS = [
+    KernelSpec("masked_addmm", "pointer", _masked_addmm_kernel, _ADDMM,
+               types={"seed_ptr": "*i64"},
+               unit_strides=("stride_dx_i", "stride_dS_r", "stride_lora_A_i"),
+               buckets=lambda dt, flags: {"BLOCK_R": buckets(MAX_BLOCK_R)}, flags=({"P_DROP": 0.1},)),
+    KernelSpec("dropout_mask", "pointer", _mask_kernel, _MASK,
+               types={"seed_ptr": "*i64", "out_ptr": "*i8"}, flags=({"P_DROP": 0.1},),
+               dtypes=("bf16",), listed=False),   # the mask is int8 whatever the operands' dtype
+]
 
 
 def masked_addmm_(dx, dS, lora_A, seed, p: float):
@@ -76,37 +105,28 @@ def masked_addmm_(dx, dS, lora_A, seed, p: float):
     the call's (1,) int64 seed. The product's reduction is the short R_act (the adapter ranks),
     so one pass over ``dx`` tiles (``MASKED_ADDMM_CONFIG``) does the whole update.
     """
-    from .tuning import INTERPRET, dot_precision, on_device
-
     N, D_in = dx.shape
     R_act = dS.shape[1]
-    if dS.shape[0] != N or lora_A.shape != (R_act, D_in):
-        raise ValueError(f"masked_addmm_: dx {tuple(dx.shape)}, dS {tuple(dS.shape)} and lora_A "
-                         f"{tuple(lora_A.shape)} do not chain as (N, D_in) += (N, R) @ (R, D_in)")
+    check_launch(dS.shape[0] == N and tuple(lora_A.shape) == (R_act, D_in), f"masked_addmm_: dx {tuple(dx.shape)}, dS {tuple(dS.shape)} and lora_A "
+                 f"{tuple(lora_A.shape)} do not chain as (N, D_in) += (N, R) @ (R, D_in)")
     if N == 0 or D_in == 0 or R_act == 0:
         return dx
-    c = MASKED_ADDMM_CONFIG.kwargs
-    bm, bn = (16, 32) if INTERPRET else (c["BLOCK_M"], c["BLOCK_N"])
-    block_r = min(max(16, triton.next_power_of_2(R_act)), 64)
-    grid = (triton.cdiv(N, bm), triton.cdiv(D_in, bn))
+    grid = lambda m: (triton.cdiv(N, m["BLOCK_M"]), triton.cdiv(D_in, m["BLOCK_N"]))
     with on_device(dx):
-        _masked_addmm_kernel[grid](
+        _ADDMM[dx.dtype == torch.float32][grid](
             dx, dS, lora_A, seed, N, D_in, R_act, dx.stride(0), dx.stride(1),
             dS.stride(0), dS.stride(1), lora_A.stride(0), lora_A.stride(1),
-            DOT_PRECISION=dot_precision(dx), P_DROP=float(p), BLOCK_M=bm, BLOCK_N=bn,
-            BLOCK_R=block_r, num_warps=MASKED_ADDMM_CONFIG.num_warps)
+            DOT_PRECISION=dot_precision(dx), P_DROP=float(p), BLOCK_R=block_r(R_act, MAX_BLOCK_R))
     LAUNCH_COUNTS["masked_addmm"] += 1
     return dx
 
 
 def dropout_mask(seed: torch.Tensor, N: int, D_in: int, p: float) -> torch.Tensor:
     """The ``(N, D_in)`` bool keep-mask that every kernel of a call with this seed applies."""
-    from .tuning import on_device
-
     out = torch.empty((N, D_in), dtype=torch.int8, device=seed.device)
     if N and D_in:
-        grid = (triton.cdiv(N, 32), triton.cdiv(D_in, 32))
+        grid = lambda m: (triton.cdiv(N, m["BLOCK_M"]), triton.cdiv(D_in, m["BLOCK_D"]))
         with on_device(seed):
-            _mask_kernel[grid](seed, out, N, D_in, out.stride(0), P_DROP=float(p),
-                               BLOCK_M=32, BLOCK_D=32)
+            _MASK[False][grid](seed, out, N, D_in, out.stride(0), P_DROP=float(p))
+        LAUNCH_COUNTS["dropout_mask"] += 1
     return out.bool()

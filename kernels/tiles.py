@@ -1,5 +1,13 @@
 """Device-side pieces shared by the GEMM-shaped kernels (inlined by Triton into each caller).
 
+Letters. Tensors use docs/MATH.md's names everywhere: ``N`` rows (tokens), ``D_in``/``D_out``
+the layer's widths, ``K`` adapters, ``R``/``R_act`` (active) rank columns. Tiles use GEMM-local
+letters, the same in every kernel: a tile computes ``out[BLOCK_M, BLOCK_N] += a[BLOCK_M, k] @
+b[k, BLOCK_N]`` over the reduction in steps of ``BLOCK_K``; ``BLOCK_R`` is a tile's width over the
+rank columns (the shrink's output columns, the warp-specialized kernel's adapter step, the weight
+gradients' narrow side); ``GROUP_M`` the grouped tile order. So ``BLOCK_N`` is never "rows": the
+fused forward's ``BLOCK_N`` runs over D_out, the fused dx's over D_in.
+
 - ``grouped_tile``: the program's output tile in grouped order, for L2 reuse.
 - ``keep_scale``: the LoRA-dropout keep factor of a tile of ``x`` (``kernels/dropout.py``).
 - ``rank_tile``: the shrink's and grad-shrink's tile, ``a @ b`` over all R_act columns plus its gate.
@@ -7,12 +15,14 @@
 - ``dot_loop``: one stretch of a reduction, ``acc += a_tile @ b_tile`` over ``length`` steps,
   masked at the ragged end. The pointer kernels of the fused GEMMs call it once per stretch (base
   weight, then adapter columns) on the same accumulator: two pipelined loops, the second short.
-  (The descriptor kernels in ``fused_tma`` run both stretches in one loop instead; with pointer
-  loads that would mean choosing between two tile-sized pointer tensors at every step.)
+- ``descriptor_tile``: the descriptor kernels' fused tile, base and adapter steps in ONE loop (the
+  "tma" and "tma_persistent" kernels); ``ws_descriptor_tile``: the warp-specialized loop and its
+  single adapter step; ``add_bias``: the forward's bias row; ``store_tile``: the TMA-store
+  epilogue, whole or split in two column halves.
 
-Triton inlines ``@triton.jit`` callees before its software pipeliner runs, so a loop here is
-pipelined (cp.async stages feeding wgmma on sm_90) exactly as if written in the kernel;
-``kernels.compile_report`` checks that for every shipped config.
+Triton inlines ``@triton.jit`` callees before its software pipeliner and its warp-specialization
+pass run, so a loop here is pipelined (cp.async or TMA stages feeding wgmma on sm_90) exactly as
+if written in the kernel; ``kernels.compile_report`` checks that for every launchable config.
 """
 import triton
 import triton.language as tl
@@ -168,3 +178,89 @@ def rank_tile(pid, N, R_act, K, a_ptr, b_ptr, stride_a_n, stride_a_k, stride_b_k
     g_e = gate.to(tl.float32) * scale[None, :]
     mask = (offs_m < N)[:, None] & (offs_r < R_act)[None, :]
     return acc, g_e, scale, rows, cols, offs_m.to(tl.int64), offs_r.to(tl.int64), mask
+
+
+@triton.jit
+def load_b(desc, off_n, k, B_KMAJOR: tl.constexpr):
+    """The (BLOCK_K, BLOCK_N) b tile at reduction offset ``k`` from a descriptor over a K-major
+    operand (rows along the reduction, read transposed: the forward's weight and lora_B) or an
+    N-major one (the dx's weight and lora_A)."""
+    if B_KMAJOR:
+        tile = desc.load([off_n, k]).T
+    else:
+        tile = desc.load([k, off_n])
+    return tile
+
+
+@triton.jit
+def descriptor_tile(a1_desc, b1_desc, a2_desc, b2_desc, off_m, off_n, K1, K2,
+                    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_K: tl.constexpr, B_KMAJOR: tl.constexpr, HAS_ADAPTER: tl.constexpr):
+    """``a1 @ b1 + a2 @ b2`` for the tile at ``(off_m, off_n)``, base steps over ``K1`` then
+    adapter steps over ``K2 = R_act``, all BLOCK_K deep, in ONE loop: only the descriptor pair and
+    the offset change at the switch, so the pipeliner keeps later loads in flight across it (no
+    second pipeline fill and drain; loading inside if/else branches instead left the loop
+    unpipelined in the sm_90 compile). Past ``K2`` the TMA unit fills zeros without reading
+    memory, so R_act = 16 costs one BLOCK_K-deep step. Edges need no masks (zero fill)."""
+    k1_steps = tl.cdiv(K1, BLOCK_K)
+    k_steps = k1_steps
+    if HAS_ADAPTER:
+        k_steps += tl.cdiv(K2, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for ki in range(k_steps):
+        a_desc = a1_desc
+        b_desc = b1_desc
+        k = ki * BLOCK_K
+        if HAS_ADAPTER:
+            if ki >= k1_steps:
+                a_desc = a2_desc
+                b_desc = b2_desc
+                k = (ki - k1_steps) * BLOCK_K
+        a = a_desc.load([off_m, k])
+        b = load_b(b_desc, off_n, k, B_KMAJOR)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    return acc
+
+
+@triton.jit
+def ws_descriptor_tile(a1_desc, b1_desc, a2_desc, b2_desc, off_m, off_n, K1,
+                       DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, B_KMAJOR: tl.constexpr,
+                       HAS_ADAPTER: tl.constexpr):
+    """The warp-specialized form of ``descriptor_tile``: a producer warp issues the base loop's
+    TMA loads while the consumer warpgroup runs wgmma. Triton 3.6 specializes on sm_90 only a
+    single plain loop of descriptor loads feeding one dot (a run-time descriptor choice inside
+    the loop, or a second loop after it, leaves the loop unspecialized or crashes the compiler),
+    so the adapter stretch is ONE step after the loop, on descriptors whose block holds all
+    R_act columns (BLOCK_R wide, set by the launcher)."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for ki in tl.range(tl.cdiv(K1, BLOCK_K), warp_specialize=True):
+        a = a1_desc.load([off_m, ki * BLOCK_K])
+        b = load_b(b1_desc, off_n, ki * BLOCK_K, B_KMAJOR)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    if HAS_ADAPTER:
+        acc = tl.dot(a2_desc.load([off_m, 0]), load_b(b2_desc, off_n, 0, B_KMAJOR), acc,
+                     input_precision=DOT_PRECISION)
+    return acc
+
+
+@triton.jit
+def add_bias(acc, bias_ptr, offs_n, cols, stride_bias, HAS_BIAS: tl.constexpr):
+    """``acc + bias[offs_n]`` (fp32) where ``HAS_BIAS``; columns past ``cols`` read 0."""
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n * stride_bias, mask=offs_n < cols, other=0.0)
+        acc += bias.to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def store_tile(out_desc, acc, off_m, off_n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               EPILOGUE_SPLIT: tl.constexpr):
+    """The TMA-store epilogue, whole or in two column halves (one half-size staging buffer)."""
+    if EPILOGUE_SPLIT:
+        halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+        left, right = tl.split(halves)
+        out_desc.store([off_m, off_n], left.to(out_desc.dtype))
+        out_desc.store([off_m, off_n + BLOCK_N // 2], right.to(out_desc.dtype))
+    else:
+        out_desc.store([off_m, off_n], acc.to(out_desc.dtype))

@@ -1,18 +1,24 @@
-"""Launch helpers shared by every kernel family: autotune switch, shared-memory fit, dot precision,
-variant choice (pointer vs tensor-descriptor kernels) and descriptor legality.
+"""Launch helpers shared by every kernel file: the config machinery (shared-memory fit, the tuned
+or first-fit launch, an explicit config, what each launch chose), the variant choice of the fused
+GEMMs, the dot precision, descriptor legality and padded buffers.
 
-``tuned(kernel, configs, ...)`` returns what the launchers index with a grid:
+``Launcher(name, kernel, configs, interpreter_config, key, smem)`` is what a kernel file builds
+per kernel and dtype family, and indexes with a grid like a ``@triton.jit`` function:
+
 - on a GPU with autotuning on, ``triton.autotune`` over the configs that fit in shared memory;
-- under ``TRITON_INTERPRET=1`` (the CPU test path) one small config, so tests stay fast;
+- under ``TRITON_INTERPRET=1`` (the CPU test path) the one small ``interpreter_config``;
 - with ``LITELORA_AUTOTUNE=0``, the first config of the list that fits (no benchmarking), so a
-  run is reproducible and starts without the autotuning pause.
+  run is reproducible and starts without the autotuning pause;
+- ``launcher.with_config(config)[grid](...)``: exactly that config (a sweep, a test), no tuner.
 
-Variants of the fused GEMMs (``fused_forward``, ``fused_dx``), chosen per call by
-``choose_variant``: ``"pointer"`` (masked pointer loads, any strides), ``"tma"`` (host tensor
-descriptors, one tile per program), ``"tma_persistent"`` (a grid of one program per SM looping
-over tiles) and ``"tma_ws"`` (warp-specialized: a producer warp issues the TMA loads). A launcher's
-``variant=`` keyword, else the environment variable ``LITELORA_KERNEL_VARIANT``, forces one;
-unset (or ``"auto"``) takes the descriptor kernels whenever the operands allow them.
+Every launch records the config it ran per tuning key; ``chosen_configs()`` returns them.
+
+Variants of the fused GEMMs (``fused_forward``, ``fused_dx``), each its own kernel, chosen per
+call by ``choose_variant``: ``"pointer"`` (masked pointer loads, any strides), ``"tma"`` (host
+tensor descriptors, one tile per program), ``"tma_persistent"`` (a grid of one program per SM
+looping over tiles) and ``"tma_ws"`` (warp-specialized: a producer warp issues the TMA loads). A
+launcher's ``variant=`` keyword, else the environment variable ``LITELORA_KERNEL_VARIANT``, forces
+one; unset (or ``"auto"``) takes the descriptor kernels whenever the operands allow them.
 """
 from __future__ import annotations
 
@@ -27,14 +33,29 @@ from litelora_fast import settings
 INTERPRET = settings.interpret()
 AUTOTUNE = settings.autotune() and not INTERPRET
 
-# Hopper allows 227 KiB of shared memory per block; leave room for the epilogue's layout
-# conversion scratch, which Triton allocates on top of the pipelined operand buffers.
+# The status of every launch config in kernels/ (the one place it is written).
+STATUS = ("untuned: the launch configs in kernels/ were written without a GPU, from the Triton "
+          "tutorials' Hopper lists and common practice (128x128 / 128x256 tiles, 3-4 stages, "
+          "64 rows per warpgroup for wgmma); nobody has timed them on an H200 yet "
+          "(benchmarks/gpu_check.sh --tune times SWEEP_CONFIGS and records chosen_configs())")
+
+# H200 (sm_90): at most 232,448 B (227 KiB) of shared memory per block. The prune counts every
+# buffer a kernel allocates (``smem`` of each Launcher) against SMEM_BUDGET, which leaves room
+# for what it cannot see: barriers and the layout-conversion scratch of the epilogue. The compile
+# report checks every launchable config against SMEM_LIMIT in the real sm_90 compile.
+SMEM_LIMIT = 232_448
 SMEM_BUDGET = 200 * 1024
 
 VARIANTS = ("pointer", "tma", "tma_persistent", "tma_ws")
 TMA_VARIANTS = VARIANTS[1:]
 VARIANT_ENV = "LITELORA_KERNEL_VARIANT"
 _CPU_NUM_SMS = 4             # the "SM count" persistent grids and split heuristics assume on CPU
+
+
+def stage_bytes(rows: int, cols: int, depth: int, elem: int) -> int:
+    """Shared memory of one pipeline stage of a GEMM loop: an ``(rows, depth)`` tile of the left
+    operand and a ``(depth, cols)`` tile of the right one, ``elem`` bytes per element."""
+    return (rows + cols) * depth * elem
 
 
 def torch_allows_tf32() -> bool:
@@ -66,13 +87,9 @@ def dot_precision(t, *, cuda=None) -> str:
 
 
 def fit_stages(configs, smem_per_stage, smem_fixed=None):
-    """Configs whose pipelined operand tiles fit ``SMEM_BUDGET``; stages are lowered (to 2 at
-    least) before a config is dropped, so fp32 inputs still find a config on the GPU.
-
-    ``smem_per_stage(config)`` gives the bytes one pipeline stage holds for this call;
-    ``smem_fixed(config)`` the bytes held once (a TMA-store epilogue's output tile). A config's
-    ``pre_hook`` (descriptor block shapes) is kept.
-    """
+    """Configs whose shared memory fits ``SMEM_BUDGET``: ``stages * smem_per_stage(c) +
+    smem_fixed(c)``; stages are lowered (to 2 at least) before a config is dropped, so fp32
+    inputs still find a config on the GPU. A config's ``pre_hook`` is kept."""
     kept, seen = [], set()
     for c in configs:
         per_stage = smem_per_stage(c)
@@ -91,37 +108,156 @@ def fit_stages(configs, smem_per_stage, smem_fixed=None):
     return kept
 
 
-class _FirstFit:
-    """Untuned launch: the first config that fits, applied like ``triton.autotune`` would
-    (pruning, then the config's ``pre_hook``, then the launch)."""
+def by_dtype(configs: dict) -> dict:
+    """``{"16-bit": [...], "fp32": [...]}`` as ``{False: ..., True: ...}`` (keyed by "the operands
+    are fp32"): fp32 takes twice the shared memory and registers per element, so it has its own
+    list. A list given for one key only serves both."""
+    return {False: configs["16-bit"], True: configs.get("fp32", configs["16-bit"])}
 
-    def __init__(self, kernel, configs, prune):
-        self.kernel, self.configs, self.prune = kernel, configs, prune
+
+def config_label(c) -> str:
+    """A config in one line: ``BLOCK_M=128,BLOCK_N=128,... w8 s3``."""
+    kw = ",".join(f"{k}={v}" for k, v in c.kwargs.items())
+    return f"{kw} w{c.num_warps} s{c.num_stages}"
+
+
+_LAUNCHERS: list = []
+
+
+class Launcher:
+    """One kernel's launchable form for one config list (see the module docstring).
+
+    ``pre_hook``: run before each launch with the config's arguments (the descriptor kernels set
+    their descriptors' block shapes with ``block_hook``). ``spills(config, elem, consts)``: True
+    for a config the sm_90 compile showed to spill registers at these constants; the prune
+    leaves it out (the compile report then checks that what is left does not spill).
+    ``smem(config, elem, consts)`` -> ``(per_stage, fixed)``: the bytes one pipeline stage holds
+    and the bytes held once (a TMA-store output tile, the warp-specialized kernel's adapter
+    tiles), for operands of ``elem`` bytes and the launch's constexprs ``consts``. The prune and
+    the compile report both use it, so what is launched is what is checked.
+    """
+
+    def __init__(self, name, kernel, configs, interpreter_config, key, smem, variant="pointer",
+                 pre_hook=None, spills=None):
+        self.name, self.kernel, self.key, self.smem = name, kernel, list(key), smem
+        self.variant, self.pre_hook, self.spills = variant, pre_hook, spills
+        self.configs = [self._hooked(c) for c in configs]
+        self.interpreter_config = self._hooked(interpreter_config)
+        self.picked = {}                 # tuning key -> config, for untuned launches
+        self._autotuned = None
+        _LAUNCHERS.append(self)
+
+    def _hooked(self, c):
+        """``c`` with this kernel's ``pre_hook`` (descriptor block shapes), if it has one."""
+        if self.pre_hook is None:
+            return c
+        return triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=c.num_stages,
+                             pre_hook=self.pre_hook)
+
+    def fit(self, configs, elem, consts):
+        if self.spills is not None:
+            configs = [c for c in configs if not self.spills(c, elem, consts)]
+        return fit_stages(configs, lambda c: self.smem(c, elem, consts)[0],
+                          lambda c: self.smem(c, elem, consts)[1])
+
+    def _prune(self, configs, nargs, **consts):
+        first = nargs[self.kernel.arg_names[0]]            # a tensor, or a descriptor over one
+        return self.fit(configs, getattr(first, "base", first).element_size(), consts)
+
+    def _tuning_key(self, nargs):
+        return tuple([nargs[k] for k in self.key if k in nargs]
+                     + [str(v.dtype) for v in nargs.values() if hasattr(v, "dtype")])
+
+    def _launch(self, config, grid, args, kwargs):
+        nargs = dict(zip(self.kernel.arg_names, args))
+        self.picked[self._tuning_key({**nargs, **kwargs})] = config
+        meta = {**nargs, **kwargs, **config.kwargs}
+        if config.pre_hook is not None:
+            config.pre_hook(meta)
+        g = grid(meta) if callable(grid) else grid
+        return self.kernel[g](*args, **kwargs, **config.kwargs, num_warps=config.num_warps,
+                              num_stages=config.num_stages)
 
     def __getitem__(self, grid):
+        if AUTOTUNE:
+            if self._autotuned is None:
+                self._autotuned = triton.autotune(
+                    configs=self.configs, key=self.key,
+                    prune_configs_by={"early_config_prune": self._prune})(self.kernel)
+            return self._autotuned[grid]
+
         def launch(*args, **kwargs):
-            nargs = dict(zip(self.kernel.arg_names, args))
-            configs = self.prune(self.configs, nargs, **kwargs) if self.prune else self.configs
-            if not configs:
-                raise RuntimeError(f"{self.kernel.__name__}: no launch config fits shared memory")
-            config = configs[0]
-            meta = {**nargs, **kwargs, **config.kwargs}
-            if config.pre_hook is not None:
-                config.pre_hook(meta)
-            g = grid(meta) if callable(grid) else grid
-            return self.kernel[g](*args, **kwargs, **config.kwargs,
-                                  num_warps=config.num_warps, num_stages=config.num_stages)
+            if INTERPRET:
+                config = self.interpreter_config
+            else:
+                fits = self._prune(self.configs, dict(zip(self.kernel.arg_names, args)), **kwargs)
+                if not fits:
+                    raise ValueError(f"{self.name}/{self.variant}: no launch config fits shared "
+                                     f"memory for {kwargs}")
+                config = fits[0]
+            return self._launch(config, grid, args, kwargs)
         return launch
 
+    def with_config(self, config):
+        """Launch exactly ``config`` (no tuner, no interpreter substitute); ``ValueError`` when it
+        does not fit shared memory with its own stages."""
+        config = self._hooked(config)
 
-def tuned(kernel, configs, interpreter_config, key, prune=None):
-    """The launchable form of ``kernel`` for this process (see the module docstring)."""
-    if INTERPRET:
-        return _FirstFit(kernel, [interpreter_config], None)
-    if not AUTOTUNE:
-        return _FirstFit(kernel, configs, prune)
-    prune_by = {"early_config_prune": prune} if prune else None
-    return triton.autotune(configs=configs, key=key, prune_configs_by=prune_by)(kernel)
+        def index(grid):
+            def launch(*args, **kwargs):
+                nargs = dict(zip(self.kernel.arg_names, args))
+                kept = self._prune([config], nargs, **kwargs)
+                if not kept or kept[0].num_stages != config.num_stages:
+                    raise ValueError(f"config: {config_label(config)} does not fit shared memory "
+                                     f"for {self.name}/{self.variant}")
+                return self._launch(config, grid, args, kwargs)
+            return launch
+        return _Indexed(index)
+
+    def chosen(self) -> list:
+        """``[{"variant", "key", "config", "num_warps", "num_stages"}]`` per tuning key seen."""
+        table = dict(self.picked)
+        if self._autotuned is not None:
+            table.update(self._autotuned.cache)
+        return [{"variant": self.variant, "key": list(key), "config": dict(c.kwargs),
+                 "num_warps": c.num_warps, "num_stages": c.num_stages}
+                for key, c in table.items()]
+
+
+class _Indexed:
+    """``obj[grid](*args)`` for a function of the grid, like a ``@triton.jit`` kernel."""
+
+    def __init__(self, index):
+        self.index = index
+
+    def __getitem__(self, grid):
+        return self.index(grid)
+
+
+_VARIANT_PICKS: dict = {}        # (kernel name, tuning key) -> the variant that timed fastest
+
+
+def chosen_configs() -> dict:
+    """``{kernel name: [record, ...]}``: the config each launch of this process picked, one
+    record per launcher and tuning key (block sizes, warps, stages, variant); for the fused GEMMs
+    also ``{"variant_choice": ...}`` records of ``variant="auto"`` timings on a GPU."""
+    out: dict = {}
+    for launcher in _LAUNCHERS:
+        out.setdefault(launcher.name, []).extend(launcher.chosen())
+    for (name, key), variant in _VARIANT_PICKS.items():
+        out.setdefault(name, []).append({"variant_choice": variant, "key": list(key)})
+    return {k: v for k, v in out.items() if v}
+
+
+def pick_variant(name: str, key: tuple, candidates, run) -> str:
+    """On a GPU with autotuning on: the fastest of ``candidates`` for this tuning key, timed once
+    (``run(variant)`` launches it; each variant first tunes its own configs)."""
+    if (name, key) not in _VARIANT_PICKS:
+        from triton.testing import do_bench
+
+        times = {v: do_bench(lambda v=v: run(v)) for v in candidates}
+        _VARIANT_PICKS[(name, key)] = min(times, key=times.get)
+    return _VARIANT_PICKS[(name, key)]
 
 
 def block_r(r_act: int, cap: int) -> int:
@@ -133,6 +269,11 @@ def block_r(r_act: int, cap: int) -> int:
 def n_bucket(n: int) -> int:
     """Autotune key for a row count: one tuning per power of two, not per sequence length."""
     return triton.next_power_of_2(max(n, 16))
+
+
+def buckets(cap: int) -> tuple:
+    """Every ``block_r(r, cap)`` value: the compile-time widths a launcher can pick."""
+    return tuple(w for w in (16, 32, 64, 128, 256) if w <= cap)
 
 
 def on_device(t):
@@ -190,18 +331,28 @@ def requested_variant(variant=None) -> str:
     return value
 
 
-def choose_variant(variant, device, operands, ws_ok: bool, precision: str = "tf32") -> str:
-    """The variant a fused GEMM launches.
+def untuned_variant(tiles: int, sms: int, ws_ok: bool) -> str:
+    """The descriptor variant "auto" takes without timing (interpreter, ``LITELORA_AUTOTUNE=0``):
+    persistent when there are more output tiles than SMs (the next tile's loads overlap this
+    tile's epilogue), else warp-specialized where it fits, else the plain one."""
+    if tiles > sms:
+        return "tma_persistent"
+    return "tma_ws" if ws_ok else "tma"
+
+
+def choose_variant(variant, device, operands, ws_ok: bool, precision: str = "tf32", *,
+                   tiles: int = 1, sms: int = 1) -> str:
+    """The variant a fused GEMM launches, or "auto": time the descriptor variants
+    (``pick_variant``; only on a GPU with autotuning on).
 
     The requested one (``variant``, else ``LITELORA_KERNEL_VARIANT``), or under "auto" the
-    descriptor kernels ("tma_auto": the autotuner picks among the "tma", "tma_persistent" and
-    "tma_ws" configs) when every operand in ``operands`` (the large ones: input, weight, output)
-    is ``tma_legal`` on an sm_90+ device (interpreter too), else "pointer". The thin adapter
-    operands are made legal by the launcher (``tma_operand``) and do not decide. ``ws_ok``: the
-    warp-specialized kernel fits this call (``fused_tma.ws_fits``). Exact fp32 on the GPU
-    (``precision == "ieee"``: torch's TF32 switch off) takes the pointer kernel: without wgmma the
-    descriptor kernels' FMA tiles spill registers (thousands of bytes per thread in the sm_90
-    compile). A forced descriptor variant that cannot run raises ``ValueError`` rather than
+    descriptor kernels when every operand in ``operands`` (the large ones: input, weight, output)
+    is ``tma_legal`` on an sm_90+ device (interpreter too), else "pointer"; untimed, "auto" is
+    ``untuned_variant(tiles, sms, ws_ok)``. The thin adapter operands are made legal by the
+    launcher (``tma_operand``) and do not decide. ``ws_ok``: the warp-specialized kernel fits
+    this call (the launcher's ``ws_fits``). Exact fp32 on the GPU (``precision == "ieee"``:
+    torch's TF32 switch off) takes the pointer kernel: without wgmma the descriptor kernels' FMA
+    tiles spill registers. A forced variant that cannot run raises ``ValueError`` rather than
     running something else.
     """
     value = requested_variant(variant)
@@ -213,15 +364,50 @@ def choose_variant(variant, device, operands, ws_ok: bool, precision: str = "tf3
                          "pointer kernel only")
     legal = has_tma(device) and all(tma_legal(t) for t in operands)
     if value == "auto":
-        return "tma_auto" if legal else "pointer"
+        if not legal:
+            return "pointer"
+        return "auto" if AUTOTUNE else untuned_variant(tiles, sms, ws_ok)
     if not legal:
         shapes = [(tuple(t.shape), tuple(t.stride()), str(t.dtype)) for t in operands]
         raise ValueError(f"variant={value!r}: the operands are not tensor-descriptor legal (need "
                          f"unit inner stride, 16-byte aligned rows and base, sm_90+): {shapes}")
     if value == "tma_ws" and not ws_ok:
         raise ValueError("variant='tma_ws' does not fit this call: the adapter bank is wider "
-                         "than its single adapter tile, or fp32 fused_dx (see fused_tma.ws_fits)")
+                         "than its single adapter tile, or fp32 fused_dx (see ws_fits)")
     return value
+
+
+def block_hook(blocks):
+    """A config ``pre_hook`` that gives the host tensor descriptors their block shapes for the
+    config about to launch: ``blocks(meta)`` -> ``{descriptor argument: [rows, cols]}`` (the same
+    function the kernel's compile spec types its descriptors with)."""
+    def hook(meta):
+        for name, shape in blocks(meta).items():
+            meta[name].block_shape = list(shape)
+    return hook
+
+
+def run_variant(name, requested, chosen, config, key, candidates, run):
+    """Launch ``run(variant, config)`` for the variant ``choose_variant`` returned: with
+    ``config`` (an explicit ``triton.Config``) that exact config of the variant the caller
+    ``requested``; under "auto" (a GPU with autotuning on) the fastest of ``candidates`` for this
+    tuning key. Returns the variant that ran."""
+    if config is not None:
+        if requested_variant(requested) == "auto":
+            raise ValueError(f"{name}: config= needs a concrete variant= (one of {VARIANTS})")
+        run(chosen, config)
+        return chosen
+    if chosen == "auto":
+        chosen = pick_variant(name, key, candidates, lambda v: run(v, None))
+    run(chosen, None)
+    return chosen
+
+
+def check_launch(condition: bool, message: str) -> None:
+    """A launcher's shape check: ``ValueError(message)`` when ``condition`` is False (never an
+    ``assert``, which ``python -O`` strips)."""
+    if not condition:
+        raise ValueError(message)
 
 
 def check_out(out, name, shape, dtype, device):

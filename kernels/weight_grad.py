@@ -27,52 +27,53 @@ import triton
 import triton.language as tl
 
 from . import LAUNCH_COUNTS
+from .compile_spec import ALL_DTYPES, KernelSpec
 from .tiles import dot_loop, grouped_tile
-from .tuning import (INTERPRET, check_out, dot_precision, fit_stages, n_bucket, num_sms, on_device,
-                     tuned)
+from .tuning import (INTERPRET, Launcher, buckets, by_dtype, check_out, dot_precision, n_bucket,
+                     num_sms, on_device, stage_bytes)
 
 __all__ = ["matmul_tn", "lora_weight_grads", "split_count"]
 
 # ---------------------------------------------------------------------------------------------
-# Launch configs (data). Target: H200 (Hopper, sm_90, 132 SMs), bf16, reduction N in
-# {2048, 8192, 16384}. UNTUNED: written without a GPU from Hopper rules of thumb (>= 64 rows per
-# warpgroup for wgmma, 3-5 stages inside 227 KiB of shared memory). The first entry of each list
-# is what LITELORA_AUTOTUNE=0 launches (after the shared-memory fit).
+# Configs (data; ``tuning.STATUS``). Target: H200, bf16, reduction N in {2048, 8192, 16384}.
+# Wide outputs (dW: 4096 x 14336 or 4096 x 4096; banks with R_act > 64): compute-bound GEMM tiles,
+# as for the forward GEMM. Narrow outputs (dA / dB at r = 16..64, the thin side padded to
+# BLOCK_N = 16..64 by the launcher): memory-bound on the wide operand, so long reduction tiles,
+# deep pipelines, and the split-N path to fill the SMs. fp32: 32-deep tiles keep three stages.
 # ---------------------------------------------------------------------------------------------
-
-# Wide outputs: dW (4096 x 14336 or 4096 x 4096) and banks with R_act > 64. Compute-bound GEMM
-# tiles, as for the forward GEMM.
-MATMUL_TN_WIDE_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_P": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_P": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_P": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
-]
-# fp32: 32-deep tiles keep three stages in the shared memory of bf16's 64-deep ones; spill-free in
-# the sm_90 compile with TF32 on and off (compile report).
-MATMUL_TN_WIDE_FP32_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_P": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=8, num_stages=3),
-]
-
-# Narrow outputs: dA / dB at r = 16..64 (the thin side padded to BLOCK_P = 16..64 by the
-# launcher). Memory-bound on the wide operand: long reduction tiles, deep pipelines, and the
-# split-N path to fill the SMs.
-MATMUL_TN_NARROW_CONFIGS = [
-    triton.Config({"BLOCK_M": 64, "BLOCK_K": 128, "GROUP_M": 1}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_K": 256, "GROUP_M": 1}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_K": 128, "GROUP_M": 1}, num_warps=8, num_stages=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_K": 64, "GROUP_M": 1}, num_warps=4, num_stages=5),
-]
-MATMUL_TN_NARROW_FP32_CONFIGS = [
-    triton.Config({"BLOCK_M": 64, "BLOCK_K": 64, "GROUP_M": 1}, num_warps=4, num_stages=3),
-]
+WIDE_CONFIGS = {
+    "16-bit": [
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+    ],
+    "fp32": [triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=8, num_stages=3)],
+}
+NARROW_CONFIGS = {
+    "16-bit": [
+        triton.Config({"BLOCK_M": 64, "BLOCK_K": 128, "GROUP_M": 1}, num_warps=4, num_stages=4),
+        triton.Config({"BLOCK_M": 64, "BLOCK_K": 256, "GROUP_M": 1}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_K": 128, "GROUP_M": 1}, num_warps=8, num_stages=4),
+        triton.Config({"BLOCK_M": 128, "BLOCK_K": 64, "GROUP_M": 1}, num_warps=4, num_stages=5),
+    ],
+    # 8 warps: at BLOCK_N = 64 with in-kernel dropout and gates, exact fp32 (FMA) products spill
+    # with 4 (328 B per thread in the sm_90 compile). 32-deep tiles for exact fp32 with the gates
+    # in the kernel, where 64-deep ones spill (296 B at BLOCK_N = 32).
+    "fp32": [triton.Config({"BLOCK_M": 64, "BLOCK_K": 64, "GROUP_M": 1}, num_warps=8, num_stages=3),
+             triton.Config({"BLOCK_M": 64, "BLOCK_K": 32, "GROUP_M": 1}, num_warps=8, num_stages=3)],
+}
 
 # Under the interpreter: small tiles so test shapes cover several tiles and ragged edges.
-_WIDE_INTERPRET = triton.Config({"BLOCK_M": 32, "BLOCK_P": 32, "BLOCK_K": 32, "GROUP_M": 2},
+_WIDE_INTERPRET = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2},
                                 num_warps=4, num_stages=1)
 _NARROW_INTERPRET = triton.Config({"BLOCK_M": 32, "BLOCK_K": 32, "GROUP_M": 1},
                                   num_warps=4, num_stages=1)
 
 NARROW_MAX_P = 64            # outputs at most this wide (after the swap) use the narrow configs
+# lora_weight_grads with LoRA dropout: the masked x tile next to the gate and S tiles leaves no
+# registers for a 64-wide output tile (sm_90 compile: every 16-bit narrow config spills 56-4424 B
+# at BLOCK_N = 64), so wider banks take 32-column tiles (x re-read from L2, the mask redrawn).
+DROPOUT_MAX_N = 32
 SPLIT_ALIGN = 256            # chunk lengths are multiples of every BLOCK_K above
 MIN_SPLIT_ROWS = 1024        # below this a chunk's partial write + read outweighs its share of work
 SUM_BLOCK = 1024             # elements per program of the partial-sum kernel
@@ -85,16 +86,16 @@ def _tn_tile(
     stride_a_n, stride_a_m, stride_b_n, stride_b_p, stride_out_s, stride_out_m, stride_out_p,
     gates_ptr, col_adapter_ptr, col_scale_ptr, stride_gates_n, stride_gates_k, use_gate,
     drop_seed, drop_on,
-    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, GATED: tl.constexpr, P_DROP: tl.constexpr,
 ):
-    """One (BLOCK_M, BLOCK_P) tile of ``a^T @ b`` over rows [pid_s * chunk, +chunk) of N, stored
+    """One (BLOCK_M, BLOCK_N) tile of ``a^T @ b`` over rows [pid_s * chunk, +chunk) of N, stored
     at ``out_ptr + pid_s * stride_out_s`` (the split's partial, or the output itself). With
     ``GATED``, b's columns are scaled by the expanded gate on the fly where ``use_gate``; with
     ``P_DROP > 0``, a (an ``x`` tile, read transposed) gets the call's LoRA-dropout mask where
     ``drop_on`` (``tiles.dot_loop``)."""
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_p = pid_p * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     rows_m = (offs_m % M).to(tl.int64)
     cols_p = (offs_p % P).to(tl.int64)
@@ -104,7 +105,7 @@ def _tn_tile(
     # a's tile is gathered as (BLOCK_M, BLOCK_K), i.e. already transposed for the dot.
     a_ptrs = a_ptr + n_start * stride_a_n + rows_m[:, None] * stride_a_m + offs_k[None, :] * stride_a_n
     b_ptrs = b_ptr + n_start * stride_b_n + offs_k[:, None] * stride_b_n + cols_p[None, :] * stride_b_p
-    acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if GATED:
         on = cols_p >= 0    # all True: the column-shaped form of the scalar use_gate
         adapter = tl.load(col_adapter_ptr + cols_p, mask=on & use_gate, other=0).to(tl.int64)
@@ -134,15 +135,15 @@ def _matmul_tn_kernel(
     N_BUCKET,   # autotune key only
     stride_a_n, stride_a_m, stride_b_n, stride_b_p, stride_out_s, stride_out_m, stride_out_p,
     DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Axis 0: output tiles in grouped order (GROUP_M row tiles share one b column tile in L2).
     # Axis 1: the N chunk this program reduces over (one chunk when not split).
-    pid_m, pid_p = grouped_tile(tl.program_id(0), M, P, BLOCK_M, BLOCK_P, GROUP_M)
+    pid_m, pid_p = grouped_tile(tl.program_id(0), M, P, BLOCK_M, BLOCK_N, GROUP_M)
     _tn_tile(a_ptr, b_ptr, out_ptr, pid_m, pid_p, tl.program_id(1), N, M, P, chunk,
              stride_a_n, stride_a_m, stride_b_n, stride_b_p, stride_out_s, stride_out_m,
              stride_out_p, b_ptr, b_ptr, b_ptr, 0, 0, False, 0, 0, DOT_PRECISION, BLOCK_M,
-             BLOCK_P, BLOCK_K, False, 0.0)
+             BLOCK_N, BLOCK_K, False, 0.0)
 
 
 @triton.jit
@@ -163,7 +164,7 @@ def _lora_weight_grads_kernel(
     stride_dy_n, stride_dy_o, stride_SG_n, stride_SG_r, stride_dB_s, stride_dB_o, stride_dB_r,
     stride_gates_n, stride_gates_k,
     DOT_PRECISION: tl.constexpr, GATED: tl.constexpr, P_DROP: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # With LoRA dropout (P_DROP > 0) dA = dS^T @ drop(x): the dA programs regenerate the mask
     # the shrink applied, from the same seed (kernels/dropout.py); the dB programs do not.
@@ -175,7 +176,7 @@ def _lora_weight_grads_kernel(
     # chosen per program (pointers, sizes, strides), and the tile body is called once: calling it
     # in both branches would compile two pipelined loops with two sets of shared-memory buffers.
     pid = tl.program_id(0)
-    tiles_p = tl.cdiv(R, BLOCK_P)
+    tiles_p = tl.cdiv(R, BLOCK_N)
     tiles_dA = tl.cdiv(D_in, BLOCK_M) * tiles_p
     a_ptr, b_ptr, out_ptr, M, local = x_ptr, dS_ptr, dA_ptr, D_in, pid
     stride_a_n, stride_a_m, stride_b_n, stride_b_p = stride_x_n, stride_x_i, stride_dS_n, stride_dS_r
@@ -188,7 +189,7 @@ def _lora_weight_grads_kernel(
              N, M, R, chunk, stride_a_n, stride_a_m, stride_b_n, stride_b_p,
              stride_out_s, stride_out_m, stride_out_p, gates_ptr, col_adapter_ptr, col_scale_ptr,
              stride_gates_n, stride_gates_k, pid >= tiles_dA, drop_seed, pid < tiles_dA,
-             DOT_PRECISION, BLOCK_M, BLOCK_P, BLOCK_K, GATED, P_DROP)
+             DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, GATED, P_DROP)
 
 
 @triton.jit
@@ -217,39 +218,65 @@ def _sum_partials_kernel(
              acc.to(out2_ptr.dtype.element_ty), mask=mask & ~first)
 
 
-def tn_smem_per_stage(config, elem_bytes, block_p=None):
-    k = config.kwargs
-    return (k["BLOCK_M"] + k.get("BLOCK_P", block_p)) * k["BLOCK_K"] * elem_bytes
+def _tn_smem(c, elem, consts):
+    """Pipelined a/b tiles; with in-kernel gates or dropout, the b tile is re-staged with its
+    gate in fp32 (sm_90 compile: 3 x BLOCK_K x BLOCK_N x 4 B beyond the stages, at most)."""
+    k = c.kwargs
+    n = k.get("BLOCK_N", consts.get("BLOCK_N"))
+    transformed = consts.get("GATED", False) or consts.get("P_DROP", 0.0) > 0
+    return stage_bytes(k["BLOCK_M"], n, k["BLOCK_K"], elem), 3 * k["BLOCK_K"] * n * 4 if transformed else 0
 
 
-def _elem(nargs):
-    first = nargs["a_ptr"] if "a_ptr" in nargs else nargs["x_ptr"]
-    return first.element_size()
-
-
-def _prune_wide(configs, nargs, **_):
-    return fit_stages(configs, lambda c: tn_smem_per_stage(c, _elem(nargs)))
-
-
-def _prune_narrow(configs, nargs, BLOCK_P, **_):
-    return fit_stages(configs, lambda c: tn_smem_per_stage(c, _elem(nargs), BLOCK_P))
-
-
-def _by_dtype(kernel, configs, fp32_configs, interpreter_config, key, prune):
-    return {False: tuned(kernel, configs, interpreter_config, key=key, prune=prune),
-            True: tuned(kernel, fp32_configs, interpreter_config, key=key, prune=prune)}
+def _pair_spills(c, elem, consts):
+    # sm_90 compile, with the gates (and dropout) applied in the kernel: 256-deep tiles spill
+    # 176-4,424 B, and 4 warps at BLOCK_K x BLOCK_N = 128 x 64 spill 480 B (8 warps do not).
+    if not (consts.get("GATED", False) or consts.get("P_DROP", 0.0) > 0):
+        return False
+    k = c.kwargs
+    if consts.get("DOT_PRECISION") == "ieee":      # exact fp32: FMA products hold both tiles
+        return elem == 4 and k["BLOCK_K"] >= 64 and consts["BLOCK_N"] >= 32
+    return k["BLOCK_K"] >= 256 or (c.num_warps == 4 and k["BLOCK_K"] * consts["BLOCK_N"] >= 128 * 64)
 
 
 _KEY = ["M", "P", "N_BUCKET", "chunk", "DOT_PRECISION"]
-_wide = _by_dtype(_matmul_tn_kernel, MATMUL_TN_WIDE_CONFIGS, MATMUL_TN_WIDE_FP32_CONFIGS,
-                  _WIDE_INTERPRET, _KEY, _prune_wide)
-_narrow = _by_dtype(_matmul_tn_kernel, MATMUL_TN_NARROW_CONFIGS, MATMUL_TN_NARROW_FP32_CONFIGS,
-                    _NARROW_INTERPRET, _KEY + ["BLOCK_P"], _prune_narrow)
+_wide = {fp32: Launcher("matmul_tn", _matmul_tn_kernel, c, _WIDE_INTERPRET, _KEY, _tn_smem, "wide")
+         for fp32, c in by_dtype(WIDE_CONFIGS).items()}
+_narrow = {fp32: Launcher("matmul_tn", _matmul_tn_kernel, c, _NARROW_INTERPRET, _KEY + ["BLOCK_N"],
+                          _tn_smem, "narrow")
+           for fp32, c in by_dtype(NARROW_CONFIGS).items()}
 # lora_weight_grads: the narrow configs (dA^T and dB are both D x R outputs).
-_lora_pair = _by_dtype(_lora_weight_grads_kernel, MATMUL_TN_NARROW_CONFIGS,
-                       MATMUL_TN_NARROW_FP32_CONFIGS, _NARROW_INTERPRET,
-                       ["D_in", "D_out", "R", "N_BUCKET", "chunk", "BLOCK_P", "DOT_PRECISION",
-                        "GATED"], _prune_narrow)
+_lora_pair = {fp32: Launcher("lora_weight_grads", _lora_weight_grads_kernel, c, _NARROW_INTERPRET,
+                             ["D_in", "D_out", "R", "N_BUCKET", "chunk", "BLOCK_N", "DOT_PRECISION",
+                              "GATED", "P_DROP"], _tn_smem, spills=_pair_spills)
+              for fp32, c in by_dtype(NARROW_CONFIGS).items()}
+_SUM_CONFIG = triton.Config({"BLOCK": SUM_BLOCK}, num_warps=4, num_stages=1)
+_sum = {fp32: Launcher("matmul_tn_sum_partials", _sum_partials_kernel, [_SUM_CONFIG], _SUM_CONFIG,
+                       [], lambda c, elem, consts: (0, 0))
+        for fp32 in (False, True)}
+
+_TN_TYPES = {"out_ptr": "*fp32"}          # the split path's fp32 partials
+SPECS = [
+    KernelSpec("matmul_tn", "wide", _matmul_tn_kernel, _wide, types={"out_ptr": "*T"},
+               unit_strides=("stride_a_m", "stride_b_p", "stride_out_p")),      # dW
+    KernelSpec("matmul_tn", "narrow", _matmul_tn_kernel, _narrow, types=_TN_TYPES,
+               unit_strides=("stride_a_m", "stride_b_p", "stride_out_p"),       # dB, split
+               buckets=lambda dt, flags: {"BLOCK_N": buckets(NARROW_MAX_P)}),
+    # The split path (what the benchmark shapes run: their output tiles cannot fill the SMs),
+    # with and without the gates and dropout (``lora_weight_grads(..., gates=, dropout=)``).
+    KernelSpec("lora_weight_grads", "pointer", _lora_weight_grads_kernel, _lora_pair,
+               types={"dA_ptr": "*fp32", "dB_ptr": "*fp32", "gates_ptr": "*fp32",
+                      "col_adapter_ptr": "*i32", "col_scale_ptr": "*fp32", "seed_ptr": "*i64"},
+               unit_strides=("stride_x_i", "stride_dS_r", "stride_dy_o", "stride_SG_r",
+                             "stride_dA_r", "stride_dB_r", "stride_gates_k"),
+               unaligned=("stride_gates_n",),
+               buckets=lambda dt, flags: {"BLOCK_N": buckets(DROPOUT_MAX_N if flags["P_DROP"] else NARROW_MAX_P)},
+               # plain (direct calls), the op's call without and with dropout
+               flags=({"GATED": False, "P_DROP": 0.0}, {"GATED": True, "P_DROP": 0.0},
+                      {"GATED": True, "P_DROP": 0.1})),
+    KernelSpec("matmul_tn_sum_partials", "pointer", _sum_partials_kernel, _sum,
+               types={"part_ptr": "*fp32"}, unit_strides=("stride_out_p", "stride_out2_p"),
+               dtypes=("bf16", "fp32"), listed=False),
+]
 
 
 def split_count(n: int, m: int, p: int, num_sms: int) -> int:
@@ -281,8 +308,8 @@ def _sum_partials(part, out, out_m, out_p, out2=None, out2_m=0, out2_p=0, m0=Non
     split, M, P = part.shape
     m0 = M if m0 is None else m0
     out2 = out if out2 is None else out2
-    _sum_partials_kernel[(triton.cdiv(M * P, SUM_BLOCK),)](
-        part, out, out2, M, m0, P, split, out_m, out_p, out2_m, out2_p, BLOCK=SUM_BLOCK)
+    _sum[out.dtype == torch.float32][(triton.cdiv(M * P, SUM_BLOCK),)](
+        part, out, out2, M, m0, P, split, out_m, out_p, out2_m, out2_p)
     LAUNCH_COUNTS["matmul_tn_sum_partials"] += 1
 
 
@@ -322,11 +349,11 @@ def matmul_tn(a, b, out_dtype, *, out=None, split_n=None):
         strides = target.stride()
     fp32 = a.dtype == torch.float32
     if P <= NARROW_MAX_P:
-        launcher, meta = _narrow[fp32], {"BLOCK_P": max(16, triton.next_power_of_2(P))}
-        grid = lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(P, meta["BLOCK_P"]), split_n)
+        launcher, meta = _narrow[fp32], {"BLOCK_N": max(16, triton.next_power_of_2(P))}
+        grid = lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(P, meta["BLOCK_N"]), split_n)
     else:
         launcher, meta = _wide[fp32], {}
-        grid = lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(P, c["BLOCK_P"]), split_n)
+        grid = lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(P, c["BLOCK_N"]), split_n)
     with on_device(a):
         launcher[grid](
             a, b, target, N, M, P, chunk, n_bucket(N),
@@ -400,8 +427,9 @@ def lora_weight_grads(x2d, dy, dS, SG, out_dtype, *, out=None, split_n=None, gat
         part = torch.empty((split_n, D_in + D_out, R), dtype=torch.float32, device=x2d.device)
         tA, sA = part, (part.stride(0), 1, R)                 # (s, r, i) strides of dA^T rows
         tB, sB = part[:, D_in:], (part.stride(0), R, 1)       # (s, o, r)
-    block_p = max(16, triton.next_power_of_2(R)) if R <= NARROW_MAX_P else NARROW_MAX_P
-    tiles_p = triton.cdiv(R, block_p)
+    cap = DROPOUT_MAX_N if dropout is not None and dropout[0] > 0 else NARROW_MAX_P
+    block_n = min(max(16, triton.next_power_of_2(R)), cap)
+    tiles_p = triton.cdiv(R, block_n)
     grid = lambda c: ((triton.cdiv(D_in, c["BLOCK_M"]) + triton.cdiv(D_out, c["BLOCK_M"])) * tiles_p,
                       split_n)
     with on_device(x2d):
@@ -414,7 +442,7 @@ def lora_weight_grads(x2d, dy, dS, SG, out_dtype, *, out=None, split_n=None, gat
             x2d.stride(0), x2d.stride(1), dS.stride(0), dS.stride(1), *sA,
             dy.stride(0), dy.stride(1), SG.stride(0), SG.stride(1), *sB, *g_strides,
             DOT_PRECISION=dot_precision(x2d), GATED=gates is not None, P_DROP=float(p_drop),
-            BLOCK_P=block_p,
+            BLOCK_N=block_n,
         )
         LAUNCH_COUNTS["lora_weight_grads"] += 1
         if split_n > 1:

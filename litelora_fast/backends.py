@@ -88,50 +88,49 @@ class TritonBackend:
 
     @staticmethod
     def shrink(x2d, lora_A, gates2d, col_adapter, col_scale, S_out=None, dropout=None):
-        from .kernels import forward
+        from . import kernels
         # SG stays the launcher's own padded buffer (16-byte aligned rows for the TMA kernels).
         out = (S_out, None) if S_out is not None else None
-        return forward.shrink(x2d, lora_A, gates2d, col_adapter, col_scale, out=out,
+        return kernels.shrink(x2d, lora_A, gates2d, col_adapter, col_scale, out=out,
                               dropout=dropout)
 
     @staticmethod
     def fused_forward(x2d, weight, bias, SG, lora_B):
-        from .kernels import forward
+        from . import kernels
         if weight is None:
             # The LoRA-only op: the fused tile with an empty base stretch (zero-width x and
             # weight: its loop over D_in takes no step), y written once. The pointer kernel:
             # a descriptor cannot address a zero-width operand.
             empty_w = lora_B.new_empty((lora_B.shape[0], 0))
-            return forward.fused_forward(x2d[:, :0], empty_w, None, SG, lora_B, variant="pointer")
-        return forward.fused_forward(x2d, weight, bias, SG, lora_B)
+            return kernels.fused_forward(x2d[:, :0], empty_w, None, SG, lora_B, variant="pointer")
+        return kernels.fused_forward(x2d, weight, bias, SG, lora_B)
 
     @staticmethod
     def grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, need_gate_grad):
-        from .kernels import backward
-        return backward.grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale,
-                                    need_gate_grad)
+        from . import kernels
+        return kernels.grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale,
+                                   need_gate_grad)
 
     @staticmethod
     def fused_dx(dy, weight, dS, lora_A, dropout=None):
-        from .kernels import backward
+        from . import kernels
         if weight is None and dropout is None:
             # The LoRA-only op: the fused tile with an empty base stretch, as in fused_forward.
-            return backward.fused_dx(dy[:, :0], lora_A.new_empty((0, lora_A.shape[1])), dS,
+            return kernels.fused_dx(dy[:, :0], lora_A.new_empty((0, lora_A.shape[1])), dS,
                                      lora_A, variant="pointer")
         if dropout is None or dS is None or dS.shape[1] == 0:
-            return backward.fused_dx(dy, weight, dS, lora_A)
+            return kernels.fused_dx(dy, weight, dS, lora_A)
         # Only the adapter term is masked: base-only fused GEMM (zeros without a base), then
         # the masked term in place.
-        from .kernels.dropout import masked_addmm_
         p, seed = dropout
-        dx = (backward.fused_dx(dy, weight, None, None) if weight is not None else
+        dx = (kernels.fused_dx(dy, weight, None, None) if weight is not None else
               torch.zeros(dy.shape[0], lora_A.shape[1], dtype=dy.dtype, device=dy.device))
-        return masked_addmm_(dx, dS, lora_A, seed, p)
+        return kernels.masked_addmm_(dx, dS, lora_A, seed, p)
 
     @staticmethod
     def matmul_tn(a, b, out_dtype):
-        from .kernels import backward
-        return backward.matmul_tn(a, b, out_dtype)
+        from . import kernels
+        return kernels.matmul_tn(a, b, out_dtype)
 
     @staticmethod
     def lora_weight_grads(x2d, dy, dS, SG, out_dtype, gates=None, dropout=None):
@@ -139,9 +138,9 @@ class TritonBackend:
         ``gates=(gates2d, col_adapter, col_scale)`` the fourth operand is ``S`` and the kernel
         forms ``SG = S * G_E`` itself (no elementwise launches before it). ``dropout=(p, seed)``:
         ``dA = dS^T @ drop(x2d)``, the mask regenerated in the kernel."""
-        from .kernels import backward
-        return backward.lora_weight_grads(x2d, dy, dS, SG, out_dtype, gates=gates,
-                                          dropout=dropout)
+        from . import kernels
+        return kernels.lora_weight_grads(x2d, dy, dS, SG, out_dtype, gates=gates,
+                                         dropout=dropout)
 
 
 def interpreter_requested() -> bool:

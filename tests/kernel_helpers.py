@@ -78,3 +78,9 @@ def fused_dx_ref(dy, weight, dS, lora_A):
 def launches(counts, before, *names):
     """How many launches of each of ``names`` happened since the ``before`` copy."""
     return {n: counts[n] - before[n] for n in names}
+
+
+def variant_launches(counts, before, kernel):
+    """``{"<kernel>/<variant>": launches}`` of the variants that ran since ``before``."""
+    return {k: v - before[k] for k, v in counts.items()
+            if k.startswith(kernel + "/") and v - before[k]}

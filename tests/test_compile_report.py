@@ -1,33 +1,34 @@
-"""Shipped kernel configs compile ahead of time for the H200 (sm_90) without a GPU, and their
-SASS passes the static checks: wgmma tensor-core instructions (HGMMA) for every tile product, TMA
-loads (UTMALDG) for every descriptor config, register re-balancing (SETMAXREG) for every
-warp-specialized one, no register spills anywhere (fp32 included), and shared memory within the
-227 KiB a Hopper block may use.
+"""Every launchable kernel config compiles ahead of time for the H200 (sm_90) without a GPU, and
+its SASS passes the static checks: wgmma tensor-core instructions (HGMMA) for every tile product,
+TMA loads (UTMALDG) for every descriptor kernel, register re-balancing (SETMAXREG) for every
+warp-specialized one, a grid-strided tile loop exactly in the persistent ones, no register spills
+anywhere (fp32 included), and shared memory within the 232,448 B a Hopper block may use.
 
-The test compiles the representative subset (the first config of every kernel, variant and dtype);
-``python -m litelora_fast inspect`` compiles all of them (see the module docstring of
-``kernels.compile_report`` for the time each takes).
+The test compiles the "buckets" subset: for every kernel, variant, dtype and compile-time bucket a
+launcher can pick (BLOCK_R / BLOCK_N widths), the config it would take first, with the heaviest
+flags (dropout, gates). ``python -m litelora_fast inspect`` compiles all of them, every config of
+every list and the SWEEP_CONFIGS (docs/kernels.md has its output and cost).
 """
 import inspect
 
 import pytest
 
-from litelora_fast.kernels import aot_specs, compile_report
+from litelora_fast.kernels import compile_report, compile_spec, tuning
 
 NO_MATMUL = compile_report.NO_MATMUL
 KERNELS = {"shrink", "fused_forward", "grad_shrink", "fused_dx", "matmul_tn", "lora_weight_grads",
-           "matmul_tn_sum_partials", "masked_addmm"}
+           "matmul_tn_sum_partials", "masked_addmm", "dropout_mask"}
 
 
 @pytest.fixture(scope="module")
 def rows():
     # The test session runs with TRITON_INTERPRET=1, so this also covers compile_report's
     # fresh-process path (the interpreter's patched triton.language cannot compile in-process).
-    return compile_report.compile_report("sm_90", subset="representative")
+    return compile_report.compile_report("sm_90", subset="buckets")
 
 
 def test_no_matmul_kernel_multiplies_tiles():
-    for spec in aot_specs.specs("all"):
+    for spec in compile_report.specs("all"):
         if spec.name in NO_MATMUL:
             fn = getattr(spec.fn, "fn", spec.fn)  # JITFunction / InterpretedFunction -> python fn
             assert "dot" not in inspect.getsource(fn), f"{spec.name} multiplies tiles now"
@@ -42,41 +43,63 @@ def test_the_checks_catch_each_failure(rows):
     good = next(r for r in rows if r["variant"] == "tma_ws")
     for broken in ({"spill_bytes": 8}, {"hgmma": False}, {"tma": False},
                    {"warp_specialized": False}, {"persistent": True},
-                   {"shared_bytes": compile_report.H200_SHARED_LIMIT + 1}):
+                   {"shared_bytes": tuning.SMEM_LIMIT + 1}):
         assert compile_report.failing_rows([{**good, **broken}]), broken
     pointer = next(r for r in rows if r["variant"] == "pointer" and r["kernel"] == "fused_dx")
     assert compile_report.failing_rows([{**pointer, "tma": True}])
 
 
-def test_report_covers_every_kernel_variant_and_dtype(rows):
+def test_report_covers_every_launchable_bucket(rows):
     assert {r["kernel"] for r in rows} == KERNELS
     seen = {(r["kernel"], r["variant"], r["dtype"]) for r in rows}
     for kernel in ("fused_forward", "fused_dx"):
-        for variant in ("pointer", "tma", "tma_persistent", "tma_ws"):
+        for variant in tuning.VARIANTS:
             for dtype in ("bf16", "fp16", "fp32"):
                 if (kernel, variant, dtype) == ("fused_dx", "tma_ws", "fp32"):
-                    continue   # not shipped: fused_tma.ws_fits
+                    continue   # never launched: ws_fits
                 assert (kernel, variant, dtype) in seen
-    for kernel in ("shrink", "fused_forward", "grad_shrink", "fused_dx", "matmul_tn",
-                   "lora_weight_grads"):
-        assert {(kernel, "pointer", d) for d in ("bf16", "fp16", "fp32", "fp32-ieee")} <= seen
-    # Exact fp32 never takes a descriptor kernel (tuning.choose_variant): none is shipped.
-    assert all(r["variant"] == "pointer" for r in rows if r["dtype"] == "fp32-ieee")
-    # The representative subset is one spec per (kernel, variant, dtype) of the full list.
-    assert len(rows) == len(seen) == len({(s.name, s.variant, s.dtype) for s in aot_specs.specs()})
+    for kernel in ("shrink", "fused_forward", "grad_shrink", "fused_dx", "lora_weight_grads"):
+        assert {(kernel, "pointer", d) for d in compile_spec.ALL_DTYPES} <= seen
+    # Exact fp32 never takes a descriptor kernel (tuning.choose_variant): none is compiled.
+    assert all(r["variant"] in ("pointer", "wide", "narrow") for r in rows if r["dtype"] == "fp32-ieee")
+    # Every bucket a launcher picks: the shrink's BLOCK_R 16..128 (16-bit), 16..64 (fp32), the
+    # warp-specialized adapter tile 16..64, the weight gradients' narrow side 16..64.
+    buckets = {(r["kernel"], r["variant"], r["dtype"], r["config"].split(" BLOCK_")[-1].split()[0])
+               for r in rows if " BLOCK_" in r["config"]}
+    for w in (16, 32, 64, 128):
+        assert ("shrink", "pointer", "bf16", f"R={w}") in buckets
+        assert ("grad_shrink", "pointer", "fp32-ieee", f"R={w}") in buckets
+    for w in (16, 32, 64):
+        assert ("shrink", "pointer", "fp32-ieee", f"R={w}") in buckets
+        assert ("fused_forward", "tma_ws", "fp32", f"R={w}") in buckets
+        assert ("fused_dx", "tma_ws", "fp16", f"R={w}") in buckets
+        assert ("lora_weight_grads", "pointer", "fp32-ieee", f"N={w}") in buckets
+    assert len(rows) == len(compile_report.specs("buckets"))
 
 
-def test_full_spec_list_is_generated_from_every_config_list():
-    """Every launch config of every list appears in the full AOT list (by its tile label)."""
-    specs = aot_specs.specs("all")
-    lists = aot_specs.config_lists()
+def test_spec_list_is_generated_from_every_config_list():
+    """Every config list the launchers tune over has compile specs, each config at least once."""
+    specs = compile_report.specs("all")
+    lists = compile_report.config_lists()
     assert ("fused_forward", "tma_ws") in lists and ("fused_dx", "tma_persistent/fp32") in lists
-    labels = {(s.name, s.variant) for s in specs}
+    labels = {(s.name, s.variant, s.config.split(" ")[0]) for s in specs}
     for (kernel, variant), configs in lists.items():
         assert configs, (kernel, variant)
-        base = variant.split("/")[0]
-        if base in ("pointer", "tma", "tma_persistent", "tma_ws"):
-            assert (kernel, base) in labels
+        for c in configs:
+            dims = compile_spec.tuning_label(c).split(" ")[0]
+            assert (kernel, variant.split("/")[0], dims) in labels, (kernel, variant, dims)
+    assert sum(s.sweep for s in specs) >= 2 * 4, "the fused GEMMs' SWEEP_CONFIGS are compiled"
+
+
+def test_prune_model_matches_the_sweep_budget():
+    """The shared-memory model the prune uses counts the warp-specialized adapter tiles: fp32
+    tma_ws at BLOCK_R = 64 (237,952 B with 3 stages in the sm_90 compile) launches 2 stages."""
+    from litelora_fast.kernels import fused_xw_sgb
+
+    launcher = fused_xw_sgb._LAUNCH["tma_ws"][True]
+    kept = launcher.fit(launcher.configs, 4, {"BLOCK_R": 64})
+    assert [c.num_stages for c in kept] == [2]
+    assert [c.num_stages for c in launcher.fit(launcher.configs, 4, {"BLOCK_R": 16})] == [3]
 
 
 def test_report_rows_have_the_documented_keys(rows):
@@ -87,6 +110,8 @@ def test_report_rows_have_the_documented_keys(rows):
     table = compile_report.format_report(rows).splitlines()
     assert table[0].split() == compile_report.COLUMNS
     assert len(table) == len(rows) + 2
+    totals = compile_report.summary(rows)
+    assert f"{len(rows)} configs of {len(KERNELS)} kernels" in totals and "spills: 0 configs" in totals
 
 
 def test_bad_arguments_are_rejected():

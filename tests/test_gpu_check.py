@@ -3,7 +3,7 @@ plan's real limits, the estimate fits both calls and follows the real lists, the
 covers every kernel, variant and dtype, and the GPU scripts' CPU paths run.
 
 No GPU is needed: the estimate prices the lists the GPU scripts run (``benchmarks/gpu_plan.py``)
-against the kernels' config lists (``litelora_fast.kernels.aot_specs.config_lists``).
+against the kernels' config lists (``litelora_fast.kernels.config_lists``).
 """
 import json
 import os

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from kernel_helpers import (DTYPES, TMA_VARIANTS, column_tables, expanded_gates_ref, fused_dx_ref,
-                            grad_shrink_ref, launches, make_gates, nan_like, strided)
+                            grad_shrink_ref, launches, make_gates, nan_like, strided,
+                            variant_launches)
+from litelora_fast import kernels
 from litelora_fast.kernels import LAUNCH_COUNTS, tuning
-from litelora_fast.kernels import backward as bwd
 from litelora_fast.kernels import weight_grad
 from numerics import assert_rel
 
@@ -19,20 +20,20 @@ from numerics import assert_rel
 def run_grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, need_gate_grad):
     N, R = dy.shape[0], lora_B.shape[1]
     out = (nan_like((N, R), dy.dtype), nan_like((N, R), torch.float32) if need_gate_grad else None)
-    dS, P = bwd.grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, need_gate_grad, out=out)
+    dS, P = kernels.grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, need_gate_grad, out=out)
     assert dS is out[0] and P is out[1]
     return dS, P
 
 
 def run_fused_dx(dy, weight, dS, lora_A, variant="pointer"):
     dx = nan_like((dy.shape[0], weight.shape[1]), dy.dtype)
-    assert bwd.fused_dx(dy, weight, dS, lora_A, out=dx, variant=variant) is dx
+    assert kernels.fused_dx(dy, weight, dS, lora_A, out=dx, variant=variant) is dx
     return dx
 
 
 def run_matmul_tn(a, b, out_dtype, split_n=None):
     out = nan_like((a.shape[1], b.shape[1]), out_dtype)
-    assert bwd.matmul_tn(a, b, out_dtype, out=out, split_n=split_n) is out
+    assert kernels.matmul_tn(a, b, out_dtype, out=out, split_n=split_n) is out
     return out
 
 
@@ -100,15 +101,15 @@ def test_grad_shrink_rejects_bad_shapes_and_dtypes():
     col_adapter, col_scale = column_tables([3], [1.0])
     gates2d = torch.randn(5, 1)
     with pytest.raises(ValueError, match="lora_B"):
-        bwd.grad_shrink(dy, torch.randn(9, 3), None, gates2d, col_adapter, col_scale, False)
+        kernels.grad_shrink(dy, torch.randn(9, 3), None, gates2d, col_adapter, col_scale, False)
     with pytest.raises(ValueError, match="gates2d"):
-        bwd.grad_shrink(dy, lora_B, None, torch.randn(4, 1), col_adapter, col_scale, False)
+        kernels.grad_shrink(dy, lora_B, None, torch.randn(4, 1), col_adapter, col_scale, False)
     with pytest.raises(ValueError, match="S"):
-        bwd.grad_shrink(dy, lora_B, torch.randn(5, 2), gates2d, col_adapter, col_scale, True)
+        kernels.grad_shrink(dy, lora_B, torch.randn(5, 2), gates2d, col_adapter, col_scale, True)
     with pytest.raises(TypeError, match="dtype"):
-        bwd.grad_shrink(dy, lora_B.half(), None, gates2d, col_adapter, col_scale, False)
+        kernels.grad_shrink(dy, lora_B.half(), None, gates2d, col_adapter, col_scale, False)
     with pytest.raises(ValueError, match="dS"):
-        bwd.grad_shrink(dy, lora_B, None, gates2d, col_adapter, col_scale, False,
+        kernels.grad_shrink(dy, lora_B, None, gates2d, col_adapter, col_scale, False,
                         out=(torch.empty(5, 4), None))
 
 
@@ -150,19 +151,19 @@ def test_fused_dx_without_adapters_is_the_base_gemm(seed):
     dx = run_fused_dx(dy, weight, None, None)
     assert_rel("dx", dx, dy.double() @ weight.double(), torch.float32)
     with pytest.raises(ValueError, match="both"):
-        bwd.fused_dx(dy, weight, torch.randn(21, 2), None)
+        kernels.fused_dx(dy, weight, torch.randn(21, 2), None)
 
 
 def test_fused_dx_rejects_bad_shapes_and_dtypes():
     dy, weight, dS, lora_A = torch.randn(5, 8), torch.randn(8, 6), torch.randn(5, 3), torch.randn(3, 6)
     with pytest.raises(ValueError, match="weight"):
-        bwd.fused_dx(dy, torch.randn(7, 6), dS, lora_A)
+        kernels.fused_dx(dy, torch.randn(7, 6), dS, lora_A)
     with pytest.raises(ValueError, match="lora_A"):
-        bwd.fused_dx(dy, weight, dS, torch.randn(3, 5))
+        kernels.fused_dx(dy, weight, dS, torch.randn(3, 5))
     with pytest.raises(TypeError, match="dtype"):
-        bwd.fused_dx(dy, weight.half(), dS, lora_A)
+        kernels.fused_dx(dy, weight.half(), dS, lora_A)
     with pytest.raises(ValueError, match="dx"):
-        bwd.fused_dx(dy, weight, dS, lora_A, out=torch.empty(5, 6, dtype=torch.float16))
+        kernels.fused_dx(dy, weight, dS, lora_A, out=torch.empty(5, 6, dtype=torch.float16))
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,13 +238,13 @@ def test_split_count_heuristic():
 
 def test_matmul_tn_rejects_bad_shapes_and_dtypes():
     with pytest.raises(ValueError, match="matmul_tn"):
-        bwd.matmul_tn(torch.randn(5, 3), torch.randn(6, 2), torch.float32)
+        kernels.matmul_tn(torch.randn(5, 3), torch.randn(6, 2), torch.float32)
     with pytest.raises(TypeError, match="dtype"):
-        bwd.matmul_tn(torch.randn(5, 3), torch.randn(5, 2).half(), torch.float32)
+        kernels.matmul_tn(torch.randn(5, 3), torch.randn(5, 2).half(), torch.float32)
     with pytest.raises(ValueError, match="out"):
-        bwd.matmul_tn(torch.randn(5, 3), torch.randn(5, 2), torch.float32, out=torch.empty(2, 3))
+        kernels.matmul_tn(torch.randn(5, 3), torch.randn(5, 2), torch.float32, out=torch.empty(2, 3))
     with pytest.raises(ValueError, match="split_n"):
-        bwd.matmul_tn(torch.randn(5, 3), torch.randn(5, 2), torch.float32, split_n=0)
+        kernels.matmul_tn(torch.randn(5, 3), torch.randn(5, 2), torch.float32, split_n=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,10 +306,10 @@ def test_launch_counts_prove_the_kernels_ran():
     dy, lora_B, S = torch.randn(6, 16), torch.randn(16, 3), torch.randn(6, 3)
     col_adapter, col_scale = column_tables([3], [1.0])
     before = LAUNCH_COUNTS.copy()
-    dS, _ = bwd.grad_shrink(dy, lora_B, S, torch.randn(6, 1), col_adapter, col_scale, True)
-    bwd.fused_dx(dy, torch.randn(16, 9), dS, torch.randn(3, 9))
-    bwd.matmul_tn(dS, torch.randn(6, 9), torch.float32, split_n=1)
-    bwd.matmul_tn(dy, dS, torch.float32, split_n=1)
+    dS, _ = kernels.grad_shrink(dy, lora_B, S, torch.randn(6, 1), col_adapter, col_scale, True)
+    kernels.fused_dx(dy, torch.randn(16, 9), dS, torch.randn(3, 9))
+    kernels.matmul_tn(dS, torch.randn(6, 9), torch.float32, split_n=1)
+    kernels.matmul_tn(dy, dS, torch.float32, split_n=1)
     delta = {k: LAUNCH_COUNTS[k] - before[k] for k in
              ("grad_shrink", "fused_dx", "matmul_tn", "matmul_tn_sum_partials")}
     assert delta == {"grad_shrink": 1, "fused_dx": 1, "matmul_tn": 2, "matmul_tn_sum_partials": 0}
@@ -330,12 +331,12 @@ def test_bf16_on_gpu(seed, variant):
     lora_B = torch.randn(D_out, 21, device=dev, dtype=dtype) / D_out ** 0.5
     S = torch.randn(N, 21, device=dev, dtype=dtype)
     gates2d = torch.randn(N, 2, device=dev)
-    dS, P = bwd.grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, True)
+    dS, P = kernels.grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, True)
     dS_ref, P_ref = grad_shrink_ref(dy, lora_B, S, gates2d, col_adapter, col_scale)
-    dx = bwd.fused_dx(dy, weight, dS, lora_A, variant=variant)
-    dB = bwd.matmul_tn(dy, S, dtype, split_n=3)
+    dx = kernels.fused_dx(dy, weight, dS, lora_A, variant=variant)
+    dB = kernels.matmul_tn(dy, S, dtype, split_n=3)
     x2d = torch.randn(N, D_in, device=dev, dtype=dtype)
-    dA2, dB2 = bwd.lora_weight_grads(x2d, dy, dS, S, dtype, split_n=3)
+    dA2, dB2 = kernels.lora_weight_grads(x2d, dy, dS, S, dtype, split_n=3)
     assert_rel("dA (lora_weight_grads)", dA2, dS.double().t() @ x2d.double(), dtype)
     assert_rel("dB (lora_weight_grads)", dB2, dy.double().t() @ S.double(), dtype)
     assert_rel("dS", dS, dS_ref, dtype)
@@ -379,7 +380,7 @@ def test_fused_dx_tma_variants_match_float64(seed, dtype, variant, N, D_in, D_ou
 def test_fused_dx_ws_fp32_refused():
     dy, weight, dS, lora_A = torch.randn(9, 16), torch.randn(16, 8), torch.randn(9, 2), torch.randn(2, 8)
     with pytest.raises(ValueError, match="tma_ws"):
-        bwd.fused_dx(dy, weight, dS, lora_A, variant="tma_ws")
+        kernels.fused_dx(dy, weight, dS, lora_A, variant="tma_ws")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -390,7 +391,7 @@ def test_fused_dx_tma_after_grad_shrink_reads_the_padded_dS(seed, dtype):
     col_adapter, col_scale = column_tables([3, 4], [0.5, 2.0])
     dy = torch.randn(N, D_out, dtype=dtype)
     lora_B = torch.randn(D_out, 7, dtype=dtype) / D_out ** 0.5
-    dS, _ = bwd.grad_shrink(dy, lora_B, None, make_gates("per_row", N, 2), col_adapter, col_scale,
+    dS, _ = kernels.grad_shrink(dy, lora_B, None, make_gates("per_row", N, 2), col_adapter, col_scale,
                             False)
     assert dS.shape == (N, 7) and tuning.tma_legal(dS)
     dS.as_strided((N, 16), (dS.stride(0), 1))[:, 7:] = float("nan")
@@ -403,13 +404,45 @@ def test_fused_dx_tma_after_grad_shrink_reads_the_padded_dS(seed, dtype):
 def test_fused_dx_auto_falls_back_to_pointers_for_strided_inputs(seed, monkeypatch):
     monkeypatch.delenv(tuning.VARIANT_ENV, raising=False)
     dS, lora_A = torch.randn(20, 3), torch.randn(3, 16)
-    for expected, dy, weight in [("tma_auto", torch.randn(20, 24), torch.randn(24, 16)),
+    # fp32 fused_dx has no warp-specialized kernel: one tile takes "tma".
+    for expected, dy, weight in [("tma", torch.randn(20, 24), torch.randn(24, 16)),
                                  ("pointer", strided(torch.randn(20, 24), "transposed"), torch.randn(24, 16)),
                                  ("pointer", torch.randn(20, 24), torch.randn(24, 17)[:, 1:])]:
         before = LAUNCH_COUNTS.copy()
-        dx = bwd.fused_dx(dy, weight, dS, lora_A, out=nan_like((20, 16), torch.float32))
+        dx = kernels.fused_dx(dy, weight, dS, lora_A, out=nan_like((20, 16), torch.float32))
         assert launches(LAUNCH_COUNTS, before, f"fused_dx/{expected}") == {f"fused_dx/{expected}": 1}
         assert_rel("dx", dx, fused_dx_ref(dy, weight, dS, lora_A), torch.float32)
+
+
+@pytest.mark.parametrize("dtype,N,D_in,D_out,R_act,expected", [
+    pytest.param(torch.float32, 70, 72, 40, 10, "tma_persistent", id="fp32-9-tiles-persistent"),
+    pytest.param(torch.float16, 37, 56, 40, 21, "tma_ws", id="fp16-4-tiles-ws"),
+    pytest.param(torch.float32, 37, 56, 40, 21, "tma", id="fp32-4-tiles-tma"),
+])
+def test_fused_dx_auto_reaches_every_descriptor_variant(seed, monkeypatch, dtype, N, D_in, D_out,
+                                                        R_act, expected):
+    """Untimed "auto" (tuning.untuned_variant): every variant without forcing one."""
+    monkeypatch.delenv(tuning.VARIANT_ENV, raising=False)
+    dy, weight = torch.randn(N, D_out, dtype=dtype), torch.randn(D_out, D_in, dtype=dtype) / D_out ** 0.5
+    dS, lora_A = torch.randn(N, R_act, dtype=dtype), torch.randn(R_act, D_in, dtype=dtype) / R_act ** 0.5
+    before = LAUNCH_COUNTS.copy()
+    dx = kernels.fused_dx(dy, weight, dS, lora_A, out=nan_like((N, D_in), dtype))
+    assert variant_launches(LAUNCH_COUNTS, before, "fused_dx") == {f"fused_dx/{expected}": 1}
+    assert_rel("dx", dx, fused_dx_ref(dy, weight, dS, lora_A), dtype)
+
+
+@pytest.mark.parametrize("variant", ["pointer", "tma", "tma_persistent", "tma_ws"])
+def test_fused_dx_explicit_config(seed, variant):
+    from litelora_fast.kernels import fused_dyw_dsa
+
+    config = fused_dyw_dsa.SWEEP_CONFIGS[variant][0]
+    N, D_in, D_out, R_act = 70, 72, 40, 10
+    dtype = torch.float16      # the sweep configs are sized for 16-bit operands
+    dy, weight = torch.randn(N, D_out, dtype=dtype), torch.randn(D_out, D_in, dtype=dtype) / D_out ** 0.5
+    dS, lora_A = torch.randn(N, R_act, dtype=dtype), torch.randn(R_act, D_in, dtype=dtype) / R_act ** 0.5
+    dx = kernels.fused_dx(dy, weight, dS, lora_A, out=nan_like((N, D_in), dtype), variant=variant,
+                          config=config)
+    assert_rel("dx", dx, fused_dx_ref(dy, weight, dS, lora_A), dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,7 +469,7 @@ def test_lora_weight_grads_match_float64(seed, dtype, N, D_in, D_out, R, layout,
     SG = strided(torch.randn(N, R, dtype=dtype), layout)
     out = (nan_like((R, D_in), dtype), nan_like((D_out, R), dtype))
     before = LAUNCH_COUNTS.copy()
-    dA, dB = bwd.lora_weight_grads(x2d, dy, dS, SG, dtype, out=out, split_n=split_n)
+    dA, dB = kernels.lora_weight_grads(x2d, dy, dS, SG, dtype, out=out, split_n=split_n)
     assert dA is out[0] and dB is out[1]
     counts = launches(LAUNCH_COUNTS, before, "lora_weight_grads", "matmul_tn_sum_partials", "matmul_tn")
     assert counts["lora_weight_grads"] == 1 and counts["matmul_tn"] == 0
@@ -460,40 +493,40 @@ def test_lora_weight_grads_forms_SG_from_S_and_gates(seed, dtype, gate_mode, spl
     dS, S = torch.randn(N, R, dtype=dtype), torch.randn(N, R, dtype=dtype)
     gates2d = make_gates(gate_mode, N, 3)
     out = (nan_like((R, D_in), dtype), nan_like((D_out, R), dtype))
-    dA, dB = bwd.lora_weight_grads(x2d, dy, dS, S, dtype, out=out, split_n=split_n,
+    dA, dB = kernels.lora_weight_grads(x2d, dy, dS, S, dtype, out=out, split_n=split_n,
                                    gates=(gates2d, col_adapter, col_scale))
     SG64 = S.double() * expanded_gates_ref(gates2d, col_adapter, col_scale)
     x64, dy64, dS64 = x2d.double(), dy.double(), dS.double()
     assert_rel("dA", dA, dS64.t() @ x64, dtype, scale=dS64.abs().t() @ x64.abs())
     assert_rel("dB", dB, dy64.t() @ SG64, dtype, scale=dy64.abs().t() @ SG64.abs())
     with pytest.raises(ValueError, match="gates"):
-        bwd.lora_weight_grads(x2d, dy, dS, S, dtype, gates=(gates2d[:5], col_adapter, col_scale))
+        kernels.lora_weight_grads(x2d, dy, dS, S, dtype, gates=(gates2d[:5], col_adapter, col_scale))
 
 
 def test_lora_weight_grads_split_is_deterministic(seed):
     x2d, dy, dS, SG = torch.randn(300, 45), torch.randn(300, 38), torch.randn(300, 11), torch.randn(300, 11)
-    first = bwd.lora_weight_grads(x2d, dy, dS, SG, torch.float32, split_n=4)
-    second = bwd.lora_weight_grads(x2d, dy, dS, SG, torch.float32, split_n=4)
+    first = kernels.lora_weight_grads(x2d, dy, dS, SG, torch.float32, split_n=4)
+    second = kernels.lora_weight_grads(x2d, dy, dS, SG, torch.float32, split_n=4)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
-    unsplit = bwd.lora_weight_grads(x2d, dy, dS, SG, torch.float32, split_n=1)
+    unsplit = kernels.lora_weight_grads(x2d, dy, dS, SG, torch.float32, split_n=1)
     for got, ref in zip(first, unsplit):
         assert_rel("split vs unsplit", got, ref.double(), torch.float32)
 
 
 def test_lora_weight_grads_edges_and_errors():
     x2d, dy = torch.randn(6, 8), torch.randn(6, 5)
-    dA, dB = bwd.lora_weight_grads(x2d, dy, torch.randn(6, 0), torch.randn(6, 0), torch.float32)
+    dA, dB = kernels.lora_weight_grads(x2d, dy, torch.randn(6, 0), torch.randn(6, 0), torch.float32)
     assert dA.shape == (0, 8) and dB.shape == (5, 0)
-    dA, dB = bwd.lora_weight_grads(x2d[:0], dy[:0], torch.randn(0, 3), torch.randn(0, 3), torch.float32)
+    dA, dB = kernels.lora_weight_grads(x2d[:0], dy[:0], torch.randn(0, 3), torch.randn(0, 3), torch.float32)
     assert (dA == 0).all() and (dB == 0).all() and dA.shape == (3, 8)
     with pytest.raises(ValueError, match="dS"):
-        bwd.lora_weight_grads(x2d, dy, torch.randn(5, 3), torch.randn(6, 3), torch.float32)
+        kernels.lora_weight_grads(x2d, dy, torch.randn(5, 3), torch.randn(6, 3), torch.float32)
     with pytest.raises(ValueError, match="same columns"):
-        bwd.lora_weight_grads(x2d, dy, torch.randn(6, 3), torch.randn(6, 2), torch.float32)
+        kernels.lora_weight_grads(x2d, dy, torch.randn(6, 3), torch.randn(6, 2), torch.float32)
     with pytest.raises(TypeError, match="dtype"):
-        bwd.lora_weight_grads(x2d, dy.half(), torch.randn(6, 3), torch.randn(6, 3), torch.float32)
+        kernels.lora_weight_grads(x2d, dy.half(), torch.randn(6, 3), torch.randn(6, 3), torch.float32)
     with pytest.raises(ValueError, match="split_n"):
-        bwd.lora_weight_grads(x2d, dy, torch.randn(6, 3), torch.randn(6, 3), torch.float32, split_n=0)
+        kernels.lora_weight_grads(x2d, dy, torch.randn(6, 3), torch.randn(6, 3), torch.float32, split_n=0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -13,10 +13,8 @@ import pytest
 import torch
 
 from kernel_helpers import DTYPES, column_tables, make_gates, nan_like, shrink_ref, strided
+from litelora_fast import kernels
 from litelora_fast.kernels import LAUNCH_COUNTS
-from litelora_fast.kernels import backward as bwd
-from litelora_fast.kernels import forward as fwd
-from litelora_fast.kernels.dropout import dropout_mask, masked_addmm_
 from litelora_fast.lora_dropout import new_seed
 from numerics import assert_rel
 
@@ -24,7 +22,7 @@ from numerics import assert_rel
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_keep_rate_is_binomial(seed, p):
     N, D = 257, 131
-    keep = dropout_mask(new_seed("cpu"), N, D, p)
+    keep = kernels.dropout_mask(new_seed("cpu"), N, D, p)
     n = N * D
     sd = (n * p * (1 - p)) ** 0.5
     assert abs(int(keep.sum()) - n * (1 - p)) < 6 * sd
@@ -36,12 +34,12 @@ def test_keep_rate_is_binomial(seed, p):
 
 def test_same_seed_same_mask_other_seed_independent(seed):
     s = new_seed("cpu")
-    a = dropout_mask(s, 64, 48, 0.3)
-    assert torch.equal(a, dropout_mask(s.clone(), 64, 48, 0.3))
+    a = kernels.dropout_mask(s, 64, 48, 0.3)
+    assert torch.equal(a, kernels.dropout_mask(s.clone(), 64, 48, 0.3))
     # A sub-block is the same bits as the corresponding corner of the larger mask: every tile of
     # every kernel regenerates element (n, d) identically, whatever the launch shape.
-    assert torch.equal(dropout_mask(s, 20, 17, 0.3), a[:20, :17])
-    b = dropout_mask(s + 1, 64, 48, 0.3)
+    assert torch.equal(kernels.dropout_mask(s, 20, 17, 0.3), a[:20, :17])
+    b = kernels.dropout_mask(s + 1, 64, 48, 0.3)
     agree = (a == b).double().mean().item()
     expected = 0.3 ** 2 + 0.7 ** 2      # two independent masks agree this often
     sd = (expected * (1 - expected) / a.numel()) ** 0.5
@@ -49,7 +47,7 @@ def test_same_seed_same_mask_other_seed_independent(seed):
 
 
 def test_rows_and_columns_are_not_shifted_copies(seed):
-    keep = dropout_mask(new_seed("cpu"), 96, 96, 0.5).double()
+    keep = kernels.dropout_mask(new_seed("cpu"), 96, 96, 0.5).double()
     n = keep.shape[1]
     for shift in (1, 2, 32):
         for a, b in ((keep[:-shift], keep[shift:]), (keep[:, :-shift], keep[:, shift:])):
@@ -60,14 +58,14 @@ def test_rows_and_columns_are_not_shifted_copies(seed):
 
 def test_p_zero_keeps_everything_and_empty_shapes(seed):
     s = new_seed("cpu")
-    assert dropout_mask(s, 33, 9, 0.0).all()
-    assert dropout_mask(s, 0, 9, 0.5).shape == (0, 9)
-    assert dropout_mask(s, 5, 0, 0.5).shape == (5, 0)
+    assert kernels.dropout_mask(s, 33, 9, 0.0).all()
+    assert kernels.dropout_mask(s, 0, 9, 0.5).shape == (0, 9)
+    assert kernels.dropout_mask(s, 5, 0, 0.5).shape == (5, 0)
 
 
 def dropped(x, seed, p):
     """float64 ``x * keep / (1 - p)`` with the kernels' mask."""
-    keep = dropout_mask(seed, x.shape[0], x.shape[1], p)
+    keep = kernels.dropout_mask(seed, x.shape[0], x.shape[1], p)
     return x.double() * keep.double() / (1 - p)
 
 
@@ -81,7 +79,7 @@ def test_shrink_applies_the_mask(seed, dtype, layout):
     lora_A = torch.randn(R, D_in, dtype=dtype) / D_in ** 0.5
     gates2d = make_gates("per_row", N, 3, dtype=torch.float32)
     s = new_seed("cpu")
-    S, SG = fwd.shrink(x2d, lora_A, gates2d, col_adapter, col_scale,
+    S, SG = kernels.shrink(x2d, lora_A, gates2d, col_adapter, col_scale,
                        out=(nan_like((N, R), dtype), nan_like((N, R), dtype)), dropout=(p, s))
     S_ref, SG_ref = shrink_ref(dropped(x2d, s, p), lora_A, gates2d, col_adapter, col_scale)
     assert_rel("S", S, S_ref, dtype)
@@ -99,7 +97,7 @@ def test_lora_weight_grads_drop_x_for_dA_only(seed, dtype, split_n):
     dS, SG = torch.randn(N, R, dtype=dtype), torch.randn(N, R, dtype=dtype)
     s = new_seed("cpu")
     out = (nan_like((R, D_in), dtype), nan_like((D_out, R), dtype))
-    dA, dB = bwd.lora_weight_grads(x2d, dy, dS, SG, dtype, out=out, split_n=split_n,
+    dA, dB = kernels.lora_weight_grads(x2d, dy, dS, SG, dtype, out=out, split_n=split_n,
                                    dropout=(p, s))
     xd, dS64, dy64, SG64 = dropped(x2d, s, p), dS.double(), dy.double(), SG.double()
     assert_rel("dA", dA, dS64.t() @ xd, dtype, scale=dS64.abs().t() @ xd.abs())
@@ -116,10 +114,19 @@ def test_masked_addmm_adds_the_masked_adapter_term(seed, dtype, N, D_in, R):
     s = new_seed("cpu")
     dx = dx0.clone()
     before = LAUNCH_COUNTS["masked_addmm"]
-    assert masked_addmm_(dx, dS, lora_A, s, p) is dx
+    assert kernels.masked_addmm_(dx, dS, lora_A, s, p) is dx
     assert LAUNCH_COUNTS["masked_addmm"] == before + 1
-    keep = dropout_mask(s, N, D_in, p).double() / (1 - p)
+    keep = kernels.dropout_mask(s, N, D_in, p).double() / (1 - p)
     ref = dx0.double() + keep * (dS.double() @ lora_A.double())
     assert_rel("dx", dx, ref, dtype)
     with pytest.raises(ValueError, match="chain"):
-        masked_addmm_(dx, dS[:, :1], lora_A, s, p)
+        kernels.masked_addmm_(dx, dS[:, :1], lora_A, s, p)
+
+
+def test_mask_kernel_launches_are_counted():
+    """``dropout_mask`` is a kernel launch like the others (``LAUNCH_COUNTS``); an empty mask is
+    none."""
+    before = LAUNCH_COUNTS.copy()
+    kernels.dropout_mask(new_seed("cpu"), 5, 7, 0.1)
+    kernels.dropout_mask(new_seed("cpu"), 0, 7, 0.1)
+    assert LAUNCH_COUNTS["dropout_mask"] - before["dropout_mask"] == 1

@@ -9,23 +9,23 @@ import pytest
 import torch
 
 from kernel_helpers import (DTYPES, TMA_VARIANTS, column_tables, fused_ref, launches, make_gates,
-                            nan_like, shrink_ref, strided)
+                            nan_like, shrink_ref, strided, variant_launches)
+from litelora_fast import kernels
 from litelora_fast.kernels import LAUNCH_COUNTS, tuning
-from litelora_fast.kernels import forward as fwd
 from numerics import assert_rel
 
 
 def run_shrink(x2d, lora_A, gates2d, col_adapter, col_scale):
     N, R = x2d.shape[0], lora_A.shape[0]
     out = (nan_like((N, R), x2d.dtype), nan_like((N, R), x2d.dtype))
-    S, SG = fwd.shrink(x2d, lora_A, gates2d, col_adapter, col_scale, out=out)
+    S, SG = kernels.shrink(x2d, lora_A, gates2d, col_adapter, col_scale, out=out)
     assert S is out[0] and SG is out[1]
     return S, SG
 
 
 def run_fused(x2d, weight, bias, SG, lora_B, variant="pointer"):
     y = nan_like((x2d.shape[0], weight.shape[0]), x2d.dtype)
-    out = fwd.fused_forward(x2d, weight, bias, SG, lora_B, out=y, variant=variant)
+    out = kernels.fused_forward(x2d, weight, bias, SG, lora_B, out=y, variant=variant)
     assert out is y
     return y
 
@@ -81,7 +81,7 @@ def test_shrink_upcasts_low_precision_gates(seed, gate_dtype):
 def test_shrink_with_no_active_column_launches_nothing():
     x2d = torch.randn(5, 8)
     before = LAUNCH_COUNTS["shrink"]
-    S, SG = fwd.shrink(x2d, torch.randn(0, 8), torch.randn(5, 1),
+    S, SG = kernels.shrink(x2d, torch.randn(0, 8), torch.randn(5, 1),
                        torch.zeros(0, dtype=torch.int32), torch.zeros(0))
     assert S.shape == SG.shape == (5, 0) and LAUNCH_COUNTS["shrink"] == before
 
@@ -162,9 +162,9 @@ def test_launch_counts_prove_the_kernels_ran():
     x2d, lora_A = torch.randn(4, 16), torch.randn(3, 16)
     col_adapter, col_scale = column_tables([3], [1.0])
     before = LAUNCH_COUNTS.copy()
-    _, SG = fwd.shrink(x2d, lora_A, torch.randn(4, 1), col_adapter, col_scale)
-    fwd.fused_forward(x2d, torch.randn(5, 16), None, SG, torch.randn(5, 3))
-    fwd.fused_forward(x2d, torch.randn(5, 16), None, SG[:, :0], torch.randn(5, 0))
+    _, SG = kernels.shrink(x2d, lora_A, torch.randn(4, 1), col_adapter, col_scale)
+    kernels.fused_forward(x2d, torch.randn(5, 16), None, SG, torch.randn(5, 3))
+    kernels.fused_forward(x2d, torch.randn(5, 16), None, SG[:, :0], torch.randn(5, 0))
     assert LAUNCH_COUNTS["shrink"] - before["shrink"] == 1
     assert LAUNCH_COUNTS["fused_forward"] - before["fused_forward"] == 2
 
@@ -184,8 +184,8 @@ def test_bf16_on_gpu(seed, variant):
     lora_A = torch.randn(21, D_in, device=dev, dtype=dtype) / D_in ** 0.5
     lora_B = torch.randn(D_out, 21, device=dev, dtype=dtype)
     gates2d = torch.randn(N, 2, device=dev)
-    S, SG = fwd.shrink(x2d, lora_A, gates2d, col_adapter.to(dev), col_scale.to(dev))
-    y = fwd.fused_forward(x2d, weight, None, SG, lora_B, variant=variant)
+    S, SG = kernels.shrink(x2d, lora_A, gates2d, col_adapter.to(dev), col_scale.to(dev))
+    y = kernels.fused_forward(x2d, weight, None, SG, lora_B, variant=variant)
     _, SG_ref = shrink_ref(x2d, lora_A, gates2d, col_adapter.to(dev), col_scale.to(dev))
     assert_rel("y", y, fused_ref(x2d, weight, None, SG_ref, lora_B), dtype)
 
@@ -231,7 +231,7 @@ def test_fused_forward_tma_after_shrink_reads_the_padded_SG(seed, dtype):
     col_adapter, col_scale = column_tables([3, 4], [0.5, 2.0])
     x2d = torch.randn(N, D_in, dtype=dtype)
     lora_A = torch.randn(7, D_in, dtype=dtype) / D_in ** 0.5
-    _, SG = fwd.shrink(x2d, lora_A, make_gates("per_row", N, 2), col_adapter, col_scale)
+    _, SG = kernels.shrink(x2d, lora_A, make_gates("per_row", N, 2), col_adapter, col_scale)
     assert SG.shape == (N, 7) and SG.stride(0) % 16 == 0 and tuning.tma_legal(SG)
     SG.as_strided((N, 16), (SG.stride(0), 1))[:, 7:] = float("nan")   # poison the pad columns
     weight = torch.randn(D_out, D_in, dtype=dtype) / D_in ** 0.5
@@ -244,7 +244,7 @@ def test_auto_takes_descriptors_when_legal_and_pointers_otherwise(seed, monkeypa
     monkeypatch.delenv(tuning.VARIANT_ENV, raising=False)
     SG, lora_B = torch.randn(20, 3), torch.randn(24, 3)
     cases = {
-        "tma_auto": (torch.randn(20, 16), torch.randn(24, 16)),        # 64-byte rows
+        "tma_ws": (torch.randn(20, 16), torch.randn(24, 16)),          # 64-byte rows, one tile
         "pointer": (torch.randn(20, 17), torch.randn(24, 17)),         # 68-byte rows
     }
     # Transposed x (unit stride along rows) and a sliced weight (unaligned base) fall back too.
@@ -252,31 +252,74 @@ def test_auto_takes_descriptors_when_legal_and_pointers_otherwise(seed, monkeypa
     sliced = (torch.randn(20, 16), torch.randn(24, 17)[:, 1:])
     for expected, (x2d, weight) in list(cases.items()) + [("pointer", transposed), ("pointer", sliced)]:
         before = LAUNCH_COUNTS.copy()
-        y = fwd.fused_forward(x2d, weight, None, SG, lora_B, out=nan_like((20, 24), torch.float32))
+        y = kernels.fused_forward(x2d, weight, None, SG, lora_B, out=nan_like((20, 24), torch.float32))
         assert launches(LAUNCH_COUNTS, before, f"fused_forward/{expected}") == {f"fused_forward/{expected}": 1}
         assert_rel("y", y, fused_ref(x2d, weight, None, SG, lora_B), torch.float32)
+
+
+# "auto" without timing (the interpreter, LITELORA_AUTOTUNE=0): persistent when the output has
+# more tiles than SMs (4 on the CPU; 32x32 interpreter tiles), else warp-specialized where the
+# bank fits its one adapter tile, else the plain descriptor kernel: every variant is reached.
+AUTO_CASES = [
+    pytest.param(70, 40, 72, 10, "tma_persistent", id="9-tiles-persistent"),
+    pytest.param(37, 40, 56, 21, "tma_ws", id="4-tiles-R21-ws"),
+    pytest.param(37, 40, 56, 65, "tma", id="4-tiles-R65-tma"),
+]
+
+
+@pytest.mark.parametrize("N,D_in,D_out,R_act,expected", AUTO_CASES)
+def test_auto_reaches_every_descriptor_variant(seed, monkeypatch, N, D_in, D_out, R_act, expected):
+    monkeypatch.delenv(tuning.VARIANT_ENV, raising=False)
+    x2d, weight = torch.randn(N, D_in), torch.randn(D_out, D_in) / D_in ** 0.5
+    bias, SG, lora_B = torch.randn(D_out), torch.randn(N, R_act), torch.randn(D_out, R_act)
+    before = LAUNCH_COUNTS.copy()
+    y = kernels.fused_forward(x2d, weight, bias, SG, lora_B, out=nan_like((N, D_out), torch.float32))
+    assert variant_launches(LAUNCH_COUNTS, before, "fused_forward") == {f"fused_forward/{expected}": 1}
+    assert_rel("y", y, fused_ref(x2d, weight, bias, SG, lora_B), torch.float32)
+
+
+@pytest.mark.parametrize("variant", ["pointer", "tma", "tma_persistent", "tma_ws"])
+def test_explicit_config_bypasses_the_tuner(seed, variant):
+    """``config=`` launches one of the variant's (bf16-sized) SWEEP_CONFIGS as is, its own tiles
+    under the interpreter too, and ``chosen_configs`` records it; fp32 operands would not fit."""
+    from litelora_fast.kernels import fused_xw_sgb
+
+    config = fused_xw_sgb.SWEEP_CONFIGS[variant][0]
+    N, D_in, D_out, R_act, dt = 70, 40, 72, 10, torch.float16
+    x2d, weight = torch.randn(N, D_in, dtype=dt), torch.randn(D_out, D_in, dtype=dt) / D_in ** 0.5
+    SG, lora_B = torch.randn(N, R_act, dtype=dt), torch.randn(D_out, R_act, dtype=dt)
+    y = kernels.fused_forward(x2d, weight, None, SG, lora_B, out=nan_like((N, D_out), dt),
+                              variant=variant, config=config)
+    assert_rel("y", y, fused_ref(x2d, weight, None, SG, lora_B), dt)
+    picked = [r for r in kernels.chosen_configs()["fused_forward"] if r.get("variant") == variant]
+    assert any(r["config"] == config.kwargs and r["num_stages"] == config.num_stages for r in picked)
+    with pytest.raises(ValueError, match="concrete variant"):
+        kernels.fused_forward(x2d, weight, None, SG, lora_B, config=config)
+    with pytest.raises(ValueError, match="does not fit shared memory"):
+        kernels.fused_forward(x2d.float(), weight.float(), None, SG.float(), lora_B.float(),
+                              variant=variant, config=config)
 
 
 def test_variant_env_var_and_errors(seed, monkeypatch):
     x2d, weight, SG, lora_B = torch.randn(9, 16), torch.randn(8, 16), torch.randn(9, 2), torch.randn(8, 2)
     monkeypatch.setenv(tuning.VARIANT_ENV, "pointer")
     before = LAUNCH_COUNTS.copy()
-    fwd.fused_forward(x2d, weight, None, SG, lora_B)
+    kernels.fused_forward(x2d, weight, None, SG, lora_B)
     assert launches(LAUNCH_COUNTS, before, "fused_forward/pointer") == {"fused_forward/pointer": 1}
     monkeypatch.setenv(tuning.VARIANT_ENV, "tma_persistent")
-    fwd.fused_forward(x2d, weight, None, SG, lora_B)
+    kernels.fused_forward(x2d, weight, None, SG, lora_B)
     assert LAUNCH_COUNTS["fused_forward/tma_persistent"] - before["fused_forward/tma_persistent"] == 1
     monkeypatch.setenv(tuning.VARIANT_ENV, "fast")
     with pytest.raises(ValueError, match="variant"):
-        fwd.fused_forward(x2d, weight, None, SG, lora_B)
+        kernels.fused_forward(x2d, weight, None, SG, lora_B)
     monkeypatch.delenv(tuning.VARIANT_ENV)
     # A forced descriptor variant never silently runs something else.
     with pytest.raises(ValueError, match="descriptor"):
-        fwd.fused_forward(strided(x2d, "transposed"), weight, None, SG, lora_B, variant="tma")
+        kernels.fused_forward(strided(x2d, "transposed"), weight, None, SG, lora_B, variant="tma")
     # The warp-specialized kernel holds the whole bank in one 64-column tile.
     wide_SG, wide_B = torch.randn(9, 65), torch.randn(8, 65)
     with pytest.raises(ValueError, match="tma_ws"):
-        fwd.fused_forward(x2d, weight, None, wide_SG, wide_B, variant="tma_ws")
+        kernels.fused_forward(x2d, weight, None, wide_SG, wide_B, variant="tma_ws")
     y = run_fused(x2d, weight, None, wide_SG, wide_B, variant="tma")
     assert_rel("y", y, fused_ref(x2d, weight, None, wide_SG, wide_B), torch.float32)
 

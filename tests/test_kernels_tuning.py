@@ -47,15 +47,38 @@ class _RecordingKernel:
         return lambda *args, **kwargs: self.launches.append((grid, args, kwargs))
 
 
-def test_first_fit_launches_the_first_config_that_fits():
+def smem(c, elem, consts):
+    return (c.kwargs["BLOCK_M"] + 128) * c.kwargs["BLOCK_K"] * elem, 0
+
+
+def test_first_fit_launches_the_first_config_that_fits(monkeypatch):
+    monkeypatch.setattr(tuning, "INTERPRET", False)     # as with LITELORA_AUTOTUNE=0 on a GPU
     kernel = _RecordingKernel()
     configs = [cfg(128, 256, stages=3), cfg(64, 32, warps=8, stages=2)]
-    prune = lambda cs, nargs, **kw: tuning.fit_stages(cs, per_stage(nargs["x_ptr"].element_size()))
-    launch = tuning._FirstFit(kernel, configs, prune)
-    launch[lambda meta: (triton.cdiv(meta["n"], meta["BLOCK_M"]),)](torch.empty(1), 300, FLAG=True)
+    launcher = tuning.Launcher("recording", kernel, configs, cfg(16, 16), ["n"], smem)
+    launcher[lambda meta: (triton.cdiv(meta["n"], meta["BLOCK_M"]),)](torch.empty(1), 300, FLAG=True)
     grid, args, kwargs = kernel.launches[0]
     assert grid == (5,)
     assert kwargs == {"FLAG": True, "BLOCK_M": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 2}
+    # What the launch picked, per tuning key (the key's values, then the tensors' dtypes).
+    record = {"variant": "pointer", "key": [300, "torch.float32"],
+              "config": {"BLOCK_M": 64, "BLOCK_K": 32}, "num_warps": 8, "num_stages": 2}
+    assert launcher.chosen() == [record]
+    assert record in tuning.chosen_configs()["recording"]
+    tuning._LAUNCHERS.remove(launcher)
+    with pytest.raises(ValueError, match="no launch config fits"):
+        tuning.Launcher("big", kernel, configs[:1], cfg(16, 16), [], smem)[(1,)](torch.empty(1), 3)
+
+
+def test_explicit_config_launches_as_given_or_raises(monkeypatch):
+    kernel = _RecordingKernel()
+    launcher = tuning.Launcher("explicit", kernel, [cfg(64, 32)], cfg(16, 16), [], smem)
+    tuning._LAUNCHERS.remove(launcher)
+    launcher.with_config(cfg(32, 64, warps=8, stages=3))[(2,)](torch.empty(1), 7)
+    assert kernel.launches[0][2] == {"BLOCK_M": 32, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3}
+    # 128 x 256 fp32 tiles: 2 stages of 256 KiB do not fit; never launched with fewer stages.
+    with pytest.raises(ValueError, match="does not fit shared memory"):
+        launcher.with_config(cfg(128, 256, stages=2))[(1,)](torch.empty(1), 7)
 
 
 @pytest.mark.parametrize("r,cap,expected", [(1, 64, 16), (16, 64, 16), (17, 64, 32), (70, 64, 64),
@@ -87,11 +110,13 @@ def test_fit_stages_keeps_pre_hooks_and_counts_fixed_smem():
     assert kept[0].pre_hook is hook and kept[0].num_stages == 4
 
 
-def test_first_fit_runs_the_config_pre_hook_before_the_launch():
+def test_launch_runs_the_config_pre_hook_before_the_launch():
     kernel, seen = _RecordingKernel(), []
     c = triton.Config({"BLOCK_M": 32, "BLOCK_K": 16}, num_warps=4, num_stages=1,
                       pre_hook=lambda nargs: seen.append((nargs["BLOCK_M"], nargs["n"])))
-    tuning._FirstFit(kernel, [c], None)[(1,)](torch.empty(1), 7)
+    launcher = tuning.Launcher("hooked", kernel, [], c, [], smem)    # the interpreter's config
+    tuning._LAUNCHERS.remove(launcher)
+    launcher[(1,)](torch.empty(1), 7)
     assert seen == [(32, 7)] and len(kernel.launches) == 1
 
 
@@ -112,7 +137,8 @@ def test_choose_variant(monkeypatch):
     monkeypatch.delenv(tuning.VARIANT_ENV, raising=False)
     cpu = torch.device("cpu")
     legal, strided_ = [torch.empty(4, 8)], [torch.empty(8, 4).t()]
-    expected_auto = "tma_auto" if tuning.INTERPRET else "pointer"   # no descriptors on a CPU run
+    # Untimed "auto" (interpreter): warp-specialized for one tile; no descriptors on a CPU run.
+    expected_auto = "tma_ws" if tuning.INTERPRET else "pointer"
     assert tuning.choose_variant(None, cpu, legal, True) == expected_auto
     assert tuning.choose_variant(None, cpu, strided_, True) == "pointer"
     assert tuning.choose_variant("pointer", cpu, legal, True) == "pointer"
@@ -129,3 +155,9 @@ def test_choose_variant(monkeypatch):
         tuning.choose_variant("tma", cuda, legal, True, "ieee")
     half = [torch.empty(4, 8, dtype=torch.float16)]
     assert tuning.choose_variant(None, cpu, half, True, "ieee") == expected_auto
+
+
+@pytest.mark.parametrize("tiles,ws_ok,expected", [(5, True, "tma_persistent"),
+                                                  (4, True, "tma_ws"), (4, False, "tma")])
+def test_untuned_variant(tiles, ws_ok, expected):
+    assert tuning.untuned_variant(tiles, 4, ws_ok) == expected

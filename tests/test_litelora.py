@@ -15,7 +15,7 @@ from litelora_fast.litelora import ContinualLearner, binary_concrete, sample_noi
 
 # Build the kernels now, at collection, while TRITON_INTERPRET=1 (see test_layer.py): a fast-path
 # test that imports triton first would leave them non-interpreted for the interpreter test below.
-from litelora_fast.kernels import backward as _backward, forward as _forward  # noqa: F401,E402
+from litelora_fast.kernels import fused_dyw_dsa as _dx, fused_xw_sgb as _fwd  # noqa: F401,E402
 
 # fp32 on CPU, widths <= 24: a forward through the fused fast path and a float64 re-computation
 # agree to ~1e-7 relative; 1e-5 leaves room for the packing order.

@@ -12,7 +12,7 @@ import torch
 
 import litelora_fast as llf
 from litelora_fast import kernels
-from litelora_fast.kernels import backward, forward  # noqa: F401  (a broken kernel file fails here)
+from litelora_fast.kernels import fused_dyw_dsa, fused_xw_sgb  # noqa: F401  (a broken kernel file fails here)
 from op_cases import ARG_NAMES, CASES, call, case_params, check_against_oracle, make_inputs
 TRAINABLE = {
     "all": set(ARG_NAMES),
