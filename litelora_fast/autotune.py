@@ -265,7 +265,7 @@ def select(x2d, weight, plan, gates2d, needs, override: Optional[str] = None,
     if (be is not backends.TritonBackend or override is not None or not x2d.is_cuda
             or plan is None or not enabled()):
         return be
-    key = bucket(x2d.shape[0], x2d.shape[1], weight.shape[0], plan.rank, x2d.dtype,
+    key = bucket(x2d.shape[0], x2d.shape[1], plan.lora_B.shape[0], plan.rank, x2d.dtype,
                  _per_row(gates2d), needs, drop is not None)
     winner = TUNER.lookup(x2d.device, key)
     if winner is None:

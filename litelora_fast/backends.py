@@ -41,6 +41,8 @@ class TorchBackend:
 
     @staticmethod
     def fused_forward(x2d, weight, bias, SG, lora_B):
+        if weight is None:             # the LoRA-only op: the adapter term alone (no bias)
+            return SG @ lora_B.t()
         y = torch.addmm(bias, x2d, weight.t()) if bias is not None else x2d @ weight.t()
         if SG.shape[1] > 0:
             y.addmm_(SG, lora_B.t())
@@ -55,15 +57,16 @@ class TorchBackend:
 
     @staticmethod
     def fused_dx(dy, weight, dS, lora_A, dropout=None):
-        dx = dy @ weight
-        if dS is not None and dS.shape[1] > 0:
-            if dropout is None:
-                dx.addmm_(dS, lora_A)
-            else:   # the adapter term flows back through drop(x): mask it
-                p, seed = dropout
-                keep = lora_dropout.keep_mask(seed, dx.shape[0], dx.shape[1], p)
-                dx.add_((dS @ lora_A) * keep.to(dx.dtype) * (1.0 / (1.0 - p)))
-        return dx
+        # weight None (the LoRA-only op) comes with active adapters (op_math): dx is their term.
+        if dS is None or dS.shape[1] == 0:
+            return dy @ weight
+        if dropout is None:
+            return dS @ lora_A if weight is None else (dy @ weight).addmm_(dS, lora_A)
+        # The adapter term flows back through drop(x): mask it.
+        p, seed = dropout
+        keep = lora_dropout.keep_mask(seed, dS.shape[0], lora_A.shape[1], p)
+        term = (dS @ lora_A) * keep.to(dS.dtype) * (1.0 / (1.0 - p))
+        return term if weight is None else (dy @ weight).add_(term)
 
     @staticmethod
     def matmul_tn(a, b, out_dtype):
@@ -95,6 +98,12 @@ class TritonBackend:
     @staticmethod
     def fused_forward(x2d, weight, bias, SG, lora_B):
         from .kernels import forward
+        if weight is None:
+            # The LoRA-only op: the fused tile with an empty base stretch (zero-width x and
+            # weight: its loop over D_in takes no step), y written once. The pointer kernel:
+            # a descriptor cannot address a zero-width operand.
+            empty_w = lora_B.new_empty((lora_B.shape[0], 0))
+            return forward.fused_forward(x2d[:, :0], empty_w, None, SG, lora_B, variant="pointer")
         return forward.fused_forward(x2d, weight, bias, SG, lora_B)
 
     @staticmethod
@@ -106,12 +115,19 @@ class TritonBackend:
     @staticmethod
     def fused_dx(dy, weight, dS, lora_A, dropout=None):
         from .kernels import backward
+        if weight is None and dropout is None:
+            # The LoRA-only op: the fused tile with an empty base stretch, as in fused_forward.
+            return backward.fused_dx(dy[:, :0], lora_A.new_empty((0, lora_A.shape[1])), dS,
+                                     lora_A, variant="pointer")
         if dropout is None or dS is None or dS.shape[1] == 0:
             return backward.fused_dx(dy, weight, dS, lora_A)
-        # Only the adapter term is masked: base-only fused GEMM, then the masked term in place.
+        # Only the adapter term is masked: base-only fused GEMM (zeros without a base), then
+        # the masked term in place.
         from .kernels.dropout import masked_addmm_
         p, seed = dropout
-        return masked_addmm_(backward.fused_dx(dy, weight, None, None), dS, lora_A, seed, p)
+        dx = (backward.fused_dx(dy, weight, None, None) if weight is not None else
+              torch.zeros(dy.shape[0], lora_A.shape[1], dtype=dy.dtype, device=dy.device))
+        return masked_addmm_(dx, dS, lora_A, seed, p)
 
     @staticmethod
     def matmul_tn(a, b, out_dtype):

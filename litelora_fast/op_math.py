@@ -48,11 +48,14 @@ def needed_grads(needs_input_grad, has_bias: bool) -> list:
 
 def forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan: Optional[Plan], be, drop=None):
     """``(y, S)``: ``y`` ``(N, D_out)`` and ``S`` ``(N, R)``, active adapters' S first, then 0.
+    ``weight`` ``None`` (and then no ``bias``): the LoRA-only op, ``y = SG @ lora_B^T`` alone.
     ``drop``: ``None`` or ``(p, seed)``, the call's LoRA dropout (``lora_dropout.py``): then
     ``S = drop(x) @ A^T``."""
     n, R = x2d.shape[0], lora_A.shape[0]
     if plan is None:
-        return F.linear(x2d, weight, bias), x2d.new_zeros(n, R)
+        y = (F.linear(x2d, weight, bias) if weight is not None      # (None: the LoRA-only op)
+             else x2d.new_zeros(n, lora_B.shape[0]))
+        return y, x2d.new_zeros(n, R)
     # S is saved in an (N, R) buffer whose first R_act columns are the active adapters' S in plan
     # order (the backward reads that view back: no scatter, no gather). The tail is zeroed so the
     # op's output is deterministic.
@@ -105,7 +108,9 @@ def backward(dy, x2d, weight, lora_A, lora_B, gates2d, S, plan: Optional[Plan],
         if need_B:
             dB = torch.zeros_like(lora_B)
     if need_x:
-        if plan is None:
+        if plan is None and weight is None:        # the LoRA-only op with no active adapter
+            dx = torch.zeros(dy.shape[0], x2d.shape[1], dtype=dy.dtype, device=dy.device)
+        elif plan is None:
             dx = be.fused_dx(dy, weight, None, None)
         else:
             dx = be.fused_dx(dy, weight, dS, plan.lora_A, **_drop_kw(drop))

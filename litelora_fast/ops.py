@@ -39,8 +39,9 @@ from .validation import RankOffsets, Scaling, validate
 __all__ = ["gated_lora_linear", "direct_ok"]
 
 
-def _is_empty(x2d, weight) -> bool:
-    return x2d.shape[0] == 0 or x2d.shape[1] == 0 or weight.shape[0] == 0
+def _is_empty(x2d, lora_B) -> bool:
+    # (D_out from lora_B: there is no weight in the LoRA-only op)
+    return x2d.shape[0] == 0 or x2d.shape[1] == 0 or lora_B.shape[0] == 0
 
 
 def _drop(p_drop: float, seed):
@@ -48,15 +49,15 @@ def _drop(p_drop: float, seed):
     return None if seed is None or p_drop <= 0 else (p_drop, seed)
 
 
-def _backend(x2d, weight, plan, gates2d, needs, backend: str, drop=None):
+def _backend(x2d, weight, lora_B, plan, gates2d, needs, backend: str, drop=None):
     """The backend class of one call (see ``autotune.select``)."""
     return autotune.select(x2d, weight, plan, gates2d, needs, backend or None,
-                           empty=_is_empty(x2d, weight), drop=drop)
+                           empty=_is_empty(x2d, lora_B), drop=drop)
 
 
 # ------------------------------------------------------------------------------- custom ops
 @torch.library.custom_op("litelora_fast::gated_lora_fwd", mutates_args=())
-def _gated_lora_fwd(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+def _gated_lora_fwd(x2d: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                     lora_A: torch.Tensor, lora_B: torch.Tensor, gates2d: torch.Tensor,
                     rank_offsets: list[int], scaling: list[float], active: list[int],
                     grad_adapters: list[bool], backend: str, needs: list[bool], p_drop: float,
@@ -64,7 +65,7 @@ def _gated_lora_fwd(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     """Returns ``y`` ``(N, D_out)`` and ``S`` ``(N, R)``: active adapters' S first, then zeros."""
     plan = pack(tuple(active), lora_A, lora_B, rank_offsets, scaling, x2d.dtype)
     drop = _drop(p_drop, seed)
-    be = _backend(x2d, weight, plan, gates2d, needs, backend, drop)
+    be = _backend(x2d, weight, lora_B, plan, gates2d, needs, backend, drop)
     return op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be, drop)
 
 
@@ -72,11 +73,11 @@ def _gated_lora_fwd(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
 def _(x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling, active, grad_adapters,
       backend, needs, p_drop, seed):
     n = x2d.shape[0]
-    return x2d.new_empty(n, weight.shape[0]), x2d.new_empty(n, lora_A.shape[0])
+    return x2d.new_empty(n, lora_B.shape[0]), x2d.new_empty(n, lora_A.shape[0])
 
 
 @torch.library.custom_op("litelora_fast::gated_lora_bwd", mutates_args=())
-def _gated_lora_bwd(dy: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor,
+def _gated_lora_bwd(dy: torch.Tensor, x2d: torch.Tensor, weight: Optional[torch.Tensor],
                     lora_A: torch.Tensor, lora_B: torch.Tensor, gates2d: torch.Tensor,
                     S: torch.Tensor, rank_offsets: list[int], scaling: list[float],
                     active: list[int], grad_adapters: list[bool], backend: str,
@@ -88,7 +89,7 @@ def _gated_lora_bwd(dy: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor,
     ``fwd_needs`` are the forward's gradient needs: the backend choice is keyed on them."""
     plan = pack(tuple(active), lora_A, lora_B, rank_offsets, scaling, x2d.dtype)
     drop = _drop(p_drop, seed)
-    be = _backend(x2d, weight, plan, gates2d, fwd_needs, backend, drop)
+    be = _backend(x2d, weight, lora_B, plan, gates2d, fwd_needs, backend, drop)
     grads = op_math.backward(dy, x2d, weight, lora_A, lora_B, gates2d, S, plan, grad_adapters,
                              be, needs, drop)
     # Custom-op outputs must not alias each other: one fresh empty tensor per unneeded grad.
@@ -98,9 +99,11 @@ def _gated_lora_bwd(dy: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor,
 @_gated_lora_bwd.register_fake
 def _(dy, x2d, weight, lora_A, lora_B, gates2d, S, rank_offsets, scaling, active, grad_adapters,
       backend, needs, fwd_needs, p_drop, seed):
-    shapes = [x2d.shape, weight.shape, (weight.shape[0],), lora_A.shape, lora_B.shape,
-              gates2d.shape]
-    dtypes = [dy.dtype, weight.dtype, dy.dtype, lora_A.dtype, lora_B.dtype, gates2d.dtype]
+    no_w = weight is None      # the LoRA-only op: no dW (needs[1] is False)
+    shapes = [x2d.shape, (0,) if no_w else weight.shape, (lora_B.shape[0],), lora_A.shape,
+              lora_B.shape, gates2d.shape]
+    dtypes = [dy.dtype, dy.dtype if no_w else weight.dtype, dy.dtype, lora_A.dtype, lora_B.dtype,
+              gates2d.dtype]
     return tuple(dy.new_empty(s if need else (0,), dtype=dt)
                  for s, dt, need in zip(shapes, dtypes, needs))
 
@@ -146,7 +149,7 @@ class _GatedLoRA(torch.autograd.Function):
                 backend, needs, p_drop, seed):
         plan = pack(active, lora_A, lora_B, p.rank_offsets, p.scaling, x2d.dtype)
         drop = _drop(p_drop, seed)
-        be = _backend(x2d, weight, plan, gates2d, needs, backend, drop)
+        be = _backend(x2d, weight, lora_B, plan, gates2d, needs, backend, drop)
         y, S = op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be, drop)
         # Only the active set and the backend are kept besides the saved tensors (no tensors
         # outside save_for_backward, so saved-tensor hooks see everything the backward holds).
@@ -189,7 +192,7 @@ def _flags(name: str, values, K: int) -> list:
     return flags
 
 
-def gated_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+def gated_lora_linear(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                       lora_A: torch.Tensor, lora_B: torch.Tensor, gates: torch.Tensor,
                       rank_offsets: RankOffsets = None, scaling: Scaling = None,
                       *, trainable_adapters: Optional[Sequence[bool]] = None,
@@ -200,7 +203,10 @@ def gated_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
 
     Args:
         x: ``(..., D_in)`` input.
-        weight: ``(D_out, D_in)`` base weight; ``bias``: ``(D_out,)`` or ``None``.
+        weight: ``(D_out, D_in)`` base weight; ``bias``: ``(D_out,)`` or ``None``. ``weight=None``
+            (then ``bias`` must be ``None``) is the LoRA-only op: the adapter term alone,
+            ``(S * G_E) @ B_cat^T`` with ``D_out`` from ``lora_B``, for a base the kernels
+            cannot read (a quantized layer runs its own forward and adds this).
         lora_A: ``(R, D_in)`` packed down-projections; ``lora_B``: ``(D_out, R)`` packed
             up-projections, ``R = sum r_k``.
         gates: ``(K,)`` one gate per adapter, or ``x.shape[:-1] + (K,)`` one per row and adapter.
@@ -251,7 +257,7 @@ def gated_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
                                      p.scaling, dropout=p_drop)
     # A seed only when an adapter is active (else nothing to drop) and there is data.
     seed = None
-    if p_drop > 0 and active and not _is_empty(x2d, weight):
+    if p_drop > 0 and active and not _is_empty(x2d, lora_B):
         seed = lora_dropout.new_seed(x2d.device)
         lora_dropout.record(seed, x2d.shape[0], x2d.shape[1], p_drop)
     else:
@@ -263,7 +269,7 @@ def gated_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         else:
             plan = pack(active, lora_A, lora_B, p.rank_offsets, p.scaling, x2d.dtype)
             drop = _drop(p_drop, seed)
-            be = _backend(x2d, weight, plan, gates2d, needs, backend or "", drop)
+            be = _backend(x2d, weight, lora_B, plan, gates2d, needs, backend or "", drop)
             y2d, _ = op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be, drop)
     else:
         y2d, _ = _gated_lora_fwd(x2d, weight, bias, lora_A, lora_B, gates2d, p.rank_offsets,
@@ -271,4 +277,4 @@ def gated_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
                                  p_drop, seed)
     # Not a view of y2d (what matmul does too): FSDP2 warns that in-place ops on a returned view
     # would bypass its pre-backward hook.
-    return torch.ops.aten._unsafe_view(y2d, (*p.lead_shape, weight.shape[0]))
+    return torch.ops.aten._unsafe_view(y2d, (*p.lead_shape, lora_B.shape[0]))

@@ -23,13 +23,16 @@ def gated_lora_linear_ref(x: torch.Tensor, weight: torch.Tensor, bias, lora_A: t
                           dropout_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``y = x @ W^T + b + sum_k g_k * s_k * (drop(x) @ A_k^T) @ B_k^T``, one adapter at a time.
 
-    Same arguments and checks as :func:`litelora_fast.gated_lora_linear`. LoRA ``dropout``
+    Same arguments and checks as :func:`litelora_fast.gated_lora_linear` (``weight=None``: the
+    adapter term alone). LoRA ``dropout``
     applies to the adapters' input only, ``drop(x) = x * keep / (1 - p)``; ``dropout_mask`` (bool,
     ``x``'s shape, e.g. from ``lora_dropout.recorded_masks``) fixes ``keep``, else it is drawn
     with ``torch.rand``.
     """
     p = validate(x, weight, bias, lora_A, lora_B, gates, rank_offsets, scaling)
-    y = F.linear(x, weight, bias)
+    # weight None: the LoRA-only op, the adapter term alone.
+    y = F.linear(x, weight, bias) if weight is not None else x.new_zeros(
+        *x.shape[:-1], lora_B.shape[0])
     x_lora = x
     if dropout_mask is not None or check_p(dropout) > 0:
         keep = torch.rand_like(x) >= dropout if dropout_mask is None else dropout_mask

@@ -30,7 +30,7 @@ class Problem:
 
     x2d: torch.Tensor
     lead_shape: tuple
-    weight: torch.Tensor
+    weight: Optional[torch.Tensor]    # None: the LoRA-only op (no base term)
     bias: Optional[torch.Tensor]
     lora_A: torch.Tensor
     lora_B: torch.Tensor
@@ -215,17 +215,24 @@ def validate(x, weight, bias, lora_A, lora_B, gates,
     if x.dim() < 1:
         raise ValueError(f"x must have at least 1 dimension (..., D_in), got shape {_shape(x)}")
     _check_float("x", x)
-    _check_tensor("weight", weight, 2)
+    if weight is None and bias is not None:
+        raise ValueError(f"weight is None (the LoRA-only op: the adapter term alone) but bias is "
+                         f"given, shape {_shape(bias)}; add the bias to the base module's output "
+                         f"instead, or pass the weight too")
+    if weight is not None:
+        _check_tensor("weight", weight, 2)
     _check_tensor("lora_A", lora_A, 2)
     _check_tensor("lora_B", lora_B, 2)
     _check_tensor("gates", gates)
     if bias is not None:
         _check_tensor("bias", bias, 1)
 
-    d_out, d_in = weight.shape
+    # weight None (LoRA-only): the widths come from the bank, lora_A (R, D_in), lora_B (D_out, R).
+    d_out, d_in = weight.shape if weight is not None else (lora_B.shape[0], lora_A.shape[1])
     if x.shape[-1] != d_in:
-        raise ValueError(f"x's last dimension must equal weight's D_in = {d_in} "
-                         f"(weight is (D_out, D_in) = {_shape(weight)}), got x of shape {_shape(x)}")
+        of = (f"weight's D_in = {d_in} (weight is (D_out, D_in) = {_shape(weight)})"
+              if weight is not None else f"lora_A's D_in = {d_in} (lora_A is {_shape(lora_A)})")
+        raise ValueError(f"x's last dimension must equal {of}, got x of shape {_shape(x)}")
     if bias is not None and bias.shape[0] != d_out:
         raise ValueError(f"bias must have shape (D_out,) = ({d_out},), got {_shape(bias)}")
     R = lora_A.shape[0]

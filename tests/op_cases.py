@@ -31,6 +31,7 @@ class Case:
     strided_x: bool = False           # x is a non-contiguous view
     scaling: Optional[list] = None
     trainable: dict = field(default_factory=lambda: dict.fromkeys(ARG_NAMES, True))
+    base: bool = True                 # False: weight = bias = None, the LoRA-only op
 
     @property
     def rank_offsets(self) -> list:
@@ -67,6 +68,8 @@ def make_inputs(case: Case, dtype=torch.float32, device="cpu") -> dict:
     t["x"] = x[..., ::2] if case.strided_x else x
     t["weight"] = torch.randn(case.d_out, case.d_in, dtype=dtype, device=device) / case.d_in ** 0.5
     t["bias"] = torch.randn(case.d_out, dtype=dtype, device=device) if case.bias else None
+    if not case.base:
+        t["weight"] = t["bias"] = None
     t["lora_A"] = torch.randn(R, case.d_in, dtype=dtype, device=device) / case.d_in ** 0.5
     t["lora_B"] = torch.randn(case.d_out, R, dtype=dtype, device=device)
     gshape = (*case.lead, K) if case.per_row else (K,)
