@@ -29,9 +29,14 @@ from .op_math import as_dtype, expanded_gates, gated_columns
 def launchers():
     """The kernels' launchers: the one place the backends reach ``litelora_fast.kernels``.
 
-    Imported on first use: importing triton costs about a second and a CPU-only run never needs
-    it. (When the ``kernels`` package exports its launchers lazily, this is that package.)
+    Resolved on first use: importing triton costs about a second and a CPU-only run never needs
+    it. The package ``litelora_fast.kernels`` exports them (lazily); before those exports
+    (branch ``kernels``, "kernels exports:") they are gathered from its modules here.
     """
+    from . import kernels
+
+    if hasattr(kernels, "shrink"):
+        return kernels
     from .kernels import backward, dropout, forward, weight_grad
 
     return types.SimpleNamespace(
