@@ -59,12 +59,21 @@ def stage_bytes(rows: int, cols: int, depth: int, elem: int) -> int:
 
 
 def torch_allows_tf32() -> bool:
-    """What ``F.linear`` on CUDA fp32 tensors does: TF32 iff torch's matmul setting allows it
-    (``torch.backends.cuda.matmul.allow_tf32``, which ``torch.set_float32_matmul_precision``
-    "high"/"medium" turns on and "highest", the default, turns off)."""
+    """What ``F.linear`` on CUDA fp32 tensors does: TF32 iff torch's cuBLAS setting allows it.
+
+    Both of torch's APIs: the per-backend ``torch.backends.cuda.matmul.fp32_precision`` (torch
+    >= 2.9: "tf32" or "ieee", and "none" while unset; it also reflects the global
+    ``torch.backends.fp32_precision`` and the legacy setters) is read first, because once a user
+    has set it, reading the legacy ``allow_tf32`` raises ("mix of the legacy and new APIs"). Unset
+    (or an older torch), the legacy ``allow_tf32``, which ``torch.set_float32_matmul_precision``
+    "high"/"medium" turns on and "highest", the default, turns off."""
     import torch
 
-    return bool(torch.backends.cuda.matmul.allow_tf32)
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", "none")
+    if precision in ("tf32", "ieee"):
+        return precision == "tf32"
+    return bool(matmul.allow_tf32)
 
 
 def dot_precision(t, *, cuda=None) -> str:

@@ -1,14 +1,16 @@
-"""Never slower than the cuBLAS composite: on CUDA the op picks, per shape bucket, the faster of
-its two implementations, measured once per machine.
+"""Which implementation runs a call, decided in one function (``implementation``); on CUDA the
+op picks, per shape bucket, the fastest of its three implementations, measured once per machine.
 
-The candidates are the two backends of ``backends.py`` running the same math (``op_math.py``):
+The candidates (``CANDIDATES``) are the backends of ``backends.py`` running the same math
+(``op_math.py``):
 
-- ``"triton"``: the fused kernels;
+- ``"triton"``: the fused kernels (base GEMM and adapter columns on one accumulator);
+- ``"hybrid"``: cuBLAS for the base GEMMs, the kernels for the LoRA work (in-kernel dropout);
 - ``"torch"``: the cuBLAS composite that the best plain-PyTorch peer runs (packed shrink GEMM +
   ``addmm`` into the base output, and the packed GEMMs of its backward).
 
 A *shape bucket* is ``(N rounded up to a power of two, D_in, D_out, R_act, dtype, gate kind,
-gradient needs, LoRA dropout on or off)``. The first call of a bucket on a CUDA device times both
+gradient needs, LoRA dropout on or off)``. The first call of a bucket on a CUDA device times every
 candidates on that call's own tensors (forward, plus backward when a gradient is needed; a few
 warm-up runs, then the median of timed runs with CUDA events: the only host syncs, once per
 bucket), and keeps the winner in memory and on disk, in
@@ -21,7 +23,7 @@ none is lost and re-timed later. ``timings()`` returns every candidate's time pe
 here or read from the cache): the tuning data of a GPU run.
 
 Never timed: CPU tensors (the PyTorch fast path, or the kernels under ``TRITON_INTERPRET=1``),
-a forced ``backend=``, float64/meta/empty problems (fixed rules in ``backends.select_backend``),
+a forced ``backend=``, float64/meta/empty problems (fixed rules of ``implementation``),
 ``LITELORA_AUTOTUNE=0`` (always the kernels: a fixed, untimed choice), and calls made while a
 CUDA graph is being captured (the kernels, untimed, when the bucket is not tuned yet).
 
@@ -49,7 +51,8 @@ except ImportError:                    # pragma: no cover (Windows)
 
 from . import backends, op_math, settings
 
-CANDIDATES = ("triton", "torch")
+# Ties go to the earlier one: the kernels, then the hybrid, then the composite.
+CANDIDATES = ("triton", "hybrid", "torch")
 NEED_NAMES = ("x", "weight", "bias", "lora_A", "lora_B", "gates")
 FORMAT = 1
 
@@ -64,15 +67,12 @@ def cache_dir() -> str:
     return settings.cache_dir()
 
 
-def n_bucket(n: int) -> int:
-    """``N`` rounded up to a power of two (at least 16): shapes within 2x share one choice."""
-    return max(16, 1 << max(0, n - 1).bit_length())
-
-
 def bucket(n: int, d_in: int, d_out: int, r_act: int, dtype: torch.dtype, per_row: bool,
            needs, dropout: bool = False) -> tuple:
     """The in-memory key of a shape bucket (see the module docstring); ``dropout``: whether the
     call applies LoRA dropout (the candidates then do different extra work)."""
+    from .kernels.tuning import n_bucket      # (the kernels' autotune key: one rounding rule)
+
     return (n_bucket(n), d_in, d_out, r_act, _dtype_name(dtype),
             "per_row" if per_row else "per_adapter", tuple(bool(v) for v in needs),
             bool(dropout))
@@ -306,25 +306,75 @@ def _workload(be, x2d, weight, plan, gates2d, needs, drop=None) -> Callable[[], 
     return run
 
 
-def select(x2d, weight, plan, gates2d, needs, override: Optional[str] = None,
-           empty: bool = False, drop=None):
-    """The backend class of one call: the fixed rules (``backends.select_backend``), then, for
-    the kernels on a CUDA device, the tuned choice of the call's bucket (timed on this call's
-    tensors when the bucket is new)."""
-    be = backends.select_backend(x2d, override, empty)
-    if (be is not backends.TritonBackend or override is not None or not x2d.is_cuda
-            or plan is None or not enabled()):
-        return be
-    key = bucket(x2d.shape[0], x2d.shape[1], plan.lora_B.shape[0], plan.rank, x2d.dtype,
-                 _per_row(gates2d), needs, drop is not None)
-    winner = TUNER.lookup(x2d.device, key)
-    if winner is None:
-        if torch.cuda.is_current_stream_capturing():
-            return be                      # no timing inside a graph capture
-        winner = TUNER.choose(x2d.device, key, {
-            name: _workload(backends.BACKENDS[name], x2d, weight, plan, gates2d, needs, drop)
-            for name in CANDIDATES})
-    return backends.BACKENDS[winner]
+_warned_bf16 = False
+
+
+def implementation(device: torch.device, dtype: torch.dtype, override: Optional[str] = None,
+                   empty: bool = False, key: Optional[tuple] = None,
+                   time: Optional[Callable[[], str]] = None) -> Optional[str]:
+    """The one rule that decides which backend (a name of ``backends.BACKENDS``) runs a call.
+
+    - ``override`` (``backend=``) forces one; a forced kernel backend that cannot run here raises
+      ``ValueError`` saying why (instead of a crash inside Triton), and an ``empty`` problem
+      (a zero-size N, D_in or D_out: nothing to launch) takes ``"torch"``.
+    - float64 (tensor cores have no fp64 mode worth a kernel; gradcheck's and the oracle's
+      dtype), meta tensors and ``empty`` problems: ``"torch"``.
+    - CUDA: the tuned winner of the call's bucket ``key``; a bucket not tuned yet is timed now
+      by ``time()`` (the kernels, untimed, while a CUDA graph is being captured), or ``None``
+      without ``time``. ``"triton"`` untimed without a ``key`` (no active adapter) or with
+      ``LITELORA_AUTOTUNE=0``.
+    - CPU: ``"torch"`` (the fast path), unless ``TRITON_INTERPRET=1`` asks for the kernels;
+      bfloat16 then warns once and takes ``"torch"`` (the interpreter's bf16 ``tl.dot`` is
+      wrong, triton issue 11584).
+    """
+    if override is not None:
+        if override not in backends.BACKENDS:
+            raise ValueError(f"backend must be None or one of {tuple(backends.BACKENDS)}, "
+                             f"got {override!r}")
+        if override in backends.KERNEL_BACKENDS:
+            why = backends.kernels_unusable(device, dtype)
+            if why is not None:
+                raise ValueError(f"backend={override!r}: {why}")
+        return "torch" if empty else override
+    if dtype == torch.float64 or empty or device.type == "meta":
+        return "torch"
+    if device.type == "cuda":
+        if key is None or not enabled():
+            return "triton"
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        winner = TUNER.lookup(device, key)
+        if winner is None and time is not None:
+            winner = "triton" if torch.cuda.is_current_stream_capturing() else time()
+        return winner
+    if device.type == "cpu" and backends.interpreter_requested():
+        if dtype != torch.bfloat16:
+            return "triton"
+        global _warned_bf16
+        if not _warned_bf16:
+            _warned_bf16 = True
+            warnings.warn("TRITON_INTERPRET=1 with bfloat16 tensors: Triton's interpreter "
+                          "computes bfloat16 tl.dot wrongly (triton issue 11584), so these "
+                          "calls take the PyTorch path", RuntimeWarning, stacklevel=4)
+    return "torch"
+
+
+def select(x2d, weight, plan, gates2d, needs, override: Optional[str] = None, drop=None):
+    """The backend class of one call: ``implementation``'s answer for its device, dtype and
+    bucket (timed on this call's own tensors when the bucket is new on a CUDA device)."""
+    d_out = (plan.lora_B.shape[0] if plan is not None
+             else weight.shape[0] if weight is not None else 0)
+    empty = x2d.shape[0] == 0 or x2d.shape[1] == 0 or d_out == 0
+    key = time = None
+    if x2d.is_cuda and plan is not None and override is None:
+        key = bucket(x2d.shape[0], x2d.shape[1], d_out, plan.rank, x2d.dtype, _per_row(gates2d),
+                     needs, drop is not None)
+
+        def time() -> str:
+            return TUNER.choose(x2d.device, key, {
+                name: _workload(backends.BACKENDS[name], x2d, weight, plan, gates2d, needs, drop)
+                for name in CANDIDATES})
+    return backends.BACKENDS[implementation(x2d.device, x2d.dtype, override, empty, key, time)]
 
 
 def tune_shape(n: int, d_in: int, d_out: int, ranks: list, dtype: torch.dtype,
@@ -364,23 +414,15 @@ def chosen_implementation(n: int, d_in: int, d_out: int, r_act: int, dtype: torc
                           per_row_gates: bool = False,
                           needs=(True, False, False, True, True, False),
                           device="cuda", dropout: bool = False) -> Optional[str]:
-    """Which implementation a shape uses: ``"triton"`` (the kernels) or ``"torch"`` (the cuBLAS
-    composite); ``None`` when its bucket on this CUDA device is not tuned yet (its first call
-    times both). ``needs``: which of ``(x, weight, bias, lora_A, lora_B, gates)`` require a
-    gradient (default: the usual LoRA training step). ``r_act``: the active adapters' total rank;
-    ``dropout``: whether the calls apply LoRA dropout.
-    Off CUDA it is the fixed rule of ``backends.select_backend``."""
+    """Which implementation a shape uses (``implementation``'s answer, never timing):
+    ``"triton"`` (the fused kernels), ``"hybrid"`` (cuBLAS base GEMMs, kernels for the LoRA
+    work) or ``"torch"`` (the cuBLAS composite, and the CPU fast path); ``None`` when its bucket
+    on this CUDA device is not tuned yet (its first call times the candidates). ``needs``: which
+    of ``(x, weight, bias, lora_A, lora_B, gates)`` require a gradient (default: the usual LoRA
+    training step). ``r_act``: the active adapters' total rank; ``dropout``: whether the calls
+    apply LoRA dropout."""
     device = torch.device(device)
-    if device.type != "cuda":
-        if dtype == torch.float64 or min(n, d_in, d_out) == 0:
-            return "torch"
-        interp = device.type == "cpu" and backends.interpreter_requested()
-        return "triton" if interp and dtype != torch.bfloat16 else "torch"
-    if dtype == torch.float64 or min(n, d_in, d_out) == 0:
-        return "torch"
-    if not enabled() or r_act == 0:
-        return "triton"
-    if device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return TUNER.lookup(device, bucket(n, d_in, d_out, r_act, dtype, per_row_gates, needs,
-                                       dropout))
+    key = None
+    if device.type == "cuda" and r_act > 0:
+        key = bucket(n, d_in, d_out, r_act, dtype, per_row_gates, needs, dropout)
+    return implementation(device, dtype, empty=min(n, d_in, d_out) == 0, key=key)

@@ -1,22 +1,44 @@
-"""The five primitives of the op (see docs/DESIGN.md), twice: plain PyTorch and Triton.
+"""The op's six primitives (docs/DESIGN.md), three ways: plain PyTorch, the Triton kernels, and
+the hybrid of the two.
 
-``TorchBackend`` is the CPU fast path and the cuBLAS composite on a GPU: one packed shrink GEMM,
-the gate scaling, ``addmm`` into the base output; its backward uses the same packed GEMMs.
-``TritonBackend`` forwards to the launchers in ``litelora_fast.kernels``. Both take and return the
-same tensors, so the op's math (``op_math.py``) is written once over either.
+- ``TorchBackend``: the CPU fast path and the cuBLAS composite on a GPU: one packed shrink GEMM,
+  the gate scaling, ``addmm`` into the base output; its backward uses the same packed GEMMs.
+- ``TritonBackend``: the kernels' launchers (``litelora_fast.kernels``), fused base-plus-adapter
+  GEMMs included.
+- ``HybridBackend``: cuBLAS for the compute-bound base GEMMs (``x W^T``, ``dy W``, ``dW``) and
+  the kernels for the memory-bound LoRA work (the shrink with in-kernel dropout and gate scaling,
+  the grad-shrink with gate-gradient partials, ``lora_weight_grads``, the masked dropout term of
+  ``dx``): it never materialises the dropped ``x``, even where the fused GEMMs lose to cuBLAS.
 
-``select_backend`` holds the fixed rules (device, dtype, interpreter, empty problems, a forced
-choice); on CUDA, ``autotune.py`` then picks between the two by measurement.
+All three take and return the same tensors, so the op's math (``op_math.py``) is written once
+over any of them. Which one a call takes is decided in one place, ``autotune.implementation``.
 """
 from __future__ import annotations
-
-import warnings
-from typing import Optional
 
 import torch
 
 from . import lora_dropout, settings
 from .op_math import as_dtype, expanded_gates, gated_columns
+
+
+def launchers():
+    """The kernels' launchers: the one place the backends reach ``litelora_fast.kernels``, the
+    package that exports them lazily (importing triton costs about a second and a CPU-only run
+    never needs it)."""
+    from . import kernels
+
+    return kernels
+
+
+class _Launcher:
+    """A backend attribute that is the kernels' launcher of the same name (resolved on first
+    use, so importing the backends imports no triton)."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        return getattr(launchers(), self.name)
 
 
 class TorchBackend:
@@ -82,65 +104,65 @@ class TorchBackend:
 
 
 class TritonBackend:
-    """The Triton kernels (compiled on CUDA, interpreted on the CPU under TRITON_INTERPRET=1)."""
+    """The Triton kernels (compiled on CUDA, interpreted on the CPU under TRITON_INTERPRET=1).
+    ``grad_shrink``, ``lora_weight_grads`` and ``matmul_tn`` are the launchers themselves."""
 
     name = "triton"
+    grad_shrink = _Launcher()
+    lora_weight_grads = _Launcher()
+    matmul_tn = _Launcher()
 
     @staticmethod
     def shrink(x2d, lora_A, gates2d, col_adapter, col_scale, S_out=None, dropout=None):
-        from . import kernels
         # SG stays the launcher's own padded buffer (16-byte aligned rows for the TMA kernels).
         out = (S_out, None) if S_out is not None else None
-        return kernels.shrink(x2d, lora_A, gates2d, col_adapter, col_scale, out=out,
-                              dropout=dropout)
+        return launchers().shrink(x2d, lora_A, gates2d, col_adapter, col_scale, out=out,
+                                  dropout=dropout)
 
     @staticmethod
     def fused_forward(x2d, weight, bias, SG, lora_B):
-        from . import kernels
         if weight is None:
             # The LoRA-only op: the fused tile with an empty base stretch (zero-width x and
             # weight: its loop over D_in takes no step), y written once. The pointer kernel:
             # a descriptor cannot address a zero-width operand.
             empty_w = lora_B.new_empty((lora_B.shape[0], 0))
-            return kernels.fused_forward(x2d[:, :0], empty_w, None, SG, lora_B, variant="pointer")
-        return kernels.fused_forward(x2d, weight, bias, SG, lora_B)
-
-    @staticmethod
-    def grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, need_gate_grad):
-        from . import kernels
-        return kernels.grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale,
-                                   need_gate_grad)
+            return launchers().fused_forward(x2d[:, :0], empty_w, None, SG, lora_B,
+                                             variant="pointer")
+        return launchers().fused_forward(x2d, weight, bias, SG, lora_B)
 
     @staticmethod
     def fused_dx(dy, weight, dS, lora_A, dropout=None):
-        from . import kernels
+        k = launchers()
         if weight is None and dropout is None:
             # The LoRA-only op: the fused tile with an empty base stretch, as in fused_forward.
-            return kernels.fused_dx(dy[:, :0], lora_A.new_empty((0, lora_A.shape[1])), dS,
-                                     lora_A, variant="pointer")
+            return k.fused_dx(dy[:, :0], lora_A.new_empty((0, lora_A.shape[1])), dS, lora_A,
+                              variant="pointer")
         if dropout is None or dS is None or dS.shape[1] == 0:
-            return kernels.fused_dx(dy, weight, dS, lora_A)
+            return k.fused_dx(dy, weight, dS, lora_A)
         # Only the adapter term is masked: base-only fused GEMM (zeros without a base), then
         # the masked term in place.
-        p, seed = dropout
-        dx = (kernels.fused_dx(dy, weight, None, None) if weight is not None else
+        dx = (k.fused_dx(dy, weight, None, None) if weight is not None else
               torch.zeros(dy.shape[0], lora_A.shape[1], dtype=dy.dtype, device=dy.device))
-        return kernels.masked_addmm_(dx, dS, lora_A, seed, p)
+        return k.masked_addmm_(dx, dS, lora_A, dropout[1], dropout[0])
+
+
+class HybridBackend(TritonBackend):
+    """cuBLAS where it wins, the kernels where they win: ``TorchBackend``'s base GEMMs (``x W^T``
+    with the expand ``addmm``-ed into it, ``dy W``, ``dW``) around the kernels' shrink,
+    grad-shrink and ``lora_weight_grads``; with dropout the masked term of ``dx`` is the kernels'
+    ``masked_addmm_``, so the dropped ``x`` is never materialised."""
+
+    name = "hybrid"
+    fused_forward = staticmethod(TorchBackend.fused_forward)
+    matmul_tn = staticmethod(TorchBackend.matmul_tn)
 
     @staticmethod
-    def matmul_tn(a, b, out_dtype):
-        from . import kernels
-        return kernels.matmul_tn(a, b, out_dtype)
-
-    @staticmethod
-    def lora_weight_grads(x2d, dy, dS, SG, out_dtype, gates=None, dropout=None):
-        """``(dS^T @ x2d, dy^T @ SG)``: both LoRA weight gradients from one GEMM launch. With
-        ``gates=(gates2d, col_adapter, col_scale)`` the fourth operand is ``S`` and the kernel
-        forms ``SG = S * G_E`` itself (no elementwise launches before it). ``dropout=(p, seed)``:
-        ``dA = dS^T @ drop(x2d)``, the mask regenerated in the kernel."""
-        from . import kernels
-        return kernels.lora_weight_grads(x2d, dy, dS, SG, out_dtype, gates=gates,
-                                         dropout=dropout)
+    def fused_dx(dy, weight, dS, lora_A, dropout=None):
+        if dropout is None or dS is None or dS.shape[1] == 0:
+            return TorchBackend.fused_dx(dy, weight, dS, lora_A)
+        dx = (dy @ weight if weight is not None else
+              torch.zeros(dy.shape[0], lora_A.shape[1], dtype=dy.dtype, device=dy.device))
+        return launchers().masked_addmm_(dx, dS, lora_A, dropout[1], dropout[0])
 
 
 def interpreter_requested() -> bool:
@@ -149,58 +171,20 @@ def interpreter_requested() -> bool:
     return settings.interpret()
 
 
-BACKENDS = {"torch": TorchBackend, "triton": TritonBackend}
-_warned_bf16 = False
+BACKENDS = {"torch": TorchBackend, "triton": TritonBackend, "hybrid": HybridBackend}
+KERNEL_BACKENDS = ("triton", "hybrid")      # the ones that launch the kernels
 
 
-def _triton_unusable(x: torch.Tensor) -> Optional[str]:
-    """Why the Triton kernels cannot run on ``x``'s device and dtype, or ``None``."""
-    if x.device.type == "cuda":
+def kernels_unusable(device: torch.device, dtype: torch.dtype):
+    """Why the Triton kernels cannot run on this device and dtype, or ``None``."""
+    if device.type == "cuda":
         return None
-    if x.device.type != "cpu":
-        return f"the Triton kernels run on CUDA tensors only, got a {x.device.type} tensor"
+    if device.type != "cpu":
+        return f"the Triton kernels run on CUDA tensors only, got a {device.type} tensor"
     if not interpreter_requested():
         return ("the Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 (set before triton "
                 "is imported) to run them on CPU tensors; got CPU tensors without it")
-    if x.dtype == torch.bfloat16:
+    if dtype == torch.bfloat16:
         return ("Triton's interpreter computes bfloat16 tl.dot wrongly (triton issue 11584), so "
                 "bfloat16 CPU tensors cannot take the kernels under TRITON_INTERPRET=1")
     return None
-
-
-def select_backend(x: torch.Tensor, override: Optional[str] = None, empty: bool = False):
-    """The fixed part of the choice: CUDA -> Triton; CPU -> the PyTorch fast path unless the
-    interpreter is requested.
-
-    Always the PyTorch path: float64 (Hopper tensor cores have no fp64 mode worth a kernel, and
-    float64 is the dtype of gradcheck and of the oracle), meta tensors, and ``empty`` problems
-    (a zero-size N, D_in or D_out: nothing for a kernel to do, even when ``"triton"`` is forced).
-    bfloat16 under the interpreter warns once and takes the PyTorch path. ``override`` forces one;
-    a forced ``"triton"`` that cannot run raises ``ValueError`` saying why (instead of a crash
-    inside Triton).
-    """
-    if override is not None:
-        if override not in BACKENDS:
-            raise ValueError(f"backend must be None, 'torch' or 'triton', got {override!r}")
-        if override == "triton":
-            why = _triton_unusable(x)
-            if why is not None:
-                raise ValueError(f"backend='triton': {why}")
-            if empty:
-                return TorchBackend        # nothing to launch: zeros and the bias, in PyTorch
-        return BACKENDS[override]
-    if x.dtype == torch.float64 or empty or x.is_meta:
-        return TorchBackend
-    if x.is_cuda:
-        return TritonBackend
-    if x.device.type == "cpu" and interpreter_requested():
-        if x.dtype == torch.bfloat16:
-            global _warned_bf16
-            if not _warned_bf16:
-                _warned_bf16 = True
-                warnings.warn("TRITON_INTERPRET=1 with bfloat16 tensors: Triton's interpreter "
-                              "computes bfloat16 tl.dot wrongly (triton issue 11584), so these "
-                              "calls take the PyTorch path", RuntimeWarning, stacklevel=3)
-            return TorchBackend
-        return TritonBackend
-    return TorchBackend

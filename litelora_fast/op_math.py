@@ -1,16 +1,18 @@
-"""The op's arithmetic, written once: gate expansion, forward and backward over five primitives.
+"""The op's arithmetic, written once: gate expansion, forward and backward over six primitives.
 
 ``forward`` and ``backward`` compute ``y`` and the gradients of one call for a packed ``Plan``
-(``plan.py``), calling the five primitives of a backend object passed in (``backends.py``:
-``TorchBackend`` or ``TritonBackend``). Both dispatch paths of ``ops.py`` run these two functions,
+(``plan.py``), calling the six primitives of a backend class passed in (``backends.py``:
+``TorchBackend``, ``TritonBackend`` or ``HybridBackend``). Both dispatch paths of ``ops.py`` run
+these two functions,
 so they compute the same numbers bit for bit: the direct autograd function (plain eager calls) and
 the registered custom ops (``torch.compile``/``torch.export``, modes, subclasses).
 
 The gate arithmetic (``expanded_gates``: ``G_E = g[col_adapter] * col_scale``; ``as_dtype``) lives
 here too: the backward needs it to rebuild ``S * G_E`` for ``dB``, and ``TorchBackend`` uses it for
 its primitives. This module imports no backend (the backend is an argument), so the imports run
-one way: ``plan <- op_math <- backends <- ops`` (kernels sit under ``backends``). The math itself
-is in docs/MATH.md.
+one way: ``plan <- op_math <- backends <- autotune <- ops`` (the kernels sit under ``backends``).
+The math itself is in docs/MATH.md. The gate gradient's per-adapter sums run in a fixed order
+(``adapter_sums``: a gather and a sum, no atomics), so the backward is deterministic on CUDA too.
 """
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ def forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan: Optional[Plan], be
     if plan.rank != R:
         S_buf[:, plan.rank:].zero_()
     _, SG = be.shrink(x2d, plan.lora_A, gates2d, plan.col_adapter, plan.col_scale,
-                      S_out=S_buf[:, :plan.rank], **_drop_kw(drop))
+                      S_out=S_buf[:, :plan.rank], dropout=drop)
     y = be.fused_forward(x2d, weight, bias, SG, plan.lora_B)
     return y, S_buf
 
@@ -96,9 +98,7 @@ def backward(dy, x2d, weight, lora_A, lora_B, gates2d, S, plan: Optional[Plan],
         if need_B and dB is None:
             dB = torch.zeros_like(lora_B)
         if need_g:
-            dg = torch.zeros(dy.shape[0], gates2d.shape[1], dtype=P.dtype, device=dy.device)
-            dg.index_add_(1, plan.col_adapter, P)
-            dg = as_dtype(dg, gates2d.dtype)
+            dg = as_dtype(adapter_sums(P, plan, gates2d.shape[1]), gates2d.dtype)
     else:
         if need_g:
             dg = torch.zeros(dy.shape[0], gates2d.shape[1], dtype=gates2d.dtype,
@@ -113,18 +113,13 @@ def backward(dy, x2d, weight, lora_A, lora_B, gates2d, S, plan: Optional[Plan],
         elif plan is None:
             dx = be.fused_dx(dy, weight, None, None)
         else:
-            dx = be.fused_dx(dy, weight, dS, plan.lora_A, **_drop_kw(drop))
+            dx = be.fused_dx(dy, weight, dS, plan.lora_A, dropout=drop)
     if need_W:
         dW = be.matmul_tn(dy, x2d, weight.dtype)
     if need_b:
-        db = dy.sum(0, dtype=torch.float32).to(dy.dtype)
+        # (summed in fp32 at least: float64 stays float64)
+        db = dy.sum(0, dtype=torch.promote_types(dy.dtype, torch.float32)).to(dy.dtype)
     return [dx, dW, db, dA, dB, dg]
-
-
-def _drop_kw(drop) -> dict:
-    # Primitives take ``dropout=`` only when there is one, so a backend without dropout support
-    # (a test double, an older backend) still runs every call without it.
-    return {} if drop is None else {"dropout": drop}
 
 
 def gated_columns(S, gates2d, col_adapter, col_scale, out_dtype):
@@ -136,11 +131,11 @@ def gated_columns(S, gates2d, col_adapter, col_scale, out_dtype):
 def _weight_grads(be, dy, x2d, dS_train, S_train, tables, out_dtype, drop=None):
     """``(dA_part, dB_part)`` = ``(dS^T @ drop(x), dy^T @ (S * G_E))`` over the training
     columns (``tables``: ``gates2d`` and those columns' ``col_adapter``/``col_scale``); ``None``
-    for an operand not given. Both from one launch where the backend has ``lora_weight_grads``,
-    which also forms ``S * G_E`` itself."""
-    both = getattr(be, "lora_weight_grads", None)
-    if both is not None and dS_train is not None and S_train is not None:
-        return both(x2d, dy, dS_train, S_train, out_dtype, gates=tables, **_drop_kw(drop))
+    for an operand not given. Both from one ``lora_weight_grads`` call (one launch on the
+    kernels), which also forms ``S * G_E`` itself."""
+    if dS_train is not None and S_train is not None:
+        return be.lora_weight_grads(x2d, dy, dS_train, S_train, out_dtype, gates=tables,
+                                    dropout=drop)
     SG_train = None if S_train is None else gated_columns(S_train, *tables, dy.dtype)
     if dS_train is not None and drop is not None:
         # dA alone (lora_B frozen) under dropout: rare, so the dropped x is a temporary.
@@ -149,6 +144,39 @@ def _weight_grads(be, dy, x2d, dS_train, S_train, tables, out_dtype, drop=None):
     dA = None if dS_train is None else be.matmul_tn(dS_train, x2d, out_dtype)
     dB = None if SG_train is None else be.matmul_tn(dy, SG_train, out_dtype)
     return dA, dB
+
+
+def adapter_sums(P: torch.Tensor, plan: Plan, K: int) -> torch.Tensor:
+    """``(N, K)``: column ``k`` sums ``P``'s columns of adapter ``k`` (0 for inactive adapters).
+
+    In a fixed order on every device: the packed columns of each active adapter are one stretch,
+    gathered into an ``(N, K_act, r_max)`` block (narrower adapters padded with a zero column)
+    and summed along the last dimension. ``index_add_`` would do it in one call, but on CUDA it
+    accumulates with atomics, whose order (and so the rounding) changes from run to run."""
+    n = P.shape[0]
+    widths = tuple(b - a for a, b in plan.spans)
+    if len(set(widths)) == 1:                         # equal ranks: a view, no gather
+        sums = P.reshape(n, len(widths), widths[0]).sum(2)
+    else:
+        padded = torch.cat([P, P.new_zeros(n, 1)], dim=1)
+        idx = _gather_index(widths, P.device)
+        sums = padded.index_select(1, idx).reshape(n, len(widths), max(widths)).sum(2)
+    if len(plan.active) == K:
+        return sums
+    dg = sums.new_zeros(n, K)
+    dg.index_copy_(1, _index(plan.active, P.device), sums)   # distinct columns: no accumulation
+    return dg
+
+
+@functools.lru_cache(maxsize=256)
+def _gather_index(widths: tuple, device: torch.device) -> torch.Tensor:
+    # Row-major (K_act, r_max): adapter i's packed columns, then the zero column (index R_act).
+    r_max, pad, out, pos = max(widths), sum(widths), [], 0
+    for w in widths:
+        out.extend(range(pos, pos + w))
+        out.extend([pad] * (r_max - w))
+        pos += w
+    return torch.tensor(out, dtype=torch.int64, device=device)
 
 
 def _span(cols: tuple):

@@ -11,8 +11,11 @@ bit for bit (``tests/test_dispatch_paths.py``):
 - **custom ops** (``litelora_fast::gated_lora_fwd`` and ``::gated_lora_bwd``, tied together by
   ``register_autograd``): whenever the dispatcher matters (``direct_ok`` is False): under
   ``torch.compile``/``torch.export`` tracing (their fake implementations give the shapes, no graph
-  break), under a dispatch or torch-function mode (fake tensors, op counters), under functorch
-  transforms, for tensor subclasses.
+  break), under a dispatch or torch-function mode (fake tensors, op counters), for tensor
+  subclasses.
+
+Under ``torch.func`` transforms the op computes through the unfused reference
+(``_through_reference``): the custom op has no forward-mode or batching rule.
 
 The active set is decided once per call, before either path, on the host (``plan.decide_active``:
 no device read in steady state) and handed to the path as a list of ints. The backend is chosen
@@ -32,7 +35,9 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import autotune, lora_dropout, op_math
+from .backends import BACKENDS
 from .plan import PLAIN_TYPES, decide_active, pack
+from .reference import gated_lora_linear_ref
 from .validation import RankOffsets, Scaling, as_list, validate
 
 __all__ = ["gated_lora_linear", "direct_ok"]
@@ -48,12 +53,6 @@ def _drop(p_drop: float, seed):
     return None if seed is None or p_drop <= 0 else (p_drop, seed)
 
 
-def _backend(x2d, weight, lora_B, plan, gates2d, needs, backend: str, drop=None):
-    """The backend class of one call (see ``autotune.select``)."""
-    return autotune.select(x2d, weight, plan, gates2d, needs, backend or None,
-                           empty=_is_empty(x2d, lora_B), drop=drop)
-
-
 # ------------------------------------------------------------------------------- custom ops
 @torch.library.custom_op("litelora_fast::gated_lora_fwd", mutates_args=())
 def _gated_lora_fwd(x2d: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
@@ -64,7 +63,7 @@ def _gated_lora_fwd(x2d: torch.Tensor, weight: Optional[torch.Tensor], bias: Opt
     """Returns ``y`` ``(N, D_out)`` and ``S`` ``(N, R)``: active adapters' S first, then zeros."""
     plan = pack(tuple(active), lora_A, lora_B, rank_offsets, scaling, x2d.dtype)
     drop = _drop(p_drop, seed)
-    be = _backend(x2d, weight, lora_B, plan, gates2d, needs, backend, drop)
+    be = autotune.select(x2d, weight, plan, gates2d, needs, backend or None, drop)
     return op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be, drop)
 
 
@@ -88,7 +87,7 @@ def _gated_lora_bwd(dy: torch.Tensor, x2d: torch.Tensor, weight: Optional[torch.
     ``fwd_needs`` are the forward's gradient needs: the backend choice is keyed on them."""
     plan = pack(tuple(active), lora_A, lora_B, rank_offsets, scaling, x2d.dtype)
     drop = _drop(p_drop, seed)
-    be = _backend(x2d, weight, lora_B, plan, gates2d, fwd_needs, backend, drop)
+    be = autotune.select(x2d, weight, plan, gates2d, fwd_needs, backend or None, drop)
     grads = op_math.backward(dy, x2d, weight, lora_A, lora_B, gates2d, S, plan, grad_adapters,
                              be, needs, drop)
     # Custom-op outputs must not alias each other: one fresh empty tensor per unneeded grad.
@@ -148,7 +147,7 @@ class _GatedLoRA(torch.autograd.Function):
                 backend, needs, p_drop, seed):
         plan = pack(active, lora_A, lora_B, p.rank_offsets, p.scaling, x2d.dtype)
         drop = _drop(p_drop, seed)
-        be = _backend(x2d, weight, lora_B, plan, gates2d, needs, backend, drop)
+        be = autotune.select(x2d, weight, plan, gates2d, needs, backend or None, drop)
         y, S = op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be, drop)
         # Only the active set and the backend are kept besides the saved tensors (no tensors
         # outside save_for_backward, so saved-tensor hooks see everything the backward holds).
@@ -172,12 +171,48 @@ class _GatedLoRA(torch.autograd.Function):
         return (*grads, *rest)
 
 
+# ------------------------------------------------------------------------------- torch.func
+def _func_transform() -> bool:
+    """True under a ``torch.func`` transform (grad, vjp, jacrev, jvp, jacfwd, vmap) in eager
+    mode (Dynamo does not model functorch's interpreter stack; it traces the custom ops)."""
+    if torch.compiler.is_compiling():
+        return False
+    interpreter = torch._C._functorch.peek_interpreter_stack()
+    return (interpreter is not None
+            and interpreter.key() != torch._C._functorch.TransformType.Functionalize)
+
+
+def _through_reference(x, weight, bias, lora_A, lora_B, gates, p, grad_adapters, p_drop):
+    """The op under a ``torch.func`` transform: the unfused reference, whose plain PyTorch ops
+    every transform supports (the custom op has no forward-mode or batching rule: ``jvp`` got
+    a zero tangent, ``grad`` and ``vmap`` raised from inside torch). Same math; frozen adapters'
+    columns (``trainable_adapters``) are detached so their gradient is zero, as on the fast
+    paths. With dropout the reference draws its own mask (``vmap`` then needs ``randomness=``)."""
+    if not all(grad_adapters):
+        o = p.rank_offsets
+        train = torch.tensor([grad_adapters[k] for k in range(len(o) - 1)
+                              for _ in range(o[k + 1] - o[k])], dtype=torch.bool,
+                             device=lora_A.device)
+        lora_A = torch.where(train[:, None], lora_A, lora_A.detach())
+        lora_B = torch.where(train[None, :], lora_B, lora_B.detach())
+    return gated_lora_linear_ref(x, weight, bias, lora_A, lora_B, gates, p.rank_offsets,
+                                 p.scaling, dropout=p_drop)
+
+
 # ------------------------------------------------------------------------------- public op
+# Device types -> whether autocast exists for them (meta has none: asking it raises). Filled
+# ahead for the usual types because Dynamo cannot trace ``torch.amp.is_autocast_available`` on
+# torch 2.11 (``torch.compile(fullgraph=True)`` raised there), while a dict lookup it traces.
+_AUTOCAST_AVAILABLE = {t: torch.amp.is_autocast_available(t) for t in ("cpu", "cuda", "meta")}
+
+
 def _autocast(tensors, device_type: str):
     """Follow autocast like ``F.linear``: the matmul operands run in the autocast dtype."""
-    # Devices without autocast (meta) have nothing to follow; asking them raises.
-    if (not torch.amp.is_autocast_available(device_type)
-            or not torch.is_autocast_enabled(device_type)):
+    available = _AUTOCAST_AVAILABLE.get(device_type)
+    if available is None:                   # another device type: asked once, outside tracing
+        available = _AUTOCAST_AVAILABLE[device_type] = torch.amp.is_autocast_available(
+            device_type)
+    if not available or not torch.is_autocast_enabled(device_type):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
     return [t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors]
@@ -224,17 +259,20 @@ def gated_lora_linear(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Opt
             PEFT): ``drop(x) = x * keep / (1 - p)``, one fresh mask per call shared by the
             adapters, never stored (``lora_dropout.py``). The op applies it whenever ``p > 0``;
             the module passes ``p`` in training mode only.
-        backend: ``"torch"`` or ``"triton"`` to force one (testing, benchmarks); ``None`` picks
-            by device (CUDA: the faster of the two, measured once per shape bucket, see
-            ``autotune.py``; CPU: PyTorch, or the kernels under ``TRITON_INTERPRET=1``).
+        backend: ``"torch"``, ``"triton"`` or ``"hybrid"`` to force one (testing, benchmarks);
+            ``None`` picks by device (``autotune.implementation``; CUDA: the fastest of the
+            three, measured once per shape bucket; CPU: PyTorch, or the kernels under
+            ``TRITON_INTERPRET=1``).
 
     Differentiable in ``x``, ``weight``, ``bias``, ``lora_A``, ``lora_B`` and ``gates``, each only
-    where it requires grad. Adapters whose gate is exactly zero everywhere (and does not require
-    grad) are skipped entirely; the gate values are read on the host only for frozen per-adapter
-    gates, once per version of the tensor (``plan.py``).
+    where it requires grad. Under ``torch.func`` transforms (``grad``, ``jacrev``, ``jvp``,
+    ``jacfwd``, ``vmap``) the op computes through the unfused reference, which they support.
+    Adapters whose gate is exactly zero everywhere (and does not require grad) are skipped
+    entirely; the gate values are read on the host only for frozen per-adapter gates, once per
+    version of the tensor (``plan.py``).
     """
-    if backend not in (None, "torch", "triton"):
-        raise ValueError(f"backend must be None, 'torch' or 'triton', got {backend!r}")
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be None or one of {tuple(BACKENDS)}, got {backend!r}")
     if isinstance(x, torch.Tensor):
         x, weight, bias, lora_A, lora_B = _autocast([x, weight, bias, lora_A, lora_B],
                                                     x.device.type)
@@ -248,6 +286,9 @@ def gated_lora_linear(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Opt
         "trainable_adapters", trainable_adapters, K)
     hint = None if nonzero_gates is None else _flags("nonzero_gates", nonzero_gates, K)
     p_drop = lora_dropout.check_p(dropout)
+    if _func_transform():
+        return _through_reference(x, weight, bias, lora_A, lora_B, gates, p, grad_adapters,
+                                  p_drop)
     x2d, gates2d = p.x2d, p.gates2d
     grad_on = torch.is_grad_enabled()
     needs = [grad_on and t is not None and t.requires_grad
@@ -269,7 +310,7 @@ def gated_lora_linear(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Opt
         else:
             plan = pack(active, lora_A, lora_B, p.rank_offsets, p.scaling, x2d.dtype)
             drop = _drop(p_drop, seed)
-            be = _backend(x2d, weight, lora_B, plan, gates2d, needs, backend or "", drop)
+            be = autotune.select(x2d, weight, plan, gates2d, needs, backend, drop)
             y2d, _ = op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be, drop)
     else:
         y2d, _ = _gated_lora_fwd(x2d, weight, bias, lora_A, lora_B, gates2d, p.rank_offsets,

@@ -32,6 +32,7 @@ class FakeClock:
 
 
 def _tuner(tmp_path, ms, gpu="Fake H200", run=False):
+    ms.setdefault("hybrid", 9.5)          # (the hybrid loses unless a test says otherwise)
     clock = FakeClock(ms, run)
     machine = {"gpu": gpu, "torch": torch.__version__, "triton": "3.6.0"}
     return autotune.Tuner(str(tmp_path), timer=clock, machine=lambda d: dict(machine)), clock
@@ -42,8 +43,10 @@ def _key(n=300, r=8, dtype=torch.float16, per_row=False, needs=NEEDS):
 
 
 def test_buckets_round_n_up_to_a_power_of_two_and_keep_the_rest():
-    assert autotune.n_bucket(1) == 16 and autotune.n_bucket(17) == 32
-    assert autotune.n_bucket(8192) == 8192 and autotune.n_bucket(8193) == 16384
+    from litelora_fast.kernels.tuning import n_bucket     # (the one rounding rule)
+
+    assert n_bucket(1) == 16 and n_bucket(17) == 32
+    assert n_bucket(8192) == 8192 and n_bucket(8193) == 16384
     assert _key(n=300) == _key(n=512) != _key(n=513)
     assert len({_key(), _key(r=16), _key(dtype=torch.bfloat16), _key(per_row=True),
                 _key(needs=(False,) * 6), autotune.bucket(300, 64, 32, 8, torch.float16, False,
@@ -57,13 +60,15 @@ def test_buckets_round_n_up_to_a_power_of_two_and_keep_the_rest():
 
 @pytest.mark.parametrize("ms,winner", [({"triton": 1.0, "torch": 2.0}, "triton"),
                                        ({"triton": 3.0, "torch": 2.0}, "torch"),
-                                       ({"triton": 2.0, "torch": 2.0}, "triton")])
+                                       ({"triton": 2.0, "torch": 2.0}, "triton"),
+                                       ({"triton": 3.0, "hybrid": 1.5, "torch": 2.0}, "hybrid"),
+                                       ({"triton": 3.0, "hybrid": 2.0, "torch": 2.0}, "hybrid")])
 def test_the_faster_candidate_wins_and_is_timed_once(ms, winner, tmp_path):
     tuner, clock = _tuner(tmp_path, ms)
     fns = {name: _fn(name) for name in autotune.CANDIDATES}
     assert tuner.choose(CPU, _key(), fns) == winner
     assert tuner.choose(CPU, _key(n=400), fns) == winner       # same bucket: not timed again
-    assert clock.asked == ["triton", "torch"]
+    assert clock.asked == list(autotune.CANDIDATES)
     assert tuner.lookup(CPU, _key()) == winner
     assert tuner.times[(CPU, _key())] == ms
 
@@ -84,7 +89,7 @@ def test_the_cache_file_is_written_reread_and_keyed_by_machine(tmp_path):
     data = json.load(open(path))
     assert data["machine"]["gpu"] == "Fake H200"
     assert data["entries"][autotune.bucket_name(_key())] == {
-        "winner": "torch", "ms": {"triton": 3.0, "torch": 1.0}}
+        "winner": "torch", "ms": {"triton": 3.0, "hybrid": 9.5, "torch": 1.0}}
     # A fresh process (new Tuner) on the same machine reads the winner without timing.
     again, clock = _tuner(tmp_path, {"triton": 0.1, "torch": 9.0})
     assert again.choose(CPU, _key(), fns) == "torch" and clock.asked == []
@@ -94,7 +99,7 @@ def test_the_cache_file_is_written_reread_and_keyed_by_machine(tmp_path):
     # Another GPU (or torch/triton version) has its own file and tunes afresh.
     other, clock = _tuner(tmp_path, {"triton": 0.1, "torch": 9.0}, gpu="Fake H100")
     assert other.path(CPU) != path
-    assert other.choose(CPU, _key(), fns) == "triton" and clock.asked == ["triton", "torch"]
+    assert other.choose(CPU, _key(), fns) == "triton" and clock.asked == list(autotune.CANDIDATES)
 
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"format": 1, "entries": [1]}),
@@ -107,7 +112,7 @@ def test_a_corrupted_cache_file_is_tolerated_and_rewritten(content, tmp_path):
         f.write(content)
     with pytest.warns(RuntimeWarning, match="unreadable"):
         assert tuner.choose(CPU, _key(), fns) == "triton"
-    assert clock.asked == ["triton", "torch"]
+    assert clock.asked == list(autotune.CANDIDATES)
     assert json.load(open(path))["entries"][autotune.bucket_name(_key())]["winner"] == "triton"
 
 
@@ -157,6 +162,7 @@ def test_select_uses_the_tuned_winner_on_a_cuda_device(interpreter, monkeypatch,
 
     class FakeCuda(torch.Tensor):
         is_cuda = True
+        device = torch.device("cuda", 0)
 
     x = torch.randn(40, 16).as_subclass(FakeCuda)
     plan = llf.plan.pack((0, 1), torch.randn(6, 16), torch.randn(8, 6), [0, 2, 6], [1.0, 1.0],
@@ -165,11 +171,15 @@ def test_select_uses_the_tuned_winner_on_a_cuda_device(interpreter, monkeypatch,
     w = torch.randn(8, 16)
     assert autotune.select(x, w, plan, gates2d, NEEDS) is backends.TorchBackend
     assert autotune.select(x, w, plan, gates2d, NEEDS) is backends.TorchBackend
-    assert clock.asked == ["triton", "torch"]
+    assert clock.asked == list(autotune.CANDIDATES)
+    # chosen_implementation asks the same rule: the tuned winner, None for an untuned bucket.
+    assert autotune.chosen_implementation(40, 16, 8, 6, torch.float32, device="cuda:0") == "torch"
+    assert autotune.chosen_implementation(40, 16, 8, 7, torch.float32, device="cuda:0") is None
     assert autotune.select(x, w, plan, gates2d, NEEDS, "triton") is backends.TritonBackend
+    assert autotune.select(x, w, plan, gates2d, NEEDS, "hybrid") is backends.HybridBackend
     monkeypatch.setenv("LITELORA_AUTOTUNE", "0")
     assert autotune.select(x, w, plan, gates2d, (False,) * 6) is backends.TritonBackend
-    assert clock.asked == ["triton", "torch"]
+    assert clock.asked == list(autotune.CANDIDATES)
 
 
 def test_chosen_implementation_off_cuda_is_the_fixed_rule(monkeypatch):
@@ -189,7 +199,7 @@ def test_tune_command_tunes_each_shape_and_adapter_count(fast_path, tmp_path, ca
                       "--adapters", "1,3", "--dtype", "fp32", "--device", "cpu"],
                      tuner=tuner) == 0
     out = capsys.readouterr().out
-    assert clock.asked == ["triton", "torch"] * 4
+    assert clock.asked == list(autotune.CANDIDATES) * 4
     assert "N64-Din16-Dout8-R2-float32-per_adapter-grad:x,lora_A,lora_B" in out
     assert "N64-Din16-Dout12-R6-float32" in out and out.count(" torch ") >= 4
     assert f"cache: {tuner.path(CPU)}" in out

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import litelora_fast as llf
-from litelora_fast import backends, kernels
+from litelora_fast import autotune, kernels
 from numerics import assert_rel
 from op_cases import ARG_NAMES, Case, call, check_against_oracle, make_inputs
 
@@ -111,7 +111,7 @@ def test_forced_triton_without_gpu_or_interpreter_is_a_clear_error(fast_path, se
 
 def test_bf16_under_the_interpreter_warns_once_and_takes_the_torch_path(interpreter, seed,
                                                                        monkeypatch):
-    monkeypatch.setattr(backends, "_warned_bf16", False)
+    monkeypatch.setattr(autotune, "_warned_bf16", False)    # (the rule lives in autotune)
     case, t = _small(torch.bfloat16)
     before = sum(kernels.LAUNCH_COUNTS.values())
     with pytest.warns(RuntimeWarning, match="bfloat16.*11584"):

@@ -158,3 +158,22 @@ def test_frozen_adapters_get_no_weight_gradient_gemm(trainable_adapters, fast_pa
     with pytest.raises(ValueError, match="trainable_adapters must have K = 3"):
         llf.gated_lora_linear(t["x"], t["weight"], t["bias"], t["lora_A"], t["lora_B"],
                               t["gates"], case.rank_offsets, trainable_adapters=[True])
+
+
+@pytest.mark.parametrize("case", case_params({k: CASES[k] for k in
+                                              ("N37-K3-ragged", "3d-perrow-K4", "zero-gates",
+                                               "rank0-adapter")}))
+@pytest.mark.parametrize("path", ["fast_path", "interpreter"])
+def test_gate_gradient_sums_in_a_fixed_order(request, path, case, monkeypatch, seed):
+    """The per-adapter sums of the gate gradient take no accumulating scatter (``index_add_``
+    and ``scatter_add_`` use atomics on CUDA, so their rounding changes from run to run): equal
+    ranks, ragged ranks and a rank-0 adapter (a gap in the active set), against float64."""
+    request.getfixturevalue(path)
+
+    def atomic(*args, **kwargs):
+        raise AssertionError("an accumulating scatter (atomics on CUDA) in the gate gradient")
+
+    for name in ("index_add_", "index_add", "scatter_add_", "scatter_add", "index_put_"):
+        monkeypatch.setattr(torch.Tensor, name, atomic)
+    t = make_inputs(case)
+    check_against_oracle(case, t, call(llf.gated_lora_linear, case, t), torch.float32)

@@ -1,7 +1,8 @@
 """``python -m litelora_fast tune``: pre-tune the op's implementation choice for a model's shapes.
 
-On CUDA the op times its two implementations (the Triton kernels and the cuBLAS composite) the
-first time it meets a shape bucket, and caches the winner on disk (``litelora_fast.autotune``).
+On CUDA the op times its three implementations (the fused Triton kernels, the hybrid of cuBLAS
+base GEMMs and Triton LoRA kernels, and the cuBLAS composite) the first time it meets a shape
+bucket, and caches the winner on disk (``litelora_fast.autotune``).
 This command does that ahead of time, so the first training step runs at full speed:
 
     python -m litelora_fast tune --shape 8192,4096,4096 --shape 8192,4096,14336 \\
@@ -12,7 +13,7 @@ This command does that ahead of time, so the first training step runs at full sp
 weights: the model is built on the meta device) and takes the ``nn.Linear`` layers whose name
 ends in one of ``--target``, with ``N = --tokens``. Each layer shape is tuned for every adapter
 count in ``--adapters`` (``R_act = rank * K``). ``--dry-run`` lists the buckets without timing
-(no GPU needed). The table printed names the winner of each bucket and both times.
+(no GPU needed). The table printed names the winner of each bucket and every candidate's time.
 """
 from __future__ import annotations
 
@@ -118,7 +119,8 @@ def main(argv=None, tuner: Optional[autotune.Tuner] = None) -> int:
         if not autotune.enabled():
             raise ValueError("LITELORA_AUTOTUNE=0 fixes the choice (the kernels): nothing to tune")
     tuner = autotune.TUNER if tuner is None else tuner
-    print(f"{'bucket':<72} {'winner':>7} {'triton ms':>10} {'torch ms':>9}")
+    print(f"{'bucket':<72} {'winner':>7} "
+          + " ".join(f"{c + ' ms':>10}" for c in autotune.CANDIDATES))
     for n, d_in, d_out in rows:
         for K in counts:
             ranks = [opts.rank] * K
@@ -131,7 +133,8 @@ def main(argv=None, tuner: Optional[autotune.Tuner] = None) -> int:
             ms = tuner.times.get((device, key), {})
             cells = [f"{ms[c]:.4f}" if ms.get(c) is not None else "-"
                      for c in autotune.CANDIDATES]
-            print(f"{autotune.bucket_name(key):<72} {winner:>7} {cells[0]:>10} {cells[1]:>9}")
+            print(f"{autotune.bucket_name(key):<72} {winner:>7} "
+                  + " ".join(f"{c:>10}" for c in cells))
     if not opts.dry_run:
         print(f"cache: {tuner.path(device)}")
     return 0

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from .. import backends
+from .. import autotune
 from ..ops import gated_lora_linear
 from ..reference import gated_lora_linear_ref
 
@@ -98,7 +98,7 @@ def validate_all(dtypes, device, backend=None, seed=None, log=print) -> bool:
         for dtype in dtypes:
             t, offsets, scaling = _draw(lead, d_in, d_out, ranks, per_row, zero, dtype, device)
             dy = torch.randn(*lead, d_out, device=device)
-            be = backend or backends.select_backend(t["x"]).name
+            be = backend or autotune.implementation(t["x"].device, t["x"].dtype)
 
             def ours(*a):
                 return gated_lora_linear(*a, backend=backend)
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", default=None,
                         help="comma list of float32,float16,bfloat16 (default: float32 on the "
                              "CPU, all three on a GPU)")
-    parser.add_argument("--backend", choices=["torch", "triton"], default=None,
+    parser.add_argument("--backend", choices=["torch", "triton", "hybrid"], default=None,
                         help="force a backend (default: Triton on CUDA, PyTorch on the CPU unless "
                              "TRITON_INTERPRET=1)")
     parser.add_argument("--seed", type=int, default=None, help="default: a fresh random seed")
