@@ -119,7 +119,7 @@ def _sass(cubin_path: str) -> str:
 
 
 def compile_spec(spec, arch: str = "sm_90") -> dict:
-    """Compile one ``aot_specs.AotSpec`` for ``arch`` and read its resources and SASS: one row."""
+    """Compile one ``compile_spec.AotSpec`` for ``arch`` and read its resources and SASS: one row."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource

@@ -49,7 +49,7 @@ PEAK_BYTES = 4.3e12
 ELEMENT_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}
 IMPLS = ("kernels", "composite")
 PAD = 16   # the bank's column multiple for descriptor-legal tiles (16-byte rows in bf16 x 8)
-FUSED_STEP = 64      # BLOCK_K of the single-loop descriptor kernels (kernels/fused_tma.py)
+FUSED_STEP = 64      # BLOCK_K of the single-loop descriptor kernels (kernels/fused_xw_sgb.py)
 WS_MAX_BLOCK_R = 64  # the warp-specialized kernel holds at most this many adapter columns
 
 
