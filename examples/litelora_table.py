@@ -12,11 +12,11 @@ same-footing SD-LoRA rows, and SD-LoRA itself, which reproduced run 1 exactly).
 
 ``--sweep`` runs every lam of ``SWEEP`` on the development seeds and, per stream, protocol and
 lam family, picks the lam that keeps the fewest adapters at mean accuracy within 1 point of SD-LoRA
-(the largest accuracy otherwise); the picks are the defaults in ``litelora_fast/cl/mnist.py``
+(the largest accuracy otherwise); the picks are the defaults in ``litelora_fast/litelora/cl/mnist.py``
 (``LAM_DEFAULTS``). The table then runs on seeds no default was tuned on and writes JSON and a PNG
 (``docs/results/litelora_table.{json,png}`` by default). Every run uses one torch thread;
 ``--workers`` runs (stream, seed) jobs in parallel processes. The code is in
-``litelora_fast/cl/table.py``.
+``litelora_fast/litelora/cl/table.py``.
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ os.environ.setdefault("TRITON_INTERPRET", "0")     # CPU tensors take the fast P
 
 import torch  # noqa: E402
 
-from litelora_fast.cl.mnist import LAM_DEFAULTS, STREAMS  # noqa: E402
-from litelora_fast.cl.table import (ROWS, SWEEP, format_table, save_figure, summarize,  # noqa: E402
+from litelora_fast.litelora.cl.mnist import LAM_DEFAULTS, STREAMS  # noqa: E402
+from litelora_fast.litelora.cl.table import (ROWS, SWEEP, format_table, save_figure, summarize,  # noqa: E402
                                    sweep, table)
 
 

@@ -13,6 +13,7 @@ Public API (contract in docs/MATH.md)::
     learner = llf.ContinualLearner(model, method="litelora")   # recruit-or-reuse, per task:
     record = learner.learn_task(X, Y, loss_fn, head=head)      # record.recruited: kept or reused
     llf.redundancy, llf.cl                     # subspace overlap metrics; CPU task streams
+    # llf.ContinualLearner, llf.litelora, llf.cl load the method's subpackage on first use
 """
 from . import reference
 from .ops import gated_lora_linear
@@ -22,8 +23,20 @@ from .peft_bridge import from_peft, to_peft
 from .model_utils import print_trainable_parameters, set_active_adapters, trainable_parameters
 from .adapter_files import load_adapters, save_adapters
 from .merge import merge_and_unload
-from .litelora import ContinualLearner
-from . import cl, litelora, redundancy
+from . import redundancy
+
+# The method (LiteLoRA: learner, streams, table, demo) lives in the subpackage
+# ``litelora_fast.litelora``, loaded only when one of these names is first used.
+_METHOD = {"ContinualLearner": "ContinualLearner", "litelora": None, "cl": "cl"}
+
+
+def __getattr__(name):
+    if name in _METHOD:
+        import importlib
+        method = importlib.import_module(".litelora", __name__)
+        return method if _METHOD[name] is None else getattr(method, _METHOD[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["gated_lora_linear", "reference", "GatedLoRALinear", "inject", "extract_base",
            "injected_layers", "from_peft", "to_peft", "set_active_adapters",

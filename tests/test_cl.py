@@ -29,7 +29,7 @@ claims the spreads above support, not the fixed seed's values, so a fuzz failure
 import pytest
 import torch
 
-from litelora_fast.cl import planted_tasks, run_planted
+from litelora_fast.litelora.cl import planted_tasks, run_planted
 from litelora_fast.redundancy import explained_share
 
 PATTERNS = ([1, 0, 1, 0], [1, 1, 0, 1], [1, 0, 0, 1])
@@ -155,7 +155,7 @@ def test_paper_variant_recruits_redundant_tasks(seed, fast_path):
 
 
 def test_mnist_streams_shapes_and_truth():
-    from litelora_fast.cl.mnist import DOMAIN_PATTERN, decision_score, domain_stream, split_mnist
+    from litelora_fast.litelora.cl.mnist import DOMAIN_PATTERN, decision_score, domain_stream, split_mnist
     s = split_mnist(3)
     assert len(s["tasks"]) == 5
     seen = []
@@ -173,7 +173,7 @@ def test_mnist_streams_shapes_and_truth():
 
 
 def test_run_mnist_both_protocols(fast_path):
-    from litelora_fast.cl.mnist import run_mnist, split_mnist
+    from litelora_fast.litelora.cl.mnist import run_mnist, split_mnist
     torch.set_num_threads(1)
     data = split_mnist(5)
     # Measured on this data (seed 5, 2 epochs, 2026-12-02): class-incremental anytime
@@ -196,7 +196,7 @@ def test_run_mnist_both_protocols(fast_path):
 def test_demo_and_analyze_smoke(tmp_path, fast_path, capsys):
     import json
 
-    from litelora_fast.tools.demo import analyze_main, demo_main, run_demo
+    from litelora_fast.litelora.demo import analyze_main, demo_main, run_demo
     torch.set_num_threads(1)
     res = run_demo(seeds=(0,), progress=False, save_dir=str(tmp_path), streams=("split_mnist",),
                    rows=("LiteLoRA (paper)", "SD-LoRA (adapter per task)"))

@@ -281,7 +281,7 @@ def test_magnitudes_carried_over_or_restarted(seed, fast_path):
 
 
 def test_paper_noise_is_gumbel_per_gate_call_only_in_phase_2(seed, fast_path, monkeypatch):
-    import litelora_fast.litelora as ll
+    import litelora_fast.litelora.learner as ll
     calls = []
     real = ll.binary_concrete
 

@@ -67,7 +67,7 @@ below as ``file:LINE :: function``, with the statement that decides):
 Not from their code: the learning rates and epochs (``VARIANTS["paper"]``: SGD lr 0.01 for our
 2-layer MLP on 14x14 digits, not their 8e-3 for a ViT-B/16, ``exps/litelora_c100.json:24``,
 ``models/litelora.py:65``; phase-2 batches of 32, theirs 128, ``exps/litelora_c100.json:37``)
-and ``lam`` (per stream, ``litelora_fast/cl/mnist.py``).
+and ``lam`` (per stream, ``litelora_fast/litelora/cl/mnist.py``).
 
 Our additions, each a named option (``variant="library"`` turns them all on):
 
@@ -105,7 +105,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .inject import injected_layers
+from ..inject import injected_layers
 
 METHODS = ("litelora", "sdlora", "shared", "head")
 NOISES = ("logistic", "gumbel")
@@ -673,7 +673,7 @@ class ContinualLearner:
 def inject_and_learner(model: nn.Module, target_modules, rank: int = 4, alpha: float = 8,
                        **options) -> ContinualLearner:
     """``llf.inject`` the targets, then wrap the model in a :class:`ContinualLearner`."""
-    from .inject import inject
+    from ..inject import inject
     inject(model, target_modules=target_modules, rank=rank, alpha=alpha)
     return ContinualLearner(model, **options)
 

@@ -15,7 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from ..litelora import METHODS
+from ..learner import METHODS
 from .mnist import LAM_DEFAULTS, STREAMS, decision_score, run_mnist
 
 PROTOCOLS = ("class-incremental", "task-incremental")

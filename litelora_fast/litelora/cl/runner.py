@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..litelora import ContinualLearner
+from ..learner import ContinualLearner
 
 
 def forgetting(acc: list) -> float:
