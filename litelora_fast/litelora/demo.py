@@ -2,7 +2,8 @@
 
 ``demo``: LiteLoRA as the authors' code runs it (``variant="paper"``), LiteLoRA with all our
 additions (``variant="library"``), one adapter per task (SD-LoRA), one shared adapter and no
-adapter (head only), on the two real MNIST streams (``litelora_fast.litelora.cl.mnist``: split-MNIST, 5
+adapter (head only), on the two real MNIST streams (``litelora_fast.litelora.cl.mnist``:
+split-MNIST, 5
 tasks; a 14-task domain stream of permutations and rotations with known repeats), in both protocols
 (class-incremental, the paper's; task-incremental). One seed by default (``--seeds``), one torch
 thread (``--threads``), a progress bar on stderr; the results depend only on the seeds and the
@@ -105,7 +106,7 @@ def demo_main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TRITON_INTERPRET", "0")    # CPU tensors take the fast PyTorch path
-    from .cl.table import format_table, save_figure
+    from .cl.table import format_table, goals, save_figure
     print(f"LiteLoRA demo: seeds {args.seeds}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s)", flush=True)
     start = time.perf_counter()
@@ -115,8 +116,8 @@ def demo_main(argv=None) -> int:
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"seeds": args.seeds, "threads": args.threads, "results": results}, f,
-                      indent=1)
+            json.dump({"seeds": args.seeds, "threads": args.threads, "results": results,
+                       "goals": goals(results)}, f, indent=1)
         print(f"wrote {args.json}")
     if args.png:
         os.makedirs(os.path.dirname(args.png) or ".", exist_ok=True)
