@@ -1,5 +1,5 @@
 """How often LiteLoRA's gate decides right on planted streams: recruit for a novel task, reuse for
-a redundant one (the ground truth is planted, ``litelora_fast.cl.planted_tasks``).
+a redundant one (the ground truth is planted, ``litelora_fast.litelora.cl.planted_tasks``).
 
     python examples/planted_decisions.py                     # 4 easy patterns x 10 seeds
     python examples/planted_decisions.py --hard --seeds 4    # the hard cases, seeds 0-3
@@ -22,7 +22,7 @@ os.environ.setdefault("TRITON_INTERPRET", "0")     # CPU tensors take the fast P
 
 import torch  # noqa: E402
 
-from litelora_fast.cl import run_planted  # noqa: E402
+from litelora_fast.litelora.cl import run_planted  # noqa: E402
 
 # task 0 is always novel; the rest mix novel (1) and redundant (0) tasks
 PATTERNS = ([1, 0, 1, 0], [1, 1, 0, 1], [1, 0, 0, 1], [1, 0, 1, 1, 0, 0])

@@ -14,6 +14,7 @@ Public API (contract in docs/MATH.md)::
     learner = llf.ContinualLearner(model, method="litelora")   # recruit-or-reuse, per task:
     record = learner.learn_task(X, Y, loss_fn, head=head)      # record.recruited: kept or reused
     llf.redundancy, llf.cl                     # subspace overlap metrics; CPU task streams
+    # llf.ContinualLearner, llf.litelora, llf.cl load the method's subpackage on first use
 """
 from . import reference
 from .ops import gated_lora_linear
@@ -28,8 +29,20 @@ from .routing import accept_adapter_ids, route
 from .model_adapters import (add_adapter, delete_adapter, disable_adapters, merge_adapters,
                              unmerge_adapters)
 from .hf_checkpoints import from_pretrained, save_pretrained, trainer_callbacks
-from .litelora import ContinualLearner
-from . import cl, litelora, redundancy
+from . import redundancy
+
+# The method (LiteLoRA: learner, streams, table, demo) lives in the subpackage
+# ``litelora_fast.litelora``, loaded only when one of these names is first used.
+_METHOD = {"ContinualLearner": "ContinualLearner", "litelora": None, "cl": "cl"}
+
+
+def __getattr__(name):
+    if name in _METHOD:
+        import importlib
+        method = importlib.import_module(".litelora", __name__)
+        return method if _METHOD[name] is None else getattr(method, _METHOD[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["gated_lora_linear", "reference", "GatedLoRALinear", "GatedLoRAOnModule",
            "inject", "extract_base",
@@ -37,6 +50,6 @@ __all__ = ["gated_lora_linear", "reference", "GatedLoRALinear", "GatedLoRAOnModu
            "trainable_parameters", "print_trainable_parameters", "save_adapters",
            "load_adapters", "merge_and_unload", "route", "accept_adapter_ids",
            "disable_adapters", "add_adapter", "delete_adapter", "merge_adapters",
-           "unmerge_adapters", "trainer_callbacks", "save_pretrained", "from_pretrained", "ContinualLearner", "litelora", "redundancy",
-           "cl"]
+           "unmerge_adapters", "trainer_callbacks", "save_pretrained", "from_pretrained",
+           "ContinualLearner", "litelora", "redundancy", "cl"]
 __version__ = "0.1.0"

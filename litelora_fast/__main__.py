@@ -16,9 +16,9 @@ import sys
 
 # command -> ("module[:function]" implementing `fn(argv) -> exit code`, one-line help)
 COMMANDS = {
-    "demo": ("litelora_fast.tools.demo:demo_main",
+    "demo": ("litelora_fast.litelora.demo:demo_main",
              "LiteLoRA (paper's and ours) vs SD-LoRA, shared adapter, head only on real MNIST streams"),
-    "analyze": ("litelora_fast.tools.demo:analyze_main",
+    "analyze": ("litelora_fast.litelora.demo:analyze_main",
                 "adapter redundancy of a saved checkpoint: subspace similarity matrix + heat map"),
     "validate": ("litelora_fast.tools.validate", "fused-or-fast path vs the reference on random shapes"),
     "roofline": ("litelora_fast.tools.roofline", "FLOPs, bytes and predicted H200 times of each benchmark case"),

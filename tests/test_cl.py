@@ -14,7 +14,7 @@ seeds 0-3 when these tests were written (2026-11-29; R = recruited):
   both layers, so reuse costs accuracy (7.3 points median, 15.3 at the 90th percentile, 25.0 at
   worst over seeds 0-59) and the gate recruits;
 - the paper's variant (no warm-up, no whole-state switching, magnitudes at the adapters' lr):
-  6/6 redundant tasks recruited on the 1-layer stream (seeds 0-2).
+  6/6 redundant tasks recruited on the 1-layer stream (seeds 0-2; phase 2 then took 16 steps).
 
 Seeds. Every test runs on the suite's fixed seed (``conftest.FIXED_SEED`` = 20261202, so
 ``seed % 10_000`` = 1202), chosen once; ``pytest -m fuzz`` reruns them on a fresh seed, where the
@@ -23,13 +23,15 @@ draw of the "same subspace, new core" case, a 1.79-point gap). On the fixed seed
 2026-12-02, one torch thread): recruit/reuse decisions 9/9 right on the three 1-layer patterns
 (accuracy gaps to one adapter per task -0.004, +0.005, -0.002 points); the hard cases 0 wrong with
 gaps of -0.08, -0.03 and -0.002 points; near-redundant both recruited (gap 0.001); two layers
-[R, reuse, R, R] with a gap of 8.98 points; the paper's variant recruits all. The bounds are the
+[R, reuse, R, R] with a gap of 8.98 points; the paper's variant recruits all (re-measured with
+its phase 2 at the authors' 39 steps, ``gate_steps``, was 16 here: still all 4 recruited, gate
+probabilities 0.69-0.75 on the redundant and novel tasks). The bounds are the
 claims the spreads above support, not the fixed seed's values, so a fuzz failure is a finding.
 """
 import pytest
 import torch
 
-from litelora_fast.cl import planted_tasks, run_planted
+from litelora_fast.litelora.cl import planted_tasks, run_planted
 from litelora_fast.redundancy import explained_share
 
 PATTERNS = ([1, 0, 1, 0], [1, 1, 0, 1], [1, 0, 0, 1])
@@ -155,7 +157,8 @@ def test_paper_variant_recruits_redundant_tasks(seed, fast_path):
 
 
 def test_mnist_streams_shapes_and_truth():
-    from litelora_fast.cl.mnist import DOMAIN_PATTERN, decision_score, domain_stream, split_mnist
+    from litelora_fast.litelora.cl.mnist import (DOMAIN_PATTERN, decision_score, domain_stream,
+                                                 split_mnist)
     s = split_mnist(3)
     assert len(s["tasks"]) == 5
     seen = []
@@ -173,11 +176,13 @@ def test_mnist_streams_shapes_and_truth():
 
 
 def test_run_mnist_both_protocols(fast_path):
-    from litelora_fast.cl.mnist import run_mnist, split_mnist
+    from litelora_fast.litelora.cl.mnist import run_mnist, split_mnist
     torch.set_num_threads(1)
     data = split_mnist(5)
     # Measured on this data (seed 5, 2 epochs, 2026-12-02): class-incremental anytime
-    # 99.5 / 83.8 / 70.0 / 60.4 / 43.9, task-incremental final 97.3 (head only: 96.7). The bounds
+    # 99.5 / 83.8 / 70.0 / 60.4 / 43.9, task-incremental final 97.3 (head only: 96.7); with the
+    # paper variant's phase 2 at the authors' 39 steps (gate_steps, was one epoch = 19 steps):
+    # 99.5 / 83.8 / 73.0 / 58.0 / 41.3 and 96.9, 1 adapter kept in both protocols. The bounds
     # are what a working learner must clear whatever the seed: the first 2-class task is easy
     # (>= 95), a class-incremental model that knew only the last task's 2 of 10 classes would
     # score at most 20, and task-incremental heads stay near the easy per-task ceiling (>= 90).
@@ -196,7 +201,7 @@ def test_run_mnist_both_protocols(fast_path):
 def test_demo_and_analyze_smoke(tmp_path, fast_path, capsys):
     import json
 
-    from litelora_fast.tools.demo import analyze_main, demo_main, run_demo
+    from litelora_fast.litelora.demo import analyze_main, demo_main, run_demo
     torch.set_num_threads(1)
     res = run_demo(seeds=(0,), progress=False, save_dir=str(tmp_path), streams=("split_mnist",),
                    rows=("LiteLoRA (paper)", "SD-LoRA (adapter per task)"))
@@ -220,3 +225,39 @@ def test_demo_and_analyze_smoke(tmp_path, fast_path, capsys):
     with pytest.raises(SystemExit):
         demo_main(["--streams", "cifar"])
     assert json.dumps(res)            # JSON-able
+
+
+def test_goal_is_judged_on_A_against_the_same_optimiser_and_marked_where_uninformative():
+    """``goals``: each LiteLoRA row against its same-optimiser SD-LoRA row, on A (the paper's
+    average anytime accuracy), not the final accuracy; "not informative" where head only's A is
+    within 1 point of SD-LoRA's. The domain stream's decisions are printed per ground truth."""
+    from litelora_fast.litelora.cl.table import format_table, goals
+
+    def row(A, adapters, final=50.0, by_truth=None):
+        s = {"avg_incremental": A, "avg_accuracy": final, "active_adapters": adapters,
+             "forgetting": 0.0, "params": 0, "seconds": 0.0, "num_tasks": 5, "lam": None,
+             "per_seed": [{}], "recruited_by_truth": by_truth or {}}
+        s.update({k + "_std": 0.0 for k in ("avg_incremental", "avg_accuracy", "forgetting",
+                                             "active_adapters", "params", "seconds")})
+        return s
+
+    rows = {"LiteLoRA (paper)": row(69.2, 4.0, final=10.0),        # 20% fewer, A -0.8: met
+            "library (all additions)": row(70.0, 2.0),             # vs the library SD-LoRA
+            "SD-LoRA (adapter per task)": row(70.0, 5.0, final=90.0),
+            "SD-LoRA, library optimiser": row(72.0, 5.0),
+            "head only": row(60.0, 0.0)}
+    g = goals({"s": {"p": rows}})["s"]["p"]
+    assert g["informative"] is True and g["head_gap"] == pytest.approx(-10.0)
+    assert g["rows"]["LiteLoRA (paper)"]["met"]              # final accuracy 80 points lower
+    lib = g["rows"]["library (all additions)"]
+    assert lib["baseline"] == "SD-LoRA, library optimiser" and not lib["met"]   # A -2
+    rows["head only"] = row(69.5, 0.0)
+    assert goals({"s": {"p": rows}})["s"]["p"]["informative"] is False
+    rows["LiteLoRA (paper)"] = row(69.2, 4.1)                        # 18% fewer: not met
+    assert not goals({"s": {"p": rows}})["s"]["p"]["rows"]["LiteLoRA (paper)"]["met"]
+    truth = {"novel": [8, 9], "repeat": [2, 15], "near15": [1, 3], "near30": [2, 3]}
+    rows["LiteLoRA (paper)"].update(recruited_by_truth=truth, decisions_right=21,
+                                    decisions_scored=24)
+    text = format_table({"domain": {"p": rows}})
+    assert "21/24; repeat 2/15 novel 8/9 near 3/6" in text
+    assert "NOT INFORMATIVE" in text and "A (anytime)" in text

@@ -38,5 +38,11 @@ def test_litelora_table_small_run(fast_path, tmp_path, capsys):
         assert set(rows) == {"LiteLoRA (paper)", "SD-LoRA (adapter per task)"}
         assert rows["SD-LoRA (adapter per task)"]["active_adapters"] == 5
         assert rows["LiteLoRA (paper)"]["lam"] is not None
+        # the authors' phase-2 budget, recorded per task with the final logit
+        lite = rows["LiteLoRA (paper)"]["per_seed"][0]
+        assert lite["gate_steps"] == [0] + [39] * 4 and len(lite["gate_logit"][1]) == 1
+        verdict = res["goals"]["split_mnist"][protocol]["rows"]["LiteLoRA (paper)"]
+        assert verdict["baseline"] == "SD-LoRA (adapter per task)"
     assert (tmp_path / "t.png").stat().st_size > 0
-    assert "split_mnist, class-incremental" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "split_mnist, class-incremental" in out and "goal: >= 20% fewer adapters" in out

