@@ -94,6 +94,9 @@ def _parse_arch(arch: str) -> int:
     m = re.fullmatch(r"sm_?(\d+)a?", str(arch))
     if not m:
         raise ValueError(f"arch: expected a CUDA arch like 'sm_90', got {arch!r}")
+    if int(m.group(1)) < 80:
+        # the kernels use bf16 tensor cores and async copies: Ampere (sm_80) and newer
+        raise ValueError(f"arch: {arch!r} is older than sm_80, the oldest the kernels target")
     return int(m.group(1))
 
 

@@ -21,10 +21,13 @@ def load(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path} (write one with "
                                 "`pytest benchmarks/ --benchmark-json BENCH.json`)")
-    with open(path) as f:
-        if not path.endswith(".jsonl"):
-            return json.load(f)
-        entries = [json.loads(line) for line in f if line.strip()]
+    try:
+        with open(path) as f:
+            if not path.endswith(".jsonl"):
+                return json.load(f)
+            entries = [json.loads(line) for line in f if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a benchmark JSON file ({e})") from None
     return {"datetime": "unknown (JSON lines of a run that did not finish)", "machine_info": {},
             "benchmarks": entries}
 

@@ -132,8 +132,17 @@ def main(argv=None) -> int:
                              "TRITON_INTERPRET=1)")
     parser.add_argument("--seed", type=int, default=None, help="default: a fresh random seed")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        raise ValueError(f"--device {args.device!r}: {str(e).splitlines()[0]}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device!r}: no CUDA device on this machine")
     names = args.dtypes or ("float32,float16,bfloat16" if device.type == "cuda" else "float32")
+    allowed = ("float32", "float16", "bfloat16")
+    bad = [n.strip() for n in names.split(",") if n.strip() not in allowed]
+    if bad:
+        raise ValueError(f"--dtypes: {', '.join(bad)} not among {', '.join(allowed)}")
     dtypes = [getattr(torch, n.strip()) for n in names.split(",")]
     seed = args.seed if args.seed is not None else int(time.time()) % 100000
     print(f"validate: device={device} torch={torch.__version__} seed={seed}")
