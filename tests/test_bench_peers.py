@@ -172,6 +172,33 @@ def test_sweep_lists_every_sweep_config_of_the_fused_gemms():
         assert order == sorted(order)
 
 
+def test_every_sweep_config_launches_with_config_and_matches_float64(seed):
+    # what gpu_sweep.py times on the GPU: each SWEEP_CONFIGS entry through the launcher's
+    # config= (interpreted here; fp16: the interpreter's bf16 tl.dot is wrong, triton 11584),
+    # on a shape no tile divides, with the variant it names actually running
+    import sweep_configs
+    from litelora_fast import kernels
+
+    N, Di, Do, R = 40, 48, 56, 24
+    h = torch.float16
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(h)
+
+    x, w, SG, B = randn(N, Di), randn(Do, Di), randn(N, R), randn(Do, R)
+    dy, dS, A = randn(N, Do), randn(N, R), randn(R, Di)
+    ref = {"fused_forward": x.double() @ w.double().t() + SG.double() @ B.double().t(),
+           "fused_dx": dy.double() @ w.double() + dS.double() @ A.double()}
+    args = {"fused_forward": (x, w, None, SG, B), "fused_dx": (dy, w, dS, A)}
+    for kernel in ("fused_forward", "fused_dx"):
+        for label, config, variant in sweep_configs.sweep_list(kernel)[0]:
+            before = kernels.LAUNCH_COUNTS[f"{kernel}/{variant}"]
+            y = sweep_configs.launch(kernel, args[kernel], config, variant)
+            assert kernels.LAUNCH_COUNTS[f"{kernel}/{variant}"] == before + 1, label
+            assert_rel(f"{kernel} {label}", y, ref[kernel], h)
+
+
 def test_a_peer_that_fails_its_check_is_recorded_not_timed(monkeypatch, seed, fast_path):
     # one broken peer must not cost the case (and ours' numbers) on a one-shot GPU run
     case = CASES[0]
