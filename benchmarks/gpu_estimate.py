@@ -48,11 +48,36 @@ PEER_TIMED_S = (timing.GPU_WARMUP_MS + timing.GPU_REP_MS) / 1e3 + 0.02   # a pee
 PROCESS_START_S = 6.0     # python + torch + triton import + CUDA context, per Python process
 SETUP_S = 15.0            # the script's own setup: package copy, nvidia-smi, the probe (gpu_setup)
 FP64_FLOPS = 60e12        # float64 matrix rate for the benchmark's oracle check (H100/H200 class)
-CHOICE_CANDIDATES = 3     # the op's measured choice: kernels, composite, hybrid
 BLOCK_BUILD_S = 8.0       # one Llama-like block built, moved to the GPU, and its optimizer
 NUMERICS_SLACK_S = 5.0    # gpu_check.sh ends the numerics' budget this long before its limit
 SWEEP_SLACK_S = 5.0       # ... and the sweep's
 BLOCK_STEP_S = 0.08       # one training step of the block at 8192 tokens (~11 TFLOP + attention)
+
+
+def choice_candidates() -> int:
+    """How many implementations the op times per new bucket: ``autotune.CANDIDATES`` (the
+    kernels, the hybrid, the cuBLAS composite)."""
+    from litelora_fast import autotune
+    return len(autotune.CANDIDATES)
+
+
+def bucket_caps() -> dict:
+    """The largest BLOCK_R / BLOCK_N (BLOCK_P) bucket each launcher picks (``tuning.block_r``
+    caps, read from the kernel files), by kernel; fp32 shrink has its own."""
+    from litelora_fast.kernels import dropout, fused_xw_sgb, shrink_dyb, shrink_xa, weight_grad
+    return {"shrink": shrink_xa.MAX_BLOCK_R["16-bit"], "shrink/fp32": shrink_xa.MAX_BLOCK_R["fp32"],
+            "grad_shrink": shrink_dyb.MAX_BLOCK_R, "fused_forward": fused_xw_sgb.WS_MAX_BLOCK_R,
+            "fused_dx": fused_xw_sgb.WS_MAX_BLOCK_R, "masked_addmm": dropout.MAX_BLOCK_R,
+            "lora_weight_grads": weight_grad.NARROW_MAX_P,
+            "lora_weight_grads/dropout": weight_grad.DROPOUT_MAX_N}
+
+
+def bucketed_variants() -> set:
+    """``{(kernel, variant)}`` whose kernel takes a bucket constexpr (``compile_report.specs``
+    lists its buckets): only their compiles multiply by the bucket; the others (the fused GEMMs'
+    pointer and TMA kernels loop over R_act at run time) compile once across widths."""
+    from litelora_fast.kernels import compile_report
+    return {(s.name, s.variant) for s in compile_report.specs("buckets") if s.bucket}
 
 
 def kernel_configs() -> dict:
@@ -78,7 +103,7 @@ def compile_s(spec: tuple, kernel: str = "") -> float:
     TF32 flag)."""
     dtype = spec[0]
     if dtype == "float32" and len(spec) > 1 and spec[1] is False:
-        wide = kernel in ("fused_forward", "fused_dx") and 64 in spec
+        wide = kernel in ("fused_forward", "fused_dx") and ("BUCKET", 64) in spec
         return WIDE_IEEE_S if wide else COMPILE_S["float32-ieee"]
     return COMPILE_S[dtype]
 
@@ -102,33 +127,41 @@ def launches(case, dtype: str, variant: str, gates_train: bool, strided: bool = 
     per_row, bias, drop = bool(case.per_row), bool(case.bias), dropout > 0
     p_drop = round(float(dropout), 6)   # P_DROP is a constexpr: each p compiles its own
     sizes = _ints(n, case.d_in, case.d_out, r_act)
+    caps = bucket_caps()
+
+    def width(kernel, r, cap_key=None):   # the launcher's bucket, tagged (see Pricer.price)
+        return ("BUCKET", _pow2(r, cap=caps[cap_key or kernel]))
     kind = (dtype, tf32) if dtype == "float32" else (dtype,)
     stride = ("strided",) if strided else ()
     out = []
     if r_act:
-        out.append(("shrink", "pointer", kind + (per_row, p_drop, _pow2(r_act)) + sizes + stride,
+        out.append(("shrink", "pointer", kind + (per_row, p_drop, width("shrink", r_act, "shrink/fp32" if dtype == "float32"
+                                              else None)) + sizes + stride,
                     (n, case.d_in, r_act)))
-    out.append(("fused_forward", variant, kind + (bias, _pow2(r_act, cap=64)) + sizes + stride,
+    out.append(("fused_forward", variant, kind + (bias, width("fused_forward", r_act)) + sizes + stride,
                 (n, case.d_in, case.d_out, r_act)))
     needs_dx = tr.get("x", False)
     needs_ab = tr.get("lora_A", False) or tr.get("lora_B", False)
     if r_act and (needs_dx or needs_ab or gates_train):
-        out.append(("grad_shrink", "pointer", kind + (per_row, gates_train, _pow2(r_act)) + sizes,
+        out.append(("grad_shrink", "pointer", kind + (per_row, gates_train, width("grad_shrink", r_act)) + sizes,
                     (n, case.d_out, r_act, gates_train)))
     if needs_dx:
         # under dropout the fused dx runs base-only and the masked adapter term comes after
         dx_r = 0 if drop else r_act
-        out.append(("fused_dx", variant, kind + (_pow2(dx_r, cap=64) if dx_r else 0,) + sizes,
+        out.append(("fused_dx", variant, kind + (width("fused_dx", dx_r) if dx_r else 0,) + sizes,
                     (n, case.d_in, case.d_out, dx_r)))
         if drop and r_act:
-            out.append(("masked_addmm", "pointer", kind + (p_drop,) + sizes,
+            out.append(("masked_addmm", "pointer", kind + (p_drop, width("masked_addmm", r_act))
+                        + sizes,
                         (n, case.d_in, r_act)))
     if drop and r_act:   # the checks record the call's keep-mask (lora_dropout.keep_mask)
         out.append(("dropout_mask", "fixed", ("bfloat16", "mask", p_drop) + _ints(n, case.d_in),
                     None))   # dtype-free: priced as a bf16 compile
     if r_act and needs_ab:
         out.append(("lora_weight_grads", "pointer",
-                    kind + (p_drop, _pow2(r_act, cap=64)) + sizes + stride,
+                    kind + (p_drop, width("lora_weight_grads", r_act,
+                                        "lora_weight_grads/dropout" if drop else None))
+                    + sizes + stride,
                     (n, case.d_in, case.d_out, r_act)))
         if n >= 512:   # split-N: the fixed-order sum of the partials (weight_grad.split_count)
             out.append(("matmul_tn_sum_partials", "fixed", kind, None))
@@ -147,6 +180,7 @@ class Pricer:
         self.compiled = set()
         self.kernels = {k for k, _ in configs}
         self.by_kernel = {}
+        self.bucketed = bucketed_variants()
 
     def candidates(self, kernel: str, variant: str, dtype: str, autotune: bool) -> list:
         """The configs a launch may compile: the first one untuned; with autotuning the list of
@@ -181,7 +215,10 @@ class Pricer:
         for kernel, variant, spec, tune_key in launch_list:
             cands = self.candidates(kernel, variant, spec[0], autotune)
             for v, c in cands:
-                key = (kernel, v, spec, str(c))
+                # a bucket tag counts only for a kernel that takes the bucket as a constexpr
+                bucketed = (kernel, v.split("/")[0]) in self.bucketed
+                key = (kernel, v, tuple(x for x in spec if bucketed or not (
+                    isinstance(x, tuple) and x[:1] == ("BUCKET",))), str(c))
                 if key not in self.compiled:
                     self.compiled.add(key)
                     new += 1
@@ -326,7 +363,7 @@ def _benchmark(pricer: Pricer) -> Step:
     for bc in gpu_cases(gpu_plan.BENCH_GRID):
         new, secs, timed = pricer.price(_bench_case_launches(bc), autotune=True, tuned=tuned)
         bucket = (bc.n, bc.d_in, bc.d_out, bc.active_rank, bc.train_gates, bc.dropout)
-        choice = CHOICE_CANDIDATES if bucket not in choices else 0
+        choice = choice_candidates() if bucket not in choices else 0
         choices.add(bucket)
         peers = [p for p in PEERS if applicable(bc, p)] + ["hybrid"]
         ref = roofline.cost(bc, "reference", "fwd_bwd")
@@ -345,7 +382,6 @@ def _benchmark(pricer: Pricer) -> Step:
 
 def _sweep(pricer: Pricer) -> Step:
     import gpu_sweep
-    import sweep_configs
     st = Step("sweep", gpu_plan.TUNE_LIMITS["sweep"], PROCESS_START_S, margin_s=SWEEP_SLACK_S)
     plan = gpu_sweep.plan()
     shapes, ranks = gpu_plan.SWEEP_SHAPES, gpu_plan.SWEEP_RANKS
@@ -355,12 +391,17 @@ def _sweep(pricer: Pricer) -> Step:
         st.items.append((f"baselines R={R}", len(shapes) * 2 * (3 * PEER_TIMED_S + 0.05)))
         st.timed += len(shapes) * 2 * 3
         for k, (configs, _) in plan.items():
-            if not sweep_configs.takes_config(sweep_configs.launcher(k)):
-                continue   # no config= yet: only the baselines and the autotuned launch run
-            for label, _, _ in configs:
-                st.compiles += 1
+            for label, _, variant in configs:
+                # one compile per config, and per BLOCK_R bucket where the variant takes one
+                # (tma_ws); R_act = 16 and 64 share Triton's integer specialisation
+                width = _pow2(R, cap=bucket_caps()[k]) if (k, variant) in pricer.bucketed else 0
+                key = ("sweep", k, label, width)
+                new = key not in pricer.compiled
+                pricer.compiled.add(key)
+                st.compiles += new
                 st.timed += len(shapes)
-                st.items.append((f"{k} R={R} {label}", (0 if pricer.warm else COMPILE_S["bfloat16"])
+                st.items.append((f"{k} R={R} {label}",
+                                 (COMPILE_S["bfloat16"] if new and not pricer.warm else 0)
                                  + len(shapes) * (PEER_TIMED_S + 0.05)))
     st.notes.append(", ".join(f"{k}: {len(c)} configs from {src}" for k, (c, src) in plan.items())
                     + f"; shapes {shapes}; R {ranks}")
@@ -385,7 +426,7 @@ def _block(pricer: Pricer) -> Step:
                                 autotune=True, tuned=tuned)
         secs, new, timed = secs + s, new + nw, timed + t
     buckets = len(set(shapes.values()))
-    timed += CHOICE_CANDIDATES * buckets
+    timed += choice_candidates() * buckets
     st.compiles, st.timed = new, timed
     steps = b["warmup_steps"] + b["timed_steps"]
     st.items.append(("ours (inject)", BLOCK_BUILD_S + secs + timed * TIMED_S + steps * BLOCK_STEP_S))

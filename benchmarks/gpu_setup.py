@@ -5,8 +5,9 @@ step runs,
 - appends the versions (python, torch, CUDA, triton, numpy, peft, transformers) and the GPU to
   the summary file;
 - prints, for the script's ``eval``: the step limits of the call (``gpu_plan.shell_limits``),
-  ``PKG_FILE`` and ``KERNELS_FILE`` (where ``litelora_fast`` and ``litelora_fast.kernels`` come
-  from) and ``HAVE_GPU``.
+  ``PKG_FILE`` and ``KERNELS_FILE`` (where ``litelora_fast`` and the kernel files come from:
+  ``litelora_fast.kernels.fused_xw_sgb``, one file of the ``kernels/`` folder that
+  ``litelora_fast/kernels.py`` puts on the package's ``__path__``) and ``HAVE_GPU``.
 
     python benchmarks/gpu_setup.py check|tune SUMMARY
 
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
     limits = gpu_plan.shell_limits(mode)
 
     import litelora_fast
-    import litelora_fast.kernels as kernels
+    from litelora_fast.kernels import fused_xw_sgb
     import numpy
     import torch
     import triton
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
                     f"{torch.cuda.get_device_properties(0).multi_processor_count} SMs\n")
     print(limits)
     print(f"PKG_FILE={shlex.quote(litelora_fast.__file__)}")
-    print(f"KERNELS_FILE={shlex.quote(kernels.__file__)}")
+    print(f"KERNELS_FILE={shlex.quote(fused_xw_sgb.__file__)}")
     print(f"HAVE_GPU={have_gpu}")
     return 0
 

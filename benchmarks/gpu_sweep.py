@@ -1,6 +1,6 @@
 """The tuning sweep of ``gpu_check.sh --tune``: each config of the fused GEMMs' sweep lists
-(``sweep_configs.sweep_list``: the kernels' ``SWEEP_CONFIGS``, else their shipped configs) launched
-alone (the launchers' ``config=``) at the headline shapes, against cuBLAS.
+(``sweep_configs.sweep_list``: the ``SWEEP_CONFIGS`` of ``kernels/fused_xw_sgb.py`` and
+``kernels/fused_dyw_dsa.py``, each ``{variant: [config, ...]}``) launched (the launchers' ``config=``) at the headline shapes, against cuBLAS.
 
 Per shape (``gpu_plan.SWEEP_SHAPES``, N = ``SWEEP_N``, bf16) and adapter width R
 (``SWEEP_RANKS``), one row per kernel and config: its median time (``triton.testing.do_bench``),
@@ -39,10 +39,13 @@ DEADLINE_ENV = "LITELORA_SWEEP_DEADLINE"
 
 
 def plan() -> dict:
-    """``{kernel: ([(label, config, variant)], source)}`` bounded by ``SWEEP_MAX_CONFIGS``."""
+    """``{kernel: ([(label, config, variant)], source)}``: the kernel's ``SWEEP_CONFIGS`` in
+    ``gpu_plan.SWEEP_VARIANT_ORDER`` (value order), bounded by ``SWEEP_MAX_CONFIGS``."""
     out = {}
+    order = gpu_plan.SWEEP_VARIANT_ORDER
     for k in KERNELS:
         configs, source = sweep_configs.sweep_list(k)
+        configs = sorted(configs, key=lambda c: order.index(c[2]))   # stable within a variant
         out[k] = (configs[:gpu_plan.SWEEP_MAX_CONFIGS], source)
     return out
 
@@ -83,8 +86,7 @@ def _rel(out, ref) -> float:
 
 
 def run(json_path: str = None) -> dict:
-    from litelora_fast.kernels import backward as kb
-    from litelora_fast.kernels import forward as kf
+    from litelora_fast import kernels
 
     deadline = settings.sweep_deadline() or math.inf
     configs = plan()
@@ -94,8 +96,6 @@ def run(json_path: str = None) -> dict:
               "shapes": [list(s) for s in gpu_plan.SWEEP_SHAPES], "ranks": list(gpu_plan.SWEEP_RANKS),
               "timer": timing.describe("cuda"),
               "sources": {k: configs[k][1] for k in KERNELS},
-              "config_keyword": {k: sweep_configs.takes_config(sweep_configs.launcher(k))
-                                 for k in KERNELS},
               "baselines": [], "rows": [], "not_reached": []}
 
     def save():
@@ -104,7 +104,7 @@ def run(json_path: str = None) -> dict:
                 json.dump(result, f, indent=1)
             os.replace(json_path + ".tmp", json_path)
 
-    autotuned = {"fused_forward": kf.fused_forward, "fused_dx": kb.fused_dx}
+    autotuned = {"fused_forward": kernels.fused_forward, "fused_dx": kernels.fused_dx}
     for R in gpu_plan.SWEEP_RANKS:
         work = {}
         for d_in, d_out in gpu_plan.SWEEP_SHAPES:
@@ -125,8 +125,6 @@ def run(json_path: str = None) -> dict:
                     f"{n} {v:.3f}" for n, v in row.items() if n.startswith("ms_")), flush=True)
             save()
         for k in KERNELS:
-            if not result["config_keyword"][k]:
-                continue
             for label, config, variant in configs[k][0]:
                 for (d_in, d_out), w in work.items():
                     if time.time() > deadline:
@@ -181,9 +179,7 @@ def main(argv=None) -> int:
     ns = parser.parse_args(argv)
     if ns.list:
         for k, (configs, source) in plan().items():
-            has = sweep_configs.takes_config(sweep_configs.launcher(k))
-            print(f"{k}: {len(configs)} configs from {source}; config= "
-                  f"{'yes' if has else 'unavailable (only the autotuned launch is timed)'}")
+            print(f"{k}: {len(configs)} configs from {source}, each launched with config=")
         n = sum(len(c) for c, _ in plan().values())
         print(f"gpu_sweep: {n} configs x {len(gpu_plan.SWEEP_SHAPES)} shapes x R "
               f"{gpu_plan.SWEEP_RANKS} at N={gpu_plan.SWEEP_N}")

@@ -240,8 +240,9 @@ IMPL_NAMES = {"triton": "kernels", "torch": "composite", "hybrid": "hybrid", Non
 
 def implementation_of_ours(case: Case, inp: Inputs) -> str:
     """Which implementation ``gated_lora_linear`` ran for this case: on the CPU the PyTorch fast
-    path; on CUDA the op's measured choice (``autotune.chosen_implementation``: the kernels or
-    the cuBLAS composite), asked after the case ran, so its bucket is tuned."""
+    path; on CUDA the op's measured choice (``autotune.chosen_implementation``, which asks
+    ``autotune.implementation`` without timing: the kernels, the hybrid or the cuBLAS
+    composite), asked after the case ran, so its bucket is tuned."""
     if case.device != "cuda":
         return "torch fast path"
     from litelora_fast import autotune
@@ -315,7 +316,7 @@ def run_case(benchmark, case: Case, mode: str) -> None:
         try:
             info["candidates_ours"] = tuning_record.candidates(case, _needs(inp))
         except Exception as e:
-            info["candidates_ours"] = {"unavailable": f"{type(e).__name__}: {e}"}
+            info["candidates_ours"] = {"error": f"{type(e).__name__}: {e}"}
         info["triton_configs"] = tuning_record.triton_configs()
     benchmark.pedantic(timing.synced(make_fn(Bound("ours", case, inp), inp.dy, mode),
                                      case.device), rounds=BENCH_ROUNDS, warmup_rounds=1)

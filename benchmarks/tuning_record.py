@@ -2,8 +2,8 @@
 each case's ``extra_info``):
 
 - ``candidates(case)``: the op's own timing of every implementation candidate of the case's
-  shape bucket (``"triton"``, ``"torch"``, and ``"hybrid"`` where the op has it) and the winner,
-  from ``litelora_fast.autotune.timings()`` (seconds), else from the tuner's in-memory record;
+  shape bucket (``autotune.CANDIDATES``: ``"triton"``, ``"hybrid"``, ``"torch"``) and the
+  winner, from ``litelora_fast.autotune.timings()`` (seconds);
 - ``triton_configs()``: the Triton config each kernel's autotuner chose, from
   ``litelora_fast.kernels.chosen_configs()``;
 - ``base_gemm(case)``: our fused GEMMs (``fused_forward``, ``fused_dx``) at the case's shape and
@@ -11,8 +11,7 @@ each case's ``extra_info``):
   work (the composite): TFLOP/s and % of each. This is the number that decides whether the fused
   kernels can win at all.
 
-Every name of another module is looked up with ``getattr``: where one is missing (a branch that
-has not landed) the field says ``"unavailable: ..."`` instead of failing the benchmark.
+``base_gemm`` records a launch that raises as ``"error"`` instead of failing the case.
 """
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 
 import timing
 
-UNAVAILABLE = "unavailable"
+NOT_TIMED = "not_timed"
 
 
 def _jsonable(v):
@@ -40,23 +39,11 @@ def _jsonable(v):
 
 
 def all_timings() -> dict:
-    """``{bucket name: {"times": {candidate: seconds}, "winner": name}}`` of every bucket the op
-    has timed in this process; ``{}`` when none."""
+    """``{bucket name: {"times": {candidate: seconds}, "winner": name, "device"}}`` of every
+    bucket the op's tuner knows (``litelora_fast.autotune.timings()``); ``{}`` when none."""
     from litelora_fast import autotune
 
-    fn = getattr(autotune, "timings", None)
-    if fn is not None:
-        return {str(k): v for k, v in fn().items()}
-    tuner = getattr(autotune, "TUNER", None)
-    times, choices = getattr(tuner, "times", None), getattr(tuner, "_choices", None)
-    if times is None or choices is None:
-        return {}
-    out = {}
-    for (device, key), ms in times.items():
-        out[autotune.bucket_name(key)] = {
-            "times": {c: (None if v is None else v / 1e3) for c, v in ms.items()},
-            "winner": choices.get((device, key))}
-    return out
+    return {str(k): v for k, v in autotune.timings().items()}
 
 
 def bucket_name(case, needs) -> str:
@@ -69,33 +56,24 @@ def bucket_name(case, needs) -> str:
 
 
 def candidates(case, needs) -> dict:
-    """The op's candidate times of ``case``'s bucket, ``{"bucket", "times" (s), "winner"}``, or
-    ``{"bucket", "unavailable": why}``."""
-    try:
-        name = bucket_name(case, needs)
-    except Exception as e:   # the bucket API changed
-        return {UNAVAILABLE: f"autotune.bucket/bucket_name: {type(e).__name__}: {e}"}
+    """The op's candidate times of ``case``'s bucket, ``{"bucket", "times" (s), "winner",
+    "device"}`` (one time per ``autotune.CANDIDATES``: "triton", "hybrid", "torch"), or
+    ``{"bucket", "not_timed": the buckets that were}`` when the op has not timed it."""
+    name = bucket_name(case, needs)
     table = all_timings()
     entry = table.get(name)
-    if entry is None:   # the key may carry more than the name (a device, a tuple)
-        entry = next((v for k, v in table.items() if name in k), None)
     if entry is None:
-        return {"bucket": name, UNAVAILABLE: f"not timed in this process (timed buckets: "
-                                             f"{sorted(table)[:8]})"}
+        return {"bucket": name, NOT_TIMED: f"not timed in this process (timed buckets: "
+                                           f"{sorted(table)[:8]})"}
     return _jsonable({"bucket": name, **entry})
 
 
-def triton_configs():
-    """``litelora_fast.kernels.chosen_configs()`` as JSON, or ``"unavailable: ..."``."""
+def triton_configs() -> dict:
+    """``litelora_fast.kernels.chosen_configs()`` as JSON: ``{kernel: [record, ...]}``, the
+    config (and, for the fused GEMMs under "auto", the variant) each tuned launch picked."""
     from litelora_fast import kernels
 
-    fn = getattr(kernels, "chosen_configs", None)
-    if fn is None:
-        return f"{UNAVAILABLE}: litelora_fast.kernels.chosen_configs is missing"
-    try:
-        return _jsonable(fn())
-    except Exception as e:
-        return f"{UNAVAILABLE}: chosen_configs() raised {type(e).__name__}: {e}"
+    return _jsonable(kernels.chosen_configs())
 
 
 def base_gemm(case, median_ms=timing.gpu_median_ms) -> dict:
@@ -107,8 +85,7 @@ def base_gemm(case, median_ms=timing.gpu_median_ms) -> dict:
     ``ms_cublas_base``, ``ms_cublas_composite``, ``tflops_triton`` (base and adapter FLOPs),
     ``tflops_cublas_base``, ``pct_of_flinear`` (the fused GEMM's TFLOP/s as % of F.linear's)
     and ``pct_of_composite`` (100 = as fast as the composite), or ``"error"``."""
-    from litelora_fast.kernels import backward as kb
-    from litelora_fast.kernels import forward as kf
+    from litelora_fast import kernels
 
     dtype, dev = getattr(torch, case.dtype), case.device
     N, Di, Do, R = case.n, case.d_in, case.d_out, case.active_rank
@@ -121,9 +98,9 @@ def base_gemm(case, median_ms=timing.gpu_median_ms) -> dict:
     SG, B = randn(N, R), randn(Do, R, scale=max(R, 1) ** -0.5)
     dS, A = randn(N, R), randn(R, Di, scale=max(R, 1) ** -0.5)
     runs = {
-        "fwd": (lambda: kf.fused_forward(x, w, None, SG, B), lambda: F.linear(x, w),
+        "fwd": (lambda: kernels.fused_forward(x, w, None, SG, B), lambda: F.linear(x, w),
                 lambda: torch.addmm(F.linear(x, w), SG, B.t()), 2 * N * Do * Di, 2 * N * Do * R),
-        "dx": (lambda: kb.fused_dx(dy, w, dS, A), lambda: dy @ w,
+        "dx": (lambda: kernels.fused_dx(dy, w, dS, A), lambda: dy @ w,
                lambda: torch.addmm(dy @ w, dS, A), 2 * N * Di * Do, 2 * N * Di * R),
     }
     out = {"R": R}

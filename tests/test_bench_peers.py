@@ -128,9 +128,9 @@ def test_dropout_peers_match_float64_on_the_masks_they_drew(peer, seed, fast_pat
     assert harness.worst_rel_err(outs, bad[:len(outs)]) > 0.1
 
 
-def test_tuning_record_reads_the_op_or_says_unavailable(monkeypatch):
-    # what the GPU benchmark records beside the times: the op's candidate timings per bucket and
-    # the Triton configs chosen, read through getattr so a missing name never fails a case
+def test_tuning_record_reads_the_op_and_the_kernels(monkeypatch):
+    # what the GPU benchmark records beside the times: the op's candidate timings per bucket
+    # (every autotune.CANDIDATES entry) and the Triton configs chosen (kernels.chosen_configs)
     import tuning_record
     from litelora_fast import autotune
     from litelora_fast import kernels
@@ -141,17 +141,62 @@ def test_tuning_record_reads_the_op_or_says_unavailable(monkeypatch):
     assert name.startswith("N8192-Din4096-Dout4096-R16-bfloat16-") and name.endswith("-dropout")
     monkeypatch.setattr(autotune, "timings", lambda: {
         name: {"times": {"triton": 2e-3, "torch": 1e-3, "hybrid": float("inf")},
-               "winner": "torch"}}, raising=False)
+               "winner": "torch", "device": "cuda:0"}})
     got = tuning_record.candidates(case, needs)
     assert got == {"bucket": name, "times": {"triton": 2e-3, "torch": 1e-3, "hybrid": None},
-                   "winner": "torch"}
+                   "winner": "torch", "device": "cuda:0"}
+    assert set(got["times"]) == set(autotune.CANDIDATES)
     other = tuning_record.candidates(Case(4096, 14336, 8192, 1, 16), needs)
-    assert "unavailable" in other and other["bucket"] != name
-    monkeypatch.delattr(kernels, "chosen_configs", raising=False)
-    assert tuning_record.triton_configs().startswith("unavailable")
-    monkeypatch.setattr(kernels, "chosen_configs", lambda: {"shrink": {"BLOCK_M": 64}},
-                        raising=False)
-    assert tuning_record.triton_configs() == {"shrink": {"BLOCK_M": 64}}
+    assert tuning_record.NOT_TIMED in other and other["bucket"] != name
+    monkeypatch.setattr(kernels, "chosen_configs", lambda: {"shrink": [{"BLOCK_M": 64}]})
+    assert tuning_record.triton_configs() == {"shrink": [{"BLOCK_M": 64}]}
+
+
+def test_sweep_lists_every_sweep_config_of_the_fused_gemms():
+    # the --tune sweep launches SWEEP_CONFIGS entries with config=; its plan takes them in value
+    # order under gpu_plan's bound
+    import gpu_plan
+    import gpu_sweep
+    import sweep_configs
+    from litelora_fast.kernels import fused_dyw_dsa, fused_xw_sgb
+
+    for kernel, module in (("fused_forward", fused_xw_sgb), ("fused_dx", fused_dyw_dsa)):
+        configs, source = sweep_configs.sweep_list(kernel)
+        assert source.endswith(".SWEEP_CONFIGS")
+        want = [(v, c) for v, cs in module.SWEEP_CONFIGS.items() for c in cs]
+        assert [(v, c) for _, c, v in configs] == want
+        assert len({label for label, _, _ in configs}) == len(configs)   # labels tell them apart
+        planned = gpu_sweep.plan()[kernel][0]
+        assert len(planned) == min(len(configs), gpu_plan.SWEEP_MAX_CONFIGS)
+        order = [gpu_plan.SWEEP_VARIANT_ORDER.index(v) for _, _, v in planned]
+        assert order == sorted(order)
+
+
+def test_every_sweep_config_launches_with_config_and_matches_float64(seed):
+    # what gpu_sweep.py times on the GPU: each SWEEP_CONFIGS entry through the launcher's
+    # config= (interpreted here; fp16: the interpreter's bf16 tl.dot is wrong, triton 11584),
+    # on a shape no tile divides, with the variant it names actually running
+    import sweep_configs
+    from litelora_fast import kernels
+
+    N, Di, Do, R = 40, 48, 56, 24
+    h = torch.float16
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(h)
+
+    x, w, SG, B = randn(N, Di), randn(Do, Di), randn(N, R), randn(Do, R)
+    dy, dS, A = randn(N, Do), randn(N, R), randn(R, Di)
+    ref = {"fused_forward": x.double() @ w.double().t() + SG.double() @ B.double().t(),
+           "fused_dx": dy.double() @ w.double() + dS.double() @ A.double()}
+    args = {"fused_forward": (x, w, None, SG, B), "fused_dx": (dy, w, dS, A)}
+    for kernel in ("fused_forward", "fused_dx"):
+        for label, config, variant in sweep_configs.sweep_list(kernel)[0]:
+            before = kernels.LAUNCH_COUNTS[f"{kernel}/{variant}"]
+            y = sweep_configs.launch(kernel, args[kernel], config, variant)
+            assert kernels.LAUNCH_COUNTS[f"{kernel}/{variant}"] == before + 1, label
+            assert_rel(f"{kernel} {label}", y, ref[kernel], h)
 
 
 def test_a_peer_that_fails_its_check_is_recorded_not_timed(monkeypatch, seed, fast_path):

@@ -50,7 +50,7 @@ def test_dry_run_imports_the_copy_reads_the_real_limits_and_skips_cleanly(tmp_pa
     # both files from the copy (the checkout's ./litelora_fast has no kernels/ and must not
     # shadow it, for `python -m` too), and the limits are gpu_plan's, not a fallback
     assert _under_copy(pkg) and pkg.endswith("litelora_fast/__init__.py"), pkg
-    assert _under_copy(kernels) and kernels.endswith("litelora_fast/kernels/__init__.py"), kernels
+    assert _under_copy(kernels) and kernels.endswith("litelora_fast/kernels/fused_xw_sgb.py"), kernels
     assert os.path.dirname(os.path.dirname(kernels)) == os.path.dirname(pkg)   # one copy
     assert limits == {**gpu_plan.LIMITS, "total": gpu_plan.TOTAL_LIMITS["check"]}
     summary = (tmp_path / "summary.txt").read_text()
