@@ -20,9 +20,9 @@ A saved packed tensor that is re-copied before its backward runs (a Parameter ch
 between a forward and its backward) makes autograd raise its "modified by an inplace operation"
 error, as a Parameter itself would.
 
-Not cached (a plain ``torch.cat`` per call, as before): while ``torch.compile`` traces, for
-tensor subclasses (DTensor, fake tensors), and while ``torch.distributed`` is initialised
-(FSDP2 refills its unsharded Parameters without bumping their version). Writes through
+Not cached (a plain ``torch.cat`` per call, as before): under ``torch.func`` transforms, while
+``torch.compile`` traces, for tensor subclasses (DTensor, fake tensors), and while
+``torch.distributed`` is initialised (FSDP2 refills its unsharded Parameters without bumping their version). Writes through
 ``Parameter.data`` bypass the version counter: after ``p.data.copy_(...)`` call
 ``layer.bank_cache.clear()``.
 """
@@ -49,6 +49,8 @@ def cat_bank(As, Bs, dtype: Optional[torch.dtype] = None) -> tuple:
 def _cacheable(params) -> bool:
     if torch.compiler.is_compiling():
         return False
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return False    # under torch.func the Parameters are wrappers without storage
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return False
     return all(type(p) in PLAIN_TYPES and not p.is_meta for p in params)

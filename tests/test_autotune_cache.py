@@ -80,29 +80,29 @@ def _tuner(tmp_path, ms):
 
 
 def test_timings_record_every_candidate_fresh_and_from_the_cache(tmp_path, monkeypatch):
-    tuner = _tuner(tmp_path, {"triton": 2.5, "torch": 4.0})
+    tuner = _tuner(tmp_path, {"triton": 2.5, "hybrid": 3.0, "torch": 4.0})
     assert tuner.timings() == {}
     tuner.choose(CPU, _key(8), FNS)
     name8 = autotune.bucket_name(_key(8))
-    assert tuner.timings() == {name8: {"times": {"triton": 2.5e-3, "torch": 4e-3},
+    assert tuner.timings() == {name8: {"times": {"triton": 2.5e-3, "hybrid": 3e-3, "torch": 4e-3},
                                        "winner": "triton", "device": "cpu"}}
     with pytest.warns(RuntimeWarning, match="'torch' failed"):
         tuner.choose(CPU, _key(16), {"triton": _fn("triton"), "torch": _broken("torch")})
     name16 = autotune.bucket_name(_key(16))
 
     # A fresh process: a bucket it looks up and one it does not are both reported, from the file.
-    fresh = _tuner(tmp_path, {"triton": 9.0, "torch": 9.0})
+    fresh = _tuner(tmp_path, {"triton": 9.0, "hybrid": 9.0, "torch": 9.0})
     monkeypatch.setattr(autotune, "TUNER", fresh)
     assert fresh.lookup(CPU, _key(8)) == "triton"
     got = autotune.timings()
-    assert got[name8] == {"times": {"triton": 2.5e-3, "torch": 4e-3}, "winner": "triton",
-                          "device": "cpu"}
+    assert got[name8] == {"times": {"triton": 2.5e-3, "hybrid": 3e-3, "torch": 4e-3},
+                          "winner": "triton", "device": "cpu"}
     assert got[name16] == {"times": {"triton": 2.5e-3, "torch": None}, "winner": "triton",
                            "device": "cpu"}
     # ... and one it times itself joins them.
     fresh.choose(CPU, _key(32), FNS)
     assert autotune.timings()[autotune.bucket_name(_key(32))]["times"] == {
-        "triton": 9e-3, "torch": 9e-3}
+        "triton": 9e-3, "hybrid": 9e-3, "torch": 9e-3}
     assert len(autotune.timings()) == 3
 
 
