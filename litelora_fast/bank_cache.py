@@ -23,8 +23,8 @@ error, as a Parameter itself would.
 Not cached (a plain ``torch.cat`` per call, as before): under ``torch.func`` transforms, while
 ``torch.compile`` traces, for tensor subclasses (DTensor, fake tensors), and while
 ``torch.distributed`` is initialised (FSDP2 refills its unsharded Parameters without bumping
-their version). Writes through ``Parameter.data`` bypass the version counter: after ``p.data.copy_(...)`` call
-``layer.bank_cache.clear()``.
+their version). Writes through ``Parameter.data`` bypass the version counter: after
+``p.data.copy_(...)`` call ``layer.bank_cache.clear()``.
 """
 from __future__ import annotations
 
