@@ -6,10 +6,6 @@ mismatch raises inside the worker, which ``torch.multiprocessing.spawn`` re-rais
 Wrappers: ``DistributedDataParallel`` and FSDP2 (``torch.distributed.fsdp.fully_shard``).
 """
 import copy
-import datetime
-import os
-import socket
-import sys
 
 import pytest
 import torch
@@ -17,21 +13,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
+from dist_helpers import TOL, WORLD, free_port, run_checks, wrap
 from litelora_fast import GatedLoRALinear
 from numerics import assert_rel
-
-WORLD = 2
-# The parallel run sums the two halves' gradients in a different order than one process does.
-# In float64 that differs by ~1e-15 relative even where a gate gradient's terms cancel (in fp32 a
-# cancelling sum could drift past any fixed bound); 1e-9 still catches a missing or doubled shard.
-TOL = 1e-9
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _model() -> nn.Module:
     """Continual-learning shape: adapter 0 frozen (an old task), adapter 1 and the gates train."""
@@ -66,13 +50,7 @@ def _check_wrapper(rank: int, seed: int, wrapper: str) -> None:
     nn.functional.mse_loss(single(x), target).backward()
     expected = _grads(single)
 
-    if wrapper == "ddp":
-        parallel = nn.parallel.DistributedDataParallel(model)
-    else:
-        from torch.distributed.fsdp import fully_shard
-        for layer in (model[0], model[2]):
-            fully_shard(layer)
-        parallel = fully_shard(model)
+    parallel = wrap(model, wrapper)
     # Equal halves: the mean of the two half-batch mean losses is the full-batch mean loss.
     xs, ts = x.chunk(WORLD)[rank], target.chunk(WORLD)[rank]
     nn.functional.mse_loss(parallel(xs), ts).backward()
@@ -85,31 +63,13 @@ def _check_wrapper(rank: int, seed: int, wrapper: str) -> None:
 
 
 def _worker(rank: int, port: int, seed: int) -> None:
-    os.environ["TRITON_INTERPRET"] = "0"      # CPU tensors on the PyTorch fast path
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD, timeout=datetime.timedelta(seconds=60))
-    failures = []
-    try:
-        # Both wrappers in one pair of processes: starting a process (importing torch) costs
-        # far more than the check itself on the 2-core CI machine.
-        for wrapper in ("ddp", "fsdp2"):
-            try:
-                _check_wrapper(rank, seed, wrapper)
-            except Exception as e:            # report every wrapper's failure, not the first
-                failures.append(f"rank {rank} {wrapper}: {type(e).__name__}: {e}")
-    finally:
-        dist.destroy_process_group()
-    if failures:
-        raise AssertionError("\n".join(failures))
-    # A clean pass leaves at once: in about one run in four, torch 2.13's interpreter shutdown
-    # in a worker that ran gloo aborts ("terminate called without an active exception") after
-    # every check has passed and the process group is destroyed, which spawn reports as SIGABRT.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    # Both wrappers in one pair of processes: starting a process (importing torch) costs far
+    # more than the check itself on the 2-core CI machine.
+    run_checks(rank, port, [(w, lambda w=w: _check_wrapper(rank, seed, w))
+                            for w in ("ddp", "fsdp2")], timeout_s=60)
 
 
 def test_ddp_and_fsdp2_grads_equal_single_process(seed):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available in this build")
-    mp.spawn(_worker, args=(_free_port(), seed), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), seed), nprocs=WORLD, join=True)

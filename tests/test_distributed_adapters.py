@@ -3,9 +3,7 @@
 shard) and ``llf.route`` under DDP (the routed gradients equal one process on the whole batch).
 The layer's own DDP/FSDP2 gradients: ``test_distributed.py``."""
 import copy
-import datetime
 import os
-import socket
 import sys
 
 import pytest
@@ -15,17 +13,8 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 import litelora_fast as llf
+from dist_helpers import TOL, WORLD, free_port, run_checks, wrap
 from numerics import assert_rel
-
-WORLD = 2
-TOL = 1e-9     # two halves summed in another order (float64); see test_distributed.py
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _bank_model(seed: int) -> nn.Module:
     torch.manual_seed(seed)
@@ -47,25 +36,13 @@ def _whole_state(model) -> dict:
 def _check_files(rank: int, seed: int, path: str, wrapper: str) -> None:
     model = _bank_model(seed)
     expected = _whole_state(model)
-    if wrapper == "ddp":
-        wrapped = nn.parallel.DistributedDataParallel(model)
-    else:
-        from torch.distributed.fsdp import fully_shard
-        fully_shard(model[0])
-        fully_shard(model[2])
-        wrapped = fully_shard(model)
+    wrapped = wrap(model, wrapper)
     out = os.path.join(path, wrapper)
     llf.save_adapters(wrapped, out)                 # collective; rank 0 writes
     assert os.path.isfile(os.path.join(out, "adapters.safetensors"))
     # Load into a model with other values, wrapped the same way: every rank gets the file's.
     other = _bank_model(seed + 1)
-    if wrapper == "ddp":
-        target = nn.parallel.DistributedDataParallel(other)
-    else:
-        from torch.distributed.fsdp import fully_shard
-        fully_shard(other[0])
-        fully_shard(other[2])
-        target = fully_shard(other)
+    target = wrap(other, wrapper)
     llf.load_adapters(target, out)
     got = _whole_state(other)
     for name, value in expected.items():
@@ -95,30 +72,15 @@ def _check_routed_ddp(rank: int, seed: int) -> None:
 
 
 def _worker(rank: int, port: int, seed: int, path: str) -> None:
-    os.environ["TRITON_INTERPRET"] = "0"
-    sys.path.insert(0, os.path.dirname(__file__))
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD, timeout=datetime.timedelta(seconds=120))
-    failures = []
-    try:
-        for name, check in (("ddp files", lambda: _check_files(rank, seed, path, "ddp")),
+    sys.path.insert(0, os.path.dirname(__file__))        # tenant_models
+    run_checks(rank, port, [("ddp files", lambda: _check_files(rank, seed, path, "ddp")),
                             ("fsdp2 files", lambda: _check_files(rank, seed, path, "fsdp2")),
-                            ("routed ddp", lambda: _check_routed_ddp(rank, seed))):
-            try:
-                check()
-            except Exception as e:
-                failures.append(f"rank {rank} {name}: {type(e).__name__}: {e}")
-    finally:
-        dist.destroy_process_group()
-    if failures:
-        raise AssertionError("\n".join(failures))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)        # see test_distributed.py: a clean pass leaves at once
+                            ("routed ddp", lambda: _check_routed_ddp(rank, seed))],
+               timeout_s=120)
 
 
 def test_adapter_files_and_routing_under_ddp_and_fsdp2(seed, tmp_path):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available in this build")
     pytest.importorskip("transformers")
-    mp.spawn(_worker, args=(_free_port(), seed, os.fspath(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), seed, os.fspath(tmp_path)), nprocs=WORLD, join=True)

@@ -90,23 +90,32 @@ def test_alternating_tenants_use_index_groups(model):
     check(model, ids, out, ref, ref_grads)
 
 
+def with_forced_gates(model, ids, gates):
+    """The reference: ``gates`` handed to every injected layer by a hook (no routing); returns
+    the logits (detached) and the gradients of ``sum(logits ** 2)``, gradients then cleared."""
+    hooks = [layer.register_forward_pre_hook(lambda m, a, kw: (a, {"gates": gates}),
+                                             with_kwargs=True)
+             for layer in llf.injected_layers(model).values()]
+    try:
+        ref = model(ids).logits
+        ref.pow(2).sum().backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    ref_grads = grads(model)
+    model.zero_grad(set_to_none=True)
+    return ref.detach(), ref_grads
+
+
 def test_per_token_routing_equals_per_row_gates(model):
     ids = torch.randint(1, 64, (3, 6))
     tok = torch.randint(-1, 4, (3, 6))
     gates = torch.nn.functional.one_hot(tok.clamp(min=0), 4).double() * (tok >= 0)[..., None]
-    hooks = [layer.register_forward_pre_hook(
-        lambda m, a, kw: (a, {"gates": gates}), with_kwargs=True)
-        for layer in llf.injected_layers(model).values()]
-    ref = model(ids).logits
-    ref.pow(2).sum().backward()
-    ref_grads = grads(model)
-    model.zero_grad(set_to_none=True)
-    for h in hooks:
-        h.remove()
+    ref, ref_grads = with_forced_gates(model, ids, gates)
     with llf.route(model, tok):
         out = model(ids).logits
     out.pow(2).sum().backward()
-    check(model, ids, out, ref.detach(), ref_grads)
+    check(model, ids, out, ref, ref_grads)
 
 
 @pytest.mark.parametrize("trainable", [False, True])
@@ -119,20 +128,12 @@ def test_weighted_mix_equals_per_row_gates(model, trainable):
     gates = torch.zeros(3, 4, dtype=torch.float64)
     gates[:, 3], gates[:, 1] = w[:, 0].detach(), w[:, 1].detach()
     gates.requires_grad_(trainable)
-    hooks = [layer.register_forward_pre_hook(
-        lambda m, a, kw: (a, {"gates": gates[:, None, :].expand(3, 5, 4)}), with_kwargs=True)
-        for layer in llf.injected_layers(model).values()]
-    ref = model(ids).logits
-    ref.pow(2).sum().backward()
-    ref_grads = grads(model)
-    model.zero_grad(set_to_none=True)
-    for h in hooks:
-        h.remove()
+    ref, ref_grads = with_forced_gates(model, ids, gates[:, None, :].expand(3, 5, 4))
     with llf.route(model, w, names=cols) as routing:
         out = model(ids).logits
     assert routing.dense and not routing.groups
     out.pow(2).sum().backward()
-    check(model, ids, out, ref.detach(), ref_grads)
+    check(model, ids, out, ref, ref_grads)
     if trainable:
         assert_rel("weight grad", w.grad, gates.grad[:, [3, 1]], torch.float64)
 
