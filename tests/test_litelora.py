@@ -54,7 +54,7 @@ def test_gate_on_probability(seed, kind):
 def _model(seed):
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 8))
-    return inject(net, target_modules=["0", "2"], rank=2, alpha=4)
+    return inject(net, target_modules=["0", "2"], rank=2, alpha=4, num_adapters=0)
 
 
 def _task(g, n=64):
@@ -235,9 +235,9 @@ def test_paper_variant_is_the_authors_configuration():
 def _classes(g, classes, n=48):
     """A separable classification task over the global class ids ``classes``."""
     X = torch.randn(n, 12, generator=g)
-    Y = torch.tensor(classes)[torch.randint(len(classes), (n,), generator=g)]
-    X[:, :len(classes)] += 3 * F.one_hot(Y - classes[0], len(classes)).float()
-    return X, Y
+    which = torch.randint(len(classes), (n,), generator=g)
+    X[:, :len(classes)] += 3 * F.one_hot(which, len(classes)).float()
+    return X, torch.tensor(classes)[which]
 
 
 def test_class_incremental_head_grows_old_rows_untouched(seed, fast_path):
@@ -258,6 +258,26 @@ def test_class_incremental_head_grows_old_rows_untouched(seed, fast_path):
     assert torch.equal(learner.predict(7, X0), learner.predict(X0))   # no task id at test
     # one gate vector for every task: all kept adapters summed
     assert learner.gates.shape == (2, 2)
+
+
+def test_class_incremental_task_that_revisits_old_classes(seed, fast_path):
+    """A task with one old and one new class (category pairs): the paper's new-classes-only loss
+    would shift the old label below 0 (an IndexError before); it trains on every class seen, so
+    the old class's row moves too."""
+    g = torch.Generator().manual_seed(seed)
+    learner = ContinualLearner(_model(seed), seed=seed, epochs=3, batch_size=16,
+                               gate_batch_size=16)
+    X0, Y0 = _classes(g, [0, 1])
+    learner.learn_task(X0, Y0)
+    rows = learner.head.weight.detach().clone()
+    X1, Y1 = _classes(g, [1, 2])
+    learner.learn_task(X1, Y1)
+    assert learner.head.out_features == 3 and learner.known_classes == 3
+    assert not torch.equal(learner.head.weight[1], rows[1]), "class 1 is trained on again"
+    X2, Y2 = _classes(g, [0, 2])          # only old classes: nothing grows
+    learner.learn_task(X2, Y2)
+    assert learner.head.out_features == 3
+    assert learner.predict(X2).shape == (X2.shape[0], 3)
 
 
 def test_magnitudes_carried_over_or_restarted(seed, fast_path):

@@ -33,7 +33,7 @@ below as ``file:LINE :: function``, with the statement that decides):
   1 (``alpha_epochs``, ``models/litelora.py:184``, ``models/litelora.py:215-219``); phase 2 trains
   only ``l_t`` (``beta_epochs`` = 1, ``exps/litelora_c100.json:34``;
   ``models/litelora.py:235-254``) on the task loss plus ``lam`` times the mean over gate calls of
-  ``beta_t`` (``models/litelora.py:292-306 :: _train_phase``: ``sparsity_loss(..., mode=mode)``
+  ``beta_t`` (``models/litelora.py:290-305 :: _train_phase``: ``sparsity_loss(..., mode=mode)``
   with ``mode = 'l1'`` when ``binary_beta``, divided by ``2 * num_reg_blocks``), with small
   batches (``batch_size_p2``, ``models/litelora.py:259``).
 - *optimiser*: phase 1 is SGD with momentum 0.9, adapters, magnitudes and head at the same lr
@@ -50,7 +50,8 @@ below as ``file:LINE :: function``, with the statement that decides):
   ``exps/litelora_c100.json:28``) on the logit (``models/litelora.py:93-97 :: _train``'s
   ``optimizer``).
 - *loss*: cross-entropy over the current task's classes only (``logits[:, self._known_classes:]``
-  in ``models/litelora.py:289 :: _train_phase``) when a task brings new classes.
+  in ``models/litelora.py:288 :: _train_phase``) when every class of the task is new; a task
+  that revisits classes seen before (a case their streams never have) trains on every class seen.
 - *decision*: keep iff ``sigmoid(l_t) > 0.5`` without noise, else prune for good
   (``models/litelora.py:349-354 :: _conditional_growth_decision``, ``binary_beta`` threshold 0.5;
   their ``if current_beta < threshold`` tests the hard noiseless ``get_betas`` value,
@@ -490,8 +491,12 @@ class ContinualLearner:
                 new.weight[:old.out_features] = old.weight
                 new.bias[:old.out_features] = old.bias
             self.head = new
-        local = self.known_classes if total > self.known_classes and self.known_classes > 0 \
-            else None
+        new_only = total > self.known_classes > 0
+        if new_only and int(data.labels().min()) < self.known_classes:
+            # the task revisits classes seen before (e.g. category pairs): the paper's loss over
+            # the new classes only would drop them and shift their labels below 0
+            new_only = False
+        local = self.known_classes if new_only else None
         self._new_total = total
         return self.head, local
 
