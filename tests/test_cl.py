@@ -260,4 +260,15 @@ def test_goal_is_judged_on_A_against_the_same_optimiser_and_marked_where_uninfor
                                     decisions_scored=24)
     text = format_table({"domain": {"p": rows}})
     assert "21/24; repeat 2/15 novel 8/9 near 3/6" in text
+    # the decision goal: 13/15 repeats reused (>= 2/3), 8/9 novel recruited, A -0.8: met
+    lite = goals({"domain": {"p": rows}})["domain"]["p"]["rows"]["LiteLoRA (paper)"]
+    assert lite["repeats_reused"] == pytest.approx(13 / 15) and lite["decisions_met"]
+    assert "decision goal met" in text
+    truth["novel"] = [7, 9]                       # 7/9 < 8/9
+    assert not goals({"domain": {"p": rows}})["domain"]["p"]["rows"]["LiteLoRA (paper)"][
+        "decisions_met"]
+    truth["novel"], truth["repeat"] = [9, 9], [6, 15]      # 9/15 reused < 2/3
+    assert not goals({"domain": {"p": rows}})["domain"]["p"]["rows"]["LiteLoRA (paper)"][
+        "decisions_met"]
+    assert "decisions_met" not in lib                     # no truth: no decision verdict
     assert "NOT INFORMATIVE" in text and "A (anytime)" in text
