@@ -312,11 +312,11 @@ def test_paper_noise_is_gumbel_per_gate_call_only_in_phase_2(seed, fast_path, mo
     monkeypatch.setattr(ll, "binary_concrete", spy)
     g = torch.Generator().manual_seed(seed)
     learner = ContinualLearner(_model(seed), protocol="task-incremental", seed=seed, epochs=1,
-                               batch_size=32, gate_batch_size=16, gate_steps=None)
+                               batch_size=32, gate_batch_size=4, gate_steps=None)
     learner.learn_task(*_task(g), F.mse_loss)
     assert calls == []                                  # task 0 and phase 1: gate forced to 1
     learner.learn_task(*_task(g), F.mse_loss)
-    assert len(calls) == 64 // 16                       # phase 2: one call per batch ...
+    assert len(calls) == 64 // 4                        # phase 2: one call per batch ...
     assert set(calls) == {((2,), "gumbel")}             # ... one draw per adapted layer
     calls.clear()
     lib = ContinualLearner(_model(seed), variant="library", protocol="task-incremental",
@@ -438,6 +438,29 @@ def test_gate_budget_warning_is_true(seed, fast_path):
     assert not out[39][0] and out[39][1] < 0
 
 
+def test_epoch_budget_has_a_floor_only_where_it_could_not_move_the_logit(seed, fast_path):
+    """``gate_steps=None``: ``gate_epochs`` epochs when they are enough (64 examples at batch 4:
+    16 steps >= 10); an iterable without a length keeps its 2 batches and warns."""
+    g = torch.Generator().manual_seed(seed)
+    learner = ContinualLearner(_model(seed), protocol="task-incremental", seed=seed, epochs=1,
+                               batch_size=32, gate_batch_size=4, gate_steps=None)
+    learner.learn_task(*_task(g), F.mse_loss)
+    with _no_warning():
+        assert learner.learn_task(*_task(g), F.mse_loss).gate_steps == 16
+
+    class Batches:                    # re-iterable, no __len__
+        def __init__(self, pairs):
+            self.pairs = pairs
+
+        def __iter__(self):
+            return iter(self.pairs)
+
+    X, Y = _task(g, n=16)
+    with pytest.warns(UserWarning, match="cannot move"):
+        rec = learner.learn_task(Batches([(X[:8], Y[:8]), (X[8:], Y[8:])]), None, F.mse_loss)
+    assert rec.gate_steps == 2
+
+
 def test_gate_holdout_splits_the_task(seed, fast_path, monkeypatch):
     """``gate_holdout=0.25`` (our addition): phase 2 sees only the held-out quarter (16 of 64
     examples: 2 batches of 8 in its one epoch) and phase 1 only the rest (48: 2 batches of 32)."""
@@ -459,7 +482,9 @@ def test_gate_holdout_splits_the_task(seed, fast_path, monkeypatch):
     assert seen == [64]                                 # task 0: no gate, all the data
     seen.clear()
     rec = learner.learn_task(*_task(g), F.mse_loss)
-    assert seen == [48, 16] and len(calls) == rec.gate_steps == 2
+    # one epoch of the held-out 16 is 2 batches, fewer than the 10 steps that can move the logit
+    # from 0.5 across 0 at lr 0.05: the batches repeat up to 10
+    assert seen == [48, 16] and len(calls) == rec.gate_steps == 10
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="gate_holdout"):
             ContinualLearner(_model(seed), gate_holdout=bad)

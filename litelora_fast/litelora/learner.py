@@ -252,6 +252,15 @@ class _Data:
         return (_Data(self.X[rest], self.Y[rest], self.generator),
                 _Data(self.X[held], self.Y[held], self.generator))
 
+    def num_batches(self, batch_size) -> Optional[int]:
+        """Batches per epoch (``None``: an iterable without a length)."""
+        if self.iterable is None:
+            return math.ceil(self.X.shape[0] / batch_size)
+        try:
+            return len(self.iterable)
+        except TypeError:
+            return None
+
     def labels(self) -> torch.Tensor:
         if self.Y is not None:
             return self.Y
@@ -278,7 +287,9 @@ class ContinualLearner:
         gate_steps: phase 2's optimiser steps per task (``variant="paper"``:
             ``AUTHORS_GATE_STEPS`` = 39, the authors' budget; the batches repeat epoch after epoch
             until the count is reached); ``None`` (``"library"``: one epoch at batch 8, about 75
-            steps on the MNIST streams): ``gate_epochs`` epochs. Recorded per task
+            steps on the MNIST streams): ``gate_epochs`` epochs, and at least
+            ``ceil(gate_init / gate_lr)`` steps when those epochs are fewer (a small gate set, e.g.
+            a held-out share of a small task). Recorded per task
             (``TaskRecord.gate_steps``, with
             the final logit ``gate_logit``); a ``UserWarning`` when the budget cannot move the
             logit from ``gate_init`` across 0 (sigmoid 0.5): Adam moves it at most about
@@ -645,19 +656,31 @@ class ContinualLearner:
                       for n in recruit_state[1]}
             return torch.func.functional_call(head, params, (feats,))
 
+        budget = self.gate_steps
+        per_epoch = data.num_batches(self.gate_batch_size)
+        if budget is None and per_epoch is not None and \
+                self.gate_epochs * per_epoch < self._steps_to_cross():
+            # a small gate set (e.g. a held-out share of a small task): epochs alone could not
+            # move the logit across 0, so take the fewest steps that can (batches repeat)
+            budget = self._steps_to_cross()
         steps = self._fit(data, self.gate_epochs, self.gate_batch_size,
                           [{"params": [logit], "lr": self.gate_lr}], gates, head_fn, loss_of,
                           "adamw" if self.optimizer == "sgd" else "adam",
-                          extra_loss=lambda: lam * beta["b"].mean(), steps=self.gate_steps)
+                          extra_loss=lambda: lam * beta["b"].mean(), steps=budget)
         self._check_budget(steps)
         prob = torch.sigmoid(logit.detach()).tolist()
         # the hard gate's test: 0.5 exactly prunes
         return [p > 0.5 for p in prob], prob, steps, logit.detach().tolist()
 
+    def _steps_to_cross(self) -> float:
+        """Adam(W) moves a parameter at most about ``gate_lr`` per step: the fewest steps that can
+        move the logit from ``gate_init`` across 0."""
+        return math.ceil(abs(self.gate_init) / self.gate_lr) if self.gate_lr > 0 else math.inf
+
     def _check_budget(self, steps: int) -> None:
-        """Warn when phase 2 cannot move the logit from ``gate_init`` across 0: Adam(W) moves
-        a parameter at most about ``gate_lr`` per step, so the decision is the initial one."""
-        needed = math.ceil(abs(self.gate_init) / self.gate_lr) if self.gate_lr > 0 else math.inf
+        """Warn when phase 2 cannot move the logit from ``gate_init`` across 0: the decision is
+        then the initial one."""
+        needed = self._steps_to_cross()
         if steps < needed:
             warnings.warn(f"phase 2 took {steps} optimiser step(s) at gate_lr={self.gate_lr}: the "
                           f"logit cannot move from gate_init={self.gate_init} across 0 (sigmoid "
