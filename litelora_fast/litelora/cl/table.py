@@ -256,7 +256,7 @@ def format_goals(summary) -> str:
         for protocol, cell in by_protocol.items():
             note = {None: "(no head-only row)", True: "informative",
                     False: f"NOT INFORMATIVE: head only is within {GOAL_POINTS:g} point of "
-                           "SD-LoRA"}[cell["informative"]]
+                           "SD-LoRA or above it"}[cell["informative"]]
             if "head_gap" in cell:
                 note += f" (head only - SD-LoRA: {cell['head_gap']:+.2f} points of A)"
             lines.append(f"  {stream}, {protocol}: {note.strip()}")
@@ -331,32 +331,37 @@ def format_table(summary, what="held-out seeds") -> str:
     return "\n".join(lines + [format_goals(summary)])
 
 
-def save_figure(summary, path, title="LiteLoRA variants vs baselines, MNIST streams"):
+def save_figure(summary, path, title="LiteLoRA variants vs baselines"):
+    """A(adapters kept) per stream and protocol, one panel each; a row keeps its colour and
+    marker (circle: LiteLoRA, square: a baseline) in every panel, with one legend for all."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = [(s, p) for s in summary for p in summary[s]]
+    labels = [k for k in ROWS if any(k in summary[s][p] for s, p in panels)]
+    colour = {k: plt.cm.tab20(i % 20) for i, k in enumerate(labels)}
     cols = min(len(panels), 2)
     rows_ = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows_, cols, figsize=(6.5 * cols, 4.8 * rows_), squeeze=False)
+    fig, axes = plt.subplots(rows_, cols, figsize=(6.5 * cols, 4.4 * rows_ + 1.6), squeeze=False)
+    handles = {}
     for ax, (stream, protocol) in zip(axes.flat, panels):
-        rows = summary[stream][protocol]
-        for i, (label, s) in enumerate(rows.items()):
-            ax.errorbar(s["active_adapters"], s["avg_incremental"], xerr=s["active_adapters_std"],
-                        yerr=s["avg_incremental_std"], fmt="o" if "paper" in label or "Lite" in
-                        label or "library" in label else "s", capsize=3, label=label,
-                        color=plt.cm.tab10(i % 10))
+        for label, s in summary[stream][protocol].items():
+            h = ax.errorbar(s["active_adapters"], s["avg_incremental"],
+                            xerr=s["active_adapters_std"], yerr=s["avg_incremental_std"],
+                            fmt="o" if ROWS[label][0] == "litelora" else "s", capsize=3,
+                            color=colour[label])
+            handles.setdefault(label, h)
         ax.set_title(f"{stream}, {protocol}", fontsize=10)
         ax.set_xlabel("adapters kept")
         ax.set_ylabel("A: average anytime accuracy (%)")
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.legend([handles[k] for k in labels], labels, loc="lower center", ncol=4, fontsize=8)
     fig.suptitle(f"{title} ({platform.machine()}, "
                  f"{os.cpu_count()}-core CPU, no GPU, torch {torch.__version__}, 1 thread)",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 1.4 / (4.4 * rows_ + 1.6), 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
