@@ -15,11 +15,10 @@ encodes the 2,225 articles with MiniLM's lower layers once and caches them (``LI
 ``--sweep`` runs every lam of ``SWEEP`` on the development seeds and, per stream, protocol and
 lam family, picks the lam that keeps the fewest adapters at a mean A (average anytime accuracy, the
 paper's metric) within 1 point of SD-LoRA run with the family's optimiser (the largest A
-otherwise). The MNIST defaults (``LAM_DEFAULTS`` in ``litelora_fast/litelora/cl/mnist.py``) predate
-that rule and were picked on final accuracy with one phase-2 epoch; the BBC ones
-(``cl/bbc.py``) follow it. The table then runs on seeds no default was tuned on and writes JSON
-and a PNG (``docs/results/litelora_table.{json,png}`` by default). Every run uses one torch thread;
-``--workers`` runs (stream, seed) jobs in parallel processes. The code is in
+otherwise). The shipped defaults (``LAM_DEFAULTS`` in ``litelora_fast/litelora/cl/mnist.py`` and
+``cl/bbc.py``) were picked that way. The table then runs on seeds no default was tuned on and
+writes JSON and a PNG (``docs/results/litelora_table.{json,png}`` by default). Every run uses one
+torch thread; ``--workers`` runs (stream, seed) jobs in parallel processes. The code is in
 ``litelora_fast/litelora/cl/table.py``.
 """
 from __future__ import annotations

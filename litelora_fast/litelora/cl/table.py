@@ -144,8 +144,7 @@ def sweep(seeds, workers, families=tuple(SWEEP), streams=tuple(STREAMS)):
     picks = {}
     for stream, by_protocol in table.items():
         for protocol, cells in by_protocol.items():
-            # judged on A, the paper's metric, against SD-LoRA with the family's optimiser (the
-            # MNIST LAM_DEFAULTS predate both and were picked on final accuracy against SD-LoRA)
+            # judged on A, the paper's metric, against SD-LoRA with the family's optimiser
             for fam in families:
                 variant = SWEEP[fam][0]["variant"]
                 ref = _mean_std([r["avg_incremental"] for r in cells[f"sdlora {variant}"]])[0]
