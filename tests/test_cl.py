@@ -271,4 +271,11 @@ def test_goal_is_judged_on_A_against_the_same_optimiser_and_marked_where_uninfor
     assert not goals({"domain": {"p": rows}})["domain"]["p"]["rows"]["LiteLoRA (paper)"][
         "decisions_met"]
     assert "decisions_met" not in lib                     # no truth: no decision verdict
+    # a LiteLoRA row whose same-optimiser SD-LoRA is absent (the demo's library row) is named,
+    # with no verdict, rather than dropped
+    del rows["SD-LoRA, library optimiser"]
+    assert goals({"s": {"p": rows}})["s"]["p"]["rows"]["library (all additions)"] == {
+        "baseline": "SD-LoRA, library optimiser", "met": None}
+    assert "vs SD-LoRA, library optimiser   (not in this table: no verdict)" in format_table(
+        {"s": {"p": rows}})
     assert "NOT INFORMATIVE" in text and "A (anytime)" in text

@@ -223,8 +223,11 @@ def goals(summary) -> dict:
                 cell["head_gap"] = head["avg_incremental"] - sd["avg_incremental"]
                 cell["informative"] = cell["head_gap"] < -GOAL_POINTS
             for label, s in rows.items():
-                base = baseline_of(label) if ROWS[label][0] == "litelora" else None
-                if base not in rows:
+                if ROWS[label][0] != "litelora":
+                    continue
+                base = baseline_of(label)
+                if base not in rows:                  # e.g. the demo's library row
+                    cell["rows"][label] = {"baseline": base, "met": None}
                     continue
                 b = rows[base]
                 fewer = 1.0 - s["active_adapters"] / max(b["active_adapters"], 1e-12)
@@ -260,6 +263,10 @@ def format_goals(summary) -> str:
                 note += f" (head only - SD-LoRA: {cell['head_gap']:+.2f} points of A)"
             lines.append(f"  {stream}, {protocol}: {note.strip()}")
             for label, v in cell["rows"].items():
+                if v["met"] is None:
+                    lines.append(f"    {label:<28} vs {v['baseline']:<28} (not in this table: "
+                                 "no verdict)")
+                    continue
                 line = (f"    {label:<28} vs {v['baseline']:<28} {v['fewer_adapters']:5.0%}"
                         f" fewer, A {v['A_gap']:+6.2f}: " + ("met" if v["met"] else "not met"))
                 if "decisions_met" in v:
