@@ -214,6 +214,7 @@ class _Data:
                                 "not a one-shot iterator: every phase reads it again")
             self.X = self.Y = None
             self.iterable = data
+        self._labels = None
 
     @staticmethod
     def split(batch):
@@ -264,7 +265,9 @@ class _Data:
     def labels(self) -> torch.Tensor:
         if self.Y is not None:
             return self.Y
-        return torch.cat([self.split(b)[1].reshape(-1) for b in self.iterable])
+        if self._labels is None:          # one pass over the batches, however often asked
+            self._labels = torch.cat([self.split(b)[1].reshape(-1) for b in self.iterable])
+        return self._labels
 
 
 class ContinualLearner:

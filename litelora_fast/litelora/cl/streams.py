@@ -19,15 +19,17 @@ STREAMS = {
 LAM_DEFAULTS = dict(mnist.LAM_DEFAULTS, bbc=bbc.LAM_DEFAULTS)
 
 
-def build(stream: str, seed: int):
-    """The data of ``stream`` for ``seed`` (built once, shared by every run on it)."""
+def _entry(stream: str):
     if stream not in STREAMS:
         raise ValueError(f"stream must be one of {tuple(STREAMS)}, got {stream!r}")
-    return STREAMS[stream][0](seed)
+    return STREAMS[stream]
+
+
+def build(stream: str, seed: int):
+    """The data of ``stream`` for ``seed`` (built once, shared by every run on it)."""
+    return _entry(stream)[0](seed)
 
 
 def run(stream: str, seed: int, method: str, data=None, **options) -> dict:
     """``method`` on ``stream`` drawn with ``seed`` (``data``: what ``build`` returned)."""
-    if stream not in STREAMS:
-        raise ValueError(f"stream must be one of {tuple(STREAMS)}, got {stream!r}")
-    return STREAMS[stream][1](seed, method, data=data, **options)
+    return _entry(stream)[1](seed, method, data=data, **options)
