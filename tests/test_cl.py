@@ -227,6 +227,23 @@ def test_demo_and_analyze_smoke(tmp_path, fast_path, capsys):
     assert json.dumps(res)            # JSON-able
 
 
+def test_summary_shows_the_lam_a_run_used_not_todays_default():
+    """A saved record re-printed after the defaults changed keeps its own lam; a record saved
+    before records carried one falls back to today's default."""
+    from litelora_fast.litelora.cl.mnist import LAM_DEFAULTS
+    from litelora_fast.litelora.cl.table import KEYS, summarize
+
+    rec = dict({k: 1.0 for k in KEYS}, anytime=[1.0], truth=["novel"], recruited=[True],
+               lam=7.0)
+    old = {k: v for k, v in rec.items() if k != "lam"}
+    s = summarize({"split_mnist": {"task-incremental": {"LiteLoRA (paper)": [rec],
+                                                        "paper + warm-up": [old]}}})
+    rows = s["split_mnist"]["task-incremental"]
+    assert rows["LiteLoRA (paper)"]["lam"] == 7.0
+    assert rows["paper + warm-up"]["lam"] == LAM_DEFAULTS["split_mnist"]["task-incremental"][
+        "paper"]
+
+
 def test_goal_is_judged_on_A_against_the_same_optimiser_and_marked_where_uninformative():
     """``goals``: each LiteLoRA row against its same-optimiser SD-LoRA row, on A (the paper's
     average anytime accuracy), not the final accuracy; "not informative" where head only's A is

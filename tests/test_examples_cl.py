@@ -40,6 +40,9 @@ def test_litelora_table_small_run(fast_path, tmp_path, capsys):
         assert rows["LiteLoRA (paper)"]["lam"] is not None
         # the authors' phase-2 budget, recorded per task with the final logit
         lite = rows["LiteLoRA (paper)"]["per_seed"][0]
+        # each record carries the lam it ran with; SD-LoRA has none
+        assert lite["lam"] == rows["LiteLoRA (paper)"]["lam"]
+        assert rows["SD-LoRA (adapter per task)"]["per_seed"][0]["lam"] is None
         assert lite["gate_steps"] == [0] + [39] * 4 and len(lite["gate_logit"][1]) == 1
         verdict = res["goals"]["split_mnist"][protocol]["rows"]["LiteLoRA (paper)"]
         assert verdict["baseline"] == "SD-LoRA (adapter per task)"

@@ -81,7 +81,7 @@ def run_demo(seeds=(0,), progress: bool = True, save_dir=None, rows=DEMO_ROWS,
                         name = f"{stream}_{protocol}_{method}_{options['variant']}.pt"
                         torch.save(r["learner"].checkpoint(), os.path.join(save_dir, name))
                     raw.setdefault(stream, {}).setdefault(protocol, {}).setdefault(
-                        label, []).append(record(r, stream))
+                        label, []).append(record(r, stream, options.get("lam")))
     if bar is not None:
         bar.close()
     return summarize(raw)

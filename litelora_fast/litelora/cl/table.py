@@ -65,12 +65,13 @@ TRUTH_GROUPS = (("repeat", lambda k: k == "repeat"), ("novel", lambda k: k == "n
                 ("near", lambda k: k.startswith("near")))
 
 
-def record(r: dict, stream: str) -> dict:
-    """The JSON-able part of a stream run's result (``streams.run``)."""
+def record(r: dict, stream: str, lam=None) -> dict:
+    """The JSON-able part of a stream run's result (``streams.run``), with the ``lam`` it ran
+    with (``None``: a method without one)."""
     rec = {k: r[k] for k in KEYS}
     rec.update(recruited=r["recruited"], truth=r["truth"], anytime=r["anytime"],
                active_per_task=r["active_per_task"], gate_steps=r["gate_steps"],
-               gate_logit=r["gate_logit"])
+               gate_logit=r["gate_logit"], lam=lam)
     if stream == "domain":
         rec["decisions"] = decision_score(r)
     return rec
@@ -98,7 +99,8 @@ def _job(args):
     data = build(stream, seed)
     out = []
     for key, method, options in runs:
-        rec = record(run(stream, seed, method, data=data, **options), stream)
+        rec = record(run(stream, seed, method, data=data, **options), stream,
+                     options.get("lam"))
         out.append((key, rec))
         if verbose:
             print(f"  {stream} seed {seed} {key}: acc {rec['avg_accuracy']:.1f} adapters "
@@ -175,8 +177,11 @@ def summarize(raw) -> dict:
                 for k in KEYS:
                     s[k], s[k + "_std"] = _mean_std([float(r[k]) for r in recs])
                 s["num_tasks"] = len(recs[0]["anytime"])
-                fam = ROWS[label][2]
-                s["lam"] = None if fam is None else LAM_DEFAULTS[stream][protocol][fam]
+                if "lam" in recs[0]:
+                    s["lam"] = recs[0]["lam"]
+                else:      # records saved before they carried it: today's default
+                    fam = ROWS[label][2]
+                    s["lam"] = None if fam is None else LAM_DEFAULTS[stream][protocol][fam]
                 if "decisions" in recs[0]:
                     s["decisions_right"] = sum(r["decisions"]["right"] for r in recs)
                     s["decisions_scored"] = sum(r["decisions"]["scored"] for r in recs)
