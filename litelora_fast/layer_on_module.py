@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from . import base_layers
+from . import base_layers, bnb_cpu_packing
 from .bank_cache import cat_bank
 from .layer import GatedLoRALinear
 from .ops import gated_lora_linear
@@ -83,12 +83,16 @@ class GatedLoRAOnModule(GatedLoRALinear):
             return torch.get_autocast_dtype(device)
         return self.adapter_dtype
 
+    def _base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        bnb_cpu_packing.unpack_for_grad(self.base_layer, x)
+        return self.base_layer(x)
+
     def forward(self, x: torch.Tensor, gates: Optional[torch.Tensor] = None) -> torch.Tensor:
         self._check_input(x)
         routed = self._routed_forward(x, gates) if self.num_adapters else None
         if routed is not None:
             return routed
-        y = self.base_layer(x)
+        y = self._base_forward(x)
         if self.num_adapters == 0:
             return y
         g = self._gates_for(x, gates)
@@ -103,7 +107,7 @@ class GatedLoRAOnModule(GatedLoRALinear):
                           dropout_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The base module's forward plus the bank through the unfused reference."""
         self._check_input(x)
-        y = self.base_layer(x)
+        y = self._base_forward(x)
         if self.num_adapters == 0:
             return y
         lora_A, lora_B = cat_bank(self.lora_A, self.lora_B)

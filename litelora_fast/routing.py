@@ -282,8 +282,8 @@ class Routing:
         if _plain_base(layer, x):
             y2d = routed_linear(x2d, layer.base_weight(), layer.bias, groups, A, B, x_lora)
             return y2d.view(*x.shape[:-1], y2d.shape[-1])
-        base = getattr(layer, "base_layer", None)      # a black-box base (QLoRA): its forward
-        y = base(x) if base is not None else self._base(layer, x)
+        # a black-box base (QLoRA): its forward
+        y = layer._base_forward(x) if hasattr(layer, "base_layer") else self._base(layer, x)
         if not groups:
             return y
         out = routed_lora_(y.reshape(-1, y.shape[-1]), x2d if x_lora is None else x_lora,

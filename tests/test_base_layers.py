@@ -12,7 +12,8 @@ import torch.nn as nn
 import litelora_fast as llf
 from litelora_fast.layer_on_module import GatedLoRAOnModule
 from numerics import TOL, assert_rel
-from tiny_llms import copy_adapters_from_peft, ids, peft_twin, quantized_llama, tiny
+from tiny_llms import (assert_4bit_cpu_path, copy_adapters_from_peft, ids, peft_twin,
+                       quantized_llama, select_4bit_cpu_path, tiny)
 
 pytest.importorskip("peft")
 
@@ -84,11 +85,18 @@ def test_conv1d_merge_and_extract(fast_path, seed):
     assert_rel("extracted base", model(batch).logits, plain, torch.float64)
 
 
-@pytest.mark.parametrize("bits", [4, 8])
-def test_quantized_base_matches_peft_and_trains_a_step(bits, tmp_path, fast_path, seed):
+# bitsandbytes' two 4-bit CPU paths: "portable" (dequantize and matmul, every CPU) and "packed"
+# (its AVX512-BF16 kernel, in eval mode with x needing no grad; skipped on CPUs without it).
+BNB_4BIT_PATHS = ["portable", "packed"]
+QUANTIZED = [(4, "portable"), (4, "packed"), (8, "portable")]
+
+
+@pytest.mark.parametrize("bits,bnb_path", QUANTIZED)
+def test_quantized_base_matches_peft_and_trains_a_step(bits, bnb_path, tmp_path, fast_path,
+                                                       seed):
     """QLoRA: on a bitsandbytes base (CPU) the layer is the base's forward plus the LoRA-only op;
     logits, gradients and one AdamW step equal PEFT's on the same weights."""
-    model = quantized_llama(tmp_path / "base", bits)
+    model = quantized_llama(tmp_path / "base", bits, packed=bnb_path == "packed")
     targets = ["q_proj", "v_proj", "down_proj"]
     twin, inner = peft_twin(model, r=4, lora_alpha=8, target_modules=targets)
     llf.inject(model, targets, rank=4, alpha=8, num_adapters=1)
@@ -100,6 +108,9 @@ def test_quantized_base_matches_peft_and_trains_a_step(bits, tmp_path, fast_path
         assert layer.lora_A[0].dtype == torch.float32
     batch = ids()
     ours, theirs = model(batch).logits, twin(batch).logits
+    if bits == 4:
+        for m in (model, twin):
+            assert_4bit_cpu_path(m, bnb_path == "packed")
     assert_rel("logits", ours, theirs, torch.float32)
     ours.square().mean().backward()
     theirs.square().mean().backward()
@@ -174,31 +185,36 @@ def test_gated_bank_on_a_black_box_base_against_float64(name, path, request, see
         assert_rel(n, p.grad, q.grad, dtype, scale=q.grad.abs() + TOL[torch.float64])
 
 
-def _quantized_mlp(seed):
+def _quantized_mlp(seed, bnb_path):
     bnb = pytest.importorskip("bitsandbytes")
     torch.manual_seed(seed)
     layers = []
-    for d_in, d_out in ((12, 16), (16, 8)):
+    # (widths bitsandbytes' packed CPU kernel takes: D_in whole 64-blocks, D_out a multiple of 32)
+    for d_in, d_out in ((64, 64), (64, 32)):
         plain = nn.Linear(d_in, d_out)
         q = bnb.nn.Linear4bit(d_in, d_out, compute_dtype=torch.float32, quant_type="nf4")
         q.weight = bnb.nn.Params4bit(plain.weight.data, requires_grad=False, quant_type="nf4")
         q.bias = nn.Parameter(plain.bias.data)
         layers.append(q.to("cpu"))
-    return nn.Sequential(layers[0], nn.Tanh(), layers[1])
+    net = nn.Sequential(layers[0], nn.Tanh(), layers[1])
+    select_4bit_cpu_path(net, bnb_path == "packed")
+    return net
 
 
-def test_litelora_on_a_qlora_base(fast_path, seed):
+@pytest.mark.parametrize("bnb_path", BNB_4BIT_PATHS)
+def test_litelora_on_a_qlora_base(bnb_path, fast_path, seed):
     """LiteLoRA's recruit/freeze/shared-gate machinery on 4-bit bases: the learner trains, and
     task 0's predictions do not move while task 1 is learned."""
     from litelora_fast.litelora import ContinualLearner
 
-    net = llf.inject(_quantized_mlp(seed), ["0", "2"], rank=2, alpha=4, num_adapters=0)
+    net = llf.inject(_quantized_mlp(seed, bnb_path), ["0", "2"], rank=2, alpha=4,
+                     num_adapters=0)
     assert all(isinstance(m, GatedLoRAOnModule) for m in llf.injected_layers(net).values())
     g = torch.Generator().manual_seed(seed)
     tasks = []
     for _ in range(2):
-        X = torch.randn(48, 12, generator=g)
-        tasks.append((X, torch.tanh(X @ torch.randn(12, 8, generator=g))))
+        X = torch.randn(48, 64, generator=g)
+        tasks.append((X, torch.tanh(X @ torch.randn(64, 32, generator=g) / 8)))
     learner = ContinualLearner(net, lam=-10.0, seed=seed, epochs=2, reuse_epochs=2,
                                gate_epochs=1, gate_batch_size=16, batch_size=16,
                                variant="library", protocol="task-incremental")
@@ -209,21 +225,25 @@ def test_litelora_on_a_qlora_base(fast_path, seed):
     assert layer.num_adapters == 2 and layer.is_frozen(0)
     assert layer.lora_B[0].abs().sum() > 0
     assert torch.equal(learner.predict(0, tasks[0][0]), first)
+    assert_4bit_cpu_path(net, bnb_path == "packed")
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "qlora"])
+@pytest.mark.parametrize("kind", ["gpt2", "qlora-portable", "qlora-packed"])
 def test_from_peft_and_back_on_conv1d_and_4bit_bases(kind, tmp_path, fast_path, seed):
     """A PEFT model on GPT-2's Conv1D or on a 4-bit base converts into the bank and back to
     PEFT with its logits unchanged."""
     peft = pytest.importorskip("peft")
-    base = tiny("gpt2") if kind == "gpt2" else quantized_llama(tmp_path / "base", 4)
+    base = tiny("gpt2") if kind == "gpt2" else quantized_llama(
+        tmp_path / "base", 4, packed=kind == "qlora-packed")
     targets = ["c_attn", "c_proj"] if kind == "gpt2" else ["q_proj", "v_proj"]
     wrapped = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets,
                                                         init_lora_weights=False))
     batch = ids()
     want = wrapped(batch).logits
+    if kind != "gpt2":
+        assert_4bit_cpu_path(wrapped, kind == "qlora-packed")
     model = llf.from_peft(wrapped)
     layer = next(iter(llf.injected_layers(model).values()))
-    assert isinstance(layer, GatedLoRAOnModule) == (kind == "qlora")
+    assert isinstance(layer, GatedLoRAOnModule) == kind.startswith("qlora")
     assert_rel("from_peft", model(batch).logits, want, torch.float32)
     assert_rel("to_peft", llf.to_peft(model)(batch).logits, want, torch.float32)
