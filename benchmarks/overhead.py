@@ -15,7 +15,7 @@ and autograd bookkeeping. It is printed in microseconds per call for
 - ``F.linear``: the base layer alone, the floor;
 
 in two modes (``forward``; ``fwd+bwd``: forward then ``backward()``), with frozen gates
-(``torch.rand(K)``, read on the host once per version of the tensor) and with trainable gates.
+(``torch.rand(K)``, a CPU tensor read on the host at every call) and with trainable gates.
 ``x``, ``lora_A`` and ``lora_B`` require grad. Each number is the median over repeats of the mean
 CPU time of a batch of calls (``time.thread_time``: the calling thread's CPU time, so a busy
 machine that preempts the process does not count; one torch thread does all the work); the peers

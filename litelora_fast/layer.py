@@ -48,7 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import base_layers, layer_meta, resized_state, routing_state
-from .bank_cache import BankCache, cat_bank
+from .packed_bank import cat_bank
 from .lora_dropout import check_p
 from .ops import gated_lora_linear
 from .reference import gated_lora_linear_ref
@@ -118,7 +118,6 @@ class GatedLoRALinear(nn.Module):
 
     def _init_bank(self, adapter_dtype: Optional[torch.dtype], num_adapters: int) -> None:
         self._adapter_dtype = base_layers.check_adapter_dtype(adapter_dtype)
-        self.bank_cache = BankCache()
         self.lora_A = nn.ParameterList()
         self.lora_B = nn.ParameterList()
         self._alphas: list = []
@@ -436,9 +435,9 @@ class GatedLoRALinear(nn.Module):
 
     def packed_bank(self, dtype: Optional[torch.dtype] = None):
         """``(lora_A, lora_B)`` packed: ``(R, D_in)`` and ``(D_out, R)``, differentiable, in
-        ``dtype`` (default the bank's). Kept between calls (``bank_cache``): an adapter is copied
-        again only when its Parameters change. Read-only: write to the Parameters instead."""
-        return self.bank_cache.packed(self.lora_A, self.lora_B, dtype or self.adapter_dtype)
+        ``dtype`` (default the bank's), packed afresh from the Parameters at every call
+        (``packed_bank``)."""
+        return cat_bank(self.lora_A, self.lora_B, dtype or self.adapter_dtype)
 
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
         """The dtype the op multiplies in: autocast's when it is on, else ``x``'s."""

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from . import base_layers, bnb_cpu_packing
-from .bank_cache import cat_bank
+from .packed_bank import cat_bank
 from .layer import GatedLoRALinear
 from .ops import gated_lora_linear
 from .reference import gated_lora_linear_ref

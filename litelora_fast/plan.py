@@ -6,19 +6,20 @@ that adapter's ``S``. The active columns are packed so kernels always see a dens
 when they are one contiguous stretch of ``R``, an ``index_select`` otherwise (autograd scatters the
 gradients back into the full ``lora_A``/``lora_B``).
 
-No device-to-host read per call in steady state: a read stalls the launch queue on a GPU (and
-makes CUDA-graph capture impossible). So the gate values are read only
+Which zero gates are skipped, and which multiply (exact either way), with no device-to-host read
+per call (a read stalls the launch queue on a GPU and makes CUDA-graph capture impossible) and no
+host copy kept between calls (a copy keyed on the tensor's version counter misses writes that do
+not bump it: ``g.data[k] = 0``, fused optimizers, ``torch.from_numpy`` arrays):
 
-- for per-adapter ``(K,)`` gates that do not train, and then once per *version* of the tensor:
-  ``GATE_CACHE`` (``validation.HostCopies``) keeps a host copy keyed on the tensor's identity,
-  ``_version`` (bumped by every in-place write: ``copy_``, ``zero_``, an optimizer step) and
-  storage address. A frozen gate
-  Parameter is read once; a fresh tensor per call is read once per call (pass
-  ``nonzero_gates=`` to the op to avoid that);
-- never for per-row gates (a new tensor every call): every ranked adapter is active, unless the
-  caller's host-side hint ``nonzero_gates`` rules some out;
-- never for trainable gates (every ranked adapter stays active anyway), for tensors whose values
-  cannot be read (meta, fake, tensor subclasses) or while ``torch.compile`` traces.
+- per-adapter ``(K,)`` gates that do not train and live on the CPU are read at every call (free:
+  no device there) and their zeros skipped;
+- gates on a device (CUDA) are never read: their zeros multiply, unless the caller's host-side hint
+  ``nonzero_gates`` rules adapters out;
+- per-row gates (a new tensor every call) are never read: every ranked adapter is active, unless
+  ``nonzero_gates`` rules some out;
+- trainable gates never skip (their gradient needs every adapter's ``S``), nor do tensors whose
+  values cannot be read (meta, fake, tensor subclasses) or gates seen while ``torch.compile``
+  traces.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from typing import Optional
 
 import torch
 
-from .validation import HostCopies, Problem
+from .validation import Problem
 
 # Exact types only: a subclass may override dispatch (FakeTensor, DTensor); nn.Parameter does not.
 PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
@@ -50,13 +51,14 @@ class Plan:
         return self.lora_A.shape[0]
 
 
-# Host copies of frozen per-adapter gates (``GATE_CACHE.reads`` counts the device reads).
-GATE_CACHE = HostCopies()
-
-
 def readable(t: torch.Tensor) -> bool:
     """True when ``t``'s values can be read on the host (not meta/fake/a subclass, not tracing)."""
     return not torch.compiler.is_compiling() and type(t) in PLAIN_TYPES and not t.is_meta
+
+
+def free_to_read(t: torch.Tensor) -> bool:
+    """True when reading ``t``'s values costs no device sync: a readable CPU tensor."""
+    return t.device.type == "cpu" and readable(t)
 
 
 def decide_active(p: Problem, gates_need_grad: bool,
@@ -75,9 +77,9 @@ def decide_active(p: Problem, gates_need_grad: bool,
         return ranked, None
     if nonzero_gates is not None:
         ranked = tuple(k for k in ranked if nonzero_gates[k])
-    if p.per_row_gates or not readable(p.gates) or p.gates.numel() == 0:
+    if p.per_row_gates or not free_to_read(p.gates) or p.gates.numel() == 0:
         return ranked, None
-    values = GATE_CACHE.values(p.gates)
+    values = tuple(p.gates.detach().tolist())
     return tuple(k for k in ranked if values[k] != 0), values
 
 

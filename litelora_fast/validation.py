@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -193,43 +192,14 @@ def check_scaling_range(scaling: list, dtype: torch.dtype) -> None:
                      f"x of dtype {dtype} (|scaling| <= {limit:.3g})")
 
 
-class HostCopies:
-    """Host copies of device tensors, read again only when the tensor changes.
-
-    Keyed on the tensor object (weakly: a dropped tensor drops its entry); an entry is valid while
-    the tensor's ``_version`` (bumped by every in-place write: ``copy_``, ``zero_``, an optimizer
-    step) and ``data_ptr()`` are those it was read at. Both are host fields, so a hit reads nothing
-    from the device. ``reads`` counts the device reads made. Tensors without a version counter
-    (inference tensors) are read every time.
-    """
-
-    def __init__(self):
-        self._entries = WeakIdKeyDictionary()
-        self.reads = 0
-
-    def values(self, t: torch.Tensor) -> tuple:
-        """``t``'s values, flattened, as a tuple of Python numbers."""
-        try:
-            stamp = (t._version, t.data_ptr())
-        except RuntimeError:
-            stamp = None
-        hit = None if stamp is None else self._entries.get(t)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
-        self.reads += 1
-        values = tuple(t.detach().reshape(-1).tolist())
-        if stamp is not None:
-            self._entries[t] = (stamp, values)
-        return values
-
-
 def host_values(t: torch.Tensor) -> tuple:
-    """A small constant tensor's values (``rank_offsets``, ``scaling``), read once per version of
-    the tensor: passing the same tensor every call costs no device read in steady state."""
-    return _CONSTS.values(t)
+    """A small constant tensor's values (``rank_offsets``, ``scaling``), read at every call.
 
-
-_CONSTS = HostCopies()
+    Never kept between calls: a host copy keyed on the tensor's version counter misses writes
+    that do not bump it (``t.data[...] = v``, fused optimizers, a numpy array shared through
+    ``torch.from_numpy``). A CPU tensor costs no device sync; a CUDA tensor costs one per call
+    (pass a list or a CPU tensor to avoid it)."""
+    return tuple(t.detach().reshape(-1).tolist())
 
 
 def check_adapter_dtype(x_dtype: torch.dtype, lora_A: torch.Tensor,
