@@ -18,7 +18,7 @@ Under ``torch.func`` transforms the op computes through the unfused reference
 (``_through_reference``): the custom op has no forward-mode or batching rule.
 
 The active set is decided once per call, before either path, on the host (``plan.decide_active``:
-no device read in steady state) and handed to the path as a list of ints. The backend is chosen
+no device read, nothing cached) and handed to the path as a list of ints. The backend is chosen
 inside each path (``autotune.select``), where the tensors are real even under ``torch.compile``.
 The direct path's backward is ``once_differentiable``: a double backward raises, as it does
 through the custom ops (whose backward op has no autograd formula).
@@ -268,8 +268,8 @@ def gated_lora_linear(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Opt
     where it requires grad. Under ``torch.func`` transforms (``grad``, ``jacrev``, ``jvp``,
     ``jacfwd``, ``vmap``) the op computes through the unfused reference, which they support.
     Adapters whose gate is exactly zero everywhere (and does not require grad) are skipped
-    entirely; the gate values are read on the host only for frozen per-adapter gates, once per
-    version of the tensor (``plan.py``).
+    entirely where the host knows it without a device read: frozen per-adapter gates on the CPU
+    (read at every call) or ``nonzero_gates``; elsewhere a zero gate multiplies (``plan.py``).
     """
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be None or one of {tuple(BACKENDS)}, got {backend!r}")
