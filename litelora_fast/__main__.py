@@ -84,8 +84,8 @@ def main(argv=None) -> int:
             raise
         # Our own messages say what to install; Python's bare one ("No module named 'x'") not.
         hint = "" if "pip install" in str(e) else (
-            f": pip install {PIP_NAMES.get(missing, missing)} (`pip install litelora-fast[dev]` installs every optional "
-            "dependency of the commands)")
+            f": pip install {PIP_NAMES.get(missing, missing)} (`pip install litelora-fast[dev]` "
+            "installs every optional dependency of the commands)")
         print(f"{prog}: error: {e}{hint}", file=sys.stderr)
         return 2
     finally:

@@ -100,8 +100,8 @@ def demo_main(argv=None) -> int:
                    choices=["split_mnist", "domain", "bbc"],
                    help="streams (default: the two MNIST streams; bbc needs the dev and "
                    "examples extras)")
-    p.add_argument("--save-dir", metavar="DIR", type=output_dir, help="save the first seed's checkpoints for "
-                   "`analyze`")
+    p.add_argument("--save-dir", metavar="DIR", type=output_dir,
+                   help="save the first seed's checkpoints for `analyze`")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch CPU threads (default 1: the models are tiny; results depend on it)")

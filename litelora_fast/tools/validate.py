@@ -14,9 +14,9 @@ import time
 import torch
 
 from .. import autotune
-from .cli_types import device as device_arg
 from ..ops import gated_lora_linear
 from ..reference import gated_lora_linear_ref
+from .cli_types import device as device_arg
 
 NAMES = ("x", "weight", "bias", "lora_A", "lora_B", "gates")
 # Bounds: fp32 on the CPU is exact to ~1e-6; tf32 tensor cores (fp32 on a GPU) ~1e-3;
@@ -127,11 +127,10 @@ DTYPE_NAMES = ("float32", "float16", "bfloat16")
 def _dtype_names(text: str) -> list:
     """``--dtypes``: a comma list of at least one of ``DTYPE_NAMES``."""
     names = [n.strip() for n in text.split(",")]
-    bad = [n for n in names if n not in DTYPE_NAMES]
-    if bad or not text.strip():
-        shown = ", ".join(repr(n) for n in bad) if text.strip() else repr(text)
-        raise argparse.ArgumentTypeError(f"{shown} not among {', '.join(DTYPE_NAMES)} (a comma "
-                                         "list of at least one)")
+    bad = [n for n in names if n not in DTYPE_NAMES]    # '' too: "--dtypes ''" and "float32,"
+    if bad:
+        raise argparse.ArgumentTypeError(f"{', '.join(map(repr, bad))} not among "
+                                         f"{', '.join(DTYPE_NAMES)} (a comma list of at least one)")
     return names
 
 
