@@ -6,7 +6,8 @@ runs, ``sys.argv[0]`` is ``python -m litelora_fast <command>``, so every command
 usage errors name it properly; a ``FileNotFoundError`` or ``ValueError`` from a command (a
 missing input file, an input that holds nothing to work on) becomes a one-line error on stderr
 and exit code 2; so does a usage error of a command's own parser (argparse would print the whole
-usage block first: here only the line naming the problem, ``--help`` shows the rest).
+usage block first: here only the line naming the problem, ``--help`` shows the rest), and a
+missing optional dependency (the line names the package to install).
 """
 from __future__ import annotations
 
@@ -34,6 +35,23 @@ def _one_line_error(parser: argparse.ArgumentParser, message: str):
     parser.exit(2, f"{parser.prog}: error: {message}\n")
 
 
+# module name -> the distribution pip installs it from, where the two differ
+PIP_NAMES = {"sklearn": "scikit-learn", "PIL": "pillow", "yaml": "pyyaml"}
+
+
+def _missing_dependency(error: ImportError):
+    """The name of the third-party module whose absence caused ``error`` (``None``: an import
+    error of our own code, a bug that keeps its traceback). Follows ``raise ... from err``."""
+    seen = error
+    while seen is not None:
+        name = getattr(seen, "name", None)
+        if isinstance(seen, ModuleNotFoundError) and name:
+            top = name.split(".")[0]
+            return None if top == "litelora_fast" else top
+        seen = seen.__cause__
+    return None
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -59,6 +77,16 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         # A usage problem (missing file, empty input), not a bug: one line, no traceback.
         print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:
+        missing = _missing_dependency(e)
+        if missing is None:
+            raise
+        # Our own messages say what to install; Python's bare one ("No module named 'x'") not.
+        hint = "" if "pip install" in str(e) else (
+            f": pip install {PIP_NAMES.get(missing, missing)} (`pip install litelora-fast[dev]` "
+            "installs every optional dependency of the commands)")
+        print(f"{prog}: error: {e}{hint}", file=sys.stderr)
         return 2
     finally:
         argparse.ArgumentParser.error = real_error

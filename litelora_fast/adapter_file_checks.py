@@ -5,11 +5,14 @@ The JSON written by ``save_adapters`` (``adapter_files.py``) is checked field by
 anything is loaded, with the layer constructor's own rules (``layer._check_rank``,
 ``layer._check_alpha``, ``lora_dropout.check_p``): a file can hold nothing that
 ``GatedLoRALinear``/``add_adapter`` would refuse (alpha 0, rank 0, a duplicate name, ...).
-The tensors' shapes are checked against the layers in ``adapter_files._check_layer``.
+``check_tensor_names`` refuses a tensor that no field of ``adapters.json`` accounts for (an
+adapter entry dropped from the JSON would otherwise load a smaller bank, silently); the tensors'
+shapes are checked against the layers in ``adapter_files._check_layer``.
 """
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import os
 
@@ -41,6 +44,35 @@ def read_tensors(path, load_file) -> dict:
     except Exception as e:        # safetensors raises its own SafetensorError (and others)
         raise AdapterFileError(f"load_adapters: {os.fspath(path)} cannot be read as safetensors "
                                f"({type(e).__name__}: {e}); is the file truncated?") from None
+
+
+def check_tensor_names(config: dict, tensors: dict, json_path, tensors_path) -> None:
+    """Every tensor of ``adapters.safetensors`` belongs to an entry of ``adapters.json`` (an
+    adapter of a listed layer, a ``per_row`` router, a listed ``modules_to_save``): an
+    ``AdapterFileError`` names the first that does not, and the entries the JSON has."""
+    layers = config["layers"]
+    expected = set()
+    for name, record in layers.items():
+        for k in range(len(record["adapters"])):
+            expected |= {f"{name}.lora_A.{k}", f"{name}.lora_B.{k}"}
+        if record["gate"] == "per_row":
+            expected |= {f"{name}.router_weight", f"{name}.router_bias"}
+    saved = tuple(f"modules_to_save.{m}." for m in config.get("modules_to_save", []))
+    for key in sorted(tensors):
+        if key in expected or key.startswith(saved):
+            continue
+        owner = max((n for n in layers if key.startswith(f"{n}.")), key=len, default=None)
+        if owner is None:
+            why = (f"{os.fspath(json_path)} has no layer or modules_to_save of that name "
+                   f"(layers {_names(layers)}, modules_to_save "
+                   f"{config.get('modules_to_save', [])})")
+        else:
+            record = layers[owner]
+            why = (f"layers[{owner!r}] in {os.fspath(json_path)} is a {record['gate']} layer "
+                   f"with {len(record['adapters'])} adapter(s)")
+        raise AdapterFileError(f"load_adapters: {os.fspath(tensors_path)} holds {key!r}, which "
+                               f"no entry of adapters.json accounts for: {why}; a file edited "
+                               "by hand? save it again with llf.save_adapters")
 
 
 def check_config(config, path, fmt: str) -> None:
@@ -97,6 +129,9 @@ def _check_layer_record(where: str, record, bad) -> None:
         g = entry.get("gate")
         if gate == "per_adapter" and (isinstance(g, bool) or not isinstance(g, numbers.Real)):
             raise bad(f"{at}.gate", f"must be a number for a per_adapter layer, got {_short(g)}")
+        if gate == "per_adapter" and not math.isfinite(g):
+            # Python's json reads NaN and Infinity; a gate of either makes every output NaN.
+            raise bad(f"{at}.gate", f"must be a finite number, got {g!r}")
         if gate == "per_row" and g is not None:
             raise bad(f"{at}.gate", f"must be null for a per_row layer (its router gates), got "
                                     f"{_short(g)}")
@@ -119,6 +154,11 @@ def _constructor_rule(field: str, bad, check) -> None:
         check()
     except (TypeError, ValueError) as e:
         raise bad(field, f"is refused as the layer's constructor would refuse it: {e}") from None
+
+
+def _names(layers: dict) -> str:
+    names = sorted(layers)
+    return f"{names[:4]}{' ...' if len(names) > 4 else ''}"
 
 
 def _kind(v) -> str:

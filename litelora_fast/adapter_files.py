@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from . import dist_tensors, layer_meta
-from .adapter_file_checks import read_json, read_tensors
+from .adapter_file_checks import check_tensor_names, read_json, read_tensors
 from .inject import MODULES_TO_SAVE_ATTR, inject, injected_layers
 from .layer import GatedLoRALinear
 
@@ -109,7 +109,9 @@ def _read(path):
                                 "llf.save_adapters(model, path))")
     # Every field checked, and an unreadable file named (adapter_file_checks.py).
     config = read_json(files[0], FORMAT)
-    return config, read_tensors(files[1], _safetensors().load_file)
+    tensors = read_tensors(files[1], _safetensors().load_file)
+    check_tensor_names(config, tensors, *files)
+    return config, tensors
 
 
 def _check_layer(name: str, layer: GatedLoRALinear, record: dict, tensors: dict) -> None:

@@ -304,9 +304,11 @@ def to_peft(model: nn.Module, adapter_names: Optional[Sequence[str]] = None,
 
     Returns a ``PeftModel`` whose output equals ``model``'s: the adapters with a non-zero gate in
     some layer are active (``base_model.set_adapter(list)``), a gate ``g`` other than 1 is folded
-    into that layer's ``lora_alpha`` (``alpha_k * g``). ``save_pretrained`` writes every adapter;
-    PEFT loads them back with ``PeftModel.from_pretrained`` + ``load_adapter`` and
-    ``base_model.set_adapter(names)`` re-activates several at once.
+    into that layer's ``lora_alpha`` (``alpha_k * g``). ``save_pretrained(DIR)`` writes
+    ``"default"`` at the top of ``DIR`` and every other adapter into ``DIR/<name>``; PEFT loads
+    them back with ``PeftModel.from_pretrained(base, DIR/<name>, adapter_name=<name>)`` (``DIR``
+    for ``"default"``), ``load_adapter(DIR/<name>, adapter_name=<name>)`` for the others, and
+    ``base_model.set_adapter(names)`` re-activates several at once (docs/adapters.md).
     """
     peft = _require_peft()
     layers = injected_layers(model)

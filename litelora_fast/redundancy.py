@@ -107,12 +107,26 @@ def adapters_from_state_dict(state_dict: dict) -> dict:
     layers (keys ``<prefix>.lora_A.<k>`` / ``<prefix>.lora_B.<k>``)."""
     found: dict = {}
     for key in state_dict:
-        m = re.fullmatch(r"(.*?)\.?lora_A\.(\d+)", key)
+        m = re.fullmatch(r"(.*?)\.?lora_A\.(\d+)", key) if isinstance(key, str) else None
         if m:
             found.setdefault(m.group(1), {})[int(m.group(2))] = key
     out = {}
     for prefix, keys in found.items():
         dot = f"{prefix}." if prefix else ""
-        out[prefix or "<root>"] = [(state_dict[keys[k]], state_dict[f"{dot}lora_B.{k}"])
-                                   for k in sorted(keys)]
+        pairs = []
+        for k in sorted(keys):
+            A, B = state_dict[keys[k]], state_dict.get(f"{dot}lora_B.{k}")
+            if not (isinstance(A, torch.Tensor) and A.dim() == 2
+                    and isinstance(B, torch.Tensor) and B.dim() == 2
+                    and A.shape[0] == B.shape[1]):
+                raise ValueError(f"{keys[k]} and {dot}lora_B.{k} must be matrices (r, D_in) and "
+                                 f"(D_out, r), got {_what(A)} and {_what(B)}")
+            pairs.append((A, B))
+        out[prefix or "<root>"] = pairs
     return out
+
+
+def _what(v) -> str:
+    if v is None:
+        return "nothing"
+    return f"a tensor {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__

@@ -76,6 +76,11 @@ CASES = {
                       r"adapters\[0\]\.gate must be a number for a per_adapter layer, got string"),
     "gate a boolean": (_set(A0, "gate", True), r"adapters\[0\]\.gate must be a number"),
     "gate missing": (_drop(A0, "gate"), r"adapters\[0\]\.gate must be a number"),
+    # json writes and reads these as NaN / Infinity: the model's output would be NaN
+    "gate NaN": (_set(A0, "gate", float("nan")), r"adapters\[0\]\.gate must be a finite number"),
+    "gate Infinity": (_set(_adapter(1), "gate", float("inf")),
+                      r"adapters\[1\]\.gate must be a finite number, got inf"),
+    "gate -Infinity": (_set(A0, "gate", -float("inf")), r"adapters\[0\]\.gate must be a finite"),
     "alpha 0": (_set(A0, "alpha", 0), r"adapters\[0\]\.alpha is refused .*non-zero"),
     "alpha a string": (_set(A0, "alpha", "16"), r"adapters\[0\]\.alpha is refused"),
     "alpha NaN": (_set(A0, "alpha", float("nan")), r"adapters\[0\]\.alpha is refused"),
@@ -113,6 +118,35 @@ def test_per_row_gate_must_be_null_and_router_tensors_present(tmp_path):
     del tensors["q.router_bias"]
     save_file(tensors, path / "adapters.safetensors")
     with pytest.raises(ValueError, match=r"q\.router_bias should have shape \(2,\).*missing"):
+        llf.load_adapters(Net(), path)
+
+
+@pytest.mark.parametrize("gate", ["per_adapter", "per_row"])
+def test_an_adapter_entry_dropped_from_the_json_is_named(gate, tmp_path):
+    # The safetensors holds two adapters, the JSON lists one: loading one would drop the other.
+    path = _saved(tmp_path, gate=gate)
+    _edit(path, lambda c: LAYER(c)["adapters"].pop() and None)
+    for model in (Net(), llf.inject(Net(), ["q"], num_adapters=2)):
+        with pytest.raises(AdapterFileError, match=r"holds 'q\.lora_A\.1', which no entry of "
+                           rf"adapters.json accounts for: layers\['q'\] .* is a {gate} layer "
+                           r"with 1 adapter\(s\)") as err:
+            llf.load_adapters(model, path)
+        assert str(path / "adapters.safetensors") in str(err.value)
+        assert str(path / "adapters.json") in str(err.value)
+
+
+def test_a_tensor_of_an_unlisted_layer_or_module_is_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+    path = _saved(tmp_path)
+    tensors = load_file(path / "adapters.safetensors")
+    save_file({**tensors, "k.lora_A.0": torch.zeros(2, 6)}, path / "adapters.safetensors")
+    with pytest.raises(AdapterFileError, match=r"holds 'k\.lora_A\.0'.*no layer or "
+                       r"modules_to_save of that name \(layers \['q'\], modules_to_save "
+                       r"\['head'\]\)"):
+        llf.load_adapters(Net(), path)
+    _edit(path, _set(lambda c: c, "modules_to_save", []))
+    save_file(tensors, path / "adapters.safetensors")
+    with pytest.raises(AdapterFileError, match=r"holds 'modules_to_save\.head\.bias'"):
         llf.load_adapters(Net(), path)
 
 

@@ -377,6 +377,45 @@ def test_learn_task_accepts_batches_and_dicts(seed, fast_path):
         assert learner.predict(x).shape == (64, 5)
 
 
+def test_learn_task_takes_a_pair_of_tensors(seed, fast_path):
+    """``learn_task((X, Y))``, as docs/litelora.md's loop over ``(X, Y)`` pairs writes it, is
+    ``learn_task(X, Y)``: the same decisions and the same predictions, bit for bit."""
+    g = torch.Generator().manual_seed(seed)
+    X, Y = _classes(g, [0, 1, 2], n=48)
+    runs = []
+    for call in (lambda l: l.learn_task(X, Y), lambda l: l.learn_task((X, Y)),
+                 lambda l: l.learn_task([X, Y])):
+        learner = ContinualLearner(_model(seed), seed=seed, epochs=2, gate_steps=2)
+        rec = call(learner)
+        runs.append((rec.recruited, learner.predict(X)))
+    for recruited, logits in runs[1:]:
+        assert recruited == runs[0][0] and torch.equal(logits, runs[0][1])
+
+
+# each count of the learner: (keyword, a value of the right type but out of range)
+COUNTS = {"epochs": -1, "gate_epochs": -1, "batch_size": 0, "gate_batch_size": 0, "warmup": -1,
+          "retune": -2, "gate_steps": -1, "reuse_epochs": -1}
+
+
+@pytest.mark.parametrize("name", list(COUNTS))
+def test_learner_counts_are_checked(name):
+    with pytest.raises(ValueError, match=rf"{name} must be an int >= \d, got {COUNTS[name]}"):
+        ContinualLearner(_model(0), variant="library", **{name: COUNTS[name]})
+    with pytest.raises(TypeError, match=rf"{name} must be an int.*float 2.5"):
+        ContinualLearner(_model(0), variant="library", **{name: 2.5})
+    with pytest.raises(TypeError, match=rf"{name} must be an int.*bool True"):
+        ContinualLearner(_model(0), variant="library", **{name: True})
+
+
+def test_learn_task_checks_num_classes():
+    learner = ContinualLearner(_model(0))
+    X, y = torch.randn(4, 12), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="num_classes must be an int >= 1, got 0"):
+        learner.learn_task(X, y, num_classes=0)
+    with pytest.raises(TypeError, match="num_classes must be an int or None, got str '2'"):
+        learner.learn_task(X, y, num_classes="2")
+
+
 def _gate_calls(monkeypatch):
     import litelora_fast.litelora.learner as ll
     calls, real = [], ll.binary_concrete

@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import sys
 import time
 
 import torch
 
-from ..tools.cli_types import positive_int
+from ..tools.cli_types import output_dir, output_file, positive_int
 
 DEMO_ROWS = ("LiteLoRA (paper)", "library (all additions)", "SD-LoRA (adapter per task)",
              "one shared adapter", "head only")
@@ -92,16 +91,17 @@ def demo_main(argv=None) -> int:
                                 description="LiteLoRA (the paper's and ours) vs SD-LoRA, one "
                                 "shared adapter and head only on two real MNIST streams (CPU, no "
                                 "download).")
-    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    p.add_argument("--png", metavar="PATH", default=os.path.join("out", "demo.png"),
+    p.add_argument("--json", metavar="PATH", type=output_file, help="write the results as JSON")
+    p.add_argument("--png", metavar="PATH", type=output_file,
+                   default=os.path.join("out", "demo.png"),
                    help="figure path (default %(default)s; '' for none)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="stream seeds (default 0)")
     p.add_argument("--streams", nargs="+", default=["split_mnist", "domain"],
                    choices=["split_mnist", "domain", "bbc"],
                    help="streams (default: the two MNIST streams; bbc needs the dev and "
                    "examples extras)")
-    p.add_argument("--save-dir", metavar="DIR", help="save the first seed's checkpoints for "
-                   "`analyze`")
+    p.add_argument("--save-dir", metavar="DIR", type=output_dir,
+                   help="save the first seed's checkpoints for `analyze`")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch CPU threads (default 1: the models are tiny; results depend on it)")
@@ -140,7 +140,8 @@ def analyze_main(argv=None) -> int:
                                 description="Redundancy of the adapters in a saved checkpoint.")
     p.add_argument("checkpoint", help="a learner checkpoint (demo --save-dir) or a model "
                    "state_dict holding GatedLoRALinear layers")
-    p.add_argument("--png", metavar="PATH", default=os.path.join("out", "redundancy.png"),
+    p.add_argument("--png", metavar="PATH", type=output_file,
+                   default=os.path.join("out", "redundancy.png"),
                    help="heat-map path (default %(default)s; '' for none)")
     args = p.parse_args(argv)
     if not os.path.isfile(args.checkpoint):
@@ -148,18 +149,26 @@ def analyze_main(argv=None) -> int:
         return 2
     try:
         ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-        # torch.load's message is several paragraphs; its first line names the problem
+    except Exception as e:
+        # A file that is not a checkpoint fails inside the unpickler or the zip reader with
+        # whatever the bytes trip on (UnpicklingError, IndexError, struct.error, ...).
+        # torch.load's message is several paragraphs; its first line names the problem.
         first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else \
             type(e).__name__
         raise ValueError(f"{args.checkpoint}: not a checkpoint torch.load can read ({first})") \
             from None
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{args.checkpoint} holds a {type(ckpt).__name__}, not a checkpoint: "
+                         "give a learner checkpoint (demo --save-dir) or a model state_dict")
+    state = ckpt.get("model", ckpt)
+    if not isinstance(state, dict):
+        raise ValueError(f"{args.checkpoint}: its 'model' entry is a {type(state).__name__}, "
+                         "not a state_dict")
     layers = adapters_from_state_dict(state)
     if not layers:
         print(f"{args.checkpoint}: no adapters found (keys *.lora_A.<k>)")
         return 1
-    ids = ckpt.get("bank_ids") if isinstance(ckpt, dict) else None
+    ids = ckpt.get("bank_ids")
     reports = {}
     for l, (name, adapters) in enumerate(layers.items()):
         rep = reports[name] = layer_report(adapters)

@@ -106,6 +106,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -193,13 +194,30 @@ class TaskRecord:
     extra: dict = field(default_factory=dict)
 
 
+def _check_count(name: str, value, minimum: int, optional: bool = False) -> None:
+    """``value`` must be an int >= ``minimum`` (``None`` too where ``optional``): epochs, steps,
+    batch sizes, class counts. A bool or a float is refused (``epochs=2.5`` is a caller's bug)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int{' or None' if optional else ''}, got "
+                        f"{type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
 class _Data:
-    """A task's data: tensors ``(X, Y)`` (shuffled minibatches of any size) or a re-iterable of
-    batches, each ``(x, y)`` or a dict with a ``"labels"`` / ``"label"`` key (the rest goes to the
-    model as keyword arguments)."""
+    """A task's data: tensors ``(X, Y)`` (shuffled minibatches of any size), given as two
+    arguments or as one pair, or a re-iterable of batches, each ``(x, y)`` or a dict with a
+    ``"labels"`` / ``"label"`` key (the rest goes to the model as keyword arguments)."""
 
     def __init__(self, data, Y, generator):
         self.generator = generator
+        if (Y is None and isinstance(data, (tuple, list)) and len(data) == 2
+                and all(isinstance(t, torch.Tensor) for t in data)):
+            # A pair of tensors is (X, Y): a batch is never a bare tensor, so a list of batches
+            # cannot look like this.
+            data, Y = data
         if isinstance(data, torch.Tensor):
             if not isinstance(Y, torch.Tensor) or Y.shape[0] != data.shape[0]:
                 raise ValueError(f"X and Y must be tensors with the same first dimension, got "
@@ -320,6 +338,7 @@ class ContinualLearner:
         if "reuse_epochs" in options:
             # the old name: the epochs of the warm-up and the re-tune, where the variant has them
             r = options.pop("reuse_epochs")
+            _check_count("reuse_epochs", r, 0)
             cfg["warmup"] = r if cfg["warmup"] else 0
             cfg["retune"] = r if cfg["retune"] else 0
         cfg.update(options)
@@ -345,9 +364,13 @@ class ContinualLearner:
         self.lam, self.tau, self.gate_init, self.init_alpha = lam, tau, gate_init, init_alpha
         self.per_layer_gates = per_layer_gates
         self.epochs, self.gate_epochs, self.batch_size = epochs, gate_epochs, batch_size
-        steps = cfg["gate_steps"]
-        if steps is not None and (not isinstance(steps, int) or steps < 0):
-            raise ValueError(f"gate_steps must be a non-negative int or None, got {steps!r}")
+        # Every count, before anything trains: a negative one used to run as zero epochs.
+        for name, value, minimum in (("epochs", epochs, 0), ("gate_epochs", gate_epochs, 0),
+                                     ("batch_size", batch_size, 1),
+                                     ("gate_batch_size", cfg["gate_batch_size"], 1),
+                                     ("warmup", cfg["warmup"], 0), ("retune", cfg["retune"], 0)):
+            _check_count(name, value, minimum)
+        _check_count("gate_steps", cfg["gate_steps"], 0, optional=True)
         if not 0.0 <= float(cfg["gate_holdout"]) < 1.0:
             raise ValueError(f"gate_holdout must be in [0, 1), got {cfg['gate_holdout']!r}")
         self.generator = torch.Generator().manual_seed(seed)
@@ -519,12 +542,14 @@ class ContinualLearner:
                    ) -> TaskRecord:
         """Learn the next task.
 
-        ``X, Y``: tensors, or ``X`` an iterable of batches (``(x, y)`` tuples or dicts with a
-        ``"labels"`` key, e.g. a DataLoader or Hugging Face batches) and ``Y`` None. ``loss_fn``
-        defaults to cross-entropy. Class-incremental: labels are global class ids, the classifier
-        grows to ``known + num_classes`` (default: the largest label + 1). Task-incremental:
-        ``head`` maps the model's output to this task's prediction (``None``: identity).
+        ``X, Y``: tensors (also as one pair, ``learn_task((X, Y))``), or ``X`` an iterable of
+        batches (``(x, y)`` tuples or dicts with a ``"labels"`` key, e.g. a DataLoader or Hugging
+        Face batches) and ``Y`` None. ``loss_fn`` defaults to cross-entropy. Class-incremental:
+        labels are global class ids, the classifier grows to ``known + num_classes`` (default: the
+        largest label + 1). Task-incremental: ``head`` maps the model's output to this task's
+        prediction (``None``: identity).
         """
+        _check_count("num_classes", num_classes, 1, optional=True)
         start = time.perf_counter()
         t = len(self.records)
         loss_fn = F.cross_entropy if loss_fn is None else loss_fn

@@ -18,6 +18,7 @@ from collections import defaultdict
 
 from . import bench_json
 from .bench_cases import MODES
+from .cli_types import output_dir
 
 _MODE_STYLE = {"fwd_bwd": "-", "forward": "--", "backward": ":"}
 _PLOT_PEERS = (("reference", "tab:red"), ("packed", "tab:blue"), ("peft", "tab:green"))
@@ -219,7 +220,7 @@ def main(argv=None) -> int:
         description="Turn `pytest benchmarks/ --benchmark-json BENCH.json` (or the JSON lines of "
                     "an unfinished run) into a markdown table and a PNG plot of speedup vs K.")
     parser.add_argument("json", metavar="BENCH.json")
-    parser.add_argument("--out", default="out",
+    parser.add_argument("--out", default="out", type=output_dir,
                         help="output folder (default: out/; never a tracked folder unless you "
                              "name one)")
     parser.add_argument("--name", help="file stem of the outputs (default: the JSON's stem)")

@@ -39,6 +39,7 @@ from typing import Optional
 
 from . import bench_json
 from .bench_cases import GRIDS, MODES, PEERS, Case, applicable, gpu_cases
+from .cli_types import output_file
 
 # Ceilings measured on this workplace's H200 (docs of the device tool, 2026-10-28/11-04): an
 # 8192^3 bf16 matrix product through PyTorch on random data, and a device-to-device copy counting
@@ -341,7 +342,8 @@ def main(argv=None) -> int:
                         help="a benchmark run (JSON or JSON lines): show its cases with measured "
                              "times ('meas x' = peer over ours, 'meas/pred' = measured over "
                              "predicted)")
-    parser.add_argument("--out", metavar="FILE", help="also write the text to FILE")
+    parser.add_argument("--out", metavar="FILE", type=output_file,
+                        help="also write the text to FILE")
     ns = parser.parse_args(argv)
     measured = None
     if ns.measured:

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from .. import autotune
-from .cli_types import positive_int
+from .cli_types import device as device_arg, positive_int
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -33,8 +33,8 @@ def _ints(text: str, what: str) -> list:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"{what} must be comma-separated integers, got {text!r}") from None
-    if not values or any(v < 0 for v in values):
-        raise ValueError(f"{what} must be non-negative integers, got {text!r}")
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"{what} must be positive integers, got {text!r}")
     return values
 
 
@@ -86,7 +86,7 @@ def parse(argv) -> argparse.Namespace:
     parser.add_argument("--grads", default="x,lora_A,lora_B",
                         help="inputs that require grad ('none' for inference); default: LoRA "
                              "training with a frozen base")
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", type=device_arg, default="cuda")
     parser.add_argument("--dry-run", action="store_true",
                         help="list the buckets, time nothing")
     return parser.parse_args(argv)
@@ -109,7 +109,7 @@ def main(argv=None, tuner: Optional[autotune.Tuner] = None) -> int:
     counts = _ints(opts.adapters, "--adapters")
     dtype, needs = DTYPES[opts.dtype], _needs(opts.grads)
     per_row = opts.gates == "per_row"
-    device = torch.device(opts.device)
+    device = opts.device
     if device.type == "cuda" and device.index is None and torch.cuda.is_available():
         device = torch.device("cuda", torch.cuda.current_device())
     if not opts.dry_run and tuner is None:

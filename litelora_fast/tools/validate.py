@@ -16,6 +16,7 @@ import torch
 from .. import autotune
 from ..ops import gated_lora_linear
 from ..reference import gated_lora_linear_ref
+from .cli_types import device as device_arg
 
 NAMES = ("x", "weight", "bias", "lora_A", "lora_B", "gates")
 # Bounds: fp32 on the CPU is exact to ~1e-6; tf32 tensor cores (fp32 on a GPU) ~1e-3;
@@ -120,11 +121,25 @@ def validate_all(dtypes, device, backend=None, seed=None, log=print) -> bool:
     return ok_all
 
 
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+
+
+def _dtype_names(text: str) -> list:
+    """``--dtypes``: a comma list of at least one of ``DTYPE_NAMES``."""
+    names = [n.strip() for n in text.split(",")]
+    bad = [n for n in names if n not in DTYPE_NAMES]    # '' too: "--dtypes ''" and "float32,"
+    if bad:
+        raise argparse.ArgumentTypeError(f"{', '.join(map(repr, bad))} not among "
+                                         f"{', '.join(DTYPE_NAMES)} (a comma list of at least one)")
+    return names
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m litelora_fast validate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtypes", default=None,
+    parser.add_argument("--device", type=device_arg,
+                        default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtypes", type=_dtype_names, default=None,
                         help="comma list of float32,float16,bfloat16 (default: float32 on the "
                              "CPU, all three on a GPU)")
     parser.add_argument("--backend", choices=["torch", "triton", "hybrid"], default=None,
@@ -132,18 +147,13 @@ def main(argv=None) -> int:
                              "TRITON_INTERPRET=1)")
     parser.add_argument("--seed", type=int, default=None, help="default: a fresh random seed")
     args = parser.parse_args(argv)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as e:
-        raise ValueError(f"--device {args.device!r}: {str(e).splitlines()[0]}") from None
+    device = args.device
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device!r}: no CUDA device on this machine")
-    names = args.dtypes or ("float32,float16,bfloat16" if device.type == "cuda" else "float32")
-    allowed = ("float32", "float16", "bfloat16")
-    bad = [n.strip() for n in names.split(",") if n.strip() not in allowed]
-    if bad:
-        raise ValueError(f"--dtypes: {', '.join(bad)} not among {', '.join(allowed)}")
-    dtypes = [getattr(torch, n.strip()) for n in names.split(",")]
+        raise ValueError(f"--device {str(device)!r}: no CUDA device on this machine")
+    names = args.dtypes
+    if names is None:
+        names = list(DTYPE_NAMES) if device.type == "cuda" else ["float32"]
+    dtypes = [getattr(torch, n) for n in names]
     seed = args.seed if args.seed is not None else int(time.time()) % 100000
     print(f"validate: device={device} torch={torch.__version__} seed={seed}")
     ok = validate_all(dtypes, device, args.backend, seed)
