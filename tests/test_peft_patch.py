@@ -316,3 +316,13 @@ def test_compile_matches_eager(seed):
     eager = model(x).logits
     compiled = torch.compile(model, backend="aot_eager")
     assert_rel("compiled", compiled(x).logits, eager, torch.float32)
+
+
+def test_the_guide_runs(seed):
+    import pathlib
+    import re
+    doc = pathlib.Path(__file__).resolve().parents[1] / "docs" / "peft_patch.md"
+    blocks = re.findall(r"^```python\n(.*?)^```", doc.read_text(), re.M | re.S)
+    assert blocks
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"{doc.name} block {i}", "exec"), {})
