@@ -63,7 +63,8 @@ def _install() -> None:
     for cls, bnb_style in _lora_classes().items():
         if cls not in _State.originals:
             _State.originals[cls] = cls.__dict__["forward"]
-            cls.forward = peft_patch_layers.patched_forward(_State.originals[cls], bnb_style)
+            cls.forward = peft_patch_layers.patched_forward(_State.originals[cls], bnb_style,
+                                                            is_patched)
 
 
 def _restore_if_unused() -> None:

@@ -184,12 +184,12 @@ def row_gates(layer, x: torch.Tensor, adapter_names, names) -> torch.Tensor:
     return onehot.reshape(shape).expand(*x.shape[:-1], len(names))
 
 
-def patched_forward(original, bnb_style: bool):
-    """The forward installed on a PEFT LoRA class: ours when patched, else ``original``."""
-    from . import peft_patch
+def patched_forward(original, bnb_style: bool, is_patched):
+    """The forward installed on a PEFT LoRA class: ours when ``is_patched(layer)``, else
+    ``original``."""
 
     def forward(self, x, *args, **kwargs):
-        if not peft_patch.is_patched(self):
+        if not is_patched(self):
             return original(self, x, *args, **kwargs)
         self._check_forward_args(x, *args, **kwargs)
         adapter_names = kwargs.get("adapter_names")
@@ -199,7 +199,8 @@ def patched_forward(original, bnb_style: bool):
         routing = routing_state.current()
         gates = None
         if adapter_names is not None:
-            names = [n for n in self.lora_A.keys() if n in set(adapter_names)]
+            used = set(adapter_names)
+            names = [n for n in self.lora_A.keys() if n in used]
         elif getattr(routing, "peft_layers", None) is not None and id(self) in routing.peft_layers:
             names = list(self.lora_A.keys())       # llf.route: every adapter the layer holds
         else:

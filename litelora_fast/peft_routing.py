@@ -27,9 +27,8 @@ class PeftRouting:
     """The plan of one ``route`` block on a PEFT model: the routing columns' weights per unit
     (sample or token) and, per layer, its adapters' gates built from them once."""
 
-    def __init__(self, model: nn.Module, adapter_ids, names: Optional[Sequence[str]] = None):
-        from .routing import _parse_ids
-
+    def __init__(self, model: nn.Module, adapter_ids, names: Optional[Sequence[str]],
+                 parse_ids):
         layers = peft_lora_layers(model)
         unpatched = [n for n, m in layers.items() if not peft_patch.is_patched(m)]
         if unpatched:
@@ -41,7 +40,7 @@ class PeftRouting:
             raise ValueError(f"route: PEFT layer {merged[0]!r} has merged adapters (inside its "
                              "base weight, so every row would get them); unmerge first")
         known = {a for m in layers.values() for a in m.lora_A.keys()}
-        self.unit, self.batch_shape, spec = _parse_ids(adapter_ids)
+        self.unit, self.batch_shape, spec = parse_ids(adapter_ids)
         if self.unit == "weights":
             self.unit = "sample" if len(self.batch_shape) == 1 else "token"
             cols = self._weight_columns(spec, names)
@@ -106,12 +105,13 @@ class PeftRouting:
         return g.expand(*x.shape[:-1], len(names))
 
 
-def for_model(model: nn.Module, adapter_ids, names) -> Optional[PeftRouting]:
+def for_model(model: nn.Module, adapter_ids, names, parse_ids) -> Optional[PeftRouting]:
     """A :class:`PeftRouting` when ``model`` holds PEFT LoRA layers and no ``GatedLoRALinear``
-    (``llf.inject``'s layers route as before), else ``None``."""
+    (``llf.inject``'s layers route as before), else ``None``. ``parse_ids``: ``routing.py``'s
+    reading of ``adapter_ids`` (passed in: this module does not import ``routing``)."""
     from .inject import injected_layers
 
     inner = unwrap(model)
     if injected_layers(inner) or not peft_lora_layers(inner):
         return None
-    return PeftRouting(model, adapter_ids, names)
+    return PeftRouting(model, adapter_ids, names, parse_ids)

@@ -340,7 +340,8 @@ def route(model: nn.Module, adapter_ids, names: Optional[Sequence[str]] = None):
     batch does not match ``ValueError``. Yields the :class:`Routing` (on a PEFT model patched
     by ``llf.patch_peft``, a ``peft_routing.PeftRouting``)."""
     from .peft_routing import for_model     # (a patched PEFT model: llf.patch_peft)
-    routing = for_model(model, adapter_ids, names) or Routing(model, adapter_ids, names)
+    routing = for_model(model, adapter_ids, names, _parse_ids) or Routing(model, adapter_ids,
+                                                                          names)
     bind_checkpointing(model)
     with routing_state.installed(routing):
         yield routing
