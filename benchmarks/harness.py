@@ -48,8 +48,10 @@ ERROR_BOUNDS = {("cuda", "bfloat16"): 2e-2, ("cuda", "float16"): 5e-3,
                 ("cuda", "float32"): 5e-3, ("cpu", "float32"): 1e-5}
 # "hybrid": ours forced to the op's hybrid backend (cuBLAS base GEMMs, Triton LoRA work), on CUDA
 # where the op has it; timed beside ours so every row names what the hybrid alone does.
-EXTRA_PEERS = ("hybrid",)
-CHECKED_PEERS = ("ours", "hybrid", "reference", "packed", "peft")
+# "peft_patched": the PEFT peer's own LoraLayer under llf.patch_peft_model (what a PEFT user
+# gets from the one-line switch), beside PEFT unpatched.
+EXTRA_PEERS = ("hybrid", "peft_patched")
+CHECKED_PEERS = ("ours", "hybrid", "reference", "packed", "peft", "peft_patched")
 BENCH_ROUNDS = 10   # pytest-benchmark's own rounds of ours (a cross-check, not the headline)
 
 _case_facts = {}   # case id -> {"rel_err_<peer>", "saved_bytes_<peer>", "peak_bytes_<peer>"}
@@ -61,8 +63,8 @@ class Bound:
 
     def __init__(self, peer: str, case: Case, inp: Inputs):
         self.peer = peer
-        if peer == "peft":
-            layer = peft_peer.PeftPeer(case, inp)
+        if peer in ("peft", "peft_patched"):
+            layer = peft_peer.PeftPeer(case, inp, patched=peer == "peft_patched")
             self.forward, self.wrt, self.packed = layer.forward, layer.wrt(), layer.packed_grads
         else:
             self.forward = peers.bind(peer, inp.args(), case.dropout)
@@ -79,9 +81,9 @@ def peers_for(case: Case) -> tuple:
                 skipped[peer] = "the hybrid backend is timed on CUDA only"
             elif not peers.hybrid_available():
                 skipped[peer] = "this version of the op has no hybrid backend"
-        elif not applicable(case, peer):
+        elif not applicable(case, "peft" if peer == "peft_patched" else peer):
             skipped[peer] = "PEFT has no trainable gates"
-        elif peer == "peft" and peft_peer.available():
+        elif peer in ("peft", "peft_patched") and peft_peer.available():
             skipped[peer] = peft_peer.available()
     return tuple(p for p in PEERS + EXTRA_PEERS if p not in skipped), skipped
 

@@ -15,6 +15,9 @@ The layer computes the same function as ours on the same tensors:
 - with ``case.dropout`` > 0 it is PEFT's ``lora_dropout`` (an ``nn.Dropout`` per adapter, in
   training mode): each active adapter draws its own mask and materialises its dropped ``x``.
 
+``PeftPeer(case, inp, patched=True)`` is the same PEFT layer under ``llf.patch_peft_model``
+(peer ``peft_patched``): PEFT's module, our op, one mask for the bank drawn in the op.
+
 ``available()`` says why the peer cannot run (PEFT not installed: the GPU machine may lack it)
 or ``None``; the harness then records the peer as skipped and times the others.
 """
@@ -36,7 +39,7 @@ def available():
 class PeftPeer:
     """One PEFT ``LoraLayer`` holding the case's adapters; ``layer(x)`` is the peer's forward."""
 
-    def __init__(self, case, inp):
+    def __init__(self, case, inp, patched: bool = False):
         from peft import LoraConfig, get_peft_model
 
         K, r = case.k, case.r
@@ -67,6 +70,10 @@ class PeftPeer:
                 p.requires_grad_(k in self.active)
         layer.base_layer.weight.requires_grad_(False)
         layer.train()   # lora_dropout acts in training mode only
+        if patched:     # the same layer through our op (llf.patch_peft's path)
+            import litelora_fast as llf
+
+            llf.patch_peft_model(model)
         self.layer, self.case, self.x = layer, case, inp.x
         self.params = [t for k in self.active
                        for t in (layer.lora_A[f"a{k}"].weight, layer.lora_B[f"a{k}"].weight)]

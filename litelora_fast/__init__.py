@@ -6,6 +6,7 @@ Public API (contract in docs/MATH.md)::
     y = llf.gated_lora_linear(x, weight, bias, lora_A, lora_B, gates, rank_offsets, scaling)
     y = llf.reference.gated_lora_linear_ref(...)          # the unfused oracle
     layer = llf.GatedLoRALinear(in_features, out_features, rank=8, alpha=16)
+    llf.patch_peft()            # PEFT keeps its modules; its LoRA layers compute through our op
     llf.inject(model, target_modules=["q_proj", "v_proj"], rank=8, alpha=16)  # rest frozen
     llf.inject(model, peft.LoraConfig(r=8, target_modules="all-linear"))   # PEFT's config
     llf.injected_layers(model); llf.print_trainable_parameters(model)
@@ -22,6 +23,7 @@ from .layer import GatedLoRALinear
 from .layer_on_module import GatedLoRAOnModule    # (also registers it for from_linear)
 from .inject import extract_base, inject, injected_layers
 from .peft_bridge import from_peft, to_peft
+from .peft_patch import patch_peft, patch_peft_model, patched_layers, unpatch_peft
 from .model_utils import print_trainable_parameters, set_active_adapters, trainable_parameters
 from .adapter_files import load_adapters, save_adapters
 from .merge import merge_and_unload
@@ -46,7 +48,8 @@ def __getattr__(name):
 
 __all__ = ["gated_lora_linear", "reference", "GatedLoRALinear", "GatedLoRAOnModule",
            "inject", "extract_base",
-           "injected_layers", "from_peft", "to_peft", "set_active_adapters",
+           "injected_layers", "from_peft", "to_peft", "patch_peft", "unpatch_peft",
+           "patch_peft_model", "patched_layers", "set_active_adapters",
            "trainable_parameters", "print_trainable_parameters", "save_adapters",
            "load_adapters", "merge_and_unload", "route", "accept_adapter_ids",
            "disable_adapters", "add_adapter", "delete_adapter", "merge_adapters",

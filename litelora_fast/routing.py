@@ -337,8 +337,11 @@ def route(model: nn.Module, adapter_ids, names: Optional[Sequence[str]] = None):
     ``adapter_ids``: ``(batch,)`` or ``(batch, seq)`` names / indices / ``None``, or floating
     weights ``(batch, K)`` / ``(batch, seq, K)`` whose columns are ``names`` (default: bank
     indices). Unknown names raise ``KeyError``, out-of-range indices ``IndexError``, inputs whose
-    batch does not match ``ValueError``. Yields the :class:`Routing`."""
-    routing = Routing(model, adapter_ids, names)
+    batch does not match ``ValueError``. Yields the :class:`Routing` (on a PEFT model patched
+    by ``llf.patch_peft``, a ``peft_routing.PeftRouting``)."""
+    from .peft_routing import for_model     # (a patched PEFT model: llf.patch_peft)
+    routing = for_model(model, adapter_ids, names, _parse_ids) or Routing(model, adapter_ids,
+                                                                          names)
     bind_checkpointing(model)
     with routing_state.installed(routing):
         yield routing
