@@ -41,9 +41,8 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from . import routing_state
+from . import lora_dropout, recompute_seeds, routing_state
 from .dist_tensors import unwrap as _unwrap
 from .inject import injected_layers
 from .routed_op import routed_linear, routed_lora_
@@ -277,7 +276,9 @@ class Routing:
         x2d = x.reshape(-1, x.shape[-1])
         x_lora = None
         if layer.training and layer.dropout > 0:
-            x_lora = F.dropout(x2d, layer.dropout, training=True)
+            # The op's seeded mask, not F.dropout: a checkpoint recompute replays the seed.
+            x_lora = lora_dropout.dropped(x2d, recompute_seeds.call_seed(x2d.device),
+                                          layer.dropout)
         A, B = list(layer.lora_A), list(layer.lora_B)
         if _plain_base(layer, x):
             y2d = routed_linear(x2d, layer.base_weight(), layer.bias, groups, A, B, x_lora)
