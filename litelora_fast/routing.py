@@ -22,12 +22,10 @@ batch (no copy); a batch whose tenants alternate is grouped by index lists. A mi
 non-zero weights in a row) or weights that require grad go through ``gated_lora_linear`` with
 per-row gates.
 
-Gradient checkpointing: HF's ``gradient_checkpointing_enable`` (both ``use_reentrant`` modes)
-recomputes each layer during ``backward()``, possibly after the ``with`` block has closed. On
-entering the block, ``route`` wraps every module's ``_gradient_checkpointing_func`` with
-:class:`BindRouting`, which hands the checkpoint a function carrying the routing of the first
-forward: the recompute runs under that same routing, whenever and on whatever thread it runs.
-Enable gradient checkpointing before entering the block.
+Gradient checkpointing: a recompute during ``backward()`` (possibly after the ``with`` block has
+closed, inside another one, or on an autograd thread) runs under the routing its forward ran
+under, whichever way checkpointing was turned on (HF's flag before or inside the block,
+``torch.utils.checkpoint`` by hand, either ``use_reentrant``): ``routing_state.for_call``.
 
 For the HF ``Trainer``: :func:`accept_adapter_ids` lets ``model(..., adapter_ids=ids)`` take the
 routing as an input (the collator puts ``adapter_ids`` in the batch; ``llf.trainer_callbacks()``
@@ -301,36 +299,6 @@ def _plain_base(layer, x: torch.Tensor) -> bool:
             and not torch.is_autocast_enabled(x.device.type))
 
 
-class BindRouting:
-    """Wraps an HF ``_gradient_checkpointing_func``: the checkpointed function runs, in its first
-    forward and in its recompute during ``backward()``, under the routing in effect at the first
-    forward (``None`` included), never under whatever is installed when the recompute runs."""
-
-    def __init__(self, checkpoint_func):
-        self.checkpoint_func = checkpoint_func
-
-    def __call__(self, function, *args, **kwargs):
-        return self.checkpoint_func(_UnderRouting(function, routing_state.current()), *args,
-                                    **kwargs)
-
-
-class _UnderRouting:
-    def __init__(self, function, routing):
-        self.function, self.routing = function, routing
-
-    def __call__(self, *args, **kwargs):
-        with routing_state.installed(self.routing):
-            return self.function(*args, **kwargs)
-
-
-def bind_checkpointing(model: nn.Module) -> None:
-    """Wrap every ``_gradient_checkpointing_func`` of ``model`` with :class:`BindRouting` (once)."""
-    for m in _unwrap(model).modules():
-        f = m.__dict__.get("_gradient_checkpointing_func")
-        if f is not None and not isinstance(f, BindRouting):
-            m._gradient_checkpointing_func = BindRouting(f)
-
-
 @contextlib.contextmanager
 def route(model: nn.Module, adapter_ids, names: Optional[Sequence[str]] = None):
     """Route each row of the batches run inside the block to its adapter (module docstring).
@@ -340,7 +308,6 @@ def route(model: nn.Module, adapter_ids, names: Optional[Sequence[str]] = None):
     indices). Unknown names raise ``KeyError``, out-of-range indices ``IndexError``, inputs whose
     batch does not match ``ValueError``. Yields the :class:`Routing`."""
     routing = Routing(model, adapter_ids, names)
-    bind_checkpointing(model)
     with routing_state.installed(routing):
         yield routing
 

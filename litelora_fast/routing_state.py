@@ -2,21 +2,53 @@
 reads.
 
 A tiny module of its own so that ``layer.py`` can look the routing up without importing
-``routing.py`` (which imports the layer). The state is thread-local: the autograd engine may run
-a gradient-checkpointing recompute on another thread, and there the recompute installs the
-routing it captured itself (``routing.BindRouting``), never the one a later ``with`` block set.
+``routing.py`` (which imports the layer). The state is thread-local.
+
+A gradient-checkpointing recompute runs the layers again during ``backward()``: possibly after
+the ``with`` block has closed, inside another one, or on an autograd thread that never saw it.
+So a layer does not read the thread's routing there: :func:`for_call` records, in each
+checkpoint region's forward, the routing its layers ran under on the region's own object, and a
+recompute of that region reads it back from there (``checkpoint_regions.py``). That holds
+however checkpointing was turned on (HF's flag before or inside the block, or
+``torch.utils.checkpoint`` by hand) and whichever ``use_reentrant``.
 """
 from __future__ import annotations
 
 import contextlib
 import threading
 
+from . import checkpoint_regions
+
 _LOCAL = threading.local()
+_ROUTING = "_llf_routing"     # attribute on a checkpoint region: the routing of its forward
+_MIXED = object()             # ... when its layers ran under two different routings
 
 
 def current():
     """The ``Routing`` installed on this thread, or ``None``."""
     return getattr(_LOCAL, "routing", None)
+
+
+def for_call():
+    """The routing a layer's forward runs under now: in a checkpoint recompute, the one its
+    forward ran under (``None`` included); else :func:`current`, recorded on the checkpoint
+    regions being forwarded."""
+    routing = current()
+    if routing is None and not checkpoint_regions.in_backward():
+        return None                  # the common case costs no stack walk
+    replaying, forwards = checkpoint_regions.around()
+    if replaying is not None:
+        routing = getattr(replaying[0], _ROUTING, None)
+        if routing is _MIXED:
+            raise RuntimeError(
+                "llf.route: a checkpointed function ran its layers under two different routings "
+                "(a route block entered inside it); its recompute cannot tell which layer had "
+                "which. Enter the route block outside the checkpointed function")
+    if routing is not None:
+        for obj in forwards:
+            before = getattr(obj, _ROUTING, None)
+            setattr(obj, _ROUTING, routing if before is None or before is routing else _MIXED)
+    return routing
 
 
 @contextlib.contextmanager
