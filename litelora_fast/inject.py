@@ -34,7 +34,7 @@ from typing import Iterable, Optional, Union
 import torch
 import torch.nn as nn
 
-from . import base_layers
+from . import base_layers, routing_state
 from .layer import GatedLoRALinear
 from .validation import as_list
 from .peft_config import (ALL_LINEAR, SEQ_CLS_HEAD_NAMES, all_linear_names, config_kwargs,
@@ -356,6 +356,7 @@ def inject(model: nn.Module, target_modules=None, rank: int = 8, alpha: float = 
     elif keep:
         for name in keep:
             model.get_submodule(name).requires_grad_(True)
+    routing_state.refuse_unaccepted_input(model)
     _report(_summary(f"inject: swapped -> GatedLoRALinear (rank={given['rank']}, "
                      f"alpha={given['alpha']:g}) in", names), verbose)
     if not explicit_count and not any(p.requires_grad for p in model.parameters()):

@@ -45,7 +45,7 @@ from .dist_tensors import unwrap as _unwrap
 from .inject import injected_layers
 from .routed_op import routed_linear, routed_lora_
 
-ROUTE_INPUT = "adapter_ids"
+ROUTE_INPUT = routing_state.ROUTE_INPUT
 # Above this many runs per distinct (adapter, weight) group, rows are grouped by index lists
 # (one gather per group) instead of by slices (one small GEMM pair per run).
 _RUNS_PER_GROUP = 2
@@ -319,7 +319,7 @@ def accept_adapter_ids(model: nn.Module, key: str = ROUTE_INPUT) -> nn.Module:
     ``adapter_ids`` in each batch (``TrainingArguments(remove_unused_columns=False)`` keeps the
     dataset column it comes from). Installing twice is a no-op."""
     inner = _unwrap(model)
-    if getattr(inner, "_llf_route_input", None) == key:
+    if getattr(inner, routing_state.ACCEPTED, None) == key:
         return model
     stack: list = []
 
@@ -338,5 +338,5 @@ def accept_adapter_ids(model: nn.Module, key: str = ROUTE_INPUT) -> nn.Module:
 
     inner.register_forward_pre_hook(enter, with_kwargs=True)
     inner.register_forward_hook(leave, with_kwargs=True, always_call=True)
-    inner._llf_route_input = key
+    setattr(inner, routing_state.ACCEPTED, key)
     return model
