@@ -8,13 +8,15 @@ the same way both times, and the state may have changed in between (the RNG adva
 recompute reads it back from there: the ``CheckpointFunction`` node (``use_reentrant=True``) or
 the ``_CheckpointFrame`` (``use_reentrant=False``), both freed with the autograd graph.
 
-Regions are recognised by ``torch.utils.checkpoint``'s frames on the Python stack: ``checkpoint``
-itself and the generator it drives (a non-reentrant forward), ``CheckpointFunction.forward``
-(a reentrant forward), ``CheckpointFunction.backward`` before its recompute has returned (a
-reentrant recompute) and the unpack hook that runs a non-reentrant recompute. HF's gradient
-checkpointing, ``checkpoint_sequential`` and ``checkpoint_wrapper`` all go through them; other
-recompute machinery (the composable ``torch.distributed._composable.checkpoint``, a hand-written
-one) is not seen. Nothing is looked up under ``torch.compile`` tracing.
+Regions are recognised by ``torch.utils.checkpoint``'s own objects: on the Python stack,
+``checkpoint`` itself and the generator it drives (a non-reentrant forward),
+``CheckpointFunction.forward`` (a reentrant forward), ``CheckpointFunction.backward`` before its
+recompute has returned (a reentrant recompute) and the unpack hook that runs a non-reentrant
+recompute; and the saved-tensors hook a non-reentrant forward installs (the innermost region
+however it was entered). HF's gradient checkpointing, ``checkpoint_sequential``,
+``checkpoint_wrapper`` and the composable ``torch.distributed._composable.checkpoint`` all go
+through them; other recompute machinery (a hand-written one) is not seen. Nothing is looked up
+under ``torch.compile`` tracing.
 
 A recompute is keyed by its backward pass (the graph task, or the ``GraphExecGroup``): a second
 ``backward(retain_graph=True)`` recomputes again and replays from the start.
@@ -40,6 +42,7 @@ _FWD_REENTRANT = tuc.CheckpointFunction.forward.__code__
 _RECOMPUTE_REENTRANT = tuc.CheckpointFunction.backward.__code__
 _CHECKPOINT = inspect.unwrap(tuc.checkpoint).__code__
 _RECOMPUTE_NON_REENTRANT = _nested_code(tuc._checkpoint_hook.__init__, "unpack_hook")
+_PACK_NON_REENTRANT = _nested_code(tuc._checkpoint_hook.__init__, "pack_hook")
 
 
 def _region(frame):
@@ -66,6 +69,19 @@ def _region(frame):
     return None
 
 
+def _hooked_forward():
+    """The ``_CheckpointFrame`` whose forward installed the innermost saved-tensors hooks, or
+    ``None``: a non-reentrant forward however it was entered (the composable
+    ``torch.distributed._composable.checkpoint`` drives the generator from module hooks, with no
+    ``checkpoint`` frame on the stack)."""
+    hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    pack = hooks[0] if hooks else None
+    code = getattr(pack, "__code__", None)
+    if code is not _PACK_NON_REENTRANT:
+        return None
+    return pack.__closure__[code.co_freevars.index("frame")].cell_contents
+
+
 def around():
     """``(replaying, forwards)`` for the calling code: ``replaying`` the innermost region being
     recomputed, as ``(object, gid)``, or ``None``; ``forwards`` the objects of the regions being
@@ -73,14 +89,17 @@ def around():
     under ``torch.compile`` tracing."""
     if torch.compiler.is_compiling():
         return None, []
-    forwards = []
+    hooked = _hooked_forward()
+    # (the innermost region: inside any region the stack shows)
+    forwards = [] if hooked is None else [hooked]
     frame = sys._getframe(1)
     while frame is not None:
         region = _region(frame)
         if region is not None:
             if region[1] is not None:
                 return region, forwards
-            forwards.append(region[0])
+            if region[0] is not hooked:
+                forwards.append(region[0])
         frame = frame.f_back
     return None, forwards
 

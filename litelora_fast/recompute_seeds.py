@@ -14,8 +14,13 @@ uses the very tensor the forward drew: the same mask, bit for bit, and no host r
 graph capture the seed stays a captured device tensor). Nested checkpoints: a call inside a
 recompute replays the region being recomputed and appends to every region forwarded inside it
 (an inner checkpoint run again by the outer recompute, whose own recompute comes later).
+
+A forward inside ``backward()`` outside any recognised recompute (a hand-written recompute) draws
+afresh, exact only if that machinery restores the RNG state: a ``RuntimeWarning`` says so, once.
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -23,6 +28,7 @@ from . import checkpoint_regions
 from .lora_dropout import new_seed
 
 _SEEDS = "_llf_dropout_seeds"      # attribute on a region object: the seeds of its forward
+_WARNED = [False]                  # the unrecognised-recompute warning, given once a process
 
 
 def call_seed(device) -> torch.Tensor:
@@ -30,6 +36,14 @@ def call_seed(device) -> torch.Tensor:
     seed tensor in a checkpoint recompute, else a fresh one (recorded when in a region)."""
     replaying, forwards = checkpoint_regions.around()
     if replaying is None:
+        if not _WARNED[0] and checkpoint_regions.in_backward():
+            _WARNED[0] = True
+            warnings.warn(
+                "LoRA dropout: a layer ran its forward inside backward() outside a "
+                "torch.utils.checkpoint recompute (a hand-written recompute?). Its dropout mask is "
+                "drawn afresh: it equals the original forward's only if that recompute restored "
+                "the RNG state first (docs/module.md, dropout under gradient checkpointing)",
+                RuntimeWarning, stacklevel=3)
         seed = new_seed(device)
     else:
         seed = checkpoint_regions.replay(replaying, _SEEDS, "LoRA dropout")

@@ -3,19 +3,22 @@
 Every checkpointed step is compared bit for bit (fp32) with the same step run without
 checkpointing, from the same RNG state, with other RNG draws between the forward and the backward
 (what a training loop does: the next batch's dropout, data shuffling). Covered: both
-``use_reentrant`` modes with ``preserve_rng_state`` True and False, nested checkpoints, a second
+``use_reentrant`` modes with ``preserve_rng_state`` True and False, nested checkpoints, the composable
+``checkpoint``, a second
 ``backward(retain_graph=True)``, HF gradient checkpointing (``activation_checkpointing_enable``, formerly
 ``gradient_checkpointing_enable``) on a tiny Llama (its own
 dropouts at 0), ``torch.compile`` of a checkpointed block, and routed (``llf.route``) layers. And
 the masks themselves: each recompute call's mask equals its forward call's.
 """
+import warnings
+
 import pytest
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 import litelora_fast as llf
-from litelora_fast import lora_dropout
+from litelora_fast import lora_dropout, recompute_seeds
 
 MODES = [pytest.param(r, p, id=f"reentrant={r}-preserve_rng={p}")
          for r in (True, False) for p in (True, False)]
@@ -86,12 +89,12 @@ def test_second_backward_replays_from_the_start(fast_path, seed, reentrant):
     assert_same_grads(got, want)
 
 
-@pytest.mark.parametrize("reentrant", [True, False])
-def test_recompute_masks_equal_the_forward_masks(fast_path, seed, reentrant):
+@pytest.mark.parametrize("reentrant,preserve", MODES)
+def test_recompute_masks_equal_the_forward_masks(fast_path, seed, reentrant, preserve):
     block = _block(seed)
     x = torch.randn(5, 8, requires_grad=True)
     with lora_dropout.recorded_masks() as masks:
-        y = checkpoint(block, x, use_reentrant=reentrant, preserve_rng_state=False)
+        y = checkpoint(block, x, use_reentrant=reentrant, preserve_rng_state=preserve)
         forward_masks = len(masks)
         torch.rand(100)
         y.sum().backward()
@@ -163,3 +166,43 @@ def test_routed_layers(fast_path, seed, reentrant):
         return [p.grad for p in model.parameters() if p.requires_grad]
 
     assert_same_grads(run(True), run(False))
+
+
+def test_composable_checkpoint(fast_path, seed):
+    """``torch.distributed._composable.checkpoint`` enters its region from module hooks (no
+    ``checkpoint`` frame): found through the saved-tensors hook it installs."""
+    composable = pytest.importorskip("torch.distributed._composable")
+
+    def forward(m, x):
+        composable.checkpoint(m)
+        return m(x)
+
+    assert_same_grads(_step(seed, forward), _step(seed, lambda m, x: m(x)))
+
+
+def test_a_hand_written_recompute_warns_once(fast_path, monkeypatch):
+    """A forward run inside ``backward()`` by machinery other than ``torch.utils.checkpoint``
+    cannot take the forward's seed: it draws afresh and says so, once."""
+    monkeypatch.setattr(recompute_seeds, "_WARNED", [False])
+    layer = _block(0)[0]
+
+    class Recompute(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            with torch.no_grad():
+                return layer(x)
+
+        @staticmethod
+        def backward(ctx, dy):
+            x = ctx.saved_tensors[0].detach().requires_grad_()
+            with torch.enable_grad():
+                torch.autograd.backward(layer(x), dy)
+            return x.grad
+
+    x = torch.randn(3, 8, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match="outside a torch.utils.checkpoint recompute"):
+        Recompute.apply(x).sum().backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Recompute.apply(x).sum().backward()
