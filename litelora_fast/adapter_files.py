@@ -77,9 +77,10 @@ def save_adapters(model: nn.Module, path, modules_to_save=None) -> Path:
     if not layers:
         raise ValueError(f"save_adapters: the {type(model).__name__} has no GatedLoRALinear "
                          "layer (llf.inject or llf.from_peft first)")
-    token = dist_tensors.save_token(path) if dist_tensors.running() else None
     if any(dist_tensors.is_sharded(p) for p in model.parameters()):
-        dist_tensors.all_ranks_arrived(token, "save_adapters")
+        dist_tensors.all_ranks_arrived("save_adapters")
+    # (after the arrival check: a save that raised there is not counted)
+    token = dist_tensors.save_token(path) if dist_tensors.running() else None
     whole = dist_tensors.whole
     extra = list(getattr(model, MODULES_TO_SAVE_ATTR, []) if modules_to_save is None
                  else modules_to_save)

@@ -14,7 +14,7 @@ collective); a rank other than 0 that calls it waits for that mark, so it finds 
 complete when it reads right after. The mark is keyed by the directory and by how many times this
 process saved there. Where gathering needs every rank (an FSDP2 shard: ``full_tensor`` is a
 collective), every rank first announces itself in the store and waits at most
-``ARRIVAL_WAIT_S`` for the others; a save called on fewer ranks raises ``RuntimeError`` naming
+``ARRIVAL_WAIT_S`` for the others (:func:`all_ranks_arrived`); a save called on fewer ranks raises ``RuntimeError`` naming
 the reason, instead of hanging in the gather until the process group times out.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch.distributed as dist
 # a save within a step of each other (the gradient all-reduce lines them up).
 ARRIVAL_WAIT_S = 30.0
 _SAVES: dict = {}       # directory -> how many saves this process made there
+_SHARDED_SAVES = [0]    # how many sharded saves this process made (every rank's count agrees)
 
 
 def _dtensor_class():
@@ -90,24 +91,32 @@ def _store():
     return dist.distributed_c10d._get_default_store()
 
 
-def all_ranks_arrived(token: str, what: str) -> None:
-    """Return once every rank has called the save ``token`` names (an FSDP2 save: the gather
-    is a collective); ``RuntimeError`` after ``ARRIVAL_WAIT_S`` seconds otherwise."""
+def all_ranks_arrived(what: str) -> None:
+    """Return once every rank has called this sharded save (an FSDP2 save: the gather is a
+    collective); ``RuntimeError`` after ``ARRIVAL_WAIT_S`` seconds otherwise. The saves are
+    counted per process, whatever their directories; a save that raises withdraws its arrival
+    (atomically: a rank arriving meanwhile makes it go ahead instead) and is not counted, so the
+    next save every rank calls meets under one key."""
     if not running():
         return
     store, world = _store(), dist.get_world_size()
-    key = token + "/arrived"
+    key = f"litelora_fast/sharded_save/{_SHARDED_SAVES[0] + 1}"
     deadline = time.monotonic() + ARRIVAL_WAIT_S
     arrived = store.add(key, 1)
     while arrived < world:
         if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"{what}: the model holds FSDP2 shards, and gathering them is a collective that "
-                f"every rank must enter; only {arrived} of {world} ranks called {what} within "
-                f"{ARRIVAL_WAIT_S:g} s (this is rank {dist.get_rank()}). Call it on every rank "
-                "(rank 0 alone writes the files), not inside `if rank == 0:`")
+            now = int(store.compare_set(key, str(arrived), str(arrived - 1)))
+            if now == arrived - 1:
+                raise RuntimeError(
+                    f"{what}: the model holds FSDP2 shards, and gathering them is a collective "
+                    f"that every rank must enter; only {arrived} of {world} ranks called {what} "
+                    f"within {ARRIVAL_WAIT_S:g} s (this is rank {dist.get_rank()}). Call it on "
+                    "every rank (rank 0 alone writes the files), not inside `if rank == 0:`")
+            arrived = now
+            continue
         time.sleep(0.01)
         arrived = store.add(key, 0)
+    _SHARDED_SAVES[0] += 1
 
 
 def writer_done(token: str) -> None:

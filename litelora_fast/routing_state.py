@@ -29,6 +29,7 @@ ACCEPTED = "_llf_route_input"             # attribute on a model: the key accept
 _LOCAL = threading.local()
 _ROUTING = "_llf_routing"     # attribute on a checkpoint region: the routing of its forward
 _MIXED = object()             # ... when its layers ran under two different routings
+_EVER_ROUTED = [False]        # whether this process installed a routing yet
 
 
 def current():
@@ -41,8 +42,8 @@ def for_call():
     forward ran under (``None`` included); else :func:`current`, recorded on the checkpoint
     regions being forwarded."""
     routing = current()
-    if routing is None and not checkpoint_regions.in_backward():
-        return None                  # the common case costs no stack walk
+    if routing is None and not (_EVER_ROUTED[0] and checkpoint_regions.in_backward()):
+        return None                  # the common cases cost no stack walk
     replaying, forwards = checkpoint_regions.around()
     if replaying is not None:
         routing = getattr(replaying[0], _ROUTING, None)
@@ -63,6 +64,8 @@ def installed(routing):
     """Install ``routing`` (a ``Routing`` or ``None``) for the block, then restore the previous."""
     previous = current()
     _LOCAL.routing = routing
+    if routing is not None:
+        _EVER_ROUTED[0] = True
     try:
         yield routing
     finally:
