@@ -14,8 +14,9 @@ collective); a rank other than 0 that calls it waits for that mark, so it finds 
 complete when it reads right after. The mark is keyed by the directory and by how many times this
 process saved there. Where gathering needs every rank (an FSDP2 shard: ``full_tensor`` is a
 collective), every rank first announces itself in the store and waits at most
-``ARRIVAL_WAIT_S`` for the others (:func:`all_ranks_arrived`); a save called on fewer ranks raises ``RuntimeError`` naming
-the reason, instead of hanging in the gather until the process group times out.
+``ARRIVAL_WAIT_S`` for the others (:func:`all_ranks_arrived`); a save called on fewer ranks
+raises ``RuntimeError`` naming the reason, instead of hanging in the gather until the process
+group times out.
 """
 from __future__ import annotations
 
@@ -106,6 +107,9 @@ def all_ranks_arrived(what: str) -> None:
     while arrived < world:
         if time.monotonic() > deadline:
             now = int(store.compare_set(key, str(arrived), str(arrived - 1)))
+            # (two ranks withdrawing from one count at once: the second reads the first's
+            # result as its own and leaves its arrival counted; an over-count only lets the
+            # next save's ranks enter the gather early, where they wait for the rest)
             if now == arrived - 1:
                 raise RuntimeError(
                     f"{what}: the model holds FSDP2 shards, and gathering them is a collective "

@@ -17,10 +17,11 @@ Only linear-like modules are swapped: ``nn.Linear`` (fused), HF ``Conv1D`` and q
 PEFT would adapt and we cannot (``nn.Embedding``, ``nn.Conv1d/2d/3d``) raises ``ValueError``;
 other matches (containers such as ``attention``) are left alone and listed in the error when
 nothing else matched. ``layers_to_transform``/``layers_pattern`` with a string
-``target_modules`` raise, as PEFT's ``LoraConfig`` does. As PEFT does, :func:`inject` freezes everything but the
-adapters by default (``freeze_base=True``), except the ``modules_to_save`` (e.g. a classifier
-head), which train; :func:`extract_base` gives the frozen Parameters their ``requires_grad``
-back. A ``GatedLoRALinear`` shares its base weight and bias Parameters with the ``nn.Linear`` it
+``target_modules`` raise, as PEFT's ``LoraConfig`` does.
+
+As PEFT does, :func:`inject` freezes everything but the adapters by default
+(``freeze_base=True``), except the ``modules_to_save`` (e.g. a classifier head), which train;
+:func:`extract_base` gives the frozen Parameters their ``requires_grad`` back. A ``GatedLoRALinear`` shares its base weight and bias Parameters with the ``nn.Linear`` it
 replaces (no copy), so injection costs no memory and :func:`extract_base` hands back the very
 same base Parameters.
 """
