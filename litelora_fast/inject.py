@@ -21,9 +21,10 @@ nothing else matched. ``layers_to_transform``/``layers_pattern`` with a string
 
 As PEFT does, :func:`inject` freezes everything but the adapters by default
 (``freeze_base=True``), except the ``modules_to_save`` (e.g. a classifier head), which train;
-:func:`extract_base` gives the frozen Parameters their ``requires_grad`` back. A ``GatedLoRALinear`` shares its base weight and bias Parameters with the ``nn.Linear`` it
-replaces (no copy), so injection costs no memory and :func:`extract_base` hands back the very
-same base Parameters.
+:func:`extract_base` gives the frozen Parameters their ``requires_grad`` back. A
+``GatedLoRALinear`` shares its base weight and bias Parameters with the ``nn.Linear`` it replaces
+(no copy), so injection costs no memory and :func:`extract_base` hands back the very same base
+Parameters.
 """
 from __future__ import annotations
 

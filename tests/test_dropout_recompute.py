@@ -3,12 +3,11 @@
 Every checkpointed step is compared bit for bit (fp32) with the same step run without
 checkpointing, from the same RNG state, with other RNG draws between the forward and the backward
 (what a training loop does: the next batch's dropout, data shuffling). Covered: both
-``use_reentrant`` modes with ``preserve_rng_state`` True and False, nested checkpoints, the composable
-``checkpoint``, a second
-``backward(retain_graph=True)``, HF gradient checkpointing (``activation_checkpointing_enable``, formerly
-``gradient_checkpointing_enable``) on a tiny Llama (its own
-dropouts at 0), ``torch.compile`` of a checkpointed block, and routed (``llf.route``) layers. And
-the masks themselves: each recompute call's mask equals its forward call's.
+``use_reentrant`` modes with ``preserve_rng_state`` True and False, nested checkpoints, the
+composable ``checkpoint``, a second ``backward(retain_graph=True)``, HF gradient checkpointing
+(``activation_checkpointing_enable``, formerly ``gradient_checkpointing_enable``) on a tiny Llama
+(its own dropouts at 0), ``torch.compile`` of a checkpointed block, routed (``llf.route``)
+layers, and a hand-written recompute (warned about once). And the masks themselves: each recompute call's mask equals its forward call's.
 """
 import warnings
 
