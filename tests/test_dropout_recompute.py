@@ -7,7 +7,8 @@ checkpointing, from the same RNG state, with other RNG draws between the forward
 composable ``checkpoint``, a second ``backward(retain_graph=True)``, HF gradient checkpointing
 (``activation_checkpointing_enable``, formerly ``gradient_checkpointing_enable``) on a tiny Llama
 (its own dropouts at 0), ``torch.compile`` of a checkpointed block, routed (``llf.route``)
-layers, and a hand-written recompute (warned about once). And the masks themselves: each recompute call's mask equals its forward call's.
+layers, and a hand-written recompute (warned about once). And the masks themselves: each
+recompute call's mask equals its forward call's.
 """
 import warnings
 
