@@ -68,13 +68,19 @@ def _layer_record(layer: GatedLoRALinear) -> dict:
 def save_adapters(model: nn.Module, path, modules_to_save=None) -> Path:
     """Write the adapter banks of ``model`` (and its ``modules_to_save``) into the directory
     ``path`` (created if needed); returns it. ``modules_to_save``: module names; default those
-    recorded by ``inject``/``from_peft`` (``model.llf_modules_to_save``)."""
+    recorded by ``inject``/``from_peft`` (``model.llf_modules_to_save``). Under DDP call it on
+    every rank or on rank 0 alone; under FSDP2 on every rank (``dist_tensors``: a save on fewer
+    ranks raises ``RuntimeError`` instead of hanging in the gather)."""
     st = _safetensors()
     model = dist_tensors.unwrap(model)
     layers = injected_layers(model)
     if not layers:
         raise ValueError(f"save_adapters: the {type(model).__name__} has no GatedLoRALinear "
                          "layer (llf.inject or llf.from_peft first)")
+    if any(dist_tensors.is_sharded(p) for p in model.parameters()):
+        dist_tensors.all_ranks_arrived("save_adapters")
+    # (after the arrival check: a save that raised there is not counted)
+    token = dist_tensors.save_token(path) if dist_tensors.running() else None
     whole = dist_tensors.whole
     extra = list(getattr(model, MODULES_TO_SAVE_ATTR, []) if modules_to_save is None
                  else modules_to_save)
@@ -92,12 +98,28 @@ def save_adapters(model: nn.Module, path, modules_to_save=None) -> Path:
         for pname, p in model.get_submodule(module_name).named_parameters():
             tensors[f"modules_to_save.{module_name}.{pname}"] = whole(p).cpu().contiguous()
     path = Path(path)
-    if dist_tensors.is_writer():
-        path.mkdir(parents=True, exist_ok=True)
-        st.save_file(tensors, os.fspath(path / WEIGHTS_NAME), metadata={"format": FORMAT})
-        (path / CONFIG_NAME).write_text(json.dumps(config, indent=1) + "\n")
-    dist_tensors.wait_for_writer()
+    if not dist_tensors.is_writer():
+        dist_tensors.wait_for_writer(token)
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    # Each file replaced whole: a rank reading meanwhile sees the old file or the new one.
+    _replace(path / WEIGHTS_NAME, lambda f: st.save_file(tensors, os.fspath(f),
+                                                         metadata={"format": FORMAT}))
+    _replace(path / CONFIG_NAME, lambda f: f.write_text(json.dumps(config, indent=1) + "\n"))
+    if token is not None:
+        dist_tensors.writer_done(token)
     return path
+
+
+def _replace(target: Path, write) -> None:
+    """``write(tmp)`` then rename ``tmp`` over ``target`` (atomic on one file system)."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _read(path):

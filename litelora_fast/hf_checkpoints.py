@@ -11,7 +11,9 @@
   The callback also lets the collator route batches (``adapter_ids`` in the batch:
   ``llf.accept_adapter_ids``) and, given the model, lets the Trainer accept a quantized (QLoRA)
   base it would otherwise refuse as "purely quantized" (HF accepts a quantized model only when
-  it carries PEFT adapters; ours are not PEFT's).
+  it carries PEFT adapters; ours are not PEFT's). After ``train()``, ``trainer.save_model()``
+  writes what ``llf.save_pretrained`` writes (below), so ``llf.from_pretrained`` loads the
+  trained model back; plain ``from_pretrained`` gives the base.
 - ``llf.save_pretrained(model, dir)`` / ``llf.from_pretrained(AutoModelForCausalLM, dir)``: the
   whole model, one call each way. ``dir`` holds the base as ``save_pretrained`` writes a plain
   model (the names it had before ``inject``, so ``from_pretrained`` alone gives the base) and the
@@ -20,13 +22,14 @@
 from __future__ import annotations
 
 import os
+import types
 from pathlib import Path
 
 import torch.nn as nn
 
 from .adapter_files import load_adapters, save_adapters
 from .inject import MODULES_TO_SAVE_ATTR, injected_layers
-from .dist_tensors import unwrap as _unwrap
+from .dist_tensors import is_sharded, unwrap as _unwrap
 from .routing import accept_adapter_ids
 
 # State-dict entries of a gated layer that belong to the bank (all others are its base).
@@ -78,12 +81,15 @@ def _trainer_callback_class():
                     setattr(model, _PEFT_FLAG, False)     # only for the Trainer's check
                     del model._llf_trainer_flag
                 accept_adapter_ids(model)
+                _final_save_with_adapters(model)
                 # Already here: train(resume_from_checkpoint=...) loads the checkpoint before
                 # on_train_begin, and checks its missing keys against this list.
                 self._ignore_base(model)
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             self._ignore_base(model)
+            if model is not None:
+                setattr(_unwrap(model), _TRAINING, True)
 
         def _ignore_base(self, model) -> None:
             if model is None or not injected_layers(_unwrap(model)):
@@ -94,10 +100,36 @@ def _trainer_callback_class():
                                              | base_keys(model))
 
         def on_train_end(self, args, state, control, model=None, **kwargs):
+            if model is not None:
+                setattr(_unwrap(model), _TRAINING, False)
             if model is not None and id(model) in self._ignored:
                 model._keys_to_ignore_on_save = self._ignored.pop(id(model))
 
     return AdapterCheckpoints
+
+
+_TRAINING = "_llf_in_train"    # attribute on the model: set by the callback during train()
+
+
+def _final_save_with_adapters(model: nn.Module) -> None:
+    """Outside ``train()``, make the Trainer's ``save_model`` (which calls the model's
+    ``save_pretrained``) write what :func:`save_pretrained` writes: the base under its own names
+    and the adapter files, so :func:`from_pretrained` gives the trained model back (a whole-model
+    save held the banks under names plain ``from_pretrained`` drops: the base alone came back).
+    During ``train()`` (checkpoints, adapter-only) and for FSDP2-sharded models (the Trainer
+    gathers the state dict itself) the model's own ``save_pretrained`` runs."""
+    inner = _unwrap(model)
+    if "save_pretrained" not in vars(inner):
+        # A bound method, not a closure: copy.deepcopy(model) binds the copy's to the copy.
+        inner.save_pretrained = types.MethodType(_save_with_adapters, inner)
+
+
+def _save_with_adapters(self, save_directory, *args, state_dict=None, **kwargs):
+    if (getattr(self, _TRAINING, False) or args
+            or any(is_sharded(p) for p in self.parameters())):
+        return type(self).save_pretrained(self, save_directory, *args, state_dict=state_dict,
+                                          **kwargs)
+    return save_pretrained(self, save_directory, **kwargs)
 
 
 def trainer_callbacks(model: nn.Module = None) -> list:
@@ -144,7 +176,8 @@ def save_pretrained(model: nn.Module, path, **kwargs) -> Path:
                 name = prefix + "." + key[len(prefix) + len(".base_layer."):]
         base_state[name] = state[key]
     path = Path(path)
-    inner.save_pretrained(os.fspath(path), state_dict=base_state, **kwargs)
+    # (the class's method: the Trainer callback replaces the instance's with one calling this)
+    type(inner).save_pretrained(inner, os.fspath(path), state_dict=base_state, **kwargs)
     save_adapters(inner, path)
     return path
 

@@ -13,14 +13,18 @@ Name matching (PEFT's rules, so a PEFT config's ``target_modules`` works unchang
   its other fields too (``peft_config``).
 
 Only linear-like modules are swapped: ``nn.Linear`` (fused), HF ``Conv1D`` and quantized
-``nn.Linear`` subclasses such as bitsandbytes' ``Linear4bit`` (``base_layers``); other matches
-(containers such as ``attention``) are left alone and listed in the error when nothing else
-matched. As PEFT does, :func:`inject` freezes everything but the
-adapters by default (``freeze_base=True``), except the ``modules_to_save`` (e.g. a classifier
-head), which train; :func:`extract_base` gives the frozen Parameters their ``requires_grad``
-back. A ``GatedLoRALinear`` shares its base weight and bias Parameters with the ``nn.Linear`` it
-replaces (no copy), so injection costs no memory and :func:`extract_base` hands back the very
-same base Parameters.
+``nn.Linear`` subclasses such as bitsandbytes' ``Linear4bit`` (``base_layers``). A match that
+PEFT would adapt and we cannot (``nn.Embedding``, ``nn.Conv1d/2d/3d``) raises ``ValueError``;
+other matches (containers such as ``attention``) are left alone and listed in the error when
+nothing else matched. ``layers_to_transform``/``layers_pattern`` with a string
+``target_modules`` raise, as PEFT's ``LoraConfig`` does.
+
+As PEFT does, :func:`inject` freezes everything but the adapters by default
+(``freeze_base=True``), except the ``modules_to_save`` (e.g. a classifier head), which train;
+:func:`extract_base` gives the frozen Parameters their ``requires_grad`` back. A
+``GatedLoRALinear`` shares its base weight and bias Parameters with the ``nn.Linear`` it replaces
+(no copy), so injection costs no memory and :func:`extract_base` hands back the very same base
+Parameters.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from typing import Iterable, Optional, Union
 import torch
 import torch.nn as nn
 
-from . import base_layers
+from . import base_layers, routing_state
 from .layer import GatedLoRALinear
 from .validation import as_list
 from .peft_config import (ALL_LINEAR, SEQ_CLS_HEAD_NAMES, all_linear_names, config_kwargs,
@@ -44,6 +48,9 @@ from .peft_config import (ALL_LINEAR, SEQ_CLS_HEAD_NAMES, all_linear_names, conf
 logger = logging.getLogger(__name__)
 
 TargetModules = Union[str, Iterable[str]]
+# Layers PEFT's LoRA adapts and ours does not: a target that matches one is refused (left alone,
+# it would train fewer parameters than the same config in PEFT, silently).
+PEFT_ONLY_TYPES = (nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 # Attribute set on the model by inject / extract_base: the names swapped, in module order.
 INJECTED_ATTR = "llf_injected"
@@ -122,7 +129,8 @@ def find_targets(model: nn.Module, target_modules: TargetModules, *, exclude_mod
     subclasses, HF ``Conv1D``) that ``target_modules`` selects, by PEFT's rules: a list of names
     or suffixes, a regex matched against the whole name, or ``"all-linear"`` (every one but the
     output head; ``modules_to_save`` are left out). ``exclude_modules``,
-    ``layers_to_transform``/``layers_pattern`` (list targets only, as in PEFT) narrow it.
+    ``layers_to_transform``/``layers_pattern`` (list targets only, as in PEFT: with a string
+    they raise) narrow it. A matched embedding or convolution (``PEFT_ONLY_TYPES``) raises.
 
     Raises ``ValueError`` when nothing is selected, listing the linear names the model has
     (so a typo such as ``"q_proj"`` on a BERT model, whose projections are ``query``/``value``,
@@ -133,6 +141,13 @@ def find_targets(model: nn.Module, target_modules: TargetModules, *, exclude_mod
     if isinstance(model, nn.Linear):
         raise TypeError("inject swaps layers inside a model; wrap a bare nn.Linear with "
                         "GatedLoRALinear.from_linear instead")
+    if isinstance(target_modules, str):
+        for arg, value in (("layers_to_transform", layers_to_transform),
+                           ("layers_pattern", layers_pattern)):
+            if value is not None:
+                # PEFT's LoraConfig raises the same (it would otherwise be ignored).
+                raise ValueError(f"{arg}={value!r} cannot be used when target_modules is a str "
+                                 f"({target_modules!r}); give target_modules as a list of names")
     gated = [n for n, m in model.named_modules() if isinstance(m, GatedLoRALinear)]
     wildcard = isinstance(target_modules, str) and target_modules.lower() == ALL_LINEAR
     if wildcard:
@@ -165,6 +180,12 @@ def find_targets(model: nn.Module, target_modules: TargetModules, *, exclude_mod
             raise ValueError(f"target_modules matched {name!r}, the output projection of an "
                              "nn.MultiheadAttention, which never calls that module's forward; "
                              "it cannot be adapted by swapping the module")
+    peft_only = [f"{n} ({type(m).__name__})" for n, m in other if isinstance(m, PEFT_ONLY_TYPES)]
+    if peft_only:
+        raise ValueError(f"target_modules={target_modules!r} matched {_short_list(peft_only)}: "
+                         "PEFT puts LoRA on such layers, GatedLoRALinear adapts linear layers "
+                         "only. Leave them out of target_modules, or train them in full with "
+                         "modules_to_save=[...]")
     if not linear:
         available = [n for n, m in model.named_modules() if base_layers.is_linear_like(m)]
         injected = [n for n, m in model.named_modules() if isinstance(m, GatedLoRALinear)]
@@ -356,6 +377,7 @@ def inject(model: nn.Module, target_modules=None, rank: int = 8, alpha: float = 
     elif keep:
         for name in keep:
             model.get_submodule(name).requires_grad_(True)
+    routing_state.refuse_unaccepted_input(model)
     _report(_summary(f"inject: swapped -> GatedLoRALinear (rank={given['rank']}, "
                      f"alpha={given['alpha']:g}) in", names), verbose)
     if not explicit_count and not any(p.requires_grad for p in model.parameters()):

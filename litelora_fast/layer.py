@@ -452,7 +452,7 @@ class GatedLoRALinear(nn.Module):
     def _routed_forward(self, x: torch.Tensor, gates: Optional[torch.Tensor]):
         """Inside ``llf.route`` (and without explicit ``gates``): this layer's output with each
         row sent to its adapter (``routing.py``); else ``None``."""
-        routing = routing_state.current() if gates is None else None
+        routing = routing_state.for_call() if gates is None else None
         return None if routing is None else routing.forward(self, x)
 
     def forward(self, x: torch.Tensor, gates: Optional[torch.Tensor] = None) -> torch.Tensor:

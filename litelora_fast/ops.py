@@ -25,7 +25,9 @@ through the custom ops (whose backward op has no autograd formula).
 
 Saved for backward: ``x`` and ``S = x @ A_act^T`` (``N x R``), never per-adapter intermediates;
 ``S * G_E`` is recomputed from ``S`` when ``dB`` is needed. With LoRA dropout, one int64 seed
-more: the mask is regenerated from it (``lora_dropout.py``), never stored.
+more: the mask is regenerated from it (``lora_dropout.py``), never stored. A
+gradient-checkpointing recompute reuses the seed tensor its forward drew (``recompute_seeds.py``),
+so the recompute's mask is the forward's whatever ``preserve_rng_state`` says.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from typing import Optional, Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import autotune, lora_dropout, op_math
+from . import autotune, lora_dropout, op_math, recompute_seeds
 from .backends import BACKENDS
 from .plan import PLAIN_TYPES, decide_active, pack
 from .reference import gated_lora_linear_ref
@@ -299,7 +301,8 @@ def gated_lora_linear(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Opt
     # A seed only when an adapter is active (else nothing to drop) and there is data.
     seed = None
     if p_drop > 0 and active and not _is_empty(x2d, lora_B):
-        seed = lora_dropout.new_seed(x2d.device)
+        # (the original forward's seed in a gradient-checkpointing recompute)
+        seed = recompute_seeds.call_seed(x2d.device)
         lora_dropout.record(seed, x2d.shape[0], x2d.shape[1], p_drop)
     else:
         p_drop = 0.0

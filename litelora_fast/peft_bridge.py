@@ -46,7 +46,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from . import base_layers
+from . import base_layers, routing_state
 from .inject import (MODULES_TO_SAVE_ATTR, TASK_TYPE_ATTR, _all_names, _set_module,
                      _short_list, extract_base, find_modules_to_save, injected_layers)
 from .layer import GatedLoRALinear
@@ -147,6 +147,7 @@ def from_peft(peft_model: nn.Module) -> nn.Module:
             _set_module(model, alias, _module_in_use(name, wrapper))
         saved.append(name)
     setattr(model, MODULES_TO_SAVE_ATTR, saved)
+    routing_state.refuse_unaccepted_input(model)
     if len(task_types) == 1:
         setattr(model, TASK_TYPE_ATTR, task_types.pop())
     # PEFT copies its config dict onto the wrapped model (and deletes it when it unloads); a

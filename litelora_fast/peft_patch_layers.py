@@ -196,7 +196,7 @@ def patched_forward(original, bnb_style: bool, is_patched):
         if self.disable_adapters or self.merged or any(kwargs.get(k) is not None
                                                        for k in _variant_keys()):
             return original(self, x, *args, **kwargs)
-        routing = routing_state.current()
+        routing = routing_state.for_call()
         gates = None
         if adapter_names is not None:
             used = set(adapter_names)

@@ -22,12 +22,10 @@ batch (no copy); a batch whose tenants alternate is grouped by index lists. A mi
 non-zero weights in a row) or weights that require grad go through ``gated_lora_linear`` with
 per-row gates.
 
-Gradient checkpointing: HF's ``gradient_checkpointing_enable`` (both ``use_reentrant`` modes)
-recomputes each layer during ``backward()``, possibly after the ``with`` block has closed. On
-entering the block, ``route`` wraps every module's ``_gradient_checkpointing_func`` with
-:class:`BindRouting`, which hands the checkpoint a function carrying the routing of the first
-forward: the recompute runs under that same routing, whenever and on whatever thread it runs.
-Enable gradient checkpointing before entering the block.
+Gradient checkpointing: a recompute during ``backward()`` (possibly after the ``with`` block has
+closed, inside another one, or on an autograd thread) runs under the routing its forward ran
+under, whichever way checkpointing was turned on (HF's flag before or inside the block,
+``torch.utils.checkpoint`` by hand, either ``use_reentrant``): ``routing_state.for_call``.
 
 For the HF ``Trainer``: :func:`accept_adapter_ids` lets ``model(..., adapter_ids=ids)`` take the
 routing as an input (the collator puts ``adapter_ids`` in the batch; ``llf.trainer_callbacks()``
@@ -41,14 +39,13 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from . import routing_state
+from . import lora_dropout, recompute_seeds, routing_state
 from .dist_tensors import unwrap as _unwrap
 from .inject import injected_layers
 from .routed_op import routed_linear, routed_lora_
 
-ROUTE_INPUT = "adapter_ids"
+ROUTE_INPUT = routing_state.ROUTE_INPUT
 # Above this many runs per distinct (adapter, weight) group, rows are grouped by index lists
 # (one gather per group) instead of by slices (one small GEMM pair per run).
 _RUNS_PER_GROUP = 2
@@ -277,7 +274,9 @@ class Routing:
         x2d = x.reshape(-1, x.shape[-1])
         x_lora = None
         if layer.training and layer.dropout > 0:
-            x_lora = F.dropout(x2d, layer.dropout, training=True)
+            # The op's seeded mask, not F.dropout: a checkpoint recompute replays the seed.
+            x_lora = lora_dropout.dropped(x2d, recompute_seeds.call_seed(x2d.device),
+                                          layer.dropout)
         A, B = list(layer.lora_A), list(layer.lora_B)
         if _plain_base(layer, x):
             y2d = routed_linear(x2d, layer.base_weight(), layer.bias, groups, A, B, x_lora)
@@ -300,36 +299,6 @@ def _plain_base(layer, x: torch.Tensor) -> bool:
             and not torch.is_autocast_enabled(x.device.type))
 
 
-class BindRouting:
-    """Wraps an HF ``_gradient_checkpointing_func``: the checkpointed function runs, in its first
-    forward and in its recompute during ``backward()``, under the routing in effect at the first
-    forward (``None`` included), never under whatever is installed when the recompute runs."""
-
-    def __init__(self, checkpoint_func):
-        self.checkpoint_func = checkpoint_func
-
-    def __call__(self, function, *args, **kwargs):
-        return self.checkpoint_func(_UnderRouting(function, routing_state.current()), *args,
-                                    **kwargs)
-
-
-class _UnderRouting:
-    def __init__(self, function, routing):
-        self.function, self.routing = function, routing
-
-    def __call__(self, *args, **kwargs):
-        with routing_state.installed(self.routing):
-            return self.function(*args, **kwargs)
-
-
-def bind_checkpointing(model: nn.Module) -> None:
-    """Wrap every ``_gradient_checkpointing_func`` of ``model`` with :class:`BindRouting` (once)."""
-    for m in _unwrap(model).modules():
-        f = m.__dict__.get("_gradient_checkpointing_func")
-        if f is not None and not isinstance(f, BindRouting):
-            m._gradient_checkpointing_func = BindRouting(f)
-
-
 @contextlib.contextmanager
 def route(model: nn.Module, adapter_ids, names: Optional[Sequence[str]] = None):
     """Route each row of the batches run inside the block to its adapter (module docstring).
@@ -342,7 +311,6 @@ def route(model: nn.Module, adapter_ids, names: Optional[Sequence[str]] = None):
     from .peft_routing import for_model     # (a patched PEFT model: llf.patch_peft)
     routing = for_model(model, adapter_ids, names, _parse_ids) or Routing(model, adapter_ids,
                                                                           names)
-    bind_checkpointing(model)
     with routing_state.installed(routing):
         yield routing
 
@@ -354,7 +322,7 @@ def accept_adapter_ids(model: nn.Module, key: str = ROUTE_INPUT) -> nn.Module:
     ``adapter_ids`` in each batch (``TrainingArguments(remove_unused_columns=False)`` keeps the
     dataset column it comes from). Installing twice is a no-op."""
     inner = _unwrap(model)
-    if getattr(inner, "_llf_route_input", None) == key:
+    if getattr(inner, routing_state.ACCEPTED, None) == key:
         return model
     stack: list = []
 
@@ -373,5 +341,5 @@ def accept_adapter_ids(model: nn.Module, key: str = ROUTE_INPUT) -> nn.Module:
 
     inner.register_forward_pre_hook(enter, with_kwargs=True)
     inner.register_forward_hook(leave, with_kwargs=True, always_call=True)
-    inner._llf_route_input = key
+    setattr(inner, routing_state.ACCEPTED, key)
     return model

@@ -1,6 +1,6 @@
 """Model-level adapter features under data parallelism on the CPU (two gloo processes):
 ``save_adapters``/``load_adapters`` on DDP and FSDP2 models (rank 0 writes, every rank loads its
-shard) and ``llf.route`` under DDP (the routed gradients equal one process on the whole batch).
+shard; called on rank 0 alone: works under DDP, raises under FSDP2 instead of hanging) and ``llf.route`` under DDP (the routed gradients equal one process on the whole batch).
 The layer's own DDP/FSDP2 gradients: ``test_distributed.py``."""
 import copy
 import os
@@ -50,6 +50,37 @@ def _check_files(rank: int, seed: int, path: str, wrapper: str) -> None:
             assert torch.equal(got[name], value), f"{wrapper} {name} after load (rank {rank})"
 
 
+def _check_rank0_only_save(rank: int, seed: int, path: str, wrapper: str) -> None:
+    """``if rank == 0: llf.save_adapters(...)`` (PEFT's pattern): under DDP rank 0 writes and
+    returns (no collective to hang in); under FSDP2, whose gather is a collective, it raises on
+    rank 0 within ``ARRIVAL_WAIT_S`` naming the reason."""
+    from litelora_fast import dist_tensors
+    model = _bank_model(seed)
+    expected = _whole_state(model)
+    wrapped = wrap(model, wrapper)
+    out = os.path.join(path, f"rank0-{wrapper}")
+    dist_tensors.ARRIVAL_WAIT_S = 1.0
+    if rank == 0:
+        if wrapper == "fsdp2":
+            with pytest.raises(RuntimeError, match="only 1 of 2 ranks called save_adapters"):
+                llf.save_adapters(wrapped, out)
+        else:
+            llf.save_adapters(wrapped, out)
+    dist.barrier()                                  # the test's own: rank 1 reads after rank 0
+    if wrapper == "ddp":
+        target = _bank_model(seed + 1)
+        llf.load_adapters(wrap(target, wrapper), out)
+        got = _whole_state(target)
+        for name, value in expected.items():
+            if "lora" in name or "gates" in name:
+                assert torch.equal(got[name], value), f"rank-0 save {name} (rank {rank})"
+    else:
+        assert not os.path.exists(out)
+        dist_tensors.ARRIVAL_WAIT_S = 120.0         # (ranks may be seconds apart on a busy CPU)
+        llf.save_adapters(wrapped, out)             # then on every rank: it meets and saves
+        assert os.path.isfile(os.path.join(out, "adapters.safetensors"))
+
+
 def _check_routed_ddp(rank: int, seed: int) -> None:
     from tenant_models import grads, llama_with_tenants
     model = llama_with_tenants(seed=seed % 1000)
@@ -75,6 +106,10 @@ def _worker(rank: int, port: int, seed: int, path: str) -> None:
     sys.path.insert(0, os.path.dirname(__file__))        # tenant_models
     run_checks(rank, port, [("ddp files", lambda: _check_files(rank, seed, path, "ddp")),
                             ("fsdp2 files", lambda: _check_files(rank, seed, path, "fsdp2")),
+                            ("ddp rank-0 save",
+                             lambda: _check_rank0_only_save(rank, seed, path, "ddp")),
+                            ("fsdp2 rank-0 save",
+                             lambda: _check_rank0_only_save(rank, seed, path, "fsdp2")),
                             ("routed ddp", lambda: _check_routed_ddp(rank, seed))],
                timeout_s=120)
 

@@ -74,6 +74,33 @@ def test_seq_cls_task_type_trains_the_head_and_keeps_it_out_of_all_linear():
     assert model.score.weight.requires_grad and model.llf_peft_task_type == "SEQ_CLS"
 
 
+def test_targets_peft_adapts_and_we_do_not_are_refused():
+    """``embed_tokens`` among the targets: PEFT puts LoRA on it (2,560 trainable on this model
+    against 1,792 without); leaving it out silently would train less than the same config."""
+    model = tiny("llama")
+    targets = ["q_proj", "v_proj", "embed_tokens"]
+    twin = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=8,
+                                                                     target_modules=targets))
+    assert isinstance(twin.base_model.model.model.embed_tokens, peft.tuners.lora.LoraLayer)
+    assert sum(p.numel() for p in twin.parameters() if p.requires_grad) == 2560
+    with pytest.raises(ValueError, match=r"embed_tokens \(Embedding\).*modules_to_save"):
+        llf.inject(copy.deepcopy(model), targets, rank=8, num_adapters=1)
+    with pytest.raises(ValueError, match="embed_tokens"):
+        llf.inject(copy.deepcopy(model), peft.LoraConfig(r=8, target_modules=targets))
+
+
+def test_layers_to_transform_with_a_string_target_raises_as_in_peft():
+    with pytest.raises(ValueError, match="layers_to_transform"):
+        peft.LoraConfig(target_modules=r".*q_proj", layers_to_transform=[1])
+    for kwargs in ({"layers_to_transform": [1]}, {"layers_to_transform": 0},
+                   {"layers_pattern": "layers"}):
+        arg = next(iter(kwargs))
+        for target in (r".*q_proj", "all-linear"):
+            with pytest.raises(ValueError, match=f"{arg}=.*cannot be used when target_modules "
+                                                 "is a str"):
+                llf.inject(tiny("llama"), target, num_adapters=1, **kwargs)
+
+
 def test_refused_fields_are_all_named():
     config = peft.LoraConfig(target_modules=["q_proj"], use_dora=True, bias="all",
                              layer_replication=[(0, 1)], init_lora_weights="pissa")

@@ -287,6 +287,8 @@ def test_task_type_and_modules_to_save_round_trip(fast_path, seed, tmp_path):
     gated = llf.from_peft(model)
     assert gated.llf_peft_task_type == "SEQ_CLS" and gated.llf_modules_to_save == ["classifier"]
     assert_rel("from_peft", gated(input_ids=ids).logits, ref, F64)
+    with pytest.raises(TypeError, match="accept_adapter_ids"):    # not dropped silently
+        gated(input_ids=ids, adapter_ids=["task0", "task0"])
     back = llf.to_peft(gated)
     assert back.peft_config["task0"].task_type == "SEQ_CLS"
     assert "classifier" in back.peft_config["task0"].modules_to_save

@@ -189,6 +189,20 @@ def test_adapter_ids_as_a_model_input(model):
         assert_rel("all on", plain, model(ids).logits, torch.float64)
 
 
+def test_adapter_ids_without_accept_adapter_ids_raise(model):
+    """An HF model takes ``**kwargs``: without ``accept_adapter_ids`` it would drop the routing
+    and run every row under the layers' own gates."""
+    ids = torch.randint(1, 64, (len(TENANTS), 7))
+    with pytest.raises(TypeError, match="accept_adapter_ids"):
+        model(ids, adapter_ids=TENANTS)
+    llf.accept_adapter_ids(model, key="tenant")      # another key: adapter_ids still refused
+    with pytest.raises(TypeError, match="does not route by adapter_ids"):
+        model(ids, adapter_ids=TENANTS)
+    with llf.route(model, TENANTS):
+        ref = model(ids).logits
+    assert torch.equal(model(ids, tenant=TENANTS).logits, ref)
+
+
 def test_route_leaves_other_models_alone(model, seed):
     other = llama_with_tenants(seed=seed % 1000 + 1).eval()
     ids = torch.randint(1, 64, (2, 4))

@@ -2,6 +2,7 @@
 file, sizes against PEFT's on the same model), ``resume_from_checkpoint`` bit-identical to an
 uninterrupted run, and the whole-model round trip ``llf.save_pretrained`` /
 ``llf.from_pretrained``."""
+import copy
 import os
 
 import pytest
@@ -61,6 +62,28 @@ def test_adapter_only_checkpoints_resume_exactly(fast_path, tmp_path):
     resumed = injected()
     trainer(resumed, tmp_path / "b").train(resume_from_checkpoint=os.fspath(ckpt))
     assert torch.equal(resumed.eval()(probe).logits, expected)
+
+
+def test_save_model_after_training_loads_back_with_the_adapters(fast_path, tmp_path):
+    """``trainer.save_model()`` at the end writes what ``llf.save_pretrained`` writes: the base
+    under its own names (plain ``from_pretrained`` gives the base, as documented) and the
+    adapter files, so ``llf.from_pretrained`` gives the trained model back exactly."""
+    probe = torch.randint(1, VOCAB, (2, 5), generator=torch.Generator().manual_seed(9))
+    torch.manual_seed(0)
+    model = injected()
+    run = trainer(model, tmp_path / "run", max_steps=2)
+    run.train()
+    run.save_model(os.fspath(tmp_path / "final"))
+    expected = model.eval()(probe).logits
+    with llf.disable_adapters(model):
+        base = model(probe).logits
+    assert not torch.equal(expected, base)              # the adapters trained
+    back = llf.from_pretrained(transformers.AutoModelForCausalLM, tmp_path / "final").eval()
+    assert torch.equal(back(probe).logits, expected)
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "final").eval()
+    assert torch.equal(plain(probe).logits, base)
+    twin = copy.deepcopy(model)                         # a copy saves itself, not model
+    assert twin.save_pretrained.__self__ is twin
 
 
 def test_checkpoint_size_against_peft(fast_path, tmp_path):
