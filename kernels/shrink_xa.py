@@ -91,7 +91,7 @@ def rank_smem(c, elem, consts):
     return stage_bytes(c.kwargs["BLOCK_M"], consts["BLOCK_R"], c.kwargs["BLOCK_K"], elem), 0
 
 
-def _spills(c, elem, consts):
+def _spills(c, elem, consts, arch):
     # sm_90 compile: with dropout at BLOCK_R = 128, 4 warps holding the 64 x 128 accumulator and
     # a 64 x 128 x tile's Philox counters spill 80 B per thread (8 warps, or 64-deep tiles, do not).
     return (consts.get("P_DROP", 0.0) > 0 and consts["BLOCK_R"] >= 128 and c.num_warps == 4

@@ -227,7 +227,7 @@ def _tn_smem(c, elem, consts):
     return stage_bytes(k["BLOCK_M"], n, k["BLOCK_K"], elem), 3 * k["BLOCK_K"] * n * 4 if transformed else 0
 
 
-def _pair_spills(c, elem, consts):
+def _pair_spills(c, elem, consts, arch):
     # sm_90 compile, with the gates (and dropout) applied in the kernel: 256-deep tiles spill
     # 176-4,424 B, and 4 warps at BLOCK_K x BLOCK_N = 128 x 64 spill 480 B (8 warps do not).
     if not (consts.get("GATED", False) or consts.get("P_DROP", 0.0) > 0):

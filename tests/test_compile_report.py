@@ -41,10 +41,16 @@ def test_every_config_passes_the_sm90_checks(rows):
 
 def test_the_checks_catch_each_failure(rows):
     good = next(r for r in rows if r["variant"] == "tma_ws")
-    for broken in ({"spill_bytes": 8}, {"hgmma": False}, {"tma": False},
-                   {"warp_specialized": False}, {"persistent": True},
+    for broken in ({"spill_bytes": 8}, {"mma": ""}, {"mma": "HMMA"}, {"tma": False},
+                   {"warp_specialized": False}, {"persistent": True}, {"registers": 256},
                    {"shared_bytes": tuning.SMEM_LIMIT + 1}):
         assert compile_report.failing_rows([{**good, **broken}]), broken
+    # Each architecture's own instruction and limit: HMMA and 101,376 B on sm_89.
+    ada = {**good, "variant": "pointer", "tma": False, "warp_specialized": False, "arch": "sm_89",
+           "mma": "HMMA", "shared_bytes": 101_376}
+    assert not compile_report.failing_rows([ada])
+    for broken in ({"mma": "HGMMA"}, {"shared_bytes": 101_377}):
+        assert compile_report.failing_rows([{**ada, **broken}]), broken
     pointer = next(r for r in rows if r["variant"] == "pointer" and r["kernel"] == "fused_dx")
     assert compile_report.failing_rows([{**pointer, "tma": True}])
 
@@ -105,13 +111,15 @@ def test_prune_model_matches_the_sweep_budget():
 def test_report_rows_have_the_documented_keys(rows):
     for r in rows:
         assert list(r) == compile_report.COLUMNS
-        assert all(isinstance(r[k], bool) for k in ("hgmma", "tma", "warp_specialized", "persistent"))
+        assert all(isinstance(r[k], bool) for k in ("tma", "warp_specialized", "persistent"))
+        assert r["arch"] == "sm_90" and isinstance(r["mma"], str)
         assert r["registers"] > 0
     table = compile_report.format_report(rows).splitlines()
     assert table[0].split() == compile_report.COLUMNS
     assert len(table) == len(rows) + 2
     totals = compile_report.summary(rows)
-    assert f"{len(rows)} configs of {len(KERNELS)} kernels" in totals and "spills: 0 configs" in totals
+    assert f"sm_90: {len(rows)} configs of {len(KERNELS)} kernels" in totals
+    assert "spills: 0 configs" in totals and "of 232,448 B" in totals
 
 
 def test_bad_arguments_are_rejected():
