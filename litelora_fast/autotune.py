@@ -429,7 +429,8 @@ def implementation(device: torch.device, dtype: torch.dtype, override: Optional[
       ``LITELORA_AUTOTUNE=0``.
     - CPU: ``"torch"`` (the fast path), unless ``TRITON_INTERPRET=1`` asks for the kernels;
       bfloat16 then warns once and takes ``"torch"`` (the interpreter's bf16 ``tl.dot`` is
-      wrong, triton issue 11584).
+      wrong, triton issue 11584), except under the test suite's patch that fixes it
+      (``backends.INTERPRETER_BF16_EXACT``).
     """
     if override is not None:
         if override not in backends.BACKENDS:
@@ -452,7 +453,7 @@ def implementation(device: torch.device, dtype: torch.dtype, override: Optional[
             winner = "triton" if torch.cuda.is_current_stream_capturing() else time()
         return winner
     if device.type == "cpu" and backends.interpreter_requested():
-        if dtype != torch.bfloat16:
+        if backends.interpreter_runs(dtype):
             return "triton"
         global _warned_bf16
         if not _warned_bf16:
