@@ -92,6 +92,15 @@ def specs(subset: str = "all", arch: str = "sm_90") -> list:
     return kept
 
 
+def uncovered(arch: str = "sm_90") -> list:
+    """``[(kernel, variant, dtype, bucket, flags)]`` a launcher can meet on ``arch`` where its
+    prune leaves no config (that launch would raise "no launch config fits"): empty when every
+    launch has a config within the architecture's shared memory and without spills."""
+    number = _parse_arch(arch)
+    return [(k.name, k.variant, dtype, tag, k.flags[rank])
+            for k in kernel_specs() for dtype, rank, tag, _, kept in k.launches(number) if not kept]
+
+
 def config_lists() -> dict:
     """``{(kernel, variant): [triton.Config, ...]}``: every config list the launchers can tune
     over on a GPU (16-bit lists, and the fp32 lists under ``variant + "/fp32"`` where they
@@ -258,7 +267,8 @@ def summary(rows: list[dict]) -> str:
             f"{biggest['dtype']} {biggest['config']})",
             f"{op} in {sum(op in r['mma'].split('+') for r in part)}, UTMALDG in "
             f"{sum(r['tma'] for r in part)}, SETMAXREG in {sum(r['warp_specialized'] for r in part)}; "
-            f"failing the checks: {len(failing_rows(part))}"]
+            f"failing the checks: {len(failing_rows(part))}; launches with no config: "
+            f"{len(uncovered(arch))}"]
     return "\n".join(lines) if lines else "0 configs"
 
 
@@ -273,6 +283,10 @@ def main(argv=None) -> int:
     rows = compile_report(args.arch, args.subset)
     print(json.dumps(rows) if args.json else format_report(rows) + "\n\n" + summary(rows))
     bad = failing_rows(rows)
+    empty = uncovered(args.arch)
+    if args.check and empty:
+        print(f"{len(empty)} launch(es) with no config on {args.arch}: {empty}", file=sys.stderr)
+        return 1
     if args.check and bad:
         print(f"{len(bad)} config(s) fail the {args.arch} checks:\n{format_report(bad)}",
               file=sys.stderr)

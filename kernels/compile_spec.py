@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-from .tuning import DEFAULT_ARCH, TMA_MIN_ARCH, TMA_VARIANTS
+from .tuning import DEFAULT_ARCH, TMA_VARIANTS, arch_smem_limit, descriptor_arch
 
 TYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "fp32-ieee": "fp32"}
 ELEM = {"bf16": 2, "fp16": 2, "fp32": 4, "fp32-ieee": 4}
@@ -111,12 +111,16 @@ class KernelSpec:
                        label + (" sweep" if sweep else ""), self.variant, dtype, bucket, sweep,
                        flags)
 
-    def expand(self, arch: int = DEFAULT_ARCH) -> list:
-        """Every config of this kernel a launcher can launch on ``sm_<arch>`` as an ``AotSpec``
-        (none for a descriptor variant before sm_90: ``tuning.has_tma``)."""
-        if self.variant in TMA_VARIANTS and arch < TMA_MIN_ARCH:
-            return []
-        out = []
+    def _launchable_on(self, arch: int) -> bool:
+        return self.variant not in TMA_VARIANTS or descriptor_arch(arch, arch_smem_limit(arch))
+
+    def launches(self, arch: int = DEFAULT_ARCH):
+        """``(dtype, flag rank, bucket tag, consts, kept configs)`` for every dtype, flag set and
+        bucket a launcher of this kernel can meet on ``sm_<arch>`` (none for a descriptor
+        variant where ``tuning.descriptor_arch`` says no); ``kept`` is what its prune launches
+        there."""
+        if not self._launchable_on(arch):
+            return
         for dtype in self.dtypes:
             launcher = self.launchers[dtype.startswith("fp32")]
             for rank, flags in enumerate(self.flags):
@@ -126,8 +130,15 @@ class KernelSpec:
                     consts = {**self.consts, **bucket, **flags, "DOT_PRECISION": precision(dtype),
                               **{s: 1 for s in self.unit_strides}}
                     tag = " ".join(f"{k}={v}" for k, v in bucket.items())
-                    for c in launcher.fit(launcher.configs, ELEM[dtype], consts, arch):
-                        out.append(self._one(dtype, c, consts, tag, flags=rank))
+                    yield (dtype, rank, tag, consts,
+                           launcher.fit(launcher.configs, ELEM[dtype], consts, arch))
+
+    def expand(self, arch: int = DEFAULT_ARCH) -> list:
+        """Every config of this kernel a launcher can launch on ``sm_<arch>`` as an ``AotSpec``."""
+        if not self._launchable_on(arch):
+            return []
+        out = [self._one(dtype, c, consts, tag, flags=rank)
+               for dtype, rank, tag, consts, kept in self.launches(arch) for c in kept]
         for c in self.sweep:
             launcher = self.launchers[False]
             consts = {**self.consts, **(self.flags[0]), "DOT_PRECISION": "tf32",

@@ -25,7 +25,7 @@ from .fused_xw_sgb import (WS_MAX_BLOCK_R, _descriptors, _gemm, _persistent_smem
                            _tma_smem, ws_fits, ws_smem)
 from .shrink_dyb import _check_2d, _check_same_dtype
 from .tiles import descriptor_tile, grouped_tile, store_tile, two_stretch_tile, ws_descriptor_tile
-from .tuning import (INTERPRET, Launcher, block_hook, block_r, buckets, by_dtype, check_out,
+from .tuning import (INTERPRET, TMA_MIN_ARCH, Launcher, block_hook, block_r, buckets, by_dtype, check_out,
                      choose_variant, dot_precision, n_bucket, num_sms, on_device, run_variant,
                      tma_operand)
 
@@ -169,8 +169,16 @@ _SMEM = {"pointer": _pointer_smem, "tma": _tma_smem, "tma_persistent": _persiste
 _BLOCKS = {"tma": _tma_blocks, "tma_persistent": _tma_blocks, "tma_ws": _ws_blocks}
 
 
+def _pointer_spills(c, elem, consts, arch):
+    # sm_89 compile (mma.sync): a 128 x 128 16-bit tile on 4 warps spills 48 B (255 registers:
+    # the fp32 accumulator alone is 128 per thread); wgmma on sm_90 does not.
+    k = c.kwargs
+    return arch < TMA_MIN_ARCH and c.num_warps == 4 and k["BLOCK_M"] * k["BLOCK_N"] >= 128 * 128
+
+
 _LAUNCH = {v: {fp32: Launcher("fused_dx", _KERNELS[v], configs, INTERPRETER_CONFIG[v], KEY,
-                              _SMEM[v], v, pre_hook=block_hook(_BLOCKS[v]) if v in _BLOCKS else None)
+                              _SMEM[v], v, pre_hook=block_hook(_BLOCKS[v]) if v in _BLOCKS else None,
+                              spills=_pointer_spills if v == "pointer" else None)
                for fp32, configs in by_dtype(CONFIGS[v]).items()}
            for v in _KERNELS}
 

@@ -42,6 +42,9 @@ CONFIGS = {
     ],
     "fp32": [triton.Config({"BLOCK_M": 64, "BLOCK_K": 64}, num_warps=8, num_stages=3)],
 }
+# Where the list leaves nothing (a 101,376 B GPU at fp32 BLOCK_R = 128): 32-deep tiles.
+FALLBACK = {"16-bit": [], "fp32": [triton.Config({"BLOCK_M": 64, "BLOCK_K": 32}, num_warps=8,
+                                                 num_stages=3)]}
 INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_K": 32}, num_warps=4, num_stages=1)
 # All R columns in one tile up to this width (one pass over dy). 256 spills on sm_90: the fp32
 # accumulator plus the gate and S tiles of the epilogue exceed 255 registers per thread.
@@ -82,7 +85,7 @@ def _grad_shrink_kernel(
 
 _LAUNCH = {fp32: Launcher("grad_shrink", _grad_shrink_kernel, configs, INTERPRETER_CONFIG,
                           ["N_BUCKET", "D_out", "R_act", "NEED_GATE_GRAD", "DOT_PRECISION"],
-                          rank_smem)
+                          rank_smem, fallback=by_dtype(FALLBACK)[fp32])
            for fp32, configs in by_dtype(CONFIGS).items()}
 
 SPECS = [KernelSpec(

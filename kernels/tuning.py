@@ -54,7 +54,15 @@ DEFAULT_ARCH = 90            # what the interpreter (CPU) stands in for: it runs
 SMEM_LIMIT = ARCH_SMEM_LIMIT[DEFAULT_ARCH]
 SMEM_BUDGET = 200 * 1024
 SMEM_HEADROOM = SMEM_LIMIT - SMEM_BUDGET       # 27,648 B below every device's limit
-TMA_MIN_ARCH = 90            # tensor descriptors (TMA) and warp specialization: sm_90 and later
+TMA_MIN_ARCH = 90            # TMA, wgmma and warp specialization: sm_90 and later (mma.sync before)
+
+
+def descriptor_arch(arch: int, limit: int) -> bool:
+    """The descriptor (TMA) and warp-specialized kernels launch on ``sm_<arch>`` with ``limit``
+    bytes of shared memory per block: sm_90 and later with Hopper's 232,448 B (their config
+    lists are sized for it; sm_120's 101,376 B fits none of the persistent or warp-specialized
+    ones, so it takes the pointer kernels, as sm_80 and sm_89 do)."""
+    return arch >= TMA_MIN_ARCH and limit >= SMEM_LIMIT
 
 
 def smem_budget(limit: int) -> int:
@@ -178,10 +186,11 @@ class Launcher:
     """
 
     def __init__(self, name, kernel, configs, interpreter_config, key, smem, variant="pointer",
-                 pre_hook=None, spills=None):
+                 pre_hook=None, spills=None, fallback=()):
         self.name, self.kernel, self.key, self.smem = name, kernel, list(key), smem
         self.variant, self.pre_hook, self.spills = variant, pre_hook, spills
         self.configs = [self._hooked(c) for c in configs]
+        self.fallback = [self._hooked(c) for c in fallback]
         self.interpreter_config = self._hooked(interpreter_config)
         self.picked = {}                 # tuning key -> config, for untuned launches
         self._tuners = {}                # labels of the pruned configs -> triton.autotune over them
@@ -196,13 +205,23 @@ class Launcher:
 
     def fit(self, configs, elem, consts, arch=DEFAULT_ARCH, smem_limit=None):
         """The configs of ``configs`` a launch may run on ``sm_<arch>`` with operands of ``elem``
-        bytes and constexprs ``consts``: no spilling one, stages lowered to fit the budget under
-        ``smem_limit`` (the device's limit; ``ARCH_SMEM_LIMIT[arch]`` when not given)."""
-        if self.spills is not None:
-            configs = [c for c in configs if not self.spills(c, elem, consts, arch)]
+        bytes and constexprs ``consts``: stages lowered to fit the budget under ``smem_limit``
+        (the device's limit; ``ARCH_SMEM_LIMIT[arch]`` when not given), then the ones that would
+        spill at those stages left out. When ``configs`` is the launcher's list and none of it
+        is left, its ``fallback`` configs (small tiles for 101 KB GPUs), pruned the same way."""
         limit = smem_limit if smem_limit is not None else arch_smem_limit(arch)
-        return fit_stages(configs, lambda c: self.smem(c, elem, consts)[0],
-                          lambda c: self.smem(c, elem, consts)[1], budget=smem_budget(limit))
+
+        def prune(candidates):
+            kept = fit_stages(candidates, lambda c: self.smem(c, elem, consts)[0],
+                              lambda c: self.smem(c, elem, consts)[1], budget=smem_budget(limit))
+            if self.spills is not None:
+                kept = [c for c in kept if not self.spills(c, elem, consts, arch)]
+            return kept
+
+        kept = prune(configs)
+        if not kept and configs is self.configs and self.fallback:
+            kept = prune(self.fallback)
+        return kept
 
     def launchable(self, configs, nargs, consts):
         """``fit`` for a call: the operand size, architecture and shared-memory limit read from
@@ -364,10 +383,10 @@ def num_sms(device) -> int:
 
 
 def has_tma(device) -> bool:
-    """Tensor descriptors run on sm_90+ GPUs and under the interpreter (which enforces the same
-    16-byte rules)."""
+    """Tensor descriptors run on sm_90 and sm_100 GPUs (``descriptor_arch``) and under the
+    interpreter (which enforces the same 16-byte rules)."""
     if device.type == "cuda":
-        return device_arch(device)[0] >= TMA_MIN_ARCH
+        return descriptor_arch(*device_arch(device))
     return INTERPRET
 
 

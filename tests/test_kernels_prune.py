@@ -134,12 +134,38 @@ def test_launch_prunes_against_the_device_limit(monkeypatch, props, kept):
 
 
 def test_descriptor_variants_need_sm90(monkeypatch):
-    """An sm_89 device takes the pointer kernel under "auto" and refuses a forced descriptor one."""
+    """An sm_89 device takes the pointer kernel under "auto" and refuses a forced descriptor one;
+    so does sm_120 (TMA, but 101,376 B: no persistent or warp-specialized config fits)."""
     x = torch.empty(64, 64, dtype=torch.bfloat16)           # descriptor-legal strides
     assert tuning.tma_legal(x)
-    for arch_props, auto in (((58, (8, 9), 101_376), "pointer"), ((132, (9, 0), 232_448), "tma_ws")):
+    for arch_props, auto in (((58, (8, 9), 101_376), "pointer"), ((132, (9, 0), 232_448), "tma_ws"),
+                             ((148, (10, 0), 232_448), "tma_ws"), ((84, (12, 0), 101_376), "pointer")):
         monkeypatch.setattr(tuning, "_cuda_props", lambda index, p=arch_props: p)
         assert tuning.choose_variant("auto", _FakeCudaTensor.device, (x, x, x), ws_ok=True) == auto
     monkeypatch.setattr(tuning, "_cuda_props", lambda index: (58, (8, 9), 101_376))
     with pytest.raises(ValueError, match="sm_90"):
         tuning.choose_variant("tma_ws", _FakeCudaTensor.device, (x, x, x), ws_ok=True)
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120"])
+def test_every_launch_has_a_config_on_every_architecture(arch):
+    """No (kernel, variant, dtype, bucket, flags) a launcher can meet there is left without a
+    config by the shared-memory budget and the spill rules (it would raise at launch)."""
+    from litelora_fast.kernels import compile_report
+
+    assert compile_report.uncovered(arch) == []
+    variants = {s.variant for s in compile_report.specs("buckets", arch)}
+    assert ("tma_ws" in variants) == (arch in ("sm_90", "sm_100"))
+
+
+def test_a_small_gpu_takes_the_fallback_configs():
+    """Exact fp32 shrink at BLOCK_R = 64 on sm_89: the list's 64 x 64-deep tile (32 KiB a stage)
+    fits the 72 KiB budget only with 2 stages, where the sm_89 compile spills, so the 32-deep
+    fallback runs (3 stages); sm_90 keeps the list's config."""
+    launcher = shrink_xa._LAUNCH[True]
+    consts = {"BLOCK_R": 64, "P_DROP": 0.0, "DOT_PRECISION": "ieee"}
+    assert [c.kwargs["BLOCK_K"] for c in launcher.fit(launcher.configs, 4, consts, 90)] == [64]
+    kept = launcher.fit(launcher.configs, 4, consts, 89)
+    assert [(c.kwargs["BLOCK_K"], c.num_stages) for c in kept] == [(32, 3)]
+    # An explicit list (a sweep config, config=) never falls back.
+    assert launcher.fit(list(launcher.configs), 4, consts, 89) == []
