@@ -27,6 +27,7 @@ variants on sm_90 and later only), at every compile-time bucket it can pick (``B
                       emits only when the warp-specialization pass took effect
     persistent        the kernel reads the grid size (tt.get_num_programs in its TTIR): it loops
                       over output tiles on a grid of one program per SM
+    error             "" when the compile succeeded, else its exception (the row fails)
 
 Cost: see docs/kernels.md (measured on this project's CPU machine; Triton's on-disk cache makes
 repeat runs faster).
@@ -49,7 +50,7 @@ import tempfile
 from .tuning import TMA_VARIANTS, arch_smem_limit
 
 COLUMNS = ["arch", "kernel", "variant", "dtype", "config", "registers", "spill_bytes",
-           "shared_bytes", "mma", "tma", "warp_specialized", "persistent", "sweep"]
+           "shared_bytes", "mma", "tma", "warp_specialized", "persistent", "sweep", "error"]
 
 # The tensor-core instruction a tile product must compile to on each architecture: mma.sync
 # (HMMA) on Ampere and Ada, wgmma (HGMMA) on Hopper, tcgen05.mma (UTCHMMA, fed from shared and
@@ -182,7 +183,21 @@ def compile_spec(spec, arch: str = "sm_90") -> dict:
         # A persistent kernel strides its tile loop by the grid size.
         "persistent": "tt.get_num_programs" in compiled.asm["ttir"],
         "sweep": spec.sweep,
+        "error": "",
     }
+
+
+def _compile_or_error(spec, arch: str) -> dict:
+    """``compile_spec``, or a row whose ``error`` names the compile's failure (it fails the
+    checks) so one broken config does not hide the rest of the report."""
+    try:
+        return compile_spec(spec, arch)
+    except Exception as e:     # triton's compile raises RuntimeError / CompilationError
+        return {"arch": f"sm_{_parse_arch(arch)}", "kernel": spec.name, "variant": spec.variant,
+                "dtype": spec.dtype, "config": spec.label(), "registers": 0, "spill_bytes": 0,
+                "shared_bytes": -1, "mma": "", "tma": False, "warp_specialized": False,
+                "persistent": False, "sweep": spec.sweep,
+                "error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"}
 
 
 def _interpreted() -> bool:
@@ -200,7 +215,7 @@ def compile_report(arch: str = "sm_90", subset: str = "all") -> list[dict]:
         raise ValueError(f"subset: expected 'all' or 'buckets', got {subset!r}")
     if _interpreted():
         return _report_in_subprocess(arch, subset)
-    return [compile_spec(spec, arch) for spec in specs(subset, arch)]
+    return [_compile_or_error(spec, arch) for spec in specs(subset, arch)]
 
 
 def _report_in_subprocess(arch: str, subset: str) -> list[dict]:
@@ -223,11 +238,13 @@ def failing_rows(rows: list[dict]) -> list[dict]:
     tensor-core instruction (``TENSOR_CORE_OP``) wherever tiles are multiplied on tensor cores,
     TMA loads exactly in the descriptor variants, SETMAXREG exactly in the warp-specialized one,
     the persistent kernel exactly in the persistent variant, at most 255 registers, no spills,
-    shared memory within the architecture's limit (``tuning.ARCH_SMEM_LIMIT``)."""
+    shared memory within the architecture's limit (``tuning.ARCH_SMEM_LIMIT``), and a compile
+    that succeeded (``error`` empty)."""
     def ok(r):
         arch = _parse_arch(r["arch"])
-        return ((TENSOR_CORE_OP[arch] in r["mma"].split("+") or r["kernel"] in NO_MATMUL
-                 or r["dtype"] == "fp32-ieee")
+        tensor_cores = (TENSOR_CORE_OP[arch] in r["mma"].split("+") or r["kernel"] in NO_MATMUL
+                        or r["dtype"] == "fp32-ieee")
+        return (not r["error"] and tensor_cores
                 and r["tma"] == (r["variant"] in TMA_VARIANTS)
                 and r["warp_specialized"] == (r["variant"] == "tma_ws")
                 and r["persistent"] == (r["variant"] == "tma_persistent")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-from .tuning import DEFAULT_ARCH, TMA_VARIANTS, arch_smem_limit, descriptor_arch
+from .tuning import DEFAULT_ARCH, variant_on_arch
 
 TYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "fp32-ieee": "fp32"}
 ELEM = {"bf16": 2, "fp16": 2, "fp32": 4, "fp32-ieee": 4}
@@ -112,12 +112,12 @@ class KernelSpec:
                        flags)
 
     def _launchable_on(self, arch: int) -> bool:
-        return self.variant not in TMA_VARIANTS or descriptor_arch(arch, arch_smem_limit(arch))
+        return variant_on_arch(self.variant, arch)
 
     def launches(self, arch: int = DEFAULT_ARCH):
         """``(dtype, flag rank, bucket tag, consts, kept configs)`` for every dtype, flag set and
         bucket a launcher of this kernel can meet on ``sm_<arch>`` (none for a descriptor
-        variant where ``tuning.descriptor_arch`` says no); ``kept`` is what its prune launches
+        variant where ``tuning.variant_on_arch`` says no); ``kept`` is what its prune launches
         there."""
         if not self._launchable_on(arch):
             return

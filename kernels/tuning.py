@@ -65,6 +65,22 @@ def descriptor_arch(arch: int, limit: int) -> bool:
     return arch >= TMA_MIN_ARCH and limit >= SMEM_LIMIT
 
 
+# Warp-specialized kernels (``tma_ws``): triton 3.6 compiles them for sm_90 only (for sm_100 its
+# TritonGPUHoistTMEMAlloc pass fails on them: the compile report, 2026-12-08).
+WS_ARCHS = (90,)
+
+
+def variant_on_arch(variant: str, arch: int) -> bool:
+    """A launcher of ``variant`` can launch on ``sm_<arch>``: the pointer kernels (and the weight
+    gradients' "wide"/"narrow") everywhere, the descriptor ones where ``descriptor_arch``, the
+    warp-specialized one on ``WS_ARCHS`` only."""
+    if variant not in TMA_VARIANTS:
+        return True
+    if not descriptor_arch(arch, arch_smem_limit(arch)):
+        return False
+    return variant != "tma_ws" or arch in WS_ARCHS
+
+
 def smem_budget(limit: int) -> int:
     """The bytes the prune lets a launch hold on a device with ``limit`` bytes per block."""
     return limit - SMEM_HEADROOM
@@ -390,6 +406,14 @@ def has_tma(device) -> bool:
     return INTERPRET
 
 
+def has_ws(device) -> bool:
+    """The warp-specialized kernels run on ``device``: an sm_90 GPU (``WS_ARCHS``) or the
+    interpreter."""
+    if device.type == "cuda":
+        return has_tma(device) and device_arch(device)[0] in WS_ARCHS
+    return INTERPRET
+
+
 TMA_DTYPES = ("float16", "bfloat16", "float32")
 
 
@@ -430,7 +454,7 @@ def choose_variant(variant, device, operands, ws_ok: bool, precision: str = "tf3
     is ``tma_legal`` on an sm_90+ device (interpreter too), else "pointer"; untimed, "auto" is
     ``untuned_variant(tiles, sms, ws_ok)``. The thin adapter operands are made legal by the
     launcher (``tma_operand``) and do not decide. ``ws_ok``: the warp-specialized kernel fits
-    this call (the launcher's ``ws_fits``). Exact fp32 on the GPU (``precision == "ieee"``:
+    this call (the launcher's ``ws_fits``; the device must also run them: ``has_ws``). Exact fp32 on the GPU (``precision == "ieee"``:
     torch's TF32 switch off) takes the pointer kernel: without wgmma the descriptor kernels' FMA
     tiles spill registers. A forced variant that cannot run raises ``ValueError`` rather than
     running something else.
@@ -443,6 +467,7 @@ def choose_variant(variant, device, operands, ws_ok: bool, precision: str = "tf3
         raise ValueError(f"variant={value!r}: exact fp32 (torch's TF32 setting off) runs on the "
                          "pointer kernel only")
     legal = has_tma(device) and all(tma_legal(t) for t in operands)
+    ws_ok = ws_ok and has_ws(device)
     if value == "auto":
         if not legal:
             return "pointer"
@@ -451,6 +476,9 @@ def choose_variant(variant, device, operands, ws_ok: bool, precision: str = "tf3
         shapes = [(tuple(t.shape), tuple(t.stride()), str(t.dtype)) for t in operands]
         raise ValueError(f"variant={value!r}: the operands are not tensor-descriptor legal (need "
                          f"unit inner stride, 16-byte aligned rows and base, sm_90+): {shapes}")
+    if value == "tma_ws" and not has_ws(device):
+        raise ValueError(f"variant='tma_ws': the warp-specialized kernels run on sm_90 only "
+                         f"(WS_ARCHS), not on {device}")
     if value == "tma_ws" and not ws_ok:
         raise ValueError("variant='tma_ws' does not fit this call: the adapter bank is wider "
                          "than its single adapter tile, or fp32 fused_dx (see ws_fits)")

@@ -240,7 +240,10 @@ def _pair_spills(c, elem, consts, arch):
     k = c.kwargs
     if consts.get("DOT_PRECISION") == "ieee":      # exact fp32: FMA products hold both tiles
         return elem == 4 and k["BLOCK_K"] >= 64 and consts["BLOCK_N"] >= 32
-    return k["BLOCK_K"] >= 256 or (c.num_warps == 4 and k["BLOCK_K"] * consts["BLOCK_N"] >= 128 * 64)
+    # sm_80 (mma.sync): also 4 warps at BLOCK_M x BLOCK_N = 128 x 64 (168 B).
+    wide_rows = arch < TMA_MIN_ARCH and k["BLOCK_M"] * consts["BLOCK_N"] >= 128 * 64
+    return k["BLOCK_K"] >= 256 or (c.num_warps == 4 and (
+        k["BLOCK_K"] * consts["BLOCK_N"] >= 128 * 64 or wide_rows))
 
 
 def _tn_spills(c, elem, consts, arch):
