@@ -55,6 +55,7 @@ SMEM_LIMIT = ARCH_SMEM_LIMIT[DEFAULT_ARCH]
 SMEM_BUDGET = 200 * 1024
 SMEM_HEADROOM = SMEM_LIMIT - SMEM_BUDGET       # 27,648 B below every device's limit
 TMA_MIN_ARCH = 90            # TMA, wgmma and warp specialization: sm_90 and later (mma.sync before)
+TCGEN05_ARCH = 100           # datacenter Blackwell: tcgen05.mma, accumulators in tensor memory
 
 
 def descriptor_arch(arch: int, limit: int) -> bool:
