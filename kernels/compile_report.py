@@ -58,7 +58,7 @@ COLUMNS = ["arch", "kernel", "variant", "dtype", "config", "registers", "spill_b
 TENSOR_CORE_OP = {80: "HMMA", 86: "HMMA", 89: "HMMA", 90: "HGMMA", 100: "UTCHMMA", 120: "HMMA"}
 # Registers a thread may hold on every architecture the kernels target.
 MAX_REGISTERS = 255
-_MMA_RE = re.compile(r"\b([A-Z]*MMA)\b")
+_MMA_RE = re.compile(r"\b([A-Z]+MMA)\b")         # HMMA, HGMMA, UTCHMMA, IMMA, ...: not a bare "MMA"
 
 
 def kernel_specs() -> list:
