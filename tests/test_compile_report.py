@@ -7,7 +7,8 @@ anywhere (fp32 included), and shared memory within the 232,448 B a Hopper block 
 The test compiles the "buckets" subset: for every kernel, variant, dtype and compile-time bucket a
 launcher can pick (BLOCK_R / BLOCK_N widths), the config it would take first, with the heaviest
 flags (dropout, gates). ``python -m litelora_fast inspect`` compiles all of them, every config of
-every list and the SWEEP_CONFIGS (docs/kernels.md has its output and cost).
+every list and the SWEEP_CONFIGS, for any architecture (benchmarks/results/compile_report.md has
+its totals for sm_80, sm_89, sm_90 and sm_100; docs/kernels.md its cost).
 """
 import inspect
 
