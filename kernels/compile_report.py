@@ -2,26 +2,32 @@
 
     rows = compile_report(arch="sm_90")     # needs no GPU: triton.compile + ptxas + cuobjdump
     print(format_report(rows))
-    python -m litelora_fast inspect [--subset buckets] [--json] [--check]
+    python -m litelora_fast inspect [--arch sm_80|sm_86|sm_89|sm_90|sm_100|sm_120]
+                                    [--subset buckets] [--json] [--check]
 
-``--check`` exits 1 when a row fails the sm_90 checks of ``failing_rows``. The last lines of the
-text report are the totals (``summary``).
+``--check`` exits 1 when a row fails its architecture's checks (``failing_rows``). The last lines
+of the text report are the totals (``summary``).
 
-One row per (kernel, variant, dtype, bucket, config) of ``specs()`` (the ``SPECS`` each kernel
-file declares, expanded by ``kernels.compile_spec``): every config each launcher's prune keeps, at every compile-time bucket it can pick (``BLOCK_R`` /
+One row per (kernel, variant, dtype, bucket, config) of ``specs(subset, arch)`` (the ``SPECS``
+each kernel file declares, expanded by ``kernels.compile_spec``): every config each launcher's
+prune keeps on that architecture (its shared-memory limit; descriptor and warp-specialized
+variants on sm_90 and later only), at every compile-time bucket it can pick (``BLOCK_R`` /
 ``BLOCK_N`` widths) and feature flags, in every dtype it serves, plus the ``SWEEP_CONFIGS``:
 
+    arch              "sm_90", ...
     kernel, variant ("pointer", "tma", "tma_persistent", "tma_ws"; "wide"/"narrow" for
                       matmul_tn), dtype, config (str: tile, warps, stages, bucket, flags)
     registers         per thread
     spill_bytes       stack + local memory per thread: 0 means no register spills
     shared_bytes      dynamic shared memory Triton launches with + static shared memory
-    hgmma             the SASS holds HGMMA: tile products run on Hopper's wgmma tensor cores
+    mma               the MMA instruction families in the SASS ("HGMMA", "HMMA", "UTCHMMA"; ""
+                      for none): ``TENSOR_CORE_OP`` names the one each architecture must use
     tma               the SASS holds UTMALDG: operand tiles arrive through the TMA unit
     warp_specialized  the SASS holds SETMAXREG: warp groups re-balance registers, which Triton
                       emits only when the warp-specialization pass took effect
     persistent        the kernel reads the grid size (tt.get_num_programs in its TTIR): it loops
                       over output tiles on a grid of one program per SM
+    error             "" when the compile succeeded, else its exception (the row fails)
 
 Cost: see docs/kernels.md (measured on this project's CPU machine; Triton's on-disk cache makes
 repeat runs faster).
@@ -41,10 +47,18 @@ import subprocess
 import sys
 import tempfile
 
-from .tuning import SMEM_LIMIT, TMA_VARIANTS
+from .tuning import TMA_VARIANTS, arch_smem_limit
 
-COLUMNS = ["kernel", "variant", "dtype", "config", "registers", "spill_bytes", "shared_bytes",
-           "hgmma", "tma", "warp_specialized", "persistent", "sweep"]
+COLUMNS = ["arch", "kernel", "variant", "dtype", "config", "registers", "spill_bytes",
+           "shared_bytes", "mma", "tma", "warp_specialized", "persistent", "sweep", "error"]
+
+# The tensor-core instruction a tile product must compile to on each architecture: mma.sync
+# (HMMA) on Ampere and Ada, wgmma (HGMMA) on Hopper, tcgen05.mma (UTCHMMA, fed from shared and
+# tensor memory) on datacenter Blackwell, mma.sync again on consumer Blackwell (sm_120).
+TENSOR_CORE_OP = {80: "HMMA", 86: "HMMA", 89: "HMMA", 90: "HGMMA", 100: "UTCHMMA", 120: "HMMA"}
+# Registers a thread may hold on every architecture the kernels target.
+MAX_REGISTERS = 255
+_MMA_RE = re.compile(r"\b([A-Z]+MMA)\b")         # HMMA, HGMMA, UTCHMMA, IMMA, ...: not a bare "MMA"
 
 
 def kernel_specs() -> list:
@@ -55,14 +69,16 @@ def kernel_specs() -> list:
             *weight_grad.SPECS, *dropout.SPECS]
 
 
-def specs(subset: str = "all") -> list:
-    """Every launchable config as an ``AotSpec``, the sweep configs included. ``subset="buckets"``:
+def specs(subset: str = "all", arch: str = "sm_90") -> list:
+    """Every config launchable on ``arch`` as an ``AotSpec``, the sweep configs included (no
+    descriptor variant before sm_90; each config as the prune for that architecture's shared
+    memory leaves it). ``subset="buckets"``:
     for each (kernel, variant, dtype, bucket) the first config the launcher would take with the
     heaviest flag set (dropout, gates), no sweep configs: each compile-time shape a launcher can
     pick, once (the unit test's pass)."""
     if subset not in ("all", "buckets"):
         raise ValueError(f"subset: expected 'all' or 'buckets', got {subset!r}")
-    out = [a for k in kernel_specs() for a in k.expand()]
+    out = [a for k in kernel_specs() for a in k.expand(_parse_arch(arch))]
     if subset == "all":
         return out
     key = lambda s: (s.name, s.variant, s.dtype, s.bucket)    # noqa: E731
@@ -75,6 +91,15 @@ def specs(subset: str = "all") -> list:
             seen.add(key(s))
             kept.append(s)
     return kept
+
+
+def uncovered(arch: str = "sm_90") -> list:
+    """``[(kernel, variant, dtype, bucket, flags)]`` a launcher can meet on ``arch`` where its
+    prune leaves no config (that launch would raise "no launch config fits"): empty when every
+    launch has a config within the architecture's shared memory and without spills."""
+    number = _parse_arch(arch)
+    return [(k.name, k.variant, dtype, tag, k.flags[rank])
+            for k in kernel_specs() for dtype, rank, tag, _, kept in k.launches(number) if not kept]
 
 
 def config_lists() -> dict:
@@ -97,6 +122,9 @@ def _parse_arch(arch: str) -> int:
     if int(m.group(1)) < 80:
         # the kernels use bf16 tensor cores and async copies: Ampere (sm_80) and newer
         raise ValueError(f"arch: {arch!r} is older than sm_80, the oldest the kernels target")
+    if int(m.group(1)) not in TENSOR_CORE_OP:
+        raise ValueError(f"arch: {arch!r} is not one the report knows (known: "
+                         f"{', '.join(f'sm_{a}' for a in TENSOR_CORE_OP)})")
     return int(m.group(1))
 
 
@@ -130,7 +158,8 @@ def compile_spec(spec, arch: str = "sm_90") -> dict:
     fn = spec.fn
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in spec.aligned or ()}
     src = ASTSource(fn=fn, signature=spec.signature, constexprs=spec.constexprs, attrs=attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", _parse_arch(arch), 32),
+    number = _parse_arch(arch)
+    compiled = triton.compile(src, target=GPUTarget("cuda", number, 32),
                               options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, f"{spec.name}.cubin")
@@ -139,6 +168,7 @@ def compile_spec(spec, arch: str = "sm_90") -> dict:
         usage = _resource_usage(path)
         sass = _sass(path)
     return {
+        "arch": f"sm_{number}",
         "kernel": spec.name,
         "variant": spec.variant,
         "dtype": spec.dtype,
@@ -146,13 +176,28 @@ def compile_spec(spec, arch: str = "sm_90") -> dict:
         "registers": usage["registers"],
         "spill_bytes": usage["stack"] + usage["local"],
         "shared_bytes": compiled.metadata.shared + usage["static_shared"],
-        "hgmma": "HGMMA" in sass,
+        # every MMA instruction family in the SASS, e.g. "HGMMA" or "HMMA" ("" for none)
+        "mma": "+".join(sorted(set(_MMA_RE.findall(sass)))),
         "tma": "UTMALDG" in sass,
         "warp_specialized": "SETMAXREG" in sass,
         # A persistent kernel strides its tile loop by the grid size.
         "persistent": "tt.get_num_programs" in compiled.asm["ttir"],
         "sweep": spec.sweep,
+        "error": "",
     }
+
+
+def _compile_or_error(spec, arch: str) -> dict:
+    """``compile_spec``, or a row whose ``error`` names the compile's failure (it fails the
+    checks) so one broken config does not hide the rest of the report."""
+    try:
+        return compile_spec(spec, arch)
+    except Exception as e:     # triton's compile raises RuntimeError / CompilationError
+        return {"arch": f"sm_{_parse_arch(arch)}", "kernel": spec.name, "variant": spec.variant,
+                "dtype": spec.dtype, "config": spec.label(), "registers": 0, "spill_bytes": 0,
+                "shared_bytes": -1, "mma": "", "tma": False, "warp_specialized": False,
+                "persistent": False, "sweep": spec.sweep,
+                "error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"}
 
 
 def _interpreted() -> bool:
@@ -170,7 +215,7 @@ def compile_report(arch: str = "sm_90", subset: str = "all") -> list[dict]:
         raise ValueError(f"subset: expected 'all' or 'buckets', got {subset!r}")
     if _interpreted():
         return _report_in_subprocess(arch, subset)
-    return [compile_spec(spec, arch) for spec in specs(subset)]
+    return [_compile_or_error(spec, arch) for spec in specs(subset, arch)]
 
 
 def _report_in_subprocess(arch: str, subset: str) -> list[dict]:
@@ -189,17 +234,24 @@ NO_MATMUL = {"matmul_tn_sum_partials", "dropout_mask"}
 
 
 def failing_rows(rows: list[dict]) -> list[dict]:
-    """Rows that fail the sm_90 checks: HGMMA wherever tiles are multiplied on tensor cores, TMA
-    loads exactly in the descriptor variants, SETMAXREG exactly in the warp-specialized one, the
-    persistent kernel exactly in the persistent variant, no spills, shared memory within
-    ``tuning.SMEM_LIMIT`` (232,448 B)."""
-    return [r for r in rows if not (
-        (r["hgmma"] or r["kernel"] in NO_MATMUL or r["dtype"] == "fp32-ieee")
-        and r["tma"] == (r["variant"] in TMA_VARIANTS)
-        and r["warp_specialized"] == (r["variant"] == "tma_ws")
-        and r["persistent"] == (r["variant"] == "tma_persistent")
-        and r["spill_bytes"] == 0
-        and 0 <= r["shared_bytes"] <= SMEM_LIMIT)]
+    """Rows that fail the checks of their architecture (``row["arch"]``): the architecture's
+    tensor-core instruction (``TENSOR_CORE_OP``) wherever tiles are multiplied on tensor cores,
+    TMA loads exactly in the descriptor variants, SETMAXREG exactly in the warp-specialized one,
+    the persistent kernel exactly in the persistent variant, at most 255 registers, no spills,
+    shared memory within the architecture's limit (``tuning.ARCH_SMEM_LIMIT``), and a compile
+    that succeeded (``error`` empty)."""
+    def ok(r):
+        arch = _parse_arch(r["arch"])
+        tensor_cores = (TENSOR_CORE_OP[arch] in r["mma"].split("+") or r["kernel"] in NO_MATMUL
+                        or r["dtype"] == "fp32-ieee")
+        return (not r["error"] and tensor_cores
+                and r["tma"] == (r["variant"] in TMA_VARIANTS)
+                and r["warp_specialized"] == (r["variant"] == "tma_ws")
+                and r["persistent"] == (r["variant"] == "tma_persistent")
+                and r["registers"] <= MAX_REGISTERS
+                and r["spill_bytes"] == 0
+                and 0 <= r["shared_bytes"] <= arch_smem_limit(arch))
+    return [r for r in rows if not ok(r)]
 
 
 def format_report(rows: list[dict]) -> str:
@@ -213,20 +265,28 @@ def format_report(rows: list[dict]) -> str:
 
 
 def summary(rows: list[dict]) -> str:
-    """The totals: configs, kernels, spills, the largest shared memory, and how many rows hold
-    HGMMA, UTMALDG and SETMAXREG."""
-    kernels = {(r["kernel"], r["variant"]) for r in rows}
-    spilling = sum(r["spill_bytes"] > 0 for r in rows)
-    biggest = max(rows, key=lambda r: r["shared_bytes"]) if rows else None
-    lines = [f"{len(rows)} configs of {len({r['kernel'] for r in rows})} kernels "
-             f"({len(kernels)} kernel/variant pairs), {sum(r['sweep'] for r in rows)} of them sweep configs",
-             f"spills: {spilling} configs; shared memory: max {biggest['shared_bytes'] if biggest else 0:,} B "
-             f"of {SMEM_LIMIT:,} B" + (f" ({biggest['kernel']}/{biggest['variant']} {biggest['dtype']} "
-                                       f"{biggest['config']})" if biggest else ""),
-             f"HGMMA in {sum(r['hgmma'] for r in rows)}, UTMALDG in {sum(r['tma'] for r in rows)}, "
-             f"SETMAXREG in {sum(r['warp_specialized'] for r in rows)}; "
-             f"failing the checks: {len(failing_rows(rows))}"]
-    return "\n".join(lines)
+    """The totals per architecture: configs, kernels, spills, the largest shared memory against
+    the limit, the most registers, and how many rows hold the tensor-core instruction, UTMALDG
+    and SETMAXREG."""
+    lines = []
+    for arch in sorted({r["arch"] for r in rows}, key=_parse_arch):
+        part = [r for r in rows if r["arch"] == arch]
+        number = _parse_arch(arch)
+        op = TENSOR_CORE_OP[number]
+        kernels = {(r["kernel"], r["variant"]) for r in part}
+        biggest = max(part, key=lambda r: r["shared_bytes"])
+        lines += [
+            f"{arch}: {len(part)} configs of {len({r['kernel'] for r in part})} kernels "
+            f"({len(kernels)} kernel/variant pairs), {sum(r['sweep'] for r in part)} of them sweep configs",
+            f"spills: {sum(r['spill_bytes'] > 0 for r in part)} configs; registers: max "
+            f"{max(r['registers'] for r in part)}; shared memory: max {biggest['shared_bytes']:,} B of "
+            f"{arch_smem_limit(number):,} B ({biggest['kernel']}/{biggest['variant']} "
+            f"{biggest['dtype']} {biggest['config']})",
+            f"{op} in {sum(op in r['mma'].split('+') for r in part)}, UTMALDG in "
+            f"{sum(r['tma'] for r in part)}, SETMAXREG in {sum(r['warp_specialized'] for r in part)}; "
+            f"failing the checks: {len(failing_rows(part))}; launches with no config: "
+            f"{len(uncovered(arch))}"]
+    return "\n".join(lines) if lines else "0 configs"
 
 
 def main(argv=None) -> int:
@@ -235,13 +295,18 @@ def main(argv=None) -> int:
     parser.add_argument("--subset", default="all", choices=["all", "buckets"])
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.add_argument("--check", action="store_true",
-                        help="exit 1 if a row fails the sm_90 checks (see failing_rows)")
+                        help="exit 1 if a row fails its architecture's checks (see failing_rows)")
     args = parser.parse_args(argv)
     rows = compile_report(args.arch, args.subset)
     print(json.dumps(rows) if args.json else format_report(rows) + "\n\n" + summary(rows))
     bad = failing_rows(rows)
+    empty = uncovered(args.arch)
+    if args.check and empty:
+        print(f"{len(empty)} launch(es) with no config on {args.arch}: {empty}", file=sys.stderr)
+        return 1
     if args.check and bad:
-        print(f"{len(bad)} config(s) fail the sm_90 checks:\n{format_report(bad)}", file=sys.stderr)
+        print(f"{len(bad)} config(s) fail the {args.arch} checks:\n{format_report(bad)}",
+              file=sys.stderr)
         return 1
     return 0
 

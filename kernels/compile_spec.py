@@ -1,13 +1,15 @@
 """Ahead-of-time compile specs: how each kernel is compiled without a GPU, declared beside the
 kernel in its own file as a ``KernelSpec``, and expanded here into one ``AotSpec`` per launchable
-config (what ``kernels.compile_report`` compiles for sm_90).
+config (what ``kernels.compile_report`` compiles for an architecture: sm_80, sm_86, sm_89, sm_90,
+sm_100, sm_120).
 
 A ``KernelSpec`` names the kernel, its launchers (their config lists and shared-memory model:
 what the prune keeps is exactly what is compiled), the arguments that are not "a pointer to the
 operand dtype" or "an int32 divisible by 16", the constexpr buckets the launcher can pick
 (``BLOCK_R`` widths, ...) and the feature flags to compile (dropout, gates). ``expand`` yields,
 for every dtype the kernel serves, every bucket and every flag set, every config its launcher's
-prune keeps at those constants, plus the kernel's ``sweep`` configs (bf16).
+prune (``Launcher.fit``, the same call a launch makes) keeps at those constants on that
+architecture, plus the kernel's ``sweep`` configs (bf16).
 
 dtype labels: "fp32" runs TF32 wgmma (torch's TF32 switch on), "fp32-ieee" exact fp32 products
 (the switch off, torch's default), which only the pointer kernels take (``tuning.choose_variant``).
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+
+from .tuning import DEFAULT_ARCH, variant_on_arch
 
 TYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "fp32-ieee": "fp32"}
 ELEM = {"bf16": 2, "fp16": 2, "fp32": 4, "fp32-ieee": 4}
@@ -107,9 +111,16 @@ class KernelSpec:
                        label + (" sweep" if sweep else ""), self.variant, dtype, bucket, sweep,
                        flags)
 
-    def expand(self) -> list:
-        """Every launchable config of this kernel as an ``AotSpec``."""
-        out = []
+    def _launchable_on(self, arch: int) -> bool:
+        return variant_on_arch(self.variant, arch)
+
+    def launches(self, arch: int = DEFAULT_ARCH):
+        """``(dtype, flag rank, bucket tag, consts, kept configs)`` for every dtype, flag set and
+        bucket a launcher of this kernel can meet on ``sm_<arch>`` (none for a descriptor
+        variant where ``tuning.variant_on_arch`` says no); ``kept`` is what its prune launches
+        there."""
+        if not self._launchable_on(arch):
+            return
         for dtype in self.dtypes:
             launcher = self.launchers[dtype.startswith("fp32")]
             for rank, flags in enumerate(self.flags):
@@ -119,8 +130,15 @@ class KernelSpec:
                     consts = {**self.consts, **bucket, **flags, "DOT_PRECISION": precision(dtype),
                               **{s: 1 for s in self.unit_strides}}
                     tag = " ".join(f"{k}={v}" for k, v in bucket.items())
-                    for c in launcher.fit(launcher.configs, ELEM[dtype], consts):
-                        out.append(self._one(dtype, c, consts, tag, flags=rank))
+                    yield (dtype, rank, tag, consts,
+                           launcher.fit(launcher.configs, ELEM[dtype], consts, arch))
+
+    def expand(self, arch: int = DEFAULT_ARCH) -> list:
+        """Every config of this kernel a launcher can launch on ``sm_<arch>`` as an ``AotSpec``."""
+        if not self._launchable_on(arch):
+            return []
+        out = [self._one(dtype, c, consts, tag, flags=rank)
+               for dtype, rank, tag, consts, kept in self.launches(arch) for c in kept]
         for c in self.sweep:
             launcher = self.launchers[False]
             consts = {**self.consts, **(self.flags[0]), "DOT_PRECISION": "tf32",
@@ -128,7 +146,7 @@ class KernelSpec:
             bucket = self.buckets("bf16", self.flags[0]) if self.buckets else {}
             consts.update({k: v[0] for k, v in bucket.items()})
             tag = " ".join(f"{k}={v[0]}" for k, v in bucket.items())
-            for kept in launcher.fit([c], ELEM["bf16"], consts):
+            for kept in launcher.fit([c], ELEM["bf16"], consts, arch):
                 out.append(self._one("bf16", kept, consts, tag, sweep=True))
         return out
 

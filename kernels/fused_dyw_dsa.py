@@ -25,9 +25,9 @@ from .fused_xw_sgb import (WS_MAX_BLOCK_R, _descriptors, _gemm, _persistent_smem
                            _tma_smem, ws_fits, ws_smem)
 from .shrink_dyb import _check_2d, _check_same_dtype
 from .tiles import descriptor_tile, grouped_tile, store_tile, two_stretch_tile, ws_descriptor_tile
-from .tuning import (INTERPRET, Launcher, block_hook, block_r, buckets, by_dtype, check_out,
-                     choose_variant, dot_precision, n_bucket, num_sms, on_device, run_variant,
-                     tma_operand)
+from .tuning import (INTERPRET, TMA_MIN_ARCH, Launcher, block_hook, block_r, buckets, by_dtype,
+                     check_out, choose_variant, dot_precision, has_ws, n_bucket, num_sms,
+                     on_device, run_variant, tma_operand)
 
 # ---------------------------------------------------------------------------------------------
 # Configs (data; ``tuning.STATUS``): the base GEMM N x D_in x D_out is compute-bound, so the
@@ -169,8 +169,18 @@ _SMEM = {"pointer": _pointer_smem, "tma": _tma_smem, "tma_persistent": _persiste
 _BLOCKS = {"tma": _tma_blocks, "tma_persistent": _tma_blocks, "tma_ws": _ws_blocks}
 
 
+def _pointer_spills(c, elem, consts, arch):
+    # mma.sync compiles (no wgmma): a 128 x 128 16-bit tile on 4 warps spills 48 B on sm_89
+    # (255 registers: the fp32 accumulator alone is 128 per thread), 128 x 256 on 8 warps 16 B
+    # on sm_80; wgmma on sm_90 does neither.
+    k = c.kwargs
+    tile = k["BLOCK_M"] * k["BLOCK_N"]
+    return arch < TMA_MIN_ARCH and (tile >= 128 * 256 or (c.num_warps == 4 and tile >= 128 * 128))
+
+
 _LAUNCH = {v: {fp32: Launcher("fused_dx", _KERNELS[v], configs, INTERPRETER_CONFIG[v], KEY,
-                              _SMEM[v], v, pre_hook=block_hook(_BLOCKS[v]) if v in _BLOCKS else None)
+                              _SMEM[v], v, pre_hook=block_hook(_BLOCKS[v]) if v in _BLOCKS else None,
+                              spills=_pointer_spills if v == "pointer" else None)
                for fp32, configs in by_dtype(CONFIGS[v]).items()}
            for v in _KERNELS}
 
@@ -219,7 +229,7 @@ def fused_dx(dy, weight, dS, lora_A, *, out=None, variant=None, config=None):
     # lora_A is read along its rows (the reduction runs over R_act): its row stride is D_in's,
     # legal whenever weight's is; it decides with the large operands (a copy would be R x D_in).
     big = (dy, weight, dx) + ((lora_A,) if has_adapter else ())
-    ws_ok = ws_fits(R_act, fp32, b_kmajor=False)
+    ws_ok = ws_fits(R_act, fp32, b_kmajor=False) and has_ws(dy.device)
     precision = dot_precision(dy)
     first = INTERPRETER_CONFIG["tma"] if INTERPRET else by_dtype(CONFIGS["tma"])[fp32][0]
     tiles = triton.cdiv(N, first.kwargs["BLOCK_M"]) * triton.cdiv(D_in, first.kwargs["BLOCK_N"])

@@ -41,9 +41,9 @@ from . import LAUNCH_COUNTS
 from .compile_spec import TF32_DTYPES, KernelSpec
 from .tiles import (add_bias, descriptor_tile, grouped_tile, store_tile, two_stretch_tile,
                     ws_descriptor_tile)
-from .tuning import (INTERPRET, Launcher, block_hook, block_r, buckets, by_dtype, check_launch,
-                     check_out, choose_variant, dot_precision, n_bucket, num_sms, on_device,
-                     run_variant, stage_bytes, tma_operand)
+from .tuning import (INTERPRET, TMA_MIN_ARCH, Launcher, block_hook, block_r, buckets, by_dtype,
+                     check_launch, check_out, choose_variant, dot_precision, has_ws, n_bucket,
+                     num_sms, on_device, run_variant, stage_bytes, tma_operand)
 
 # The warp-specialized kernel holds the whole adapter bank in one tile of at most this many columns.
 WS_MAX_BLOCK_R = 64
@@ -250,7 +250,7 @@ def ws_smem(c, elem, consts):
     """The warp-specialized kernels' shared memory: the pipelined base tiles, plus the adapter
     step's (BLOCK_M + BLOCK_N) x BLOCK_R tiles, plus an output-sized tile for the epilogue's
     layout conversion (sm_90 compile, 128x128 tiles: 17,792 B beyond the operand tiles in bf16,
-    66,944-75,136 B in fp32, where leaving it out launched 237,952 B at BLOCK_R = 64)."""
+    66,944-75,136 B in fp32, where leaving it out launched 238,976 B at BLOCK_R = 64)."""
     k = c.kwargs
     fixed = stage_bytes(k["BLOCK_M"], k["BLOCK_N"], consts["BLOCK_R"], elem)
     return (stage_bytes(k["BLOCK_M"], k["BLOCK_N"], k["BLOCK_K"], elem),
@@ -275,8 +275,16 @@ _HOOK = {"tma": block_hook(_tma_blocks), "tma_persistent": block_hook(_tma_block
          "tma_ws": block_hook(_ws_blocks)}
 
 
+def _pointer_spills(c, elem, consts, arch):
+    # sm_80 compile (mma.sync): 128 x 256 16-bit tiles spill 8 B at the 2 stages that fit (255
+    # registers: the fp32 accumulator is 128 per thread on 8 warps); wgmma on sm_90 does not.
+    k = c.kwargs
+    return arch < TMA_MIN_ARCH and k["BLOCK_M"] * k["BLOCK_N"] >= 128 * 256
+
+
 _LAUNCH = {v: {fp32: Launcher("fused_forward", _KERNELS[v], configs, INTERPRETER_CONFIG[v], KEY,
-                              _SMEM[v], v, pre_hook=_HOOK.get(v))
+                              _SMEM[v], v, pre_hook=_HOOK.get(v),
+                              spills=_pointer_spills if v == "pointer" else None)
                for fp32, configs in by_dtype(CONFIGS[v]).items()}
            for v in _KERNELS}
 
@@ -327,7 +335,7 @@ def fused_forward(x2d, weight, bias, SG, lora_B, *, out=None, variant=None, conf
     if N == 0 or D_out == 0:
         return y
     fp32 = x2d.dtype == torch.float32
-    ws_ok = ws_fits(R_act, fp32, b_kmajor=True)
+    ws_ok = ws_fits(R_act, fp32, b_kmajor=True) and has_ws(x2d.device)
     precision = dot_precision(x2d)
     first = INTERPRETER_CONFIG["tma"] if INTERPRET else by_dtype(CONFIGS["tma"])[fp32][0]
     tiles = triton.cdiv(N, first.kwargs["BLOCK_M"]) * triton.cdiv(D_out, first.kwargs["BLOCK_N"])

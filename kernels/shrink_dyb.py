@@ -25,8 +25,8 @@ from . import LAUNCH_COUNTS
 from .compile_spec import KernelSpec
 from .shrink_xa import rank_smem
 from .tiles import rank_tile
-from .tuning import (Launcher, block_r, buckets, by_dtype, check_launch, check_out, dot_precision,
-                     n_bucket, on_device, padded_columns)
+from .tuning import (TCGEN05_ARCH, Launcher, block_r, buckets, by_dtype, check_launch, check_out,
+                     dot_precision, n_bucket, on_device, padded_columns)
 
 # ---------------------------------------------------------------------------------------------
 # Configs (data; ``tuning.STATUS``). Small row tiles give enough programs to fill 132 SMs at
@@ -42,6 +42,10 @@ CONFIGS = {
     ],
     "fp32": [triton.Config({"BLOCK_M": 64, "BLOCK_K": 64}, num_warps=8, num_stages=3)],
 }
+# Where the list leaves nothing (fp32 at BLOCK_R = 128 on a 101,376 B GPU, exact fp32 with the
+# gate gradient from BLOCK_R = 64 on sm_100): 32-deep tiles.
+FALLBACK = {"16-bit": [], "fp32": [triton.Config({"BLOCK_M": 64, "BLOCK_K": 32}, num_warps=8,
+                                                 num_stages=3)]}
 INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_K": 32}, num_warps=4, num_stages=1)
 # All R columns in one tile up to this width (one pass over dy). 256 spills on sm_90: the fp32
 # accumulator plus the gate and S tiles of the epilogue exceed 255 registers per thread.
@@ -80,9 +84,20 @@ def _grad_shrink_kernel(
         tl.store(P_ptr + out_rows * stride_P_n + out_cols * stride_P_r, p, mask=mask)
 
 
+def _spills(c, elem, consts, arch):
+    # sm_100 compile, with the gate gradient: 128-row 16-bit tiles at BLOCK_R = 128 (8 B), exact
+    # fp32 64-deep tiles from BLOCK_R = 64 (256-760 B). sm_90 and sm_80/sm_89: none.
+    if arch != TCGEN05_ARCH or not consts.get("NEED_GATE_GRAD", False):
+        return False
+    k = c.kwargs
+    if consts.get("DOT_PRECISION") == "ieee":
+        return consts["BLOCK_R"] >= 64 and k["BLOCK_K"] >= 64
+    return elem == 2 and consts["BLOCK_R"] >= 128 and k["BLOCK_M"] >= 128
+
+
 _LAUNCH = {fp32: Launcher("grad_shrink", _grad_shrink_kernel, configs, INTERPRETER_CONFIG,
                           ["N_BUCKET", "D_out", "R_act", "NEED_GATE_GRAD", "DOT_PRECISION"],
-                          rank_smem)
+                          rank_smem, spills=_spills, fallback=by_dtype(FALLBACK)[fp32])
            for fp32, configs in by_dtype(CONFIGS).items()}
 
 SPECS = [KernelSpec(

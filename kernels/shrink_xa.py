@@ -21,8 +21,9 @@ import triton.language as tl
 from . import LAUNCH_COUNTS
 from .compile_spec import KernelSpec
 from .tiles import rank_tile
-from .tuning import (Launcher, block_r, buckets, by_dtype, check_launch, check_out, dot_precision,
-                     n_bucket, on_device, padded_columns, stage_bytes)
+from .tuning import (TCGEN05_ARCH, TMA_MIN_ARCH, Launcher, block_r, buckets, by_dtype,
+                     check_launch, check_out, dot_precision, n_bucket, on_device, padded_columns,
+                     stage_bytes)
 
 # ---------------------------------------------------------------------------------------------
 # Configs (data; ``tuning.STATUS``). Row tiles of 64 or 128 trade parallel programs (N = 2048
@@ -91,16 +92,32 @@ def rank_smem(c, elem, consts):
     return stage_bytes(c.kwargs["BLOCK_M"], consts["BLOCK_R"], c.kwargs["BLOCK_K"], elem), 0
 
 
-def _spills(c, elem, consts):
+def _spills(c, elem, consts, arch):
     # sm_90 compile: with dropout at BLOCK_R = 128, 4 warps holding the 64 x 128 accumulator and
     # a 64 x 128 x tile's Philox counters spill 80 B per thread (8 warps, or 64-deep tiles, do not).
-    return (consts.get("P_DROP", 0.0) > 0 and consts["BLOCK_R"] >= 128 and c.num_warps == 4
-            and c.kwargs["BLOCK_K"] >= 128)
+    # sm_89 (mma.sync, no wgmma): the same from BLOCK_R = 64 (8 B), and exact fp32 at BLOCK_R = 64
+    # with 2 stages (8 B; 3 stages do not spill, but only 2 fit 101,376 B). sm_100: 128-row 16-bit
+    # tiles at BLOCK_R = 128 (48 B), exact fp32 64-deep tiles at BLOCK_R = 64 (1,488-2,480 B).
+    mma_sync = arch < TMA_MIN_ARCH
+    exact = consts.get("DOT_PRECISION") == "ieee"
+    k = c.kwargs
+    if arch == TCGEN05_ARCH and ((elem == 2 and consts["BLOCK_R"] >= 128 and k["BLOCK_M"] >= 128)
+                                 or (exact and consts["BLOCK_R"] >= 64 and k["BLOCK_K"] >= 64)):
+        return True
+    exact_two_stages = mma_sync and exact and consts["BLOCK_R"] >= 64 and c.num_stages == 2
+    return exact_two_stages or (consts.get("P_DROP", 0.0) > 0 and c.num_warps == 4
+                                and consts["BLOCK_R"] >= (64 if mma_sync else 128)
+                                and k["BLOCK_K"] >= 128)
+
+
+# Where the list leaves nothing (fp32 at BLOCK_R = 64 on a 101,376 B GPU or sm_100): 32-deep tiles.
+FALLBACK = {"16-bit": [], "fp32": [triton.Config({"BLOCK_M": 64, "BLOCK_K": 32}, num_warps=8,
+                                                 num_stages=3)]}
 
 
 _LAUNCH = {fp32: Launcher("shrink", _shrink_kernel, configs, INTERPRETER_CONFIG,
                           ["N_BUCKET", "D_in", "R_act", "DOT_PRECISION", "P_DROP"], rank_smem,
-                          spills=_spills)
+                          spills=_spills, fallback=by_dtype(FALLBACK)[fp32])
            for fp32, configs in by_dtype(CONFIGS).items()}
 
 SPECS = [KernelSpec(

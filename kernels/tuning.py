@@ -5,7 +5,9 @@ GEMMs, the dot precision, descriptor legality and padded buffers.
 ``Launcher(name, kernel, configs, interpreter_config, key, smem)`` is what a kernel file builds
 per kernel and dtype family, and indexes with a grid like a ``@triton.jit`` function:
 
-- on a GPU with autotuning on, ``triton.autotune`` over the configs that fit in shared memory;
+- on a GPU with autotuning on, ``triton.autotune`` over the configs that fit this device's shared
+  memory at the call's constants (pruned per call before the tuner sees them; a list the prune
+  leaves one config launches that one, untimed);
 - under ``TRITON_INTERPRET=1`` (the CPU test path) the one small ``interpreter_config``;
 - with ``LITELORA_AUTOTUNE=0``, the first config of the list that fits (no benchmarking), so a
   run is reproducible and starts without the autotuning pause;
@@ -39,12 +41,59 @@ STATUS = ("untuned: the launch configs in kernels/ were written without a GPU, f
           "64 rows per warpgroup for wgmma); nobody has timed them on an H200 yet "
           "(benchmarks/gpu_check.sh --tune times SWEEP_CONFIGS and records chosen_configs())")
 
-# H200 (sm_90): at most 232,448 B (227 KiB) of shared memory per block. The prune counts every
-# buffer a kernel allocates (``smem`` of each Launcher) against SMEM_BUDGET, which leaves room
-# for what it cannot see: barriers and the layout-conversion scratch of the epilogue. The compile
-# report checks every launchable config against SMEM_LIMIT in the real sm_90 compile.
-SMEM_LIMIT = 232_448
+# Shared memory per block (``shared_memory_per_block_optin``): 232,448 B (227 KiB) on Hopper
+# (sm_90) and datacenter Blackwell (sm_100), 166,912 B on A100 (sm_80), 101,376 B on the A10 /
+# RTX 30xx (sm_86), L4 / RTX 40xx (sm_89) and consumer Blackwell (sm_120). The prune counts every
+# buffer a kernel allocates (``smem`` of each Launcher) against the device's limit less
+# SMEM_HEADROOM, which leaves room for what it cannot see: barriers and the layout-conversion
+# scratch of the epilogue. On a GPU the limit is read from the device; the compile report takes
+# it from ARCH_SMEM_LIMIT and checks every launchable config against it in the real compile.
+ARCH_SMEM_LIMIT = {80: 166_912, 86: 101_376, 89: 101_376, 90: 232_448, 100: 232_448,
+                   120: 101_376}
+DEFAULT_ARCH = 90            # what the interpreter (CPU) stands in for: it runs every variant
+SMEM_LIMIT = ARCH_SMEM_LIMIT[DEFAULT_ARCH]
 SMEM_BUDGET = 200 * 1024
+SMEM_HEADROOM = SMEM_LIMIT - SMEM_BUDGET       # 27,648 B below every device's limit
+TMA_MIN_ARCH = 90            # TMA, wgmma and warp specialization: sm_90 and later (mma.sync before)
+TCGEN05_ARCH = 100           # datacenter Blackwell: tcgen05.mma, accumulators in tensor memory
+
+
+def descriptor_arch(arch: int, limit: int) -> bool:
+    """The descriptor (TMA) and warp-specialized kernels launch on ``sm_<arch>`` with ``limit``
+    bytes of shared memory per block: sm_90 and later with Hopper's 232,448 B (their config
+    lists are sized for it; sm_120's 101,376 B fits none of the persistent or warp-specialized
+    ones, so it takes the pointer kernels, as sm_80 and sm_89 do)."""
+    return arch >= TMA_MIN_ARCH and limit >= SMEM_LIMIT
+
+
+# Warp-specialized kernels (``tma_ws``): triton 3.6 compiles them for sm_90 only (for sm_100 its
+# TritonGPUHoistTMEMAlloc pass fails on them: the compile report, 2026-12-08).
+WS_ARCHS = (90,)
+
+
+def variant_on_arch(variant: str, arch: int) -> bool:
+    """A launcher of ``variant`` can launch on ``sm_<arch>``: the pointer kernels (and the weight
+    gradients' "wide"/"narrow") everywhere, the descriptor ones where ``descriptor_arch``, the
+    warp-specialized one on ``WS_ARCHS`` only."""
+    if variant not in TMA_VARIANTS:
+        return True
+    if not descriptor_arch(arch, arch_smem_limit(arch)):
+        return False
+    return variant != "tma_ws" or arch in WS_ARCHS
+
+
+def smem_budget(limit: int) -> int:
+    """The bytes the prune lets a launch hold on a device with ``limit`` bytes per block."""
+    return limit - SMEM_HEADROOM
+
+
+def arch_smem_limit(arch: int) -> int:
+    """``ARCH_SMEM_LIMIT[arch]``; ``ValueError`` naming the known architectures otherwise."""
+    if arch not in ARCH_SMEM_LIMIT:
+        raise ValueError(f"arch: no shared-memory limit known for sm_{arch} (known: "
+                         f"{', '.join(f'sm_{a}' for a in ARCH_SMEM_LIMIT)})")
+    return ARCH_SMEM_LIMIT[arch]
+
 
 VARIANTS = ("pointer", "tma", "tma_persistent", "tma_ws")
 TMA_VARIANTS = VARIANTS[1:]
@@ -95,14 +144,16 @@ def dot_precision(t, *, cuda=None) -> str:
     return "tf32" if torch_allows_tf32() else "ieee"
 
 
-def fit_stages(configs, smem_per_stage, smem_fixed=None):
-    """Configs whose shared memory fits ``SMEM_BUDGET``: ``stages * smem_per_stage(c) +
-    smem_fixed(c)``; stages are lowered (to 2 at least) before a config is dropped, so fp32
-    inputs still find a config on the GPU. A config's ``pre_hook`` is kept."""
+def fit_stages(configs, smem_per_stage, smem_fixed=None, budget=SMEM_BUDGET):
+    """Configs whose shared memory fits ``budget`` (sm_90's ``SMEM_BUDGET`` unless given):
+    ``stages * smem_per_stage(c) + smem_fixed(c)``; stages are lowered (to 2 at least) before a
+    config is dropped, so fp32 inputs still find a config on the GPU. A config's ``pre_hook`` is
+    kept."""
+    total = budget
     kept, seen = [], set()
     for c in configs:
         per_stage = smem_per_stage(c)
-        budget = SMEM_BUDGET - (smem_fixed(c) if smem_fixed else 0)
+        budget = total - (smem_fixed(c) if smem_fixed else 0)
         stages = c.num_stages
         while stages > 2 and stages * per_stage > budget:
             stages -= 1
@@ -137,23 +188,29 @@ class Launcher:
     """One kernel's launchable form for one config list (see the module docstring).
 
     ``pre_hook``: run before each launch with the config's arguments (the descriptor kernels set
-    their descriptors' block shapes with ``block_hook``). ``spills(config, elem, consts)``: True
-    for a config the sm_90 compile showed to spill registers at these constants; the prune
-    leaves it out (the compile report then checks that what is left does not spill).
-    ``smem(config, elem, consts)`` -> ``(per_stage, fixed)``: the bytes one pipeline stage holds
-    and the bytes held once (a TMA-store output tile, the warp-specialized kernel's adapter
-    tiles), for operands of ``elem`` bytes and the launch's constexprs ``consts``. The prune and
-    the compile report both use it, so what is launched is what is checked.
+    their descriptors' block shapes with ``block_hook``). ``spills(config, elem, consts, arch)``:
+    True for a config the compile for ``arch`` (``sm_<arch>``) showed to spill registers at these
+    constants; the prune leaves it out (the compile report then checks that what is left does not
+    spill). ``smem(config, elem, consts)`` -> ``(per_stage, fixed)``: the bytes one pipeline stage
+    holds and the bytes held once (a TMA-store output tile, the warp-specialized kernel's adapter
+    tiles), for operands of ``elem`` bytes and the launch's constexprs ``consts``.
+
+    ``fit`` is the one prune: every launch path runs it per call before choosing (the tuner
+    times exactly what it keeps, ``LITELORA_AUTOTUNE=0`` takes its first config, a one-config
+    list launches its pruned form), and the compile report compiles what it keeps, so what is
+    launched is what is checked. (``triton.autotune`` never calls ``early_config_prune`` on a
+    one-entry list, so the prune cannot be left to it.)
     """
 
     def __init__(self, name, kernel, configs, interpreter_config, key, smem, variant="pointer",
-                 pre_hook=None, spills=None):
+                 pre_hook=None, spills=None, fallback=()):
         self.name, self.kernel, self.key, self.smem = name, kernel, list(key), smem
         self.variant, self.pre_hook, self.spills = variant, pre_hook, spills
         self.configs = [self._hooked(c) for c in configs]
+        self.fallback = [self._hooked(c) for c in fallback]
         self.interpreter_config = self._hooked(interpreter_config)
         self.picked = {}                 # tuning key -> config, for untuned launches
-        self._autotuned = None
+        self._tuners = {}                # labels of the pruned configs -> triton.autotune over them
         _LAUNCHERS.append(self)
 
     def _hooked(self, c):
@@ -163,15 +220,33 @@ class Launcher:
         return triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=c.num_stages,
                              pre_hook=self.pre_hook)
 
-    def fit(self, configs, elem, consts):
-        if self.spills is not None:
-            configs = [c for c in configs if not self.spills(c, elem, consts)]
-        return fit_stages(configs, lambda c: self.smem(c, elem, consts)[0],
-                          lambda c: self.smem(c, elem, consts)[1])
+    def fit(self, configs, elem, consts, arch=DEFAULT_ARCH, smem_limit=None):
+        """The configs of ``configs`` a launch may run on ``sm_<arch>`` with operands of ``elem``
+        bytes and constexprs ``consts``: stages lowered to fit the budget under ``smem_limit``
+        (the device's limit; ``ARCH_SMEM_LIMIT[arch]`` when not given), then the ones that would
+        spill at those stages left out. When ``configs`` is the launcher's list and none of it
+        is left, its ``fallback`` configs (small tiles for 101 KB GPUs), pruned the same way."""
+        limit = smem_limit if smem_limit is not None else arch_smem_limit(arch)
 
-    def _prune(self, configs, nargs, **consts):
-        first = nargs[self.kernel.arg_names[0]]            # a tensor, or a descriptor over one
-        return self.fit(configs, getattr(first, "base", first).element_size(), consts)
+        def prune(candidates):
+            kept = fit_stages(candidates, lambda c: self.smem(c, elem, consts)[0],
+                              lambda c: self.smem(c, elem, consts)[1], budget=smem_budget(limit))
+            if self.spills is not None:
+                kept = [c for c in kept if not self.spills(c, elem, consts, arch)]
+            return kept
+
+        kept = prune(configs)
+        if not kept and configs is self.configs and self.fallback:
+            kept = prune(self.fallback)
+        return kept
+
+    def launchable(self, configs, nargs, consts):
+        """``fit`` for a call: the operand size, architecture and shared-memory limit read from
+        the call's first argument (a tensor, or a descriptor over one) and its device."""
+        first = nargs[self.kernel.arg_names[0]]
+        tensor = getattr(first, "base", first)
+        arch, limit = device_arch(tensor.device)
+        return self.fit(configs, tensor.element_size(), consts, arch, limit)
 
     def _tuning_key(self, nargs):
         return tuple([nargs[k] for k in self.key if k in nargs]
@@ -187,24 +262,24 @@ class Launcher:
         return self.kernel[g](*args, **kwargs, **config.kwargs, num_warps=config.num_warps,
                               num_stages=config.num_stages)
 
-    def __getitem__(self, grid):
-        if AUTOTUNE:
-            if self._autotuned is None:
-                self._autotuned = triton.autotune(
-                    configs=self.configs, key=self.key,
-                    prune_configs_by={"early_config_prune": self._prune})(self.kernel)
-            return self._autotuned[grid]
+    def _tuner(self, fits):
+        """``triton.autotune`` over exactly ``fits`` (already pruned), one per distinct list."""
+        labels = tuple(config_label(c) for c in fits)
+        if labels not in self._tuners:
+            self._tuners[labels] = triton.autotune(configs=fits, key=self.key)(self.kernel)
+        return self._tuners[labels]
 
+    def __getitem__(self, grid):
         def launch(*args, **kwargs):
             if INTERPRET:
-                config = self.interpreter_config
-            else:
-                fits = self._prune(self.configs, dict(zip(self.kernel.arg_names, args)), **kwargs)
-                if not fits:
-                    raise ValueError(f"{self.name}/{self.variant}: no launch config fits shared "
-                                     f"memory for {kwargs}")
-                config = fits[0]
-            return self._launch(config, grid, args, kwargs)
+                return self._launch(self.interpreter_config, grid, args, kwargs)
+            fits = self.launchable(self.configs, dict(zip(self.kernel.arg_names, args)), kwargs)
+            if not fits:
+                raise ValueError(f"{self.name}/{self.variant}: no launch config fits shared "
+                                 f"memory for {kwargs}")
+            if AUTOTUNE and len(fits) > 1:
+                return self._tuner(fits)[grid](*args, **kwargs)
+            return self._launch(fits[0], grid, args, kwargs)
         return launch
 
     def with_config(self, config):
@@ -215,7 +290,7 @@ class Launcher:
         def index(grid):
             def launch(*args, **kwargs):
                 nargs = dict(zip(self.kernel.arg_names, args))
-                kept = self._prune([config], nargs, **kwargs)
+                kept = self.launchable([config], nargs, kwargs)
                 if not kept or kept[0].num_stages != config.num_stages:
                     raise ValueError(f"config: {config_label(config)} does not fit shared memory "
                                      f"for {self.name}/{self.variant}")
@@ -226,8 +301,8 @@ class Launcher:
     def chosen(self) -> list:
         """``[{"variant", "key", "config", "num_warps", "num_stages"}]`` per tuning key seen."""
         table = dict(self.picked)
-        if self._autotuned is not None:
-            table.update(self._autotuned.cache)
+        for tuner in self._tuners.values():
+            table.update(tuner.cache)
         return [{"variant": self.variant, "key": list(key), "config": dict(c.kwargs),
                  "num_warps": c.num_warps, "num_stages": c.num_stages}
                 for key, c in table.items()]
@@ -297,25 +372,46 @@ def _cuda_props(index: int):
     import torch
 
     props = torch.cuda.get_device_properties(index)
-    return props.multi_processor_count, (props.major, props.minor)
+    return (props.multi_processor_count, (props.major, props.minor),
+            props.shared_memory_per_block_optin)
+
+
+def _cuda_index(device) -> int:
+    import torch
+
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def device_arch(device) -> tuple:
+    """``(arch, smem_limit)`` of ``device``: ``(90, 232448)`` for an H100/H200, the limit read
+    from the device (``shared_memory_per_block_optin``); off the GPU ``DEFAULT_ARCH`` and its
+    limit (the interpreter runs what sm_90 launches)."""
+    if device.type == "cuda":
+        _, (major, minor), limit = _cuda_props(_cuda_index(device))
+        return major * 10 + minor, limit
+    return DEFAULT_ARCH, SMEM_LIMIT
 
 
 def num_sms(device) -> int:
     """SMs of ``device`` (cached); ``_CPU_NUM_SMS`` off the GPU, so persistent grids still loop."""
     if device.type == "cuda":
-        import torch
-
-        return _cuda_props(device.index if device.index is not None else torch.cuda.current_device())[0]
+        return _cuda_props(_cuda_index(device))[0]
     return _CPU_NUM_SMS
 
 
 def has_tma(device) -> bool:
-    """Tensor descriptors run on sm_90+ GPUs and under the interpreter (which enforces the same
-    16-byte rules)."""
+    """Tensor descriptors run on sm_90 and sm_100 GPUs (``descriptor_arch``) and under the
+    interpreter (which enforces the same 16-byte rules)."""
     if device.type == "cuda":
-        import torch
+        return descriptor_arch(*device_arch(device))
+    return INTERPRET
 
-        return _cuda_props(device.index if device.index is not None else torch.cuda.current_device())[1] >= (9, 0)
+
+def has_ws(device) -> bool:
+    """The warp-specialized kernels run on ``device``: an sm_90 GPU (``WS_ARCHS``) or the
+    interpreter."""
+    if device.type == "cuda":
+        return has_tma(device) and device_arch(device)[0] in WS_ARCHS
     return INTERPRET
 
 
@@ -359,7 +455,7 @@ def choose_variant(variant, device, operands, ws_ok: bool, precision: str = "tf3
     is ``tma_legal`` on an sm_90+ device (interpreter too), else "pointer"; untimed, "auto" is
     ``untuned_variant(tiles, sms, ws_ok)``. The thin adapter operands are made legal by the
     launcher (``tma_operand``) and do not decide. ``ws_ok``: the warp-specialized kernel fits
-    this call (the launcher's ``ws_fits``). Exact fp32 on the GPU (``precision == "ieee"``:
+    this call (the launcher's ``ws_fits``; the device must also run them: ``has_ws``). Exact fp32 on the GPU (``precision == "ieee"``:
     torch's TF32 switch off) takes the pointer kernel: without wgmma the descriptor kernels' FMA
     tiles spill registers. A forced variant that cannot run raises ``ValueError`` rather than
     running something else.
@@ -372,6 +468,7 @@ def choose_variant(variant, device, operands, ws_ok: bool, precision: str = "tf3
         raise ValueError(f"variant={value!r}: exact fp32 (torch's TF32 setting off) runs on the "
                          "pointer kernel only")
     legal = has_tma(device) and all(tma_legal(t) for t in operands)
+    ws_ok = ws_ok and has_ws(device)
     if value == "auto":
         if not legal:
             return "pointer"
@@ -380,6 +477,9 @@ def choose_variant(variant, device, operands, ws_ok: bool, precision: str = "tf3
         shapes = [(tuple(t.shape), tuple(t.stride()), str(t.dtype)) for t in operands]
         raise ValueError(f"variant={value!r}: the operands are not tensor-descriptor legal (need "
                          f"unit inner stride, 16-byte aligned rows and base, sm_90+): {shapes}")
+    if value == "tma_ws" and not has_ws(device):
+        raise ValueError(f"variant='tma_ws': the warp-specialized kernels run on sm_90 only "
+                         f"(WS_ARCHS), not on {device}")
     if value == "tma_ws" and not ws_ok:
         raise ValueError("variant='tma_ws' does not fit this call: the adapter bank is wider "
                          "than its single adapter tile, or fp32 fused_dx (see ws_fits)")

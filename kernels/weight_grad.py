@@ -29,8 +29,8 @@ import triton.language as tl
 from . import LAUNCH_COUNTS
 from .compile_spec import ALL_DTYPES, KernelSpec
 from .tiles import dot_loop, grouped_tile
-from .tuning import (INTERPRET, Launcher, buckets, by_dtype, check_out, dot_precision, n_bucket,
-                     num_sms, on_device, stage_bytes)
+from .tuning import (INTERPRET, TCGEN05_ARCH, TMA_MIN_ARCH, Launcher, buckets, by_dtype,
+                     check_out, dot_precision, n_bucket, num_sms, on_device, stage_bytes)
 
 __all__ = ["matmul_tn", "lora_weight_grads", "split_count"]
 
@@ -62,6 +62,11 @@ NARROW_CONFIGS = {
     "fp32": [triton.Config({"BLOCK_M": 64, "BLOCK_K": 64, "GROUP_M": 1}, num_warps=8, num_stages=3),
              triton.Config({"BLOCK_M": 64, "BLOCK_K": 32, "GROUP_M": 1}, num_warps=8, num_stages=3)],
 }
+
+# Where the list leaves nothing (a 101,376 B GPU with the gates in the kernel at BLOCK_N = 64:
+# the fp32 re-staged b tiles of 64-deep steps take 49,152 B before any stage): 32-deep tiles.
+NARROW_FALLBACK = {"16-bit": [triton.Config({"BLOCK_M": 64, "BLOCK_K": 32, "GROUP_M": 1},
+                                            num_warps=4, num_stages=3)], "fp32": []}
 
 # Under the interpreter: small tiles so test shapes cover several tiles and ragged edges.
 _WIDE_INTERPRET = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2},
@@ -227,27 +232,49 @@ def _tn_smem(c, elem, consts):
     return stage_bytes(k["BLOCK_M"], n, k["BLOCK_K"], elem), 3 * k["BLOCK_K"] * n * 4 if transformed else 0
 
 
-def _pair_spills(c, elem, consts):
+def _pair_spills(c, elem, consts, arch):
     # sm_90 compile, with the gates (and dropout) applied in the kernel: 256-deep tiles spill
     # 176-4,424 B, and 4 warps at BLOCK_K x BLOCK_N = 128 x 64 spill 480 B (8 warps do not).
-    if not (consts.get("GATED", False) or consts.get("P_DROP", 0.0) > 0):
-        return False
+    # sm_100: 4 warps from 128 x 32 with them (424 B), 256-deep 64-column tiles without (8 B).
     k = c.kwargs
+    transformed = consts.get("GATED", False) or consts.get("P_DROP", 0.0) > 0
+    if arch == TCGEN05_ARCH and c.num_warps == 4 and elem == 2 and (
+            k["BLOCK_K"] * consts["BLOCK_N"] >= (128 * 32 if transformed else 256 * 64)):
+        return True
+    if not transformed:
+        return False
     if consts.get("DOT_PRECISION") == "ieee":      # exact fp32: FMA products hold both tiles
         return elem == 4 and k["BLOCK_K"] >= 64 and consts["BLOCK_N"] >= 32
-    return k["BLOCK_K"] >= 256 or (c.num_warps == 4 and k["BLOCK_K"] * consts["BLOCK_N"] >= 128 * 64)
+    # sm_80 (mma.sync): also 4 warps at BLOCK_M x BLOCK_N = 128 x 64 (168 B).
+    wide_rows = arch < TMA_MIN_ARCH and k["BLOCK_M"] * consts["BLOCK_N"] >= 128 * 64
+    return k["BLOCK_K"] >= 256 or (c.num_warps == 4 and (
+        k["BLOCK_K"] * consts["BLOCK_N"] >= 128 * 64 or wide_rows))
+
+
+def _tn_spills(c, elem, consts, arch):
+    # sm_80 and sm_89 compiles (mma.sync): 128 x 128 16-bit tiles on 8 warps with 2 stages keep
+    # an 8 B stack frame (3 or more stages do not; only 2 fit 101,376 B). sm_100, the narrow
+    # (split) form: 128 rows x 64 columns on 4 warps (8 B).
+    k = c.kwargs
+    if "BLOCK_N" not in k:                          # narrow: BLOCK_N is the call's bucket
+        return (arch == TCGEN05_ARCH and elem == 2 and c.num_warps == 4 and k["BLOCK_M"] >= 128
+                and consts["BLOCK_N"] >= 64)
+    return (arch < TMA_MIN_ARCH and elem == 2 and c.num_warps == 8 and c.num_stages == 2
+            and k["BLOCK_M"] * k["BLOCK_N"] >= 128 * 128)
 
 
 _KEY = ["M", "P", "N_BUCKET", "chunk", "DOT_PRECISION"]
-_wide = {fp32: Launcher("matmul_tn", _matmul_tn_kernel, c, _WIDE_INTERPRET, _KEY, _tn_smem, "wide")
+_wide = {fp32: Launcher("matmul_tn", _matmul_tn_kernel, c, _WIDE_INTERPRET, _KEY, _tn_smem, "wide",
+                        spills=_tn_spills)
          for fp32, c in by_dtype(WIDE_CONFIGS).items()}
 _narrow = {fp32: Launcher("matmul_tn", _matmul_tn_kernel, c, _NARROW_INTERPRET, _KEY + ["BLOCK_N"],
-                          _tn_smem, "narrow")
+                          _tn_smem, "narrow", spills=_tn_spills)
            for fp32, c in by_dtype(NARROW_CONFIGS).items()}
 # lora_weight_grads: the narrow configs (dA^T and dB are both D x R outputs).
 _lora_pair = {fp32: Launcher("lora_weight_grads", _lora_weight_grads_kernel, c, _NARROW_INTERPRET,
                              ["D_in", "D_out", "R", "N_BUCKET", "chunk", "BLOCK_N", "DOT_PRECISION",
-                              "GATED", "P_DROP"], _tn_smem, spills=_pair_spills)
+                              "GATED", "P_DROP"], _tn_smem, spills=_pair_spills,
+                             fallback=by_dtype(NARROW_FALLBACK)[fp32])
               for fp32, c in by_dtype(NARROW_CONFIGS).items()}
 _SUM_CONFIG = triton.Config({"BLOCK": SUM_BLOCK}, num_warps=4, num_stages=1)
 _sum = {fp32: Launcher("matmul_tn_sum_partials", _sum_partials_kernel, [_SUM_CONFIG], _SUM_CONFIG,

@@ -22,6 +22,13 @@ once (DDP ranks) merge their entries into the file under an exclusive lock (``<f
 none is lost and re-timed later. ``timings()`` returns every candidate's time per bucket (timed
 here or read from the cache): the tuning data of a GPU run.
 
+The tuner also checks what it picks: before timing a bucket it runs every candidate once on the
+tuning inputs and compares its outputs (``y`` and the gradients of the timed step) with the
+cuBLAS composite's (``"torch"``, the reference). A candidate whose relative error
+``||out - ref|| / ||ref||`` exceeds the dtype's bound (``agreement_bound``) loses, untimed, with a
+warning naming the bucket; its error is kept in the cache entry (``"rel_err"``, ``"wrong"``) and
+in ``timings()``. A fast, wrong kernel on a new GPU thus costs speed, never the results.
+
 Never timed: CPU tensors (the PyTorch fast path, or the kernels under ``TRITON_INTERPRET=1``),
 a forced ``backend=``, float64/meta/empty problems (fixed rules of ``implementation``),
 ``LITELORA_AUTOTUNE=0`` (always the kernels: a fixed, untimed choice), and calls made while a
@@ -53,6 +60,7 @@ from . import backends, op_math, settings
 
 # Ties go to the earlier one: the kernels, then the hybrid, then the composite.
 CANDIDATES = ("triton", "hybrid", "torch")
+REFERENCE = "torch"                    # the cuBLAS composite every other candidate must agree with
 NEED_NAMES = ("x", "weight", "bias", "lora_A", "lora_B", "gates")
 FORMAT = 1
 
@@ -91,6 +99,43 @@ def bucket_name(key: tuple) -> str:
     grads = ",".join(name for name, need in zip(NEED_NAMES, needs) if need) or "none"
     return (f"N{n}-Din{d_in}-Dout{d_out}-R{r}-{dtype}-{kind}-grad:{grads}"
             + ("-dropout" if dropout else ""))
+
+
+# How far a candidate's outputs may be from the reference's, relative (``||out - ref|| /
+# ||ref||``): the suite's float64 bounds for the dtype (tests/numerics.py: fp16 2e-3, bf16 2e-2,
+# TF32 1e-2, exact fp32 over GPU-long reductions 1e-5). Both sides carry rounding of that size, so
+# a correct candidate sits well inside; a wrong index or a lost term misses by its share, 1e-2+.
+AGREEMENT_BOUND = {"float16": 2e-3, "bfloat16": 2e-2, "float32": 1e-5, "float32-tf32": 1e-2,
+                   "float64": 1e-12}
+
+
+def agreement_bound(dtype_name: str, device: torch.device) -> float:
+    """``AGREEMENT_BOUND`` for a bucket's dtype; fp32 on CUDA with torch's TF32 switch on takes
+    the TF32 bound (both the composite and the kernels then multiply in TF32)."""
+    if dtype_name == "float32" and device.type == "cuda":
+        from .kernels.tuning import torch_allows_tf32
+        if torch_allows_tf32():
+            return AGREEMENT_BOUND["float32-tf32"]
+    return AGREEMENT_BOUND[dtype_name]
+
+
+def rel_err(out, ref) -> float:
+    """The largest ``||o - r|| / ||r||`` over the outputs present in both lists (float64 norms;
+    inf where ``o`` is not finite where ``r`` is, or where only one of them is given)."""
+    worst = 0.0
+    for o, r in zip(out, ref):
+        if o is None and r is None:
+            continue
+        if o is None or r is None or o.shape != r.shape:
+            return float("inf")
+        o, r = o.detach().double(), r.detach().double()
+        if not bool(torch.isfinite(o).eq(torch.isfinite(r)).all()):
+            return float("inf")
+        finite = torch.isfinite(r)
+        denom = r[finite].norm().item()
+        err = (o[finite] - r[finite]).norm().item() / (denom if denom > 0 else 1.0)
+        worst = max(worst, err if err == err else float("inf"))      # NaN -> inf
+    return worst
 
 
 def cuda_timer(fn: Callable[[], None], warmup: int = 3, reps: int = 10) -> float:
@@ -135,6 +180,7 @@ class Tuner:
         self._disk: dict = {}             # device -> {bucket name: entry} from the file
         self._warned: set = set()         # unreadable files already reported
         self.times: dict = {}             # (device, bucket) -> {candidate: ms}
+        self.checks: dict = {}            # (device, bucket) -> ({candidate: rel err}, [wrong])
 
     @property
     def directory(self) -> str:
@@ -191,15 +237,21 @@ class Tuner:
             return None
         self._choices[(device, key)] = entry["winner"]
         self.times[(device, key)] = entry.get("ms", {})
+        self.checks[(device, key)] = (entry.get("rel_err", {}), entry.get("wrong", []))
         return entry["winner"]
 
     def choose(self, device: torch.device, key: tuple, candidates: dict) -> str:
-        """The winner of a bucket: remembered, else timed now (``candidates``: name -> fn)."""
+        """The winner of a bucket: remembered, else checked and timed now (``candidates``: name
+        -> fn; a fn that returns its outputs is compared with the reference's, see ``check``)."""
         winner = self.lookup(device, key)
         if winner is not None:
             return winner
+        errs, wrong = self.check(device, key, candidates)
         times, errors = {}, {}
         for name, fn in candidates.items():
+            if name in wrong:
+                times[name] = float("inf")     # loses untimed
+                continue
             try:
                 times[name] = float(self.timer(fn))
             except Exception as e:         # a candidate that cannot run this shape loses
@@ -214,16 +266,54 @@ class Tuner:
         winner = min(times, key=lambda name: (times[name], CANDIDATES.index(name)))
         self._choices[(device, key)] = winner
         self.times[(device, key)] = times
-        self._write(device, key, winner, times)
+        self.checks[(device, key)] = (errs, wrong)
+        self._write(device, key, winner, times, errs, wrong)
         return winner
 
-    def _write(self, device, key, winner: str, times: dict) -> None:
+    def check(self, device: torch.device, key: tuple, candidates: dict) -> tuple:
+        """``({candidate: rel err}, [wrong candidates])``: each candidate run once on the tuning
+        inputs, its outputs compared with ``REFERENCE``'s (``rel_err``); wrong = beyond
+        ``agreement_bound`` of the bucket's dtype, each reported by a warning naming the bucket.
+        Nothing is compared when the reference is not a candidate, fails, or returns no outputs
+        (a candidate that fails here is left to the timing, which reports it)."""
+        ref_fn = candidates.get(REFERENCE)
+        try:
+            ref = ref_fn() if ref_fn is not None else None
+        except Exception:
+            ref = None
+        if not ref:
+            return {}, []
+        bound = agreement_bound(key[4], device)
+        errs, wrong = {}, []
+        for name, fn in candidates.items():
+            if name == REFERENCE:
+                continue
+            try:
+                out = fn()
+            except Exception:
+                continue
+            if out is None:
+                continue
+            errs[name] = rel_err(out, ref)
+            if errs[name] > bound:
+                wrong.append(name)
+                warnings.warn(f"litelora_fast autotune: candidate {name!r} on {bucket_name(key)} "
+                              f"differs from the {REFERENCE!r} composite by a relative error of "
+                              f"{errs[name]:.3g} (bound {bound:g} for {key[4]}); not chosen",
+                              RuntimeWarning, stacklevel=3)
+        return errs, wrong
+
+    def _write(self, device, key, winner: str, times: dict, errs: dict, wrong: list) -> None:
         """Merge one entry into the cache file. Other processes (DDP ranks) tune too: the
         re-read, merge and replace run under an exclusive lock on ``<file>.lock``, so no
         process's entry is lost; readers need no lock (the replace is atomic)."""
         machine, path = self._machine(device)
         entry = {"winner": winner, "ms": {
             k: (round(v, 6) if v != float("inf") else None) for k, v in times.items()}}
+        if errs:                          # the outputs were compared (see ``check``)
+            entry["rel_err"] = {k: (float(f"{v:.4g}") if v != float("inf") else None)
+                                for k, v in errs.items()}
+            entry["wrong"] = list(wrong)
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with _locked(path + ".lock"):
@@ -240,15 +330,18 @@ class Tuner:
                           f"is kept for this process only", RuntimeWarning)
 
     def timings(self) -> dict:
-        """``{bucket name: {"times": {candidate: seconds}, "winner": name, "device": str}}``
-        over every bucket this process knows: timed here, or read from the cache file (a
-        candidate that could not run has time ``None``)."""
+        """``{bucket name: {"times": {candidate: seconds}, "winner": name, "device": str,
+        "rel_err": {candidate: error vs the reference}, "wrong": [candidates]}}`` (the last two
+        when the outputs were compared) over every bucket this process knows: timed here, or read from the cache file (a candidate that
+        could not run, or was wrong, has time ``None``)."""
         out = {}
         for device, entries in self._disk.items():
             for name, entry in entries.items():
-                out[name] = _timing(entry.get("ms", {}), entry["winner"], device)
+                out[name] = _timing(entry.get("ms", {}), entry["winner"], device,
+                                    (entry.get("rel_err", {}), entry.get("wrong", [])))
         for (device, key), winner in self._choices.items():
-            out[bucket_name(key)] = _timing(self.times.get((device, key), {}), winner, device)
+            out[bucket_name(key)] = _timing(self.times.get((device, key), {}), winner, device,
+                                            self.checks.get((device, key), ({}, [])))
         return out
 
     def table(self) -> dict:
@@ -262,6 +355,7 @@ class Tuner:
         self._disk.clear()
         self._machines.clear()
         self.times.clear()
+        self.checks.clear()
 
 
 TUNER = Tuner()
@@ -273,9 +367,14 @@ def timings() -> dict:
     return TUNER.timings()
 
 
-def _timing(ms: dict, winner: str, device) -> dict:
+def _timing(ms: dict, winner: str, device, checks=({}, [])) -> dict:
     seconds = {k: (None if v is None or v == float("inf") else v / 1e3) for k, v in ms.items()}
-    return {"times": seconds, "winner": winner, "device": str(device)}
+    errs, wrong = checks
+    out = {"times": seconds, "winner": winner, "device": str(device)}
+    if errs:                              # the outputs were compared (see ``Tuner.check``)
+        out["rel_err"] = {k: (float("inf") if v is None else v) for k, v in errs.items()}
+        out["wrong"] = list(wrong)
+    return out
 
 
 @contextlib.contextmanager
@@ -293,15 +392,20 @@ def _locked(path: str):
 
 
 def _workload(be, x2d, weight, plan, gates2d, needs, drop=None) -> Callable[[], None]:
-    """One forward (+ backward when a gradient is needed) of the call's packed bank on ``be``."""
+    """One forward (+ backward when a gradient is needed) of the call's packed bank on ``be``;
+    returns ``[y, dx, dW, db, dA, dB]`` (``None`` for a gradient not needed) for ``Tuner.check``.
+    The gate gradient is computed but not returned: it is a sum over rows that can cancel, so its
+    error relative to its own norm is no measure of correctness (the tests scale it by its terms)."""
     A, B = plan.lora_A, plan.lora_B
 
     def run():
         with torch.no_grad():
             y, S = op_math.forward(x2d, weight, None, A, B, gates2d, plan, be, drop)
+            grads = [None] * 5
             if any(needs):
-                op_math.backward(y, x2d, weight, A, B, gates2d, S, plan,
-                                 [True] * gates2d.shape[1], be, list(needs), drop)
+                grads = op_math.backward(y, x2d, weight, A, B, gates2d, S, plan,
+                                         [True] * gates2d.shape[1], be, list(needs), drop)[:5]
+            return [y, *grads]
     run.candidate = be.name               # (lets a test's fake timer tell the candidates apart)
     return run
 
@@ -325,7 +429,8 @@ def implementation(device: torch.device, dtype: torch.dtype, override: Optional[
       ``LITELORA_AUTOTUNE=0``.
     - CPU: ``"torch"`` (the fast path), unless ``TRITON_INTERPRET=1`` asks for the kernels;
       bfloat16 then warns once and takes ``"torch"`` (the interpreter's bf16 ``tl.dot`` is
-      wrong, triton issue 11584).
+      wrong, triton issue 11584), except under the test suite's patch that fixes it
+      (``backends.INTERPRETER_BF16_EXACT``).
     """
     if override is not None:
         if override not in backends.BACKENDS:
@@ -348,7 +453,7 @@ def implementation(device: torch.device, dtype: torch.dtype, override: Optional[
             winner = "triton" if torch.cuda.is_current_stream_capturing() else time()
         return winner
     if device.type == "cpu" and backends.interpreter_requested():
-        if dtype != torch.bfloat16:
+        if backends.interpreter_runs(dtype):
             return "triton"
         global _warned_bf16
         if not _warned_bf16:

@@ -171,6 +171,17 @@ def interpreter_requested() -> bool:
     return settings.interpret()
 
 
+# True while Triton's interpreter computes bfloat16 tl.dot correctly: only the test suite's
+# patch (tests/bf16_interpreter.py) sets it. Unpatched, the interpreter multiplies bf16 bit
+# patterns as integers (triton issue 11584), so bf16 CPU tensors take the PyTorch path.
+INTERPRETER_BF16_EXACT = False
+
+
+def interpreter_runs(dtype: torch.dtype) -> bool:
+    """The interpreter computes the kernels right in ``dtype`` (bf16 only when patched)."""
+    return dtype != torch.bfloat16 or INTERPRETER_BF16_EXACT
+
+
 BACKENDS = {"torch": TorchBackend, "triton": TritonBackend, "hybrid": HybridBackend}
 KERNEL_BACKENDS = ("triton", "hybrid")      # the ones that launch the kernels
 
@@ -184,7 +195,7 @@ def kernels_unusable(device: torch.device, dtype: torch.dtype):
     if not interpreter_requested():
         return ("the Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 (set before triton "
                 "is imported) to run them on CPU tensors; got CPU tensors without it")
-    if dtype == torch.bfloat16:
+    if not interpreter_runs(dtype):
         return ("Triton's interpreter computes bfloat16 tl.dot wrongly (triton issue 11584), so "
                 "bfloat16 CPU tensors cannot take the kernels under TRITON_INTERPRET=1")
     return None

@@ -71,3 +71,31 @@ def shrink_widths(monkeypatch):
                         staticmethod(lambda x, A, *a, **kw: seen.append(A.shape[0])
                                      or real(x, A, *a, **kw)))
     return seen
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "bf16_interpreter: run the test under the bf16 "
+                                       "interpreter patch (fixture bf16_interpreter)")
+
+
+@pytest.fixture
+def bf16_interpreter():
+    """bf16 kernels under the interpreter (``tests/bf16_interpreter.py``): an exact fp32 dot for
+    bf16 operands, round-to-nearest-even casts, bf16 CPU tensors routed to the kernels, and an
+    error on any interpreted float add or multiply of bf16 operands. The test must launch a
+    kernel (``kernels.LAUNCH_COUNTS`` grows), else it fails: it would have tested PyTorch."""
+    from bf16_interpreter import patched
+    from litelora_fast.kernels import LAUNCH_COUNTS
+
+    before = sum(LAUNCH_COUNTS.values())
+    with patched():
+        yield
+    assert sum(LAUNCH_COUNTS.values()) > before, "no kernel ran under the bf16 interpreter patch"
+
+
+@pytest.fixture(autouse=True)
+def _bf16_cases(request):
+    """A test or case marked ``bf16_interpreter`` (kernel_helpers.DTYPES' bf16 case) runs under
+    the fixture of that name."""
+    if request.node.get_closest_marker("bf16_interpreter") is not None:
+        request.getfixturevalue("bf16_interpreter")

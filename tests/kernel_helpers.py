@@ -6,8 +6,10 @@ import pytest
 import torch
 
 # The interpreter runs tl.dot exactly on fp32 ("ieee") and fp16; bf16 is wrong there (triton
-# issue 11584), so bf16 is checked on a GPU only.
-DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16")]
+# issue 11584), so the bf16 cases run under the bf16 interpreter patch (tests/bf16_interpreter.py:
+# exact fp32 products and accumulation, round-to-nearest-even casts, as a GPU computes them).
+BF16 = pytest.param(torch.bfloat16, id="bf16", marks=pytest.mark.bf16_interpreter)
+DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16"), BF16]
 TMA_VARIANTS = ["tma", "tma_persistent", "tma_ws"]
 
 

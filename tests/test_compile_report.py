@@ -7,7 +7,8 @@ anywhere (fp32 included), and shared memory within the 232,448 B a Hopper block 
 The test compiles the "buckets" subset: for every kernel, variant, dtype and compile-time bucket a
 launcher can pick (BLOCK_R / BLOCK_N widths), the config it would take first, with the heaviest
 flags (dropout, gates). ``python -m litelora_fast inspect`` compiles all of them, every config of
-every list and the SWEEP_CONFIGS (docs/kernels.md has its output and cost).
+every list and the SWEEP_CONFIGS, for any architecture (benchmarks/results/compile_report.md has
+its totals for sm_80, sm_89, sm_90 and sm_100; docs/kernels.md its cost).
 """
 import inspect
 
@@ -41,10 +42,17 @@ def test_every_config_passes_the_sm90_checks(rows):
 
 def test_the_checks_catch_each_failure(rows):
     good = next(r for r in rows if r["variant"] == "tma_ws")
-    for broken in ({"spill_bytes": 8}, {"hgmma": False}, {"tma": False},
-                   {"warp_specialized": False}, {"persistent": True},
+    for broken in ({"spill_bytes": 8}, {"mma": ""}, {"mma": "HMMA"}, {"tma": False},
+                   {"warp_specialized": False}, {"persistent": True}, {"registers": 256},
+                   {"error": "RuntimeError: PassManager::run failed"},
                    {"shared_bytes": tuning.SMEM_LIMIT + 1}):
         assert compile_report.failing_rows([{**good, **broken}]), broken
+    # Each architecture's own instruction and limit: HMMA and 101,376 B on sm_89.
+    ada = {**good, "variant": "pointer", "tma": False, "warp_specialized": False, "arch": "sm_89",
+           "mma": "HMMA", "shared_bytes": 101_376}
+    assert not compile_report.failing_rows([ada])
+    for broken in ({"mma": "HGMMA"}, {"shared_bytes": 101_377}):
+        assert compile_report.failing_rows([{**ada, **broken}]), broken
     pointer = next(r for r in rows if r["variant"] == "pointer" and r["kernel"] == "fused_dx")
     assert compile_report.failing_rows([{**pointer, "tma": True}])
 
@@ -93,7 +101,7 @@ def test_spec_list_is_generated_from_every_config_list():
 
 def test_prune_model_matches_the_sweep_budget():
     """The shared-memory model the prune uses counts the warp-specialized adapter tiles: fp32
-    tma_ws at BLOCK_R = 64 (237,952 B with 3 stages in the sm_90 compile) launches 2 stages."""
+    tma_ws at BLOCK_R = 64 (238,976 B with 3 stages in the sm_90 compile) launches 2 stages."""
     from litelora_fast.kernels import fused_xw_sgb
 
     launcher = fused_xw_sgb._LAUNCH["tma_ws"][True]
@@ -105,13 +113,15 @@ def test_prune_model_matches_the_sweep_budget():
 def test_report_rows_have_the_documented_keys(rows):
     for r in rows:
         assert list(r) == compile_report.COLUMNS
-        assert all(isinstance(r[k], bool) for k in ("hgmma", "tma", "warp_specialized", "persistent"))
+        assert all(isinstance(r[k], bool) for k in ("tma", "warp_specialized", "persistent"))
+        assert r["arch"] == "sm_90" and isinstance(r["mma"], str)
         assert r["registers"] > 0
     table = compile_report.format_report(rows).splitlines()
     assert table[0].split() == compile_report.COLUMNS
     assert len(table) == len(rows) + 2
     totals = compile_report.summary(rows)
-    assert f"{len(rows)} configs of {len(KERNELS)} kernels" in totals and "spills: 0 configs" in totals
+    assert f"sm_90: {len(rows)} configs of {len(KERNELS)} kernels" in totals
+    assert "spills: 0 configs" in totals and "of 232,448 B" in totals
 
 
 def test_bad_arguments_are_rejected():

@@ -360,8 +360,8 @@ TMA_DX_CASES = [
 
 
 # fp32 fused_dx has no warp-specialized kernel (test_fused_dx_ws_fp32_refused).
-DX_DTYPE_VARIANTS = [pytest.param(d.values[0], v, id=f"{d.id}-{v}") for d in DTYPES
-                     for v in TMA_VARIANTS if not (v == "tma_ws" and d.id == "fp32")]
+DX_DTYPE_VARIANTS = [pytest.param(d.values[0], v, id=f"{d.id}-{v}", marks=d.marks)
+                     for d in DTYPES for v in TMA_VARIANTS if not (v == "tma_ws" and d.id == "fp32")]
 
 
 @pytest.mark.parametrize("dtype,variant", DX_DTYPE_VARIANTS)
