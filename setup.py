@@ -13,7 +13,8 @@ setup(
     description="Fused Triton kernels for a linear layer with a gated bank of LoRA adapters, "
     "and the LiteLoRA recruit-or-reuse gate for continual fine-tuning.",
     python_requires=">=3.10",
-    packages=["litelora_fast", "litelora_fast.kernels", "litelora_fast.litelora",
+    packages=["litelora_fast", "litelora_fast.op", "litelora_fast.module", "litelora_fast.models",
+              "litelora_fast.kernels", "litelora_fast.litelora",
               "litelora_fast.litelora.cl", "litelora_fast.tools"],
     package_dir={"litelora_fast": "litelora_fast", "litelora_fast.kernels": "kernels"},
     install_requires=[

@@ -4,7 +4,7 @@ bf16, 4 x 2048 tokens), LoRA r = 16 on all seven projections (``gpu_plan.BLOCK_T
 dropout 0.1, adapters trained with AdamW, the block's input requiring grad (a block in the middle
 of a model), with
 
-- ``ours``: ``litelora_fast.inject`` (one adapter per layer, ``GatedLoRALinear``);
+- ``ours``: ``litelora_fast.models.inject`` (one adapter per layer, ``GatedLoRALinear``);
 - ``peft``: PEFT's ``get_peft_model`` with the same ``LoraConfig`` values;
 
 the same base weights and inputs for both. Per implementation: the median time of a training

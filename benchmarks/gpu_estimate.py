@@ -57,7 +57,7 @@ BLOCK_STEP_S = 0.08       # one training step of the block at 8192 tokens (~11 T
 def choice_candidates() -> int:
     """How many implementations the op times per new bucket: ``autotune.CANDIDATES`` (the
     kernels, the hybrid, the cuBLAS composite)."""
-    from litelora_fast import autotune
+    from litelora_fast.op import autotune
     return len(autotune.CANDIDATES)
 
 

@@ -69,7 +69,7 @@ def check(run: gpu_plan.Run, seed: int, device: str = "cuda") -> dict:
     script)."""
     import litelora_fast as llf
 
-    from litelora_fast import lora_dropout
+    from litelora_fast.op import lora_dropout
 
     dtype, case = getattr(torch, run.dtype), run.case
     torch.manual_seed(seed)

@@ -30,8 +30,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from numerics import rel_err  # noqa: E402  (the suite's one relative-error helper)
 
 from cases import Case, Inputs, make_inputs
-from litelora_fast import lora_dropout, settings
-from litelora_fast.reference import gated_lora_linear_ref
+from litelora_fast.op import lora_dropout
+from litelora_fast import settings
+from litelora_fast.op.reference import gated_lora_linear_ref
 from litelora_fast.tools import roofline
 from litelora_fast.tools.bench_cases import MODES, PEERS, applicable
 import peers
@@ -247,7 +248,7 @@ def implementation_of_ours(case: Case, inp: Inputs) -> str:
     composite), asked after the case ran, so its bucket is tuned."""
     if case.device != "cuda":
         return "torch fast path"
-    from litelora_fast import autotune
+    from litelora_fast.op import autotune
 
     name = autotune.chosen_implementation(
         case.n, case.d_in, case.d_out, case.active_rank, getattr(torch, case.dtype),

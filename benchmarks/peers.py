@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import litelora_fast
-from litelora_fast.reference import gated_lora_linear_ref
+from litelora_fast.op.reference import gated_lora_linear_ref
 
 
 def _offsets(rank_offsets, R: int, K: int) -> list:
@@ -122,7 +122,7 @@ def base_linear(x, weight, bias, *_, **__):
 
 def hybrid_available() -> bool:
     """Whether the op has the ``"hybrid"`` backend (cuBLAS base GEMMs, Triton LoRA work)."""
-    from litelora_fast import backends
+    from litelora_fast.op import backends
     return "hybrid" in getattr(backends, "BACKENDS", {})
 
 

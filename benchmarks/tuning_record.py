@@ -3,7 +3,7 @@ each case's ``extra_info``):
 
 - ``candidates(case)``: the op's own timing of every implementation candidate of the case's
   shape bucket (``autotune.CANDIDATES``: ``"triton"``, ``"hybrid"``, ``"torch"``) and the
-  winner, from ``litelora_fast.autotune.timings()`` (seconds);
+  winner, from ``litelora_fast.op.autotune.timings()`` (seconds);
 - ``triton_configs()``: the Triton config each kernel's autotuner chose, from
   ``litelora_fast.kernels.chosen_configs()``;
 - ``base_gemm(case)``: our fused GEMMs (``fused_forward``, ``fused_dx``) at the case's shape and
@@ -40,15 +40,15 @@ def _jsonable(v):
 
 def all_timings() -> dict:
     """``{bucket name: {"times": {candidate: seconds}, "winner": name, "device"}}`` of every
-    bucket the op's tuner knows (``litelora_fast.autotune.timings()``); ``{}`` when none."""
-    from litelora_fast import autotune
+    bucket the op's tuner knows (``litelora_fast.op.autotune.timings()``); ``{}`` when none."""
+    from litelora_fast.op import autotune
 
     return {str(k): v for k, v in autotune.timings().items()}
 
 
 def bucket_name(case, needs) -> str:
     """The op's bucket name of ``case`` (per-adapter gates) with gradient ``needs``."""
-    from litelora_fast import autotune
+    from litelora_fast.op import autotune
 
     key = autotune.bucket(case.n, case.d_in, case.d_out, case.active_rank,
                           getattr(torch, case.dtype), False, needs, bool(case.dropout))

@@ -34,7 +34,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import litelora_fast as llf  # noqa: E402
-from litelora_fast.inject import injected_layers  # noqa: E402
+from litelora_fast.models.inject import injected_layers  # noqa: E402
 
 TARGETS = ["query", "value"]     # BERT's names for the attention's Q and V projections
 

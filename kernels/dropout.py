@@ -10,7 +10,7 @@ The generator is counter-based (Philox 4x32, Triton's ``tl.philox``): element ``
 mask is a pure function of ``(seed, n, d)``, so any tile of any kernel reproduces it exactly,
 in any order. The two 32-bit counters are the row and the column, so masks never repeat inside
 a call for ``N, D_in < 2**32``. The seed lives in a one-element int64 tensor on the device
-(``litelora_fast.lora_dropout.new_seed``: ``torch.randint`` on that device), so a CUDA graph
+(``litelora_fast.op.lora_dropout.new_seed``: ``torch.randint`` on that device), so a CUDA graph
 replay draws a fresh mask and no host read is needed.
 
 - ``tiles.keep_scale(seed, n_idx, d_idx, P_DROP)``: the device helper every kernel calls, a

@@ -17,20 +17,20 @@ Public API (contract in docs/MATH.md)::
     llf.redundancy, llf.cl                     # subspace overlap metrics; CPU task streams
     # llf.ContinualLearner, llf.litelora, llf.cl load the method's subpackage on first use
 """
-from . import reference
-from .ops import gated_lora_linear
-from .layer import GatedLoRALinear
-from .layer_on_module import GatedLoRAOnModule    # (also registers it for from_linear)
-from .inject import extract_base, inject, injected_layers
-from .peft_bridge import from_peft, to_peft
-from .peft_patch import patch_peft, patch_peft_model, patched_layers, unpatch_peft
-from .model_utils import print_trainable_parameters, set_active_adapters, trainable_parameters
-from .adapter_files import load_adapters, save_adapters
-from .merge import merge_and_unload
-from .routing import accept_adapter_ids, route
-from .model_adapters import (add_adapter, delete_adapter, disable_adapters, merge_adapters,
+from .op import reference
+from .op.ops import gated_lora_linear
+from .module.layer import GatedLoRALinear
+from .module.layer_on_module import GatedLoRAOnModule    # (also registers it for from_linear)
+from .models.inject import extract_base, inject, injected_layers
+from .models.peft_bridge import from_peft, to_peft
+from .models.peft_patch import patch_peft, patch_peft_model, patched_layers, unpatch_peft
+from .models.model_utils import print_trainable_parameters, set_active_adapters, trainable_parameters
+from .models.adapter_files import load_adapters, save_adapters
+from .models.merge import merge_and_unload
+from .models.routing import accept_adapter_ids, route
+from .models.model_adapters import (add_adapter, delete_adapter, disable_adapters, merge_adapters,
                              unmerge_adapters)
-from .hf_checkpoints import from_pretrained, save_pretrained, trainer_callbacks
+from .models.hf_checkpoints import from_pretrained, save_pretrained, trainer_callbacks
 from . import redundancy
 
 # The method (LiteLoRA: learner, streams, table, demo) lives in the subpackage

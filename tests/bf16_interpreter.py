@@ -84,7 +84,7 @@ _ORIGINAL = {name: getattr(Builder, name)
 @contextlib.contextmanager
 def patched(dot: bool = True):
     """The patch described in the module docstring, undone on exit (also on an exception)."""
-    from litelora_fast import backends
+    from litelora_fast.op import backends
 
     replacements = {name: _guarded(name) for name in _GUARDED}
     if dot:

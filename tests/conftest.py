@@ -63,7 +63,7 @@ def seed(request):
 def shrink_widths(monkeypatch):
     """The list of R_act widths the PyTorch backend's shrink sees, one per call: the packed
     bank after zero-gate skipping."""
-    from litelora_fast import backends
+    from litelora_fast.op import backends
 
     seen = []
     real = backends.TorchBackend.shrink

@@ -12,8 +12,8 @@ from typing import Optional
 import pytest
 import torch
 
-from litelora_fast.reference import gated_lora_linear_ref
-from litelora_fast.validation import normalize_scaling
+from litelora_fast.op.reference import gated_lora_linear_ref
+from litelora_fast.op.validation import normalize_scaling
 from numerics import assert_rel
 
 ARG_NAMES = ("x", "weight", "bias", "lora_A", "lora_B", "gates")

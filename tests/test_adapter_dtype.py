@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import litelora_fast as llf
-from litelora_fast.reference import gated_lora_linear_ref
+from litelora_fast.op.reference import gated_lora_linear_ref
 from numerics import assert_rel
 from op_cases import gate_grad_scale
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import litelora_fast as llf
-from litelora_fast.adapter_file_checks import AdapterFileError
+from litelora_fast.models.adapter_file_checks import AdapterFileError
 
 
 class Net(nn.Module):

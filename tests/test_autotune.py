@@ -1,4 +1,4 @@
-"""The measured choice between the kernels and the cuBLAS composite (``litelora_fast.autotune``),
+"""The measured choice between the kernels and the cuBLAS composite (``litelora_fast.op.autotune``),
 tested on the CPU with an injected clock and a fake GPU name: selection, the disk cache (written,
 re-read by a fresh process, keyed by machine and bucket, a corrupted file tolerated), the
 ``tune`` command, and that CPU calls of the op never time anything.
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import litelora_fast as llf
-from litelora_fast import autotune, backends
+from litelora_fast.op import autotune, backends
 from litelora_fast.__main__ import main as cli_main
 from litelora_fast.tools import tune
 
@@ -165,7 +165,7 @@ def test_select_uses_the_tuned_winner_on_a_cuda_device(interpreter, monkeypatch,
         device = torch.device("cuda", 0)
 
     x = torch.randn(40, 16).as_subclass(FakeCuda)
-    plan = llf.plan.pack((0, 1), torch.randn(6, 16), torch.randn(8, 6), [0, 2, 6], [1.0, 1.0],
+    plan = llf.op.plan.pack((0, 1), torch.randn(6, 16), torch.randn(8, 6), [0, 2, 6], [1.0, 1.0],
                          torch.float32)
     gates2d = torch.rand(2).expand(40, 2)
     w = torch.randn(8, 16)

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from litelora_fast import autotune
+from litelora_fast.op import autotune
 
 CPU = torch.device("cpu")
 NEEDS = (True, False, False, True, True, False)
@@ -21,7 +21,7 @@ WRITERS, BUCKETS_EACH = 8, 5
 WRITER = textwrap.dedent("""
     import os, sys, time
     import torch
-    from litelora_fast import autotune
+    from litelora_fast.op import autotune
     directory, rank, writers, each = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     machine = {machine!r}
     open(os.path.join(directory, f"ready-{{rank}}"), "w").close()

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from litelora_fast import autotune, backends
+from litelora_fast.op import autotune, backends
 
 CPU = torch.device("cpu")
 NEEDS = (True, False, False, True, True, False)

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 import litelora_fast as llf
-from litelora_fast.layer_on_module import GatedLoRAOnModule
+from litelora_fast.module.layer_on_module import GatedLoRAOnModule
 from numerics import TOL, assert_rel
 from tiny_llms import (assert_4bit_cpu_path, copy_adapters_from_peft, ids, peft_twin,
                        quantized_llama, select_4bit_cpu_path, tiny)

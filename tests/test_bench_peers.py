@@ -18,7 +18,7 @@ import peers  # noqa: E402
 from cases import Case, make_inputs  # noqa: E402
 from numerics import assert_rel  # noqa: E402
 
-from litelora_fast.reference import gated_lora_linear_ref  # noqa: E402
+from litelora_fast.op.reference import gated_lora_linear_ref  # noqa: E402
 
 HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
 
@@ -132,7 +132,7 @@ def test_tuning_record_reads_the_op_and_the_kernels(monkeypatch):
     # what the GPU benchmark records beside the times: the op's candidate timings per bucket
     # (every autotune.CANDIDATES entry) and the Triton configs chosen (kernels.chosen_configs)
     import tuning_record
-    from litelora_fast import autotune
+    from litelora_fast.op import autotune
     from litelora_fast import kernels
 
     case = Case(4096, 4096, 8192, 1, 16, dropout=0.1)

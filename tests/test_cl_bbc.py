@@ -103,7 +103,7 @@ def test_real_top_layer_matches_the_full_encoder():
         ref = bert.double()(**enc).last_hidden_state.mean(1)
         bert.float()
     assert_rel("bbc top layer vs full encoder", out, ref, torch.float32)
-    from litelora_fast.inject import inject
+    from litelora_fast.models.inject import inject
     inject(top, target_modules=["query", "value"], rank=4, alpha=8, num_adapters=0)
     with torch.no_grad():
         assert torch.equal(top(hidden), out)

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from litelora_fast import GatedLoRALinear
-from litelora_fast.reference import gated_lora_linear_ref
+from litelora_fast.op.reference import gated_lora_linear_ref
 from numerics import assert_rel
 from op_cases import gate_grad_scale
 

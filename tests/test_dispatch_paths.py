@@ -11,7 +11,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import litelora_fast as llf
-from litelora_fast import ops
+from litelora_fast.op import ops
 from op_cases import ARG_NAMES, CASES, call, check_against_oracle, leaves, make_inputs
 
 PATH_CASES = {k: CASES[k] for k in ("N37-K3-ragged", "3d-perrow-K4", "zero-gates",

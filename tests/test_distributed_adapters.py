@@ -54,7 +54,7 @@ def _check_rank0_only_save(rank: int, seed: int, path: str, wrapper: str) -> Non
     """``if rank == 0: llf.save_adapters(...)`` (PEFT's pattern): under DDP rank 0 writes and
     returns (no collective to hang in); under FSDP2, whose gather is a collective, it raises on
     rank 0 within ``ARRIVAL_WAIT_S`` naming the reason."""
-    from litelora_fast import dist_tensors
+    from litelora_fast.models import dist_tensors
     model = _bank_model(seed)
     expected = _whole_state(model)
     wrapped = wrap(model, wrapper)

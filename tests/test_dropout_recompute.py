@@ -18,7 +18,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 import litelora_fast as llf
-from litelora_fast import lora_dropout, recompute_seeds
+from litelora_fast.op import lora_dropout, recompute_seeds
 
 MODES = [pytest.param(r, p, id=f"reentrant={r}-preserve_rng={p}")
          for r in (True, False) for p in (True, False)]

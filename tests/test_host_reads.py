@@ -20,7 +20,7 @@ import torch
 
 import litelora_fast as llf
 from litelora_fast import kernels
-from litelora_fast import plan
+from litelora_fast.op import plan
 
 READS = ("tolist", "item", "__bool__", "cpu", "numpy", "__int__", "__float__", "__index__")
 _TRITON_DIR = os.path.dirname(__import__("triton").__file__)

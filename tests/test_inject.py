@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 import litelora_fast as llf
-from litelora_fast.inject import find_targets
+from litelora_fast.models.inject import find_targets
 from numerics import assert_rel, rel_err
 
 injected_layers = llf.injected_layers          # reachable from the package (issue 11)
@@ -164,7 +164,7 @@ def test_inject_runs_the_triton_kernels(interpreter, seed):
 
 def test_summary_is_logged_and_printed(caplog, capsys):
     model = toy()
-    with caplog.at_level(logging.INFO, logger="litelora_fast.inject"):
+    with caplog.at_level(logging.INFO, logger="litelora_fast.models.inject"):
         llf.inject(model, ["query"], rank=2, alpha=4, verbose=True)
     assert "swapped" in caplog.text and "query x2" in caplog.text
     assert "blocks.0.query" in capsys.readouterr().out

@@ -532,7 +532,7 @@ def test_lora_weight_grads_edges_and_errors():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_backends_agree_on_lora_weight_grads(seed, dtype):
     """TritonBackend and TorchBackend compute the same (dA, dB)."""
-    from litelora_fast.backends import TorchBackend, TritonBackend
+    from litelora_fast.op.backends import TorchBackend, TritonBackend
 
     x2d, dy = torch.randn(50, 24, dtype=dtype), torch.randn(50, 40, dtype=dtype)
     dS, SG = torch.randn(50, 6, dtype=dtype), torch.randn(50, 6, dtype=dtype)

@@ -15,7 +15,8 @@ from triton.runtime.errors import InterpreterError
 import litelora_fast as llf
 from bf16_interpreter import Bf16Arithmetic, bf16_to_fp32, fp32_to_bf16, patched
 from kernel_helpers import fused_ref
-from litelora_fast import autotune, backends, kernels
+from litelora_fast.op import autotune, backends
+from litelora_fast import kernels
 from numerics import TOL, assert_rel, rel_err
 
 

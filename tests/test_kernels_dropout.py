@@ -15,7 +15,7 @@ import torch
 from kernel_helpers import DTYPES, column_tables, make_gates, nan_like, shrink_ref, strided
 from litelora_fast import kernels
 from litelora_fast.kernels import LAUNCH_COUNTS
-from litelora_fast.lora_dropout import new_seed
+from litelora_fast.op.lora_dropout import new_seed
 from numerics import assert_rel
 
 

@@ -65,3 +65,27 @@ def test_installed_layout_serves_the_kernels_from_its_own_folder(hub_site, tmp_p
 def test_no_init_in_the_top_level_folder():
     # An __init__.py there would make the folder a regular package named "kernels" at the root.
     assert not (ROOT / "kernels" / "__init__.py").exists()
+
+
+def test_an_install_carries_every_module_and_the_public_names(tmp_path):
+    """setup.py lists every subpackage: what ``build_py`` copies (what a wheel holds) has every
+    module of the source tree, and the public API imports from that copy alone."""
+    build = tmp_path / "build"
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "-d", str(build)], cwd=ROOT,
+                   check=True, capture_output=True)
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
+    source = {p.relative_to(ROOT).as_posix() for p in (ROOT / "litelora_fast").rglob("*.py")
+              if "__pycache__" not in p.parts}
+    built = {p.relative_to(build).as_posix() for p in (build / "litelora_fast").rglob("*.py")}
+    assert source - built == set(), "modules setup.py leaves out of an install"
+    code = ("import litelora_fast as llf, litelora_fast.op.ops, litelora_fast.module.layer, "
+            "litelora_fast.models.inject\n"
+            "names = [llf.gated_lora_linear, llf.reference.gated_lora_linear_ref, "
+            "llf.GatedLoRALinear, llf.inject, llf.patch_peft, llf.route, llf.save_adapters]\n"
+            "print(llf.__file__)")
+    env = dict(os.environ, PYTHONPATH=str(build), TRITON_INTERPRET="0")
+    env.pop("PYTHONSAFEPATH", None)
+    out = subprocess.run([sys.executable, "-c", code], cwd=build, env=env, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert pathlib.Path(out.stdout.strip()) == build / "litelora_fast" / "__init__.py"

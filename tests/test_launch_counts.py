@@ -92,8 +92,8 @@ def test_weight_grads_form_SG_in_the_kernel(interpreter, seed, monkeypatch, per_
     """The backward hands ``S`` and the gate tables to ``lora_weight_grads`` (the kernel forms
     ``SG = S * G_E`` tile by tile), instead of building ``SG`` with elementwise launches first;
     the gradients still match float64."""
-    from litelora_fast import backends
-    from litelora_fast.reference import gated_lora_linear_ref
+    from litelora_fast.op import backends
+    from litelora_fast.op.reference import gated_lora_linear_ref
 
     seen = []
     real = backends.TritonBackend.lora_weight_grads

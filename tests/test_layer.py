@@ -437,7 +437,7 @@ def test_empty_batch_with_adapters(backend, gate, monkeypatch, seed):
 def test_dropout_in_training_matches_the_reference_given_the_mask(backend, monkeypatch, seed):
     """Training mode: the adapters see drop(x) = x * keep / (1 - p) with the call's mask (the
     base sees x); output and every gradient against float64 with the same mask."""
-    from litelora_fast.lora_dropout import recorded_masks
+    from litelora_fast.op.lora_dropout import recorded_masks
 
     monkeypatch.setenv("TRITON_INTERPRET", "1" if backend == "interpreter" else "0")
     layer = make_layer((3, 2), d_in=20, d_out=11)

@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from litelora_fast import GatedLoRALinear, layer_meta
+from litelora_fast import GatedLoRALinear
+from litelora_fast.module import layer_meta
 from numerics import assert_rel
 
 

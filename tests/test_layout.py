@@ -75,7 +75,7 @@ def _cycles(graph: dict) -> list:
 
 def test_no_import_cycles():
     graph = _import_graph()
-    assert "litelora_fast.ops" in graph and "litelora_fast.op_math" in graph["litelora_fast.ops"]
+    assert "litelora_fast.op.ops" in graph and "litelora_fast.op.op_math" in graph["litelora_fast.op.ops"]
     assert _cycles(graph) == []
 
 
@@ -134,3 +134,83 @@ def test_no_library_module_imports_the_method():
     users = sorted(m for m, deps in graph.items() if not m.startswith(method)
                    and any(d == method or d.startswith(method + ".") for d in deps))
     assert users == []
+
+
+# The folders, bottom to top: a module may import its own folder and the folders below it.
+# ``settings`` is the ground every folder stands on (it imports nothing of the package).
+FOLDERS = ("litelora_fast.kernels", "litelora_fast.op", "litelora_fast.module",
+           "litelora_fast.models")
+GROUND = "litelora_fast.settings"
+
+
+def _folder(mod: str):
+    return next((f for f in FOLDERS if mod == f or mod.startswith(f + ".")), None)
+
+
+def _against_the_folder_order(graph: dict) -> list:
+    bad = []
+    for mod, deps in graph.items():
+        here = _folder(mod)
+        for dep in deps:
+            if mod == GROUND:
+                bad.append((mod, dep))
+            elif here is not None and dep != GROUND and (
+                    _folder(dep) is None or FOLDERS.index(_folder(dep)) > FOLDERS.index(here)):
+                bad.append((mod, dep))
+    return sorted(bad)
+
+
+def test_imports_run_one_way_through_the_folders():
+    """models -> module -> op -> kernels, each folder on ``settings``; nothing in a folder
+    imports upward, nor the package face, the method, the tools or ``redundancy``."""
+    graph = _import_graph()
+    for folder in FOLDERS:
+        assert any(_folder(m) == folder for m in graph), f"no module in {folder}"
+    assert _against_the_folder_order(graph) == []
+
+
+def test_the_folder_check_can_fail():
+    planted = {"litelora_fast.op.ops": {"litelora_fast.module.layer"},
+               "litelora_fast.module.layer": {"litelora_fast.op.ops", "litelora_fast.settings"},
+               "litelora_fast.models.inject": {"litelora_fast.tools.tune"},
+               "litelora_fast.settings": {"litelora_fast.op.ops"}}
+    assert _against_the_folder_order(planted) == [
+        ("litelora_fast.models.inject", "litelora_fast.tools.tune"),
+        ("litelora_fast.op.ops", "litelora_fast.module.layer"),
+        ("litelora_fast.settings", "litelora_fast.op.ops")]
+
+
+# Files the docs name in other repositories (PEFT's test suite, run by tools/run_peft_suite.py).
+OTHER_REPOSITORIES = {"test_custom_models.py", "tests/test_custom_models.py"}
+
+
+def _named_files(text: str) -> set:
+    """Source files a doc names: paths (``a/b.py``) and bare names (``layer.py``)."""
+    return set(re.findall(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+\.(?:py|sh))(?![\w/])", text))
+
+
+def test_every_file_the_docs_name_exists():
+    """Each ``.py``/``.sh`` file named in README.md, docs/, benchmarks/README.md and
+    examples/README.md exists: a path from the repository root (or the doc's folder, or the
+    package), or a bare name that some file of the tree has."""
+    docs = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", ROOT / "examples" / "README.md",
+            *sorted((ROOT / "docs").glob("*.md"))]
+    basenames = {p.name for p in _tracked_text_files()}
+    missing = []
+    for doc in docs:
+        for name in sorted(_named_files(doc.read_text())):
+            if name in OTHER_REPOSITORIES:
+                continue
+            if "/" in name:
+                found = any((base / name).exists()
+                            for base in (ROOT, doc.parent, ROOT / "litelora_fast"))
+            else:
+                found = name in basenames
+            if not found:
+                missing.append(f"{doc.relative_to(ROOT)}: {name}")
+    assert missing == []
+
+
+def test_the_docs_check_can_fail():
+    assert _named_files("see `kernels/forward.py` and layer.py, not out/demo.json") == {
+        "kernels/forward.py", "layer.py"}

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from litelora_fast.inject import inject
+from litelora_fast.models.inject import inject
 from litelora_fast.litelora import ContinualLearner, binary_concrete, sample_noise
 
 # Build the kernels now, at collection, while TRITON_INTERPRET=1 (see test_layer.py): a fast-path

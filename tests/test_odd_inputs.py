@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import litelora_fast as llf
-from litelora_fast import autotune, kernels
+from litelora_fast.op import autotune
+from litelora_fast import kernels
 from numerics import assert_rel
 from op_cases import ARG_NAMES, Case, call, check_against_oracle, make_inputs
 

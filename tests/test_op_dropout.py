@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import litelora_fast as llf
-from litelora_fast import lora_dropout
+from litelora_fast.op import lora_dropout
 from litelora_fast.kernels import LAUNCH_COUNTS
-from litelora_fast.reference import gated_lora_linear_ref
+from litelora_fast.op.reference import gated_lora_linear_ref
 from numerics import assert_rel
 from op_cases import CASES, Case, call, case_params, check_against_oracle, make_inputs
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import litelora_fast as llf
-from litelora_fast import backends
+from litelora_fast.op import backends
 from numerics import assert_rel
 from op_cases import (ARG_NAMES, CASES, call, case_params, check_against_oracle, gate_grad_scale,
                       make_inputs, oracle)

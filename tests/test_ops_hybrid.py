@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import litelora_fast as llf
-from litelora_fast import kernels, lora_dropout
+from litelora_fast import kernels
+from litelora_fast.op import lora_dropout
 from op_cases import ARG_NAMES, CASES, call, case_params, check_against_oracle, leaves, make_inputs
 
 TRAINABLE = {

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 import litelora_fast as llf
-from litelora_fast.inject import injected_layers
+from litelora_fast.models.inject import injected_layers
 
 from numerics import assert_rel
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import litelora_fast as llf
-from litelora_fast import peft_patch, peft_patch_layers
-from litelora_fast.lora_dropout import recorded_masks
+from litelora_fast.models import peft_patch, peft_patch_layers
+from litelora_fast.op.lora_dropout import recorded_masks
 from numerics import TOL, assert_rel, rel_err
 from tiny_llms import VOCAB, tiny
 

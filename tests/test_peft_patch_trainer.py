@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import litelora_fast as llf
-from litelora_fast import peft_patch_layers
+from litelora_fast.models import peft_patch_layers
 from numerics import TOL, assert_rel
 from tiny_llms import VOCAB, quantized_llama, tiny
 

@@ -5,7 +5,7 @@ base output."""
 import pytest
 import torch
 
-from litelora_fast.routed_op import routed_linear, routed_lora_
+from litelora_fast.op.routed_op import routed_linear, routed_lora_
 from numerics import assert_rel
 
 F64 = torch.float64

@@ -2,7 +2,7 @@
 import torch
 
 import litelora_fast as llf
-from litelora_fast.reference import gated_lora_linear_ref
+from litelora_fast.op.reference import gated_lora_linear_ref
 
 
 def _saved_bytes(fn, *args) -> int:

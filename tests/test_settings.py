@@ -11,7 +11,8 @@ import torch
 from triton._C.libtriton import getenv_bool
 
 import litelora_fast as llf
-from litelora_fast import autotune, backends, settings
+from litelora_fast.op import autotune, backends
+from litelora_fast import settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SPELLINGS = [(v, True) for v in settings.TRUE] + [(v, False) for v in settings.FALSE]

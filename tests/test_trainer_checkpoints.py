@@ -51,7 +51,7 @@ def test_adapter_only_checkpoints_resume_exactly(fast_path, tmp_path):
     ckpt = tmp_path / "a" / "checkpoint-2"
     state = safetensors_torch.load_file(os.fspath(ckpt / "model.safetensors"))
     model_keys = set(straight.state_dict())
-    assert set(state) == llf.hf_checkpoints.adapter_keys(straight)
+    assert set(state) == llf.models.hf_checkpoints.adapter_keys(straight)
     assert set(state) < model_keys and not any(k.endswith(".weight") and "lora" not in k
                                                for k in state)
     assert (ckpt / "optimizer.pt").is_file()

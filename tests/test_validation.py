@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import litelora_fast as llf
-from litelora_fast.reference import gated_lora_linear_ref
+from litelora_fast.op.reference import gated_lora_linear_ref
 
 
 def _args(n=5, d_in=8, d_out=6, ranks=(2, 3)):

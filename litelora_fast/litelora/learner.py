@@ -116,7 +116,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..inject import injected_layers
+from ..models.inject import injected_layers
 
 METHODS = ("litelora", "sdlora", "shared", "head")
 NOISES = ("logistic", "gumbel")
@@ -804,7 +804,7 @@ class ContinualLearner:
 def inject_and_learner(model: nn.Module, target_modules, rank: int = 4, alpha: float = 8,
                        **options) -> ContinualLearner:
     """``llf.inject`` the targets, then wrap the model in a :class:`ContinualLearner`."""
-    from ..inject import inject
+    from ..models.inject import inject
     inject(model, target_modules=target_modules, rank=rank, alpha=alpha, num_adapters=0)
     return ContinualLearner(model, **options)
 

@@ -2,7 +2,7 @@
 
 On CUDA the op times its three implementations (the fused Triton kernels, the hybrid of cuBLAS
 base GEMMs and Triton LoRA kernels, and the cuBLAS composite) the first time it meets a shape
-bucket, and caches the winner on disk (``litelora_fast.autotune``).
+bucket, and caches the winner on disk (``litelora_fast.op.autotune``).
 This command does that ahead of time, so the first training step runs at full speed:
 
     python -m litelora_fast tune --shape 8192,4096,4096 --shape 8192,4096,14336 \\
@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from .. import autotune
+from ..op import autotune
 from .cli_types import device as device_arg, positive_int
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from .. import autotune
-from ..ops import gated_lora_linear
-from ..reference import gated_lora_linear_ref
+from ..op import autotune
+from ..op.ops import gated_lora_linear
+from ..op.reference import gated_lora_linear_ref
 from .cli_types import device as device_arg
 
 NAMES = ("x", "weight", "bias", "lora_A", "lora_B", "gates")

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ... import settings
-from ...inject import inject
+from ...models.inject import inject
 from .runner import run_stream
 
 CATEGORIES = ("business", "entertainment", "politics", "sports", "tech")

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...inject import inject
+from ...models.inject import inject
 from .runner import run_stream
 
 HIDDEN = 64

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...inject import inject
+from ...models.inject import inject
 from .runner import run_stream
 
 # Defaults sized so a 6-task stream runs in seconds on a CPU core.

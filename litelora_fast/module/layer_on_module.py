@@ -30,13 +30,13 @@ import torch.nn as nn
 from . import base_layers, bnb_cpu_packing
 from .packed_bank import cat_bank
 from .layer import GatedLoRALinear
-from .ops import gated_lora_linear
-from .reference import gated_lora_linear_ref
+from ..op.ops import gated_lora_linear
+from ..op.reference import gated_lora_linear_ref
 
 
 class GatedLoRAOnModule(GatedLoRALinear):
     """``y = base_layer(x) + sum_k g_k * (alpha_k / r_k) * (x @ A_k^T) @ B_k^T``; build it with
-    ``GatedLoRALinear.from_linear(base)`` (or :func:`litelora_fast.inject`)."""
+    ``GatedLoRALinear.from_linear(base)`` (or :func:`litelora_fast.models.inject`)."""
 
     fan_in_fan_out = False
 

@@ -1,4 +1,4 @@
-"""PEFT's LoRA configuration for :func:`litelora_fast.inject`: a ``peft.LoraConfig`` read into
+"""PEFT's LoRA configuration for :func:`litelora_fast.models.inject`: a ``peft.LoraConfig`` read into
 inject's keyword arguments, and PEFT's selection rules (``"all-linear"``, ``layers_to_transform``,
 ``rank_pattern``/``alpha_pattern``, ``exclude_modules``), written after PEFT 0.21's
 ``check_target_module_exists``, ``get_pattern_key`` and ``_maybe_include_all_linear_layers``.
@@ -31,7 +31,7 @@ from typing import Optional
 
 import torch.nn as nn
 
-from . import base_layers
+from ..module import base_layers
 
 ALL_LINEAR = "all-linear"
 # PEFT's SEQ_CLS_HEAD_NAMES: the heads "all-linear" leaves out of a classification model.

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from . import settings
+from .. import settings
 
 _RECORDERS: list = []
 
@@ -52,7 +52,7 @@ def keep_mask(seed: torch.Tensor, n: int, d_in: int, p: float) -> torch.Tensor:
     # The Triton mask kernel runs on CUDA, and on CPU tensors under TRITON_INTERPRET=1 (the same
     # call-time rule as backends.interpreter_requested; backends imports this module, not back).
     if seed.is_cuda or settings.interpret():
-        from .kernels.dropout import dropout_mask
+        from ..kernels.dropout import dropout_mask
 
         return dropout_mask(seed, n, d_in, p)
     gen = torch.Generator(device=seed.device)

@@ -34,9 +34,9 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from . import routing_state
-from .base_layers import base_kind
-from .ops import gated_lora_linear
+from ..module import routing_state
+from ..module.base_layers import base_kind
+from ..op.ops import gated_lora_linear
 
 OP_CALLS: Counter = Counter()
 FALLBACK_REASONS: Counter = Counter()     # reason -> calls PEFT computed for it

@@ -38,9 +38,9 @@ from typing import Iterable, Optional, Union
 import torch
 import torch.nn as nn
 
-from . import base_layers, routing_state
-from .layer import GatedLoRALinear
-from .validation import as_list
+from ..module import base_layers, routing_state
+from ..module.layer import GatedLoRALinear
+from ..op.validation import as_list
 from .peft_config import (ALL_LINEAR, SEQ_CLS_HEAD_NAMES, all_linear_names, config_kwargs,
                           default_targets, excluded, is_lora_config, layer_index_ok,
                           layer_rank_alpha)
@@ -285,7 +285,7 @@ def inject(model: nn.Module, target_modules=None, rank: int = 8, alpha: float = 
             like PEFT's: full name or last components). They are made trainable, recorded in
             ``model.llf_modules_to_save``, written by ``save_adapters`` and handed to PEFT by
             ``to_peft``.
-        verbose: also print the summary (it is always logged at INFO on ``litelora_fast.inject``).
+        verbose: also print the summary (it is always logged at INFO on ``litelora_fast.models.inject``).
         adapter_dtype: the adapters' dtype (default float32 beside a half-precision or quantized
             base, as PEFT; ``base_layers``).
         adapter_name: name of the first recruited adapter (default ``adapter_0``; ``"default"``,

@@ -16,8 +16,8 @@ import math
 import numbers
 import os
 
-from .layer import GATE_MODES, _check_alpha, _check_rank
-from .lora_dropout import check_p
+from ..module.layer import GATE_MODES, _check_alpha, _check_rank
+from ..op.lora_dropout import check_p
 
 
 class AdapterFileError(ValueError):

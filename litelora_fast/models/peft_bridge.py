@@ -46,10 +46,10 @@ from typing import Iterable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from . import base_layers, routing_state
+from ..module import base_layers, routing_state
 from .inject import (MODULES_TO_SAVE_ATTR, TASK_TYPE_ATTR, _all_names, _set_module,
                      _short_list, extract_base, find_modules_to_save, injected_layers)
-from .layer import GatedLoRALinear
+from ..module.layer import GatedLoRALinear
 
 # PEFT's name of an adapter created without a name; the one it saves at the top of a directory.
 DEFAULT_NAME = "default"

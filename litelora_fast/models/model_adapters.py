@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from . import routing_state
+from ..module import routing_state
 from .inject import _normalize_targets, injected_layers
 from .dist_tensors import unwrap as _unwrap
 

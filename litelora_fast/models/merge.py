@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import torch.nn as nn
 
 from .inject import _linear_of, _unload, injected_layers
-from .layer import GatedLoRALinear
+from ..module.layer import GatedLoRALinear
 
 
 def merge_and_unload(model: nn.Module, adapters: Optional[Sequence] = None,

@@ -49,10 +49,10 @@ import torch.nn.functional as F
 
 from . import base_layers, layer_meta, resized_state, routing_state
 from .packed_bank import cat_bank
-from .lora_dropout import check_p
-from .ops import gated_lora_linear
-from .reference import gated_lora_linear_ref
-from .validation import as_list
+from ..op.lora_dropout import check_p
+from ..op.ops import gated_lora_linear
+from ..op.reference import gated_lora_linear_ref
+from ..op.validation import as_list
 
 GATE_MODES = ("per_adapter", "per_row")
 _ADAPTER_LIST = "a list or tuple of adapter indices or names"
@@ -164,7 +164,7 @@ class GatedLoRALinear(nn.Module):
                     adapter_dtype: Optional[torch.dtype] = None) -> "GatedLoRALinear":
         """Wrap a trained linear-like base (``base_layers``): ``nn.Linear``, HF ``Conv1D``, or a
         module the kernels cannot read (bitsandbytes ``Linear4bit``/``Linear8bitLt``...), which
-        gives a :class:`~litelora_fast.layer_on_module.GatedLoRAOnModule`. The base's weight and
+        gives a :class:`~litelora_fast.module.layer_on_module.GatedLoRAOnModule`. The base's weight and
         bias Parameters are *shared* (no copy) and frozen (``requires_grad=False``, which the
         original module sees too). ``adapter_dtype``: see ``base_layers`` (default float32 beside
         a half-precision or quantized base)."""

@@ -28,10 +28,11 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from . import dist_tensors, layer_meta
+from . import dist_tensors
+from ..module import layer_meta
 from .adapter_file_checks import check_tensor_names, read_json, read_tensors
 from .inject import MODULES_TO_SAVE_ATTR, inject, injected_layers
-from .layer import GatedLoRALinear
+from ..module.layer import GatedLoRALinear
 
 WEIGHTS_NAME = "adapters.safetensors"
 CONFIG_NAME = "adapters.json"

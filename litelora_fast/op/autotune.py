@@ -56,7 +56,8 @@ try:                                   # the cache file's lock (POSIX)
 except ImportError:                    # pragma: no cover (Windows)
     fcntl = None
 
-from . import backends, op_math, settings
+from . import backends, op_math
+from .. import settings
 
 # Ties go to the earlier one: the kernels, then the hybrid, then the composite.
 CANDIDATES = ("triton", "hybrid", "torch")
@@ -79,7 +80,7 @@ def bucket(n: int, d_in: int, d_out: int, r_act: int, dtype: torch.dtype, per_ro
            needs, dropout: bool = False) -> tuple:
     """The in-memory key of a shape bucket (see the module docstring); ``dropout``: whether the
     call applies LoRA dropout (the candidates then do different extra work)."""
-    from .kernels.tuning import n_bucket      # (the kernels' autotune key: one rounding rule)
+    from ..kernels.tuning import n_bucket      # (the kernels' autotune key: one rounding rule)
 
     return (n_bucket(n), d_in, d_out, r_act, _dtype_name(dtype),
             "per_row" if per_row else "per_adapter", tuple(bool(v) for v in needs),
@@ -113,7 +114,7 @@ def agreement_bound(dtype_name: str, device: torch.device) -> float:
     """``AGREEMENT_BOUND`` for a bucket's dtype; fp32 on CUDA with torch's TF32 switch on takes
     the TF32 bound (both the composite and the kernels then multiply in TF32)."""
     if dtype_name == "float32" and device.type == "cuda":
-        from .kernels.tuning import torch_allows_tf32
+        from ..kernels.tuning import torch_allows_tf32
         if torch_allows_tf32():
             return AGREEMENT_BOUND["float32-tf32"]
     return AGREEMENT_BOUND[dtype_name]

@@ -40,10 +40,11 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from . import lora_dropout, recompute_seeds, routing_state
+from ..op import lora_dropout, recompute_seeds
+from ..module import routing_state
 from .dist_tensors import unwrap as _unwrap
 from .inject import injected_layers
-from .routed_op import routed_linear, routed_lora_
+from ..op.routed_op import routed_linear, routed_lora_
 
 ROUTE_INPUT = routing_state.ROUTE_INPUT
 # Above this many runs per distinct (adapter, weight) group, rows are grouped by index lists

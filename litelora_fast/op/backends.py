@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from . import lora_dropout, settings
+from . import lora_dropout
+from .. import settings
 from .op_math import as_dtype, expanded_gates, gated_columns
 
 
@@ -25,7 +26,7 @@ def launchers():
     """The kernels' launchers: the one place the backends reach ``litelora_fast.kernels``, the
     package that exports them lazily (importing triton costs about a second and a CPU-only run
     never needs it)."""
-    from . import kernels
+    from .. import kernels
 
     return kernels
 

@@ -20,7 +20,7 @@ import contextlib
 import inspect
 import threading
 
-from . import checkpoint_regions
+from ..op import checkpoint_regions
 
 # The keyword argument ``model(..., adapter_ids=...)`` routes by (``routing.accept_adapter_ids``).
 ROUTE_INPUT = "adapter_ids"
