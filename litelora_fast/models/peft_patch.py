@@ -76,8 +76,11 @@ def _restore_if_unused() -> None:
 
 
 def is_patched(layer) -> bool:
-    """True when ``layer`` (a PEFT LoRA layer) computes through our op."""
-    return type(layer) in _State.originals and (_State.on or layer.__dict__.get(_FLAG, False))
+    """True when ``layer`` (a PEFT LoRA layer) computes through our op. Its class may be a
+    subclass of a patched one: FSDP2's ``fully_shard`` swaps a module's class for a new one."""
+    patched = type(layer) in _State.originals or any(
+        cls in _State.originals for cls in type(layer).__mro__[1:])
+    return patched and (_State.on or layer.__dict__.get(_FLAG, False))
 
 
 class _Scope:
