@@ -4,6 +4,8 @@ seed, and a verdict that docs/litelora.md states surviving a nudge (fast PyTorch
 Why: one seed's numbers depend on the machine (docs/litelora.md, "Which verdicts hold on another
 machine"); a verdict the docs state has to hold when the floats move at the last bit.
 """
+import functools
+
 import pytest
 import torch
 
@@ -95,6 +97,19 @@ def test_decision_goal_per_seed_counts_repeats_and_novel_tasks():
         "LiteLoRA (paper)"]
 
 
+@functools.lru_cache(maxsize=2)
+def _domain_prefix(stream_seed: int):
+    """The domain stream's first 6 tasks (novel, novel, repeat, near15, novel, repeat) and the
+    faithful gate's class-incremental run on them (shared by the tests below)."""
+    from litelora_fast.litelora.cl import mnist
+    from litelora_fast.litelora.cl.table import row_options
+
+    torch.set_num_threads(1)
+    data = mnist.domain_stream(stream_seed, pattern=mnist.DOMAIN_PATTERN[:6])
+    method, options = row_options("domain", "class-incremental", "LiteLoRA (paper)")
+    return data, mnist.run_mnist("domain", stream_seed, method, data=data, **options)
+
+
 def test_stated_verdict_survives_a_one_ulp_nudge(fast_path, seed):
     """docs/litelora.md: the faithful gate (``variant="paper"``) misses the decision goal on the
     domain stream on every seed: it recruits every novel domain and reuses at most 17% of the
@@ -104,13 +119,11 @@ def test_stated_verdict_survives_a_one_ulp_nudge(fast_path, seed):
     from litelora_fast.litelora.cl import mnist
     from litelora_fast.litelora.cl.table import row_options
 
-    torch.set_num_threads(1)
     stream_seed = seed % 10_000
-    data = mnist.domain_stream(stream_seed, pattern=mnist.DOMAIN_PATTERN[:6])
+    data, plain = _domain_prefix(stream_seed)
     method, options = row_options("domain", "class-incremental", "LiteLoRA (paper)")
-    runs = [mnist.run_mnist("domain", stream_seed, method, data=d, **options)
-            for d in (data, nudge_stream(data))]
-    plain, nudged = runs
+    nudged = mnist.run_mnist("domain", stream_seed, method, data=nudge_stream(data), **options)
+    runs = [plain, nudged]
     # the nudge reached the results: the gate logits are not bit for bit the same
     assert plain["gate_logit"] != nudged["gate_logit"]
     for r in runs:
@@ -121,3 +134,46 @@ def test_stated_verdict_survives_a_one_ulp_nudge(fast_path, seed):
         assert sum(novel) / len(novel) >= GOAL_NOVEL_RECRUITED, r["recruited"]
         # at most one of the two repeats reused: short of the goal's 2/3, as the docs say
         assert sum(repeats) / len(repeats) < GOAL_REPEATS_REUSED, r["recruited"]
+
+
+def test_compare_names_the_rows_and_verdicts_two_runs_disagree_on():
+    from litelora_fast.litelora.cl.compare import compare, format_compare
+    from litelora_fast.litelora.cl.table import KEYS, summarize
+
+    def rec(A, adapters, recruited):
+        return dict({k: 0.0 for k in KEYS}, avg_incremental=A, active_adapters=adapters,
+                    anytime=[A], recruited=recruited, truth=["novel"] * len(recruited), lam=None)
+
+    def run(lite_A):
+        raw = {"s": {"p": {"LiteLoRA (paper)": [rec(lite_A, 1, [True, False])],
+                           "SD-LoRA (adapter per task)": [rec(70.0, 2, [True, True])]}}}
+        return {"seeds": [0], "machine": None, "results": summarize(raw)}
+
+    c = compare(run(69.5), run(68.5))            # A -0.5 (met) against A -1.5 (not met)
+    assert c["rows_differing"] == 1 and c["rows"][0]["row"] == "LiteLoRA (paper)"
+    changed = {v["verdict"]: v["values"] for v in c["verdicts_changed"]}
+    assert changed == {"met": [True, False], "met_on_spread": ["met", "not met"]}
+    assert "rows differing: 1 of 2" in format_compare(c)
+    assert compare(run(69.5), run(69.5))["verdicts_changed"] == []
+    with pytest.raises(ValueError, match="different seeds"):
+        compare(run(69.5), dict(run(69.5), seeds=[1]))
+
+
+def test_gate_trace_changes_no_decision_and_records_losses_and_the_logit_path(fast_path, seed):
+    """``gate_trace``: the traced run is the plain run bit for bit (it draws no random number);
+    per gated task it records the three phase-2 losses, lam, and the logit before every step
+    plus the final one (the authors' 39 steps: 40 values, the first ``gate_init``)."""
+    from litelora_fast.litelora.cl.gate_trace import trace_domain
+
+    stream_seed = seed % 10_000
+    data, plain = _domain_prefix(stream_seed)
+    traced = trace_domain(stream_seed, data=data)
+    assert traced["avg_incremental"] == plain["avg_incremental"]
+    assert [k["recruited"] for k in traced["tasks"]] == plain["recruited"]
+    for k, logit in zip(traced["tasks"][1:], plain["gate_logit"][1:]):
+        assert k["lam"] == 0.3 and len(k["logit_path"]) == 40
+        assert k["logit_path"][0] == 0.5 and k["logit_path"][-1] == logit[0]
+        assert k["loss_on"] > 0 and k["loss_off"] > 0 and k["loss_off_reuse_state"] > 0
+    with pytest.raises(TypeError, match="needs tensor data"):
+        from litelora_fast.litelora.cl.gate_trace import TracingLearner
+        TracingLearner._gate_phase(None, 1, object(), None, None, None, None, 0.3)

@@ -112,11 +112,29 @@ def demo_main(argv=None) -> int:
     p.add_argument("--nudge-ulp", action="store_true",
                    help="move every task input one ulp first: what rounding alone (another "
                    "machine's kernels) changes")
+    p.add_argument("--from-json", metavar="PATH", help="no run: re-print a saved demo JSON with "
+                   "today's table (ranges, verdicts per seed); with --json, write it refreshed "
+                   "(every recorded field kept)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TRITON_INTERPRET", "0")    # CPU tensors take the fast PyTorch path
     from .cl.machine import describe, machine_info
-    from .cl.table import format_table, goals, save_figure
+    from .cl.table import format_table, goals, save_figure, summarize
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        results = summarize({st: {pr: {label: s["per_seed"] for label, s in rows.items()}
+                                  for pr, rows in by_pr.items()}
+                             for st, by_pr in saved["results"].items()})
+        print(f"{args.from_json}: seeds {saved['seeds']}" + (
+            ", inputs nudged one ulp" if saved.get("nudge_ulp") else "") +
+            f"\n{describe(saved.get('machine'))}")
+        print(format_table(results, what="seed(s)"))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(saved, results=results, goals=goals(results)), f, indent=1)
+            print(f"wrote {args.json}")
+        return 0
     machine = machine_info(args.threads)
     print(f"LiteLoRA demo: seeds {args.seeds}" + (", inputs nudged one ulp" if args.nudge_ulp
                                                   else "") + f"\n{describe(machine)}", flush=True)
