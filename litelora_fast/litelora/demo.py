@@ -6,9 +6,11 @@ adapter (head only), on the two real MNIST streams (``litelora_fast.litelora.cl.
 split-MNIST, 5
 tasks; a 14-task domain stream of permutations and rotations with known repeats), in both protocols
 (class-incremental, the paper's; task-incremental). One seed by default (``--seeds``), one torch
-thread (``--threads``), a progress bar on stderr; the results depend only on the seeds and the
-thread count, both printed. ``--json`` / ``--png`` (default ``out/demo.png``) write the results and
-a figure; ``--save-dir`` the first seed's learner checkpoints that ``analyze`` reads.
+thread (``--threads``), a progress bar on stderr; the results depend on the seeds, the thread
+count and the machine (its float kernels: ``cl.machine``), all printed and written to the JSON.
+``--json`` / ``--png`` (default ``out/demo.png``) write the results and a figure; ``--save-dir``
+the first seed's learner checkpoints that ``analyze`` reads; ``--nudge-ulp`` moves every task
+input one ulp first (what rounding alone changes); ``--from-json`` re-prints a saved run.
 
 ``analyze CHECKPOINT``: the redundancy of the adapters in a saved checkpoint (normalized subspace
 similarity, mean principal angle, share explained by the other adapters), printed per layer, and a

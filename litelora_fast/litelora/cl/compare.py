@@ -41,8 +41,14 @@ def compare(a: dict, b: dict) -> dict:
                     continue
                 same = [(x["anytime"], x["recruited"]) == (y["anytime"], y["recruited"])
                         for x, y in zip(ra["per_seed"], rb["per_seed"])]
+                moved = [(abs(x["avg_incremental"] - y["avg_incremental"]),
+                          abs(x["active_adapters"] - y["active_adapters"]))
+                         for x, y in zip(ra["per_seed"], rb["per_seed"])]
                 rows.append({"stream": stream, "protocol": protocol, "row": label,
                              "seeds_differing": same.count(False), "seeds": len(same),
+                             # the most one seed's A and adapter count moved
+                             "A_moved_max": max(m[0] for m in moved),
+                             "adapters_moved_max": max(m[1] for m in moved),
                              "A": [ra["avg_incremental"], rb["avg_incremental"]],
                              "final": [ra["avg_accuracy"], rb["avg_accuracy"]],
                              "adapters": [ra["active_adapters"], rb["active_adapters"]]})
@@ -76,7 +82,9 @@ def format_compare(c: dict, names=("a", "b")) -> str:
             lines.append(f"  {r['stream']}, {r['protocol']}, {r['row']}: {r['seeds_differing']}/"
                          f"{r['seeds']} seeds; A {r['A'][0]:.2f} vs {r['A'][1]:.2f}, final "
                          f"{r['final'][0]:.2f} vs {r['final'][1]:.2f}, adapters "
-                         f"{r['adapters'][0]:.2f} vs {r['adapters'][1]:.2f}")
+                         f"{r['adapters'][0]:.2f} vs {r['adapters'][1]:.2f}; one seed moved "
+                         f"up to {r['A_moved_max']:.2f} points of A, "
+                         f"{r['adapters_moved_max']:g} adapters")
     lines.append(f"verdicts changed: {len(c['verdicts_changed'])} of {len(c['verdicts'])}")
     for v in c["verdicts_changed"]:
         lines.append(f"  {v['stream']}, {v['protocol']}, {v['row'] or '(stream)'}: "
