@@ -35,6 +35,11 @@ ROWS = {
     "paper + held-out gate": ("litelora", {"variant": "paper", "gate_holdout": 0.2}, "paper"),
     "library + held-out gate": ("litelora", {"variant": "library", "gate_holdout": 0.2},
                                 "library"),
+    # our addition: decide by the loss gap itself (no trained logit, no noise; learner.py)
+    "paper + loss-gap gate": ("litelora", {"variant": "paper", "gate_rule": "loss_gap"},
+                              "paper-loss-gap"),
+    "library + loss-gap gate": ("litelora", {"variant": "library", "gate_rule": "loss_gap"},
+                                "library-loss-gap"),
     "SD-LoRA (adapter per task)": ("sdlora", {"variant": "paper"}, None),
     # SD-LoRA with the optimiser settings of the rows that beat it: same-footing baselines
     "SD-LoRA + magnitude lr x40": ("sdlora", {"variant": "paper", "magnitude_lr": 0.4}, None),
@@ -43,15 +48,24 @@ ROWS = {
     "head only": ("head", {"variant": "paper"}, None),
 }
 assert all(method in METHODS for method, _, _ in ROWS.values())
-# Rows run by default where a stream's runs cost more (bbc: a transformer layer per step).
+# Rows run by default where a stream's runs cost more (bbc: a transformer layer per step), and
+# on the MNIST streams every row but the loss-gap gate's (a lam picked on the domain stream
+# only: run them with --rows).
+LOSS_GAP_ROWS = ("paper + loss-gap gate", "library + loss-gap gate")
 DEFAULT_ROWS = {"bbc": ("LiteLoRA (paper)", "paper + held-out gate", "library (all additions)",
                         "library + held-out gate", "SD-LoRA (adapter per task)",
-                        "SD-LoRA, library optimiser", "head only")}
+                        "SD-LoRA, library optimiser", "head only"),
+                "split_mnist": tuple(k for k in ROWS if k not in LOSS_GAP_ROWS),
+                "domain": tuple(k for k in ROWS if k not in LOSS_GAP_ROWS)}
 # lam family -> (options, lams tried by --sweep)
 SWEEP = {
     "paper": ({"variant": "paper"}, (0.05, 0.3, 1.0, 3.0)),
     "paper-relative": ({"variant": "paper", "lam_scale": "relative"}, (0.02, 0.05, 0.1)),
     "library": ({"variant": "library"}, (0.05, 0.2, 0.5)),
+    # the loss-gap gate's lam is a loss difference: the gaps measured on the domain stream's
+    # development seed 0 (docs/results/gate_trace_domain.json) span 0.3-2.4
+    "paper-loss-gap": ({"variant": "paper", "gate_rule": "loss_gap"}, (0.6, 1.2)),
+    "library-loss-gap": ({"variant": "library", "gate_rule": "loss_gap"}, (0.3, 0.6, 0.9)),
 }
 KEYS = ("avg_accuracy", "avg_incremental", "forgetting", "active_adapters", "params", "seconds")
 # The goal: >= 20% fewer adapters than SD-LoRA run with the same optimiser, at an average anytime
