@@ -26,13 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 os.environ.setdefault("TRITON_INTERPRET", "0")     # CPU tensors take the fast PyTorch path
 
 import torch  # noqa: E402
 
+from litelora_fast.litelora.cl.machine import describe, machine_info  # noqa: E402
 from litelora_fast.litelora.cl.streams import LAM_DEFAULTS, STREAMS  # noqa: E402
 from litelora_fast.litelora.cl.table import (ROWS, SWEEP, format_table, goals,  # noqa: E402
                                              save_figure, summarize, sweep, table)
@@ -59,13 +59,18 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
-    machine = {"cpu_count": os.cpu_count(), "gpu": torch.cuda.is_available(),
-               "torch": torch.__version__, "threads_per_run": 1, "platform": platform.platform()}
+    # the CPU, its float flags, torch, BLAS and threads: one seed's numbers depend on them
+    machine = machine_info(threads=1)
     if args.from_json:
-        raw, seeds = {}, None
+        raw, seeds, machines = {}, None, []
         for path in args.from_json:
             with open(path) as f:
                 prev = json.load(f)
+            # a merged JSON holds the list of the machines it came from
+            got = prev.get("machine")
+            for m in got if isinstance(got, list) else [got]:
+                if m not in machines:
+                    machines.append(m)
             seeds = seeds or prev["seeds"]
             if prev["seeds"] != seeds:
                 raise SystemExit(f"{path}: seeds {prev['seeds']} differ from {seeds}")
@@ -82,11 +87,12 @@ def main(argv=None):
                             continue
                         cell[label] = s["per_seed"]
         summary = summarize(raw)
+        print("\n".join(describe(m) for m in machines))
         print(format_table(summary))
-        res = {"machine": prev["machine"], "seeds": seeds,
+        res = {"machine": machines[0] if len(machines) == 1 else machines, "seeds": seeds,
                "lam_defaults": {s: LAM_DEFAULTS[s] for s in summary},
                "merged_from": args.from_json, "summary": summary, "goals": goals(summary)}
-        save_figure(summary, args.out + ".png")
+        save_figure(summary, args.out + ".png", machine=res["machine"])
         path = args.out + ".json"
     elif args.sweep:
         res = sweep(args.seeds or [0, 1], args.workers, args.families, args.streams)
@@ -98,11 +104,12 @@ def main(argv=None):
         extra = {} if args.epochs is None else {"epochs": args.epochs}
         summary = table(args.seeds or [100, 101, 102], args.workers, args.streams, args.rows,
                         extra=extra)
+        print(describe(machine))
         print(format_table(summary))
         res = {"machine": machine, "seeds": args.seeds or [100, 101, 102],
                "lam_defaults": {s: LAM_DEFAULTS[s] for s in summary}, "summary": summary,
                "goals": goals(summary)}
-        save_figure(summary, args.out + ".png")
+        save_figure(summary, args.out + ".png", machine=machine)
         path = args.out + ".json"
     res["seconds"] = time.perf_counter() - start
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

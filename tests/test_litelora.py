@@ -534,3 +534,27 @@ def test_gate_holdout_splits_the_task(seed, fast_path, monkeypatch):
     batches.learn_task([(X, Y)])
     with pytest.raises(ValueError, match="tensors"):
         batches.learn_task([(X, Y + 2)])
+
+
+@pytest.mark.parametrize("variant", ["paper", "library"])
+def test_loss_gap_gate_keeps_iff_dropping_costs_more_than_lam(seed, fast_path, variant):
+    """``gate_rule="loss_gap"``: no logit trained and no noise drawn; the recorded margin is the
+    task loss without the candidate minus the loss with it minus lam, and the candidate is kept
+    iff it is positive: lam 0 keeps (a candidate trained on the task lowers its loss), lam 1e6
+    prunes, and the two margins differ by exactly 1e6 (the runs are the same up to the gate)."""
+    opts = dict(FAST, variant=variant, gate_rule="loss_gap")
+    g = torch.Generator().manual_seed(seed)
+    tasks = [_task(g) for _ in range(2)]
+    margins = {}
+    for lam in (0.0, 1e6):
+        learner = ContinualLearner(_model(seed), lam=lam, seed=seed, **opts)
+        for X, Y in tasks:
+            rec = learner.learn_task(X, Y, F.mse_loss)
+        margins[lam] = rec.gate_logit[0]
+        assert rec.gate_steps == 0 and rec.recruited == (rec.gate_logit[0] > 0)
+        assert rec.gate_prob == [1.0 if rec.recruited else 0.0]
+    # the same runs up to the gate: the margins differ by lam exactly
+    assert margins[0.0] - margins[1e6] == pytest.approx(1e6)
+    assert margins[0.0] > 0 and margins[1e6] < 0
+    with pytest.raises(ValueError, match="gate_rule must be one of"):
+        ContinualLearner(_model(seed), gate_rule="argmax")

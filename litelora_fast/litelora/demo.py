@@ -6,9 +6,11 @@ adapter (head only), on the two real MNIST streams (``litelora_fast.litelora.cl.
 split-MNIST, 5
 tasks; a 14-task domain stream of permutations and rotations with known repeats), in both protocols
 (class-incremental, the paper's; task-incremental). One seed by default (``--seeds``), one torch
-thread (``--threads``), a progress bar on stderr; the results depend only on the seeds and the
-thread count, both printed. ``--json`` / ``--png`` (default ``out/demo.png``) write the results and
-a figure; ``--save-dir`` the first seed's learner checkpoints that ``analyze`` reads.
+thread (``--threads``), a progress bar on stderr; the results depend on the seeds, the thread
+count and the machine (its float kernels: ``cl.machine``), all printed and written to the JSON.
+``--json`` / ``--png`` (default ``out/demo.png``) write the results and a figure; ``--save-dir``
+the first seed's learner checkpoints that ``analyze`` reads; ``--nudge-ulp`` moves every task
+input one ulp first (what rounding alone changes); ``--from-json`` re-prints a saved run.
 
 ``analyze CHECKPOINT``: the redundancy of the adapters in a saved checkpoint (normalized subspace
 similarity, mean principal angle, share explained by the other adapters), printed per layer, and a
@@ -55,9 +57,11 @@ class Progress:
 
 
 def run_demo(seeds=(0,), progress: bool = True, save_dir=None, rows=DEMO_ROWS,
-             streams=("split_mnist", "domain")) -> dict:
+             streams=("split_mnist", "domain"), nudge: bool = False) -> dict:
     """Every row on both streams and protocols; returns ``{stream: {protocol: {row: summary}}}``
-    (the format of ``litelora_fast.litelora.cl.table.table``)."""
+    (the format of ``litelora_fast.litelora.cl.table.table``). ``nudge``: every task input moved
+    one ulp first (``cl.rounding.nudge_stream``), to see what rounding alone changes."""
+    from .cl.rounding import nudge_stream
     from .cl.streams import build, run
     from .cl.table import PROTOCOLS, record, row_options, summarize
 
@@ -68,6 +72,8 @@ def run_demo(seeds=(0,), progress: bool = True, save_dir=None, rows=DEMO_ROWS,
     for stream in streams:
         for seed in seeds:
             data = build(stream, seed)
+            if nudge:
+                data = nudge_stream(data)
             for protocol in PROTOCOLS:
                 for label in rows:
                     method, options = row_options(stream, protocol, label)
@@ -105,25 +111,55 @@ def demo_main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch CPU threads (default 1: the models are tiny; results depend on it)")
+    p.add_argument("--nudge-ulp", action="store_true",
+                   help="move every task input one ulp first: what rounding alone (another "
+                   "machine's kernels) changes")
+    p.add_argument("--from-json", metavar="PATH", help="no run: re-print a saved demo JSON with "
+                   "today's table (ranges, verdicts per seed); with --json, write it refreshed "
+                   "(every recorded field kept)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TRITON_INTERPRET", "0")    # CPU tensors take the fast PyTorch path
-    from .cl.table import format_table, goals, save_figure
-    print(f"LiteLoRA demo: seeds {args.seeds}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s)", flush=True)
+    from .cl.machine import describe, machine_info
+    from .cl.table import format_table, goals, save_figure, summarize
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        results = summarize({st: {pr: {label: s["per_seed"] for label, s in rows.items()}
+                                  for pr, rows in by_pr.items()}
+                             for st, by_pr in saved["results"].items()})
+        print(f"{args.from_json}: seeds {saved['seeds']}" + (
+            ", inputs nudged one ulp" if saved.get("nudge_ulp") else "") +
+            f"\n{describe(saved.get('machine'))}")
+        print(format_table(results, what="seed(s)"))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(saved, results=results, goals=goals(results)), f, indent=1)
+            print(f"wrote {args.json}")
+        return 0
+    machine = machine_info(args.threads)
+    print(f"LiteLoRA demo: seeds {args.seeds}" + (", inputs nudged one ulp" if args.nudge_ulp
+                                                  else "") + f"\n{describe(machine)}", flush=True)
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     start = time.perf_counter()
-    results = run_demo(args.seeds, not args.no_progress, args.save_dir, streams=args.streams)
+    results = run_demo(args.seeds, not args.no_progress, args.save_dir, streams=args.streams,
+                       nudge=args.nudge_ulp)
     print(format_table(results, what="seed(s)"))
-    print(f"total {time.perf_counter() - start:.0f} s")
+    seconds = time.perf_counter() - start
+    print(f"total {seconds:.0f} s")
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"seeds": args.seeds, "threads": args.threads, "results": results,
-                       "goals": goals(results)}, f, indent=1)
+            json.dump({"seeds": args.seeds, "threads": args.threads, "machine": machine,
+                       "nudge_ulp": args.nudge_ulp, "seconds": seconds,
+                       # the 1/5/15-minute load averages at the start and the end: the
+                       # seconds depend on what else ran
+                       "load_average": [load_start, os.getloadavg() if load_start else None],
+                       "results": results, "goals": goals(results)}, f, indent=1)
         print(f"wrote {args.json}")
     if args.png:
         os.makedirs(os.path.dirname(args.png) or ".", exist_ok=True)
-        save_figure(results, args.png, title="LiteLoRA demo")
+        save_figure(results, args.png, title="LiteLoRA demo", machine=machine)
         print(f"wrote {args.png}")
     return 0
 

@@ -96,6 +96,11 @@ Our additions, each a named option (``variant="library"`` turns them all on):
   share of the task's training data (e.g. 0.2), which phase 1 never sees, so an adapter that only
   fits its own training examples is not kept (the paper decides on the training set). Not part of
   ``variant="library"``: turn it on by name.
+- ``gate_rule`` (``"trained"``, the paper's phase 2; or ``"loss_gap"``): keep the candidate iff
+  dropping it raises the task's mean loss on the gate data by more than ``lam`` (with
+  ``whole_state``: dropped means the state from before phase 1), measured once, no logit trained
+  and no noise. The trained gate is meant to make that comparison; on the domain stream the
+  library's logits do not follow it (docs/litelora.md). Not part of either variant.
 - ``protocol="task-incremental"``: per-task stored gates and heads, the task id given at test
   (no forgetting by construction); ``"class-incremental"`` (the default) is the paper's.
 
@@ -134,12 +139,16 @@ VARIANTS = {
     "paper": dict(optimizer="sgd", lr=0.01, magnitude_lr=None, gate_lr=0.05, weight_decay=2e-4,
                   noise="gumbel", noise_per_call=True, warmup=0, whole_state=False, retune=0,
                   carry_magnitudes=True, lam_scale="absolute", gate_batch_size=32,
-                  gate_steps=AUTHORS_GATE_STEPS, gate_holdout=0.0),
+                  gate_steps=AUTHORS_GATE_STEPS, gate_holdout=0.0, gate_rule="trained"),
     "library": dict(optimizer="adam", lr=1e-2, magnitude_lr=0.4, gate_lr=0.1, weight_decay=0.0,
                     noise="logistic", noise_per_call=False, warmup=10, whole_state=True,
                     retune=10, carry_magnitudes=False, lam_scale="absolute", gate_batch_size=8,
-                    gate_steps=None, gate_holdout=0.0),
+                    gate_steps=None, gate_holdout=0.0, gate_rule="trained"),
 }
+# How phase 2 decides: "trained" (the paper: train the logit on loss + lam * gate, keep iff
+# sigmoid(logit) > 0.5); "loss_gap" (our addition: no training and no noise, keep iff dropping
+# the candidate raises the task loss on the gate data by more than lam)
+GATE_RULES = ("trained", "loss_gap")
 ADDITIONS = ("warmup", "whole_state", "magnitude_lr", "retune", "lam_scale")
 
 
@@ -343,7 +352,7 @@ class ContinualLearner:
             cfg["retune"] = r if cfg["retune"] else 0
         cfg.update(options)
         for key, allowed in (("noise", NOISES), ("optimizer", OPTIMIZERS),
-                             ("lam_scale", LAM_SCALES)):
+                             ("lam_scale", LAM_SCALES), ("gate_rule", GATE_RULES)):
             if cfg[key] not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {cfg[key]!r}")
         self.model, self.method, self.variant, self.protocol = model, method, variant, protocol
@@ -651,8 +660,30 @@ class ContinualLearner:
                 n += len(yb)
         return total / max(n, 1)
 
+    def _loss_gap_gate(self, t, data, head, mags, reuse_state, loss_of, lam):
+        """Addition ``gate_rule="loss_gap"``: keep the candidate iff the task's mean loss on the
+        gate data without it exceeds the loss with it by more than ``lam`` (no training, no
+        noise). Without it: phase 1's head and magnitudes, or with ``whole_state`` the state
+        from before phase 1 (the warm-up's). The trained gate aims at the same comparison but
+        reaches it through noisy steps (docs/litelora.md: the library's logits do not follow
+        it). The recorded "logit" is the margin ``off - on - lam``."""
+        on = self._mean_loss(data, self._gate_matrix(t, mags, 1.0), head, loss_of)
+        if self.whole_state:
+            recruit_head = _head_state(head)
+            _load_head(head, reuse_state[1])
+            off = self._mean_loss(data, self._gate_matrix(t, reuse_state[0], None), head,
+                                  loss_of)
+            _load_head(head, recruit_head)
+        else:
+            off = self._mean_loss(data, self._gate_matrix(t, mags, None), head, loss_of)
+        margin = off - on - float(lam)
+        G = self.num_groups
+        return [margin > 0] * G, [1.0 if margin > 0 else 0.0] * G, 0, [margin] * G
+
     def _gate_phase(self, t, data, head, mags, reuse_state, loss_of, lam):
         """Phase 2: train only the candidate's logit(s) on ``loss + lam * mean(beta_t)``."""
+        if self.gate_rule == "loss_gap":
+            return self._loss_gap_gate(t, data, head, mags, reuse_state, loss_of, lam)
         G, L = self.num_groups, len(self.layers)
         dev = {"device": self.device}
         recruit_state = (mags.detach().clone(), _head_state(head))

@@ -49,9 +49,14 @@ LAM_DEFAULTS = {
         "class-incremental": {"paper": 1.0, "paper-relative": 0.1, "library": 0.2},
         "task-incremental": {"paper": 1.0, "paper-relative": 0.1, "library": 0.05}},
     "domain": {
-        "class-incremental": {"paper": 0.3, "paper-relative": 0.1, "library": 0.2},
-        "task-incremental": {"paper": 0.05, "paper-relative": 0.05, "library": 0.05}},
+        "class-incremental": {"paper": 0.3, "paper-relative": 0.1, "library": 0.2,
+                              "paper-loss-gap": 0.6, "library-loss-gap": 0.9},
+        "task-incremental": {"paper": 0.05, "paper-relative": 0.05, "library": 0.05,
+                             "paper-loss-gap": 0.6, "library-loss-gap": 0.6}},
 }
+# The loss-gap gate's lams (2026-12-08, the same rule on development seeds 0-1, domain only:
+# ``--sweep --streams domain --families paper-loss-gap library-loss-gap``;
+# docs/results/litelora_table_sweep_paper-loss-gap_library-loss-gap_domain.json).
 
 
 def _load():

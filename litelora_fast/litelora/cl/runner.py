@@ -35,17 +35,19 @@ def forgetting(acc: list) -> float:
 
 def run_stream(tasks: list, make_model: Callable, method: str, loss_fn: Callable,
                metric_fn: Callable, make_head: Optional[Callable] = None,
-               progress: Optional[Callable] = None, **options) -> dict:
+               progress: Optional[Callable] = None, learner_class=ContinualLearner,
+               **options) -> dict:
     """Train ``method`` on ``tasks`` in order and return its metrics (module docstring).
 
     ``make_model()`` builds a fresh model whose adapted layers are ``GatedLoRALinear``;
     ``make_head(t)`` a fresh head for task t (task-incremental only; ``None``: identity);
     ``metric_fn(pred, Y)`` an accuracy in percent; ``progress()`` is called once per finished
-    task; ``options`` go to ``ContinualLearner`` (``protocol``, ``variant``, ``lam``, ...).
+    task; ``options`` go to ``ContinualLearner`` (``protocol``, ``variant``, ``lam``, ...);
+    ``learner_class``: a subclass to run instead (``gate_trace.TracingLearner``).
     """
     start = time.perf_counter()
     torch.manual_seed(options.get("seed", 0))
-    learner = ContinualLearner(make_model(), method=method, **options)
+    learner = learner_class(make_model(), method=method, **options)
     class_inc = learner.protocol == "class-incremental"
     acc, active = [], []
     for t, task in enumerate(tasks):

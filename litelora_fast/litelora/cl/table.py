@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
 from ..learner import METHODS
+from . import spread
+from .machine import describe
 from .mnist import decision_score
 from .streams import LAM_DEFAULTS, STREAMS, build, run
 
@@ -34,6 +35,11 @@ ROWS = {
     "paper + held-out gate": ("litelora", {"variant": "paper", "gate_holdout": 0.2}, "paper"),
     "library + held-out gate": ("litelora", {"variant": "library", "gate_holdout": 0.2},
                                 "library"),
+    # our addition: decide by the loss gap itself (no trained logit, no noise; learner.py)
+    "paper + loss-gap gate": ("litelora", {"variant": "paper", "gate_rule": "loss_gap"},
+                              "paper-loss-gap"),
+    "library + loss-gap gate": ("litelora", {"variant": "library", "gate_rule": "loss_gap"},
+                                "library-loss-gap"),
     "SD-LoRA (adapter per task)": ("sdlora", {"variant": "paper"}, None),
     # SD-LoRA with the optimiser settings of the rows that beat it: same-footing baselines
     "SD-LoRA + magnitude lr x40": ("sdlora", {"variant": "paper", "magnitude_lr": 0.4}, None),
@@ -42,15 +48,24 @@ ROWS = {
     "head only": ("head", {"variant": "paper"}, None),
 }
 assert all(method in METHODS for method, _, _ in ROWS.values())
-# Rows run by default where a stream's runs cost more (bbc: a transformer layer per step).
+# Rows run by default where a stream's runs cost more (bbc: a transformer layer per step), and
+# on the MNIST streams every row but the loss-gap gate's (a lam picked on the domain stream
+# only: run them with --rows).
+LOSS_GAP_ROWS = ("paper + loss-gap gate", "library + loss-gap gate")
 DEFAULT_ROWS = {"bbc": ("LiteLoRA (paper)", "paper + held-out gate", "library (all additions)",
                         "library + held-out gate", "SD-LoRA (adapter per task)",
-                        "SD-LoRA, library optimiser", "head only")}
+                        "SD-LoRA, library optimiser", "head only"),
+                "split_mnist": tuple(k for k in ROWS if k not in LOSS_GAP_ROWS),
+                "domain": tuple(k for k in ROWS if k not in LOSS_GAP_ROWS)}
 # lam family -> (options, lams tried by --sweep)
 SWEEP = {
     "paper": ({"variant": "paper"}, (0.05, 0.3, 1.0, 3.0)),
     "paper-relative": ({"variant": "paper", "lam_scale": "relative"}, (0.02, 0.05, 0.1)),
     "library": ({"variant": "library"}, (0.05, 0.2, 0.5)),
+    # the loss-gap gate's lam is a loss difference: the gaps measured on the domain stream's
+    # development seed 0 (docs/results/gate_trace_domain.json) span 0.3-2.4
+    "paper-loss-gap": ({"variant": "paper", "gate_rule": "loss_gap"}, (0.6, 1.2)),
+    "library-loss-gap": ({"variant": "library", "gate_rule": "loss_gap"}, (0.3, 0.6, 0.9)),
 }
 KEYS = ("avg_accuracy", "avg_incremental", "forgetting", "active_adapters", "params", "seconds")
 # The goal: >= 20% fewer adapters than SD-LoRA run with the same optimiser, at an average anytime
@@ -175,7 +190,9 @@ def summarize(raw) -> dict:
             for label, recs in rows.items():
                 s = {}
                 for k in KEYS:
-                    s[k], s[k + "_std"] = _mean_std([float(r[k]) for r in recs])
+                    vals = [float(r[k]) for r in recs]
+                    s[k], s[k + "_std"] = _mean_std(vals)
+                    s[k + "_min"], s[k + "_max"] = min(vals), max(vals)
                 s["num_tasks"] = len(recs[0]["anytime"])
                 if "lam" in recs[0]:
                     s["lam"] = recs[0]["lam"]
@@ -216,8 +233,11 @@ def baseline_of(label: str) -> str:
 def goals(summary) -> dict:
     """``{stream: {protocol: {"informative": bool or None, "rows": {label: verdict}}}}``: each
     LiteLoRA row against its same-optimiser SD-LoRA row (present in the summary): the share of
-    adapters saved, the gap in A, ``met``; ``informative`` is False where head only's A is within
-    ``GOAL_POINTS`` of (or above) SD-LoRA's, None where the table has no head-only row."""
+    adapters saved, the gap in A, ``met`` (on the means); ``informative`` is False where head
+    only's A is within ``GOAL_POINTS`` of (or above) SD-LoRA's, None where the table has no
+    head-only row. Where the rows hold per-seed records, each verdict also carries the same
+    judged seed by seed, its verdict on the spread and its margins to the lines
+    (``cl.spread``)."""
     out = {}
     for stream, by_protocol in summary.items():
         for protocol, rows in by_protocol.items():
@@ -227,6 +247,11 @@ def goals(summary) -> dict:
             if head is not None and sd is not None:
                 cell["head_gap"] = head["avg_incremental"] - sd["avg_incremental"]
                 cell["informative"] = cell["head_gap"] < -GOAL_POINTS
+                per_seed = spread.head_gaps(head, sd)
+                if per_seed is not None:
+                    cell["head_gap_per_seed"] = per_seed
+                    cell["informative_on_spread"] = spread.on_spread(
+                        [g < -GOAL_POINTS for g in per_seed], "on every seed", "on no seed")
             for label, s in rows.items():
                 if ROWS[label][0] != "litelora":
                     continue
@@ -249,6 +274,11 @@ def goals(summary) -> dict:
                         verdict["repeats_reused"] >= GOAL_REPEATS_REUSED - 1e-9
                         and verdict["novel_recruited"] >= GOAL_NOVEL_RECRUITED - 1e-9
                         and gap >= -GOAL_POINTS)
+                seeds = spread.seed_verdicts(s, b, GOAL_FEWER, GOAL_POINTS,
+                                             GOAL_REPEATS_REUSED, GOAL_NOVEL_RECRUITED)
+                if seeds is not None:
+                    verdict.update(seeds, **spread.margins(verdict, b["active_adapters"],
+                                                           GOAL_FEWER, GOAL_POINTS))
                 cell["rows"][label] = verdict
             out.setdefault(stream, {})[protocol] = cell
     return out
@@ -265,7 +295,11 @@ def format_goals(summary) -> str:
                     False: f"NOT INFORMATIVE: head only is within {GOAL_POINTS:g} point of "
                            "SD-LoRA or above it"}[cell["informative"]]
             if "head_gap" in cell:
-                note += f" (head only - SD-LoRA: {cell['head_gap']:+.2f} points of A)"
+                note += f" (head only - SD-LoRA: {cell['head_gap']:+.2f} points of A"
+                gaps = cell.get("head_gap_per_seed")
+                note += ")" if gaps is None else (
+                    f"; per seed {min(gaps):+.2f} to {max(gaps):+.2f}: informative "
+                    f"{cell['informative_on_spread']})")
             lines.append(f"  {stream}, {protocol}: {note.strip()}")
             for label, v in cell["rows"].items():
                 if v["met"] is None:
@@ -279,6 +313,8 @@ def format_goals(summary) -> str:
                              f"{v['novel_recruited']:.0%}: decision goal "
                              + ("met" if v["decisions_met"] else "not met"))
                 lines.append(line)
+                if "seeds" in v:
+                    lines.append(" " * 6 + spread.describe(v))
     return "\n".join(lines)
 
 
@@ -317,22 +353,24 @@ def format_table(summary, what="held-out seeds") -> str:
         for protocol, rows in by_protocol.items():
             n = next(iter(rows.values()))["num_tasks"]
             seeds = len(next(iter(rows.values()))["per_seed"])
-            lines.append(f"{stream}, {protocol} ({n} tasks; mean +- std over {seeds} {what})")
-            lines.append(f"  {'method':<28}{'lam':>6} {'final acc':>12} {'A (anytime)':>12} "
-                         f"{'forgetting':>11} {'adapters':>11} {'params':>7} {'sec':>5}"
+            lines.append(f"{stream}, {protocol} ({n} tasks; mean (min-max) over {seeds} {what})")
+            lines.append(f"  {'method':<28}{'lam':>6} {'final acc':<18} {'A (anytime)':<18} "
+                         f"{'forgetting':<17} {'adapters':<18} {'params':>7} {'sec':>5}"
                          + ("  decisions right; recruited per truth" if stream == "domain"
                             else ""))
             for label, s in rows.items():
                 lam = "" if s["lam"] is None else f"{s['lam']:g}"
 
-                def ms(key, width, prec, sd_prec):
-                    # one seed: no spread to print
-                    if seeds == 1:
-                        return f"{s[key]:{width}.{prec}f}" + " " * (3 + 4)
-                    return f"{s[key]:{width}.{prec}f}+-{s[key + '_std']:<4.{sd_prec}f}"
+                def ms(key, width, prec, range_prec, range_width=11):
+                    # one seed (or a summary written before min and max were kept): no range
+                    if seeds == 1 or key + "_min" not in s:
+                        return f"{s[key]:{width}.{prec}f}" + " " * (range_width + 1)
+                    rng = (f"({s[key + '_min']:.{range_prec}f}-"
+                           f"{s[key + '_max']:.{range_prec}f})")
+                    return f"{s[key]:{width}.{prec}f} {rng:<{range_width}}"
                 line = (f"  {label:<28}{lam:>6} {ms('avg_accuracy', 6, 2, 1)}"
                         f" {ms('avg_incremental', 6, 2, 1)} {ms('forgetting', 5, 1, 1)}"
-                        f" {s['active_adapters']:5.2f}/{n:<4d} {s['params']:7.0f}"
+                        f" {ms('active_adapters', 5, 2, 0, 7)}/{n:<4d} {s['params']:7.0f}"
                         f" {s['seconds']:5.1f}")
                 if "decisions_right" in s:
                     line += (f"  {s['decisions_right']}/{s['decisions_scored']}; "
@@ -342,9 +380,12 @@ def format_table(summary, what="held-out seeds") -> str:
     return "\n".join(lines + [format_goals(summary)])
 
 
-def save_figure(summary, path, title="LiteLoRA variants vs baselines"):
+def save_figure(summary, path, title="LiteLoRA variants vs baselines", machine=None):
     """A(adapters kept) per stream and protocol, one panel each; a row keeps its colour and
-    marker (circle: LiteLoRA, square: a baseline) in every panel, with one legend for all."""
+    marker (circle: LiteLoRA, square: a baseline) in every panel, with one legend for all;
+    ``machine`` (``cl.machine.machine_info()``, or what a saved JSON recorded) under the title."""
+    import textwrap
+
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -370,9 +411,7 @@ def save_figure(summary, path, title="LiteLoRA variants vs baselines"):
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.legend([handles[k] for k in labels], labels, loc="lower center", ncol=4, fontsize=8)
-    fig.suptitle(f"{title} ({platform.machine()}, "
-                 f"{os.cpu_count()}-core CPU, no GPU, torch {torch.__version__}, 1 thread)",
-                 fontsize=10)
+    fig.suptitle(title + "\n" + "\n".join(textwrap.wrap(describe(machine), 140)), fontsize=9)
     fig.tight_layout(rect=(0, 1.4 / (4.4 * rows_ + 1.6), 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
