@@ -127,8 +127,11 @@ def test_the_module_reaches_the_op_once(fast_path, seed):
 
 def test_torch_func_goes_through_the_reference_without_a_plan(fast_path, seed):
     x, weight, bias, lora_A, lora_B, gates = (a.detach() for a in _inputs(False))
-    f = lambda a: llf.gated_lora_linear(x, weight, bias, a, lora_B, gates, **OPTIONS).sum()
-    _, names = _trace(lambda: torch.func.grad(f)(lora_A))
+
+    def loss(a):
+        return llf.gated_lora_linear(x, weight, bias, a, lora_B, gates, **OPTIONS).sum()
+
+    _, names = _trace(lambda: torch.func.grad(loss)(lora_A))
     assert names[:3] == ["validate_call", "validate", "func_check"]
     assert "plan_call" not in names and "dispatch" not in names
 

@@ -23,6 +23,7 @@ needs, the active set, the dropout seed: on the host, no device read, nothing ca
 ``_dispatch`` (direct or custom ops) -> ``_forward`` (``plan.pack`` and ``autotune.select``, inside
 the path, where the tensors are real even under ``torch.compile``) -> ``op_math.forward`` -> the
 backend. The non-tensor arguments travel as one ``plan.OpArgs``, in its field order.
+
 The direct path's backward is ``once_differentiable``: a double backward raises, as it does
 through the custom ops (whose backward op has no autograd formula).
 
