@@ -134,8 +134,8 @@ def test_opcheck_backward_op(fast_path, seed):
     for needs, grad_adapters in (([True] * 6, [True, True]),
                                  ([True, False, False, False, True, True], [False, True])):
         for active in ([0, 1], [1]):
-            args = (dy, x2d, weight, lora_A, lora_B, gates2d, S, [0, 2, 5], [2.0, 0.5], active,
-                    grad_adapters, "torch", needs, needs)
+            args = (dy, x2d, weight, lora_A, lora_B, gates2d, S, needs, [0, 2, 5], [2.0, 0.5],
+                    active, grad_adapters, "torch", needs)
             for drop in ((0.0, None), (0.25, torch.tensor([seed], dtype=torch.int64))):
                 torch.library.opcheck(torch.ops.litelora_fast.gated_lora_bwd.default,
                                       (*args, *drop))

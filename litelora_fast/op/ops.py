@@ -17,9 +17,13 @@ bit for bit (``tests/test_dispatch_paths.py``):
 Under ``torch.func`` transforms the op computes through the unfused reference
 (``_through_reference``): the custom op has no forward-mode or batching rule.
 
-The active set is decided once per call, before either path, on the host (``plan.decide_active``:
-no device read, nothing cached) and handed to the path as a list of ints. The backend is chosen
-inside each path (``autotune.select``), where the tensors are real even under ``torch.compile``.
+One call enters each step once, in order (docs/DESIGN.md, "Dispatch"): ``validation.validate_call``
+(every argument) -> under ``torch.func``, the reference, and stop -> ``plan.plan_call`` (gradient
+needs, the active set, the dropout seed: on the host, no device read, nothing cached) ->
+``_dispatch`` (direct or custom ops) -> ``_forward`` (``plan.pack`` and ``autotune.select``, inside
+the path, where the tensors are real even under ``torch.compile``) -> ``op_math.forward`` -> the
+backend. The non-tensor arguments travel as one ``plan.OpArgs``, in its field order.
+
 The direct path's backward is ``once_differentiable``: a double backward raises, as it does
 through the custom ops (whose backward op has no autograd formula).
 
@@ -36,26 +40,34 @@ from typing import Optional, Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import autotune, lora_dropout, op_math, recompute_seeds
+from . import autotune, op_math
 from .backends import BACKENDS
-from .plan import PLAIN_TYPES, decide_active, pack
+from .plan import PLAIN_TYPES, OpArgs, pack, plan_call
 from .reference import gated_lora_linear_ref
-from .validation import RankOffsets, Scaling, as_list, validate
+from .validation import Call, RankOffsets, Scaling, validate_call
 
 __all__ = ["gated_lora_linear", "direct_ok"]
 
-
-def _is_empty(x2d, lora_B) -> bool:
-    # (D_out from lora_B: there is no weight in the LoRA-only op)
-    return x2d.shape[0] == 0 or x2d.shape[1] == 0 or lora_B.shape[0] == 0
+# Autograd's answer for the OpArgs after the six tensors: no gradient.
+_NO_GRADS = (None,) * len(OpArgs._fields)
 
 
-def _drop(p_drop: float, seed):
-    """op_math's ``drop`` argument: ``(p, seed)``, or ``None`` without dropout."""
-    return None if seed is None or p_drop <= 0 else (p_drop, seed)
+def _plan_and_backend(x2d, weight, lora_A, lora_B, gates2d, args: OpArgs):
+    """The packed active bank of the call and its backend (keyed on the forward's needs)."""
+    plan = pack(args.active, lora_A, lora_B, args.rank_offsets, args.scaling, x2d.dtype)
+    be = autotune.select(x2d, weight, plan, gates2d, args.needs, args.backend or None, args.drop)
+    return plan, be
+
+
+def _forward(x2d, weight, bias, lora_A, lora_B, gates2d, args: OpArgs):
+    """``(y, S, backend)``: the op's forward on either path."""
+    plan, be = _plan_and_backend(x2d, weight, lora_A, lora_B, gates2d, args)
+    y, S = op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be, args.drop)
+    return y, S, be
 
 
 # ------------------------------------------------------------------------------- custom ops
+# Their schemas list the six tensors, then OpArgs' fields in order (tests/test_op_path.py).
 @torch.library.custom_op("litelora_fast::gated_lora_fwd", mutates_args=())
 def _gated_lora_fwd(x2d: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                     lora_A: torch.Tensor, lora_B: torch.Tensor, gates2d: torch.Tensor,
@@ -63,15 +75,13 @@ def _gated_lora_fwd(x2d: torch.Tensor, weight: Optional[torch.Tensor], bias: Opt
                     grad_adapters: list[bool], backend: str, needs: list[bool], p_drop: float,
                     seed: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns ``y`` ``(N, D_out)`` and ``S`` ``(N, R)``: active adapters' S first, then zeros."""
-    plan = pack(tuple(active), lora_A, lora_B, rank_offsets, scaling, x2d.dtype)
-    drop = _drop(p_drop, seed)
-    be = autotune.select(x2d, weight, plan, gates2d, needs, backend or None, drop)
-    return op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be, drop)
+    args = OpArgs(rank_offsets, scaling, active, grad_adapters, backend, needs, p_drop, seed)
+    y, S, _ = _forward(x2d, weight, bias, lora_A, lora_B, gates2d, args)
+    return y, S
 
 
 @_gated_lora_fwd.register_fake
-def _(x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling, active, grad_adapters,
-      backend, needs, p_drop, seed):
+def _(x2d, weight, bias, lora_A, lora_B, gates2d, *args):
     n = x2d.shape[0]
     return x2d.new_empty(n, lora_B.shape[0]), x2d.new_empty(n, lora_A.shape[0])
 
@@ -79,53 +89,53 @@ def _(x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling, active,
 @torch.library.custom_op("litelora_fast::gated_lora_bwd", mutates_args=())
 def _gated_lora_bwd(dy: torch.Tensor, x2d: torch.Tensor, weight: Optional[torch.Tensor],
                     lora_A: torch.Tensor, lora_B: torch.Tensor, gates2d: torch.Tensor,
-                    S: torch.Tensor, rank_offsets: list[int], scaling: list[float],
-                    active: list[int], grad_adapters: list[bool], backend: str,
-                    needs: list[bool], fwd_needs: list[bool], p_drop: float,
-                    seed: Optional[torch.Tensor]
+                    S: torch.Tensor, grad_needs: list[bool], rank_offsets: list[int],
+                    scaling: list[float], active: list[int], grad_adapters: list[bool],
+                    backend: str, needs: list[bool], p_drop: float, seed: Optional[torch.Tensor]
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                torch.Tensor, torch.Tensor]:
-    """Gradients ``(dx, dW, db, dA, dB, dg_rows)``; an unneeded one is an empty tensor.
-    ``fwd_needs`` are the forward's gradient needs: the backend choice is keyed on them."""
-    plan = pack(tuple(active), lora_A, lora_B, rank_offsets, scaling, x2d.dtype)
-    drop = _drop(p_drop, seed)
-    be = autotune.select(x2d, weight, plan, gates2d, fwd_needs, backend or None, drop)
+    """Gradients ``(dx, dW, db, dA, dB, dg_rows)``; an unneeded one (``grad_needs``) is an empty
+    tensor. ``needs`` are the forward's gradient needs: the backend choice is keyed on them."""
+    args = OpArgs(rank_offsets, scaling, active, grad_adapters, backend, needs, p_drop, seed)
+    plan, be = _plan_and_backend(x2d, weight, lora_A, lora_B, gates2d, args)
     grads = op_math.backward(dy, x2d, weight, lora_A, lora_B, gates2d, S, plan, grad_adapters,
-                             be, needs, drop)
+                             be, grad_needs, args.drop)
     # Custom-op outputs must not alias each other: one fresh empty tensor per unneeded grad.
     return tuple(dy.new_empty(0) if g is None else g for g in grads)
 
 
 @_gated_lora_bwd.register_fake
-def _(dy, x2d, weight, lora_A, lora_B, gates2d, S, rank_offsets, scaling, active, grad_adapters,
-      backend, needs, fwd_needs, p_drop, seed):
-    no_w = weight is None      # the LoRA-only op: no dW (needs[1] is False)
+def _(dy, x2d, weight, lora_A, lora_B, gates2d, S, grad_needs, *args):
+    no_w = weight is None      # the LoRA-only op: no dW (grad_needs[1] is False)
     shapes = [x2d.shape, (0,) if no_w else weight.shape, (lora_B.shape[0],), lora_A.shape,
               lora_B.shape, gates2d.shape]
     dtypes = [dy.dtype, dy.dtype if no_w else weight.dtype, dy.dtype, lora_A.dtype, lora_B.dtype,
               gates2d.dtype]
     return tuple(dy.new_empty(s if need else (0,), dtype=dt)
-                 for s, dt, need in zip(shapes, dtypes, needs))
+                 for s, dt, need in zip(shapes, dtypes, grad_needs))
+
+
+def _split(inputs) -> tuple:
+    """A custom op's or the direct path's inputs: ``(the six tensors, OpArgs)``."""
+    return inputs[:-len(_NO_GRADS)], OpArgs(*inputs[-len(_NO_GRADS):])
 
 
 def _setup_context(ctx, inputs, output):
-    (x2d, weight, bias, lora_A, lora_B, gates2d, rank_offsets, scaling, active, grad_adapters,
-     backend, needs, p_drop, seed) = inputs
+    (x2d, weight, bias, lora_A, lora_B, gates2d), args = _split(inputs)
     _, S = output
-    ctx.save_for_backward(x2d, weight, lora_A, lora_B, gates2d, S, seed)
-    ctx.static = (rank_offsets, scaling, active, grad_adapters, backend, needs, p_drop)
+    ctx.save_for_backward(x2d, weight, lora_A, lora_B, gates2d, S, args.seed)
+    ctx.args = args._replace(seed=None)      # the seed is a saved tensor
     ctx.has_bias = bias is not None
 
 
 def _backward(ctx, dy, _dS_unused):
     x2d, weight, lora_A, lora_B, gates2d, S, seed = ctx.saved_tensors
-    rank_offsets, scaling, active, grad_adapters, backend, fwd_needs, p_drop = ctx.static
     needs = op_math.needed_grads(ctx.needs_input_grad, ctx.has_bias)
     if not any(needs):
-        return (None,) * 14
-    grads = _gated_lora_bwd(dy, x2d, weight, lora_A, lora_B, gates2d, S, rank_offsets, scaling,
-                            active, grad_adapters, backend, needs, fwd_needs, p_drop, seed)
-    return (*(g if n else None for g, n in zip(grads, needs)), *(None,) * 8)
+        return (None,) * len(needs) + _NO_GRADS
+    grads = _gated_lora_bwd(dy, x2d, weight, lora_A, lora_B, gates2d, S, needs,
+                            *ctx.args._replace(seed=seed))
+    return (*(g if n else None for g, n in zip(grads, needs)), *_NO_GRADS)
 
 
 _gated_lora_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -142,19 +152,17 @@ def direct_ok(tensors) -> bool:
 
 
 class _GatedLoRA(torch.autograd.Function):
-    """Forward and backward of the op on plain tensors; saves what the custom op saves."""
+    """Forward and backward of the op on plain tensors; takes and saves what the custom op does."""
 
     @staticmethod
-    def forward(ctx, x2d, weight, bias, lora_A, lora_B, gates2d, p, active, grad_adapters,
-                backend, needs, p_drop, seed):
-        plan = pack(active, lora_A, lora_B, p.rank_offsets, p.scaling, x2d.dtype)
-        drop = _drop(p_drop, seed)
-        be = autotune.select(x2d, weight, plan, gates2d, needs, backend or None, drop)
-        y, S = op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be, drop)
-        # Only the active set and the backend are kept besides the saved tensors (no tensors
-        # outside save_for_backward, so saved-tensor hooks see everything the backward holds).
-        ctx.save_for_backward(x2d, weight, lora_A, lora_B, gates2d, S, seed)
-        ctx.static = (p.rank_offsets, p.scaling, active, grad_adapters, be, p_drop)
+    def forward(ctx, *inputs):
+        (x2d, weight, bias, lora_A, lora_B, gates2d), args = _split(inputs)
+        y, S, be = _forward(x2d, weight, bias, lora_A, lora_B, gates2d, args)
+        # Only the plan's arguments and the backend are kept besides the saved tensors (no
+        # tensors outside save_for_backward, so saved-tensor hooks see everything the backward
+        # holds).
+        ctx.save_for_backward(x2d, weight, lora_A, lora_B, gates2d, S, args.seed)
+        ctx.args, ctx.backend = args._replace(seed=None), be
         ctx.has_bias = bias is not None
         return y
 
@@ -162,15 +170,28 @@ class _GatedLoRA(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         x2d, weight, lora_A, lora_B, gates2d, S, seed = ctx.saved_tensors
-        rank_offsets, scaling, active, grad_adapters, be, p_drop = ctx.static
+        args = ctx.args._replace(seed=seed)
         needs = op_math.needed_grads(ctx.needs_input_grad, ctx.has_bias)
-        rest = (None,) * 7        # p, active, grad_adapters, backend, needs, p_drop, seed
         if not any(needs):
-            return (None,) * 6 + rest
-        plan = pack(active, lora_A, lora_B, rank_offsets, scaling, x2d.dtype)
+            return (None,) * len(needs) + _NO_GRADS
+        # (the forward's backend, not chosen again; the bank re-packed from the active set)
+        plan = pack(args.active, lora_A, lora_B, args.rank_offsets, args.scaling, x2d.dtype)
         grads = op_math.backward(dy, x2d, weight, lora_A, lora_B, gates2d, S, plan,
-                                 grad_adapters, be, needs, _drop(p_drop, seed))
-        return (*grads, *rest)
+                                 args.grad_adapters, ctx.backend, needs, args.drop)
+        return (*grads, *_NO_GRADS)
+
+
+# ------------------------------------------------------------------------------- dispatch
+def _dispatch(call: Call, args: OpArgs) -> torch.Tensor:
+    """``y2d``: the op on the direct path when the dispatcher cannot matter, else through the
+    custom ops (``direct_ok``); without any gradient need the direct path needs no autograd."""
+    p = call.problem
+    tensors = (p.x2d, p.weight, p.bias, p.lora_A, p.lora_B, p.gates2d)
+    if not direct_ok((call.x, p.weight, p.bias, p.lora_A, p.lora_B, p.gates)):
+        return _gated_lora_fwd(*tensors, *args)[0]
+    if any(args.needs):
+        return _GatedLoRA.apply(*tensors, *args)
+    return _forward(*tensors, args)[0]
 
 
 # ------------------------------------------------------------------------------- torch.func
@@ -184,12 +205,14 @@ def _func_transform() -> bool:
             and interpreter.key() != torch._C._functorch.TransformType.Functionalize)
 
 
-def _through_reference(x, weight, bias, lora_A, lora_B, gates, p, grad_adapters, p_drop):
+def _through_reference(call: Call) -> torch.Tensor:
     """The op under a ``torch.func`` transform: the unfused reference, whose plain PyTorch ops
     every transform supports (the custom op has no forward-mode or batching rule: ``jvp`` got
     a zero tangent, ``grad`` and ``vmap`` raised from inside torch). Same math; frozen adapters'
     columns (``trainable_adapters``) are detached so their gradient is zero, as on the fast
     paths. With dropout the reference draws its own mask (``vmap`` then needs ``randomness=``)."""
+    p, grad_adapters = call.problem, call.grad_adapters
+    lora_A, lora_B = p.lora_A, p.lora_B
     if not all(grad_adapters):
         o = p.rank_offsets
         train = torch.tensor([grad_adapters[k] for k in range(len(o) - 1)
@@ -197,37 +220,11 @@ def _through_reference(x, weight, bias, lora_A, lora_B, gates, p, grad_adapters,
                              device=lora_A.device)
         lora_A = torch.where(train[:, None], lora_A, lora_A.detach())
         lora_B = torch.where(train[None, :], lora_B, lora_B.detach())
-    return gated_lora_linear_ref(x, weight, bias, lora_A, lora_B, gates, p.rank_offsets,
-                                 p.scaling, dropout=p_drop)
+    return gated_lora_linear_ref(call.x, p.weight, p.bias, lora_A, lora_B, p.gates,
+                                 p.rank_offsets, p.scaling, dropout=call.p_drop)
 
 
 # ------------------------------------------------------------------------------- public op
-# Device types -> whether autocast exists for them (meta has none: asking it raises). Filled
-# ahead for the usual types because Dynamo cannot trace ``torch.amp.is_autocast_available`` on
-# torch 2.11 (``torch.compile(fullgraph=True)`` raised there), while a dict lookup it traces.
-_AUTOCAST_AVAILABLE = {t: torch.amp.is_autocast_available(t) for t in ("cpu", "cuda", "meta")}
-
-
-def _autocast(tensors, device_type: str):
-    """Follow autocast like ``F.linear``: the matmul operands run in the autocast dtype."""
-    available = _AUTOCAST_AVAILABLE.get(device_type)
-    if available is None:                   # another device type: asked once, outside tracing
-        available = _AUTOCAST_AVAILABLE[device_type] = torch.amp.is_autocast_available(
-            device_type)
-    if not available or not torch.is_autocast_enabled(device_type):
-        return tensors
-    dtype = torch.get_autocast_dtype(device_type)
-    return [t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors]
-
-
-def _flags(name: str, values, K: int) -> list:
-    flags = [bool(v) for v in as_list(values, name, "K booleans (a list or tuple)")]
-    if len(flags) != K:
-        raise ValueError(f"{name} must have K = {K} entries (K = gates.shape[-1]), "
-                         f"got {len(flags)}")
-    return flags
-
-
 def gated_lora_linear(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                       lora_A: torch.Tensor, lora_B: torch.Tensor, gates: torch.Tensor,
                       rank_offsets: RankOffsets = None, scaling: Scaling = None,
@@ -273,52 +270,12 @@ def gated_lora_linear(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Opt
     entirely where the host knows it without a device read: frozen per-adapter gates on the CPU
     (read at every call) or ``nonzero_gates``; elsewhere a zero gate multiplies (``plan.py``).
     """
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"backend must be None or one of {tuple(BACKENDS)}, got {backend!r}")
-    if isinstance(x, torch.Tensor):
-        x, weight, bias, lora_A, lora_B = _autocast([x, weight, bias, lora_A, lora_B],
-                                                    x.device.type)
-    p = validate(x, weight, bias, lora_A, lora_B, gates, rank_offsets, scaling)
-    if lora_A.dtype != x.dtype:
-        # A float32 bank beside a half-precision x (PEFT's adapter dtype): the kernels read one
-        # dtype, so the bank is rounded to x's; autograd casts dA/dB back to float32.
-        lora_A, lora_B = lora_A.to(x.dtype), lora_B.to(x.dtype)
-    K = p.num_adapters
-    grad_adapters = [True] * K if trainable_adapters is None else _flags(
-        "trainable_adapters", trainable_adapters, K)
-    hint = None if nonzero_gates is None else _flags("nonzero_gates", nonzero_gates, K)
-    p_drop = lora_dropout.check_p(dropout)
+    call = validate_call(x, weight, bias, lora_A, lora_B, gates, rank_offsets, scaling,
+                         trainable_adapters, nonzero_gates, dropout, backend, BACKENDS)
     if _func_transform():
-        return _through_reference(x, weight, bias, lora_A, lora_B, gates, p, grad_adapters,
-                                  p_drop)
-    x2d, gates2d = p.x2d, p.gates2d
-    grad_on = torch.is_grad_enabled()
-    needs = [grad_on and t is not None and t.requires_grad
-             for t in (x2d, weight, bias, lora_A, lora_B, gates2d)]
-    # (inf/NaN gates take the same path as any other: every spelling of the gates gives the
-    # same IEEE result, docs/MATH.md#4-public-api-contract)
-    active, _ = decide_active(p, needs[5], hint)
-    # A seed only when an adapter is active (else nothing to drop) and there is data.
-    seed = None
-    if p_drop > 0 and active and not _is_empty(x2d, lora_B):
-        # (the original forward's seed in a gradient-checkpointing recompute)
-        seed = recompute_seeds.call_seed(x2d.device)
-        lora_dropout.record(seed, x2d.shape[0], x2d.shape[1], p_drop)
-    else:
-        p_drop = 0.0
-    if direct_ok((x, weight, bias, lora_A, lora_B, gates)):
-        if any(needs):
-            y2d = _GatedLoRA.apply(x2d, weight, bias, lora_A, lora_B, gates2d, p, active,
-                                   grad_adapters, backend or "", needs, p_drop, seed)
-        else:
-            plan = pack(active, lora_A, lora_B, p.rank_offsets, p.scaling, x2d.dtype)
-            drop = _drop(p_drop, seed)
-            be = autotune.select(x2d, weight, plan, gates2d, needs, backend, drop)
-            y2d, _ = op_math.forward(x2d, weight, bias, lora_A, lora_B, gates2d, plan, be, drop)
-    else:
-        y2d, _ = _gated_lora_fwd(x2d, weight, bias, lora_A, lora_B, gates2d, p.rank_offsets,
-                                 p.scaling, list(active), grad_adapters, backend or "", needs,
-                                 p_drop, seed)
+        return _through_reference(call)
+    y2d = _dispatch(call, plan_call(call))
     # Not a view of y2d (what matmul does too): FSDP2 warns that in-place ops on a returned view
     # would bypass its pre-backward hook.
-    return torch.ops.aten._unsafe_view(y2d, (*p.lead_shape, lora_B.shape[0]))
+    p = call.problem
+    return torch.ops.aten._unsafe_view(y2d, (*p.lead_shape, p.lora_B.shape[0]))

@@ -1,4 +1,11 @@
-"""Zero-gate skipping: which adapters are active, and the per-column tables the kernels read.
+"""One call's plan: which adapters are active (zero-gate skipping), the call's LoRA dropout seed,
+and the per-column tables the kernels read.
+
+``plan_call`` is the op's planning step, run once per call on the host between validation and
+dispatch: it decides the gradient needs, the active set (``decide_active``) and the dropout seed,
+and returns them with the rest of the op's non-tensor arguments as one ``OpArgs``. ``pack`` runs
+later, inside whichever path the op dispatches to, where the tensors are real even under
+``torch.compile``.
 
 An adapter is active when its rank is > 0 and its gate is not zero for every row. A trainable gate
 keeps its adapter active even at zero, because the gate's gradient ``s_k * sum_j dS_g * S`` needs
@@ -25,11 +32,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
-from .validation import Problem
+from . import lora_dropout, recompute_seeds
+from .validation import Call, Problem
 
 # Exact types only: a subclass may override dispatch (FakeTensor, DTensor); nn.Parameter does not.
 PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
@@ -49,6 +57,53 @@ class Plan:
     @property
     def rank(self) -> int:
         return self.lora_A.shape[0]
+
+
+class OpArgs(NamedTuple):
+    """The op's arguments after its six tensors ``(x2d, weight, bias, lora_A, lora_B, gates2d)``,
+    named once: both custom ops take them in this order after their tensors (``ops.py``; a test
+    pins the schemas to these fields), the direct path takes them the same way, and autograd's
+    ``None`` for each of them is counted from here."""
+
+    rank_offsets: list                # (K+1,) ints
+    scaling: list                     # (K,) floats
+    active: list                      # active adapter indices, ascending
+    grad_adapters: list               # (K,) booleans: whose dA/dB are computed
+    backend: str                      # a forced backend name, "" to choose per call
+    needs: list                       # the forward's gradient needs over the six tensors
+    p_drop: float                     # LoRA dropout probability; 0.0 when no seed was drawn
+    seed: Optional[torch.Tensor]      # the call's int64 dropout seed, or None
+
+    @property
+    def drop(self):
+        """op_math's ``drop`` argument: ``(p, seed)``, or ``None`` without dropout."""
+        return None if self.seed is None or self.p_drop <= 0 else (self.p_drop, self.seed)
+
+
+def plan_call(call: Call) -> OpArgs:
+    """The plan of one validated call: gradient needs, active set and dropout seed (host only,
+    no device read)."""
+    p = call.problem
+    grad_on = torch.is_grad_enabled()
+    needs = [grad_on and t is not None and t.requires_grad
+             for t in (p.x2d, p.weight, p.bias, p.lora_A, p.lora_B, p.gates2d)]
+    # (inf/NaN gates take the same path as any other: every spelling of the gates gives the
+    # same IEEE result, docs/MATH.md#4-public-api-contract)
+    active, _ = decide_active(p, needs[5], call.nonzero_gates)
+    # A seed only when an adapter is active (else nothing to drop) and there is data.
+    # (D_out from lora_B: there is no weight in the LoRA-only op)
+    n, d_in = p.x2d.shape
+    seed, p_drop = None, call.p_drop
+    if p_drop > 0 and active and n != 0 and d_in != 0 and p.lora_B.shape[0] != 0:
+        # (the original forward's seed in a gradient-checkpointing recompute; the warning it
+        # may give points at the op's caller: call_seed <- plan_call <- gated_lora_linear)
+        seed = recompute_seeds.call_seed(p.x2d.device, stacklevel=4)
+        lora_dropout.record(seed, n, d_in, p_drop)
+    else:
+        p_drop = 0.0
+    return OpArgs(rank_offsets=p.rank_offsets, scaling=p.scaling, active=list(active),
+                  grad_adapters=call.grad_adapters, backend=call.backend or "", needs=needs,
+                  p_drop=p_drop, seed=seed)
 
 
 def readable(t: torch.Tensor) -> bool:

@@ -31,9 +31,10 @@ _SEEDS = "_llf_dropout_seeds"      # attribute on a region object: the seeds of 
 _WARNED = [False]                  # the unrecognised-recompute warning, given once a process
 
 
-def call_seed(device) -> torch.Tensor:
+def call_seed(device, stacklevel: int = 3) -> torch.Tensor:
     """The LoRA dropout seed of one call on ``device`` (module docstring): the original forward's
-    seed tensor in a checkpoint recompute, else a fresh one (recorded when in a region)."""
+    seed tensor in a checkpoint recompute, else a fresh one (recorded when in a region).
+    ``stacklevel``: the warning's, counted from here (3: the caller's caller)."""
     replaying, forwards = checkpoint_regions.around()
     if replaying is None:
         if not _WARNED[0] and checkpoint_regions.in_backward():
@@ -43,7 +44,7 @@ def call_seed(device) -> torch.Tensor:
                 "torch.utils.checkpoint recompute (a hand-written recompute?). Its dropout mask is "
                 "drawn afresh: it equals the original forward's only if that recompute restored "
                 "the RNG state first (docs/module.md, dropout under gradient checkpointing)",
-                RuntimeWarning, stacklevel=3)
+                RuntimeWarning, stacklevel=stacklevel)
         seed = new_seed(device)
     else:
         seed = checkpoint_regions.replay(replaying, _SEEDS, "LoRA dropout")

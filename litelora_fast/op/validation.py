@@ -1,5 +1,7 @@
 """Argument checking for the public op: every argument is checked once, here, and normalised into a
-``Problem`` that the planner, the backends and the reference consume.
+``Problem`` that the planner, the backends and the reference consume; ``validate_call`` adds the
+op's options (autocast, ``trainable_adapters``, ``nonzero_gates``, ``dropout``, ``backend``) and
+returns the ``Call`` that ``ops.gated_lora_linear`` hands on.
 
 Errors are ``TypeError`` (wrong kind or dtype) or ``ValueError`` (wrong shape, rank table or
 device) and always name the argument and the shapes involved, so that a user never meets a
@@ -9,11 +11,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator, Mapping, Sequence as SequenceABC, Set
+from collections.abc import Collection, Iterator, Mapping, Sequence as SequenceABC, Set
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
+
+from .lora_dropout import check_p
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -290,3 +294,66 @@ def validate(x, weight, bias, lora_A, lora_B, gates,
     return Problem(x2d=x2d, lead_shape=lead, weight=weight, bias=bias, lora_A=lora_A,
                    lora_B=lora_B, gates=gates, gates2d=gates2d, per_row_gates=per_row,
                    rank_offsets=offsets, scaling=scales)
+
+
+@dataclass
+class Call:
+    """One call of the public op, every argument checked: its ``Problem`` (the bank already in
+    ``x``'s dtype) and its options."""
+
+    x: torch.Tensor                   # after autocast, with its leading dims (the reference's)
+    problem: Problem
+    grad_adapters: list               # K booleans: whose dA/dB are computed
+    nonzero_gates: Optional[list]     # K booleans, the caller's hint; None: no hint
+    p_drop: float                     # LoRA dropout probability in [0, 1)
+    backend: Optional[str]            # a forced backend name, None: chosen per call
+
+
+# Device types -> whether autocast exists for them (meta has none: asking it raises). Filled
+# ahead for the usual types because Dynamo cannot trace ``torch.amp.is_autocast_available`` on
+# torch 2.11 (``torch.compile(fullgraph=True)`` raised there), while a dict lookup it traces.
+_AUTOCAST_AVAILABLE = {t: torch.amp.is_autocast_available(t) for t in ("cpu", "cuda", "meta")}
+
+
+def _autocast(tensors, device_type: str):
+    """Follow autocast like ``F.linear``: the matmul operands run in the autocast dtype."""
+    available = _AUTOCAST_AVAILABLE.get(device_type)
+    if available is None:                   # another device type: asked once, outside tracing
+        available = _AUTOCAST_AVAILABLE[device_type] = torch.amp.is_autocast_available(
+            device_type)
+    if not available or not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return [t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors]
+
+
+def _flags(name: str, values, K: int) -> list:
+    flags = [bool(v) for v in as_list(values, name, "K booleans (a list or tuple)")]
+    if len(flags) != K:
+        raise ValueError(f"{name} must have K = {K} entries (K = gates.shape[-1]), "
+                         f"got {len(flags)}")
+    return flags
+
+
+def validate_call(x, weight, bias, lora_A, lora_B, gates, rank_offsets: RankOffsets,
+                  scaling: Scaling, trainable_adapters, nonzero_gates, dropout,
+                  backend: Optional[str], backend_names: Collection) -> Call:
+    """Every argument of ``gated_lora_linear`` checked, in the order its errors are raised:
+    ``backend`` (one of ``backend_names``), the tensors (after autocast), the flags, ``dropout``."""
+    if backend is not None and backend not in backend_names:
+        raise ValueError(f"backend must be None or one of {tuple(backend_names)}, "
+                         f"got {backend!r}")
+    if isinstance(x, torch.Tensor):
+        x, weight, bias, lora_A, lora_B = _autocast([x, weight, bias, lora_A, lora_B],
+                                                    x.device.type)
+    p = validate(x, weight, bias, lora_A, lora_B, gates, rank_offsets, scaling)
+    if lora_A.dtype != x.dtype:
+        # A float32 bank beside a half-precision x (PEFT's adapter dtype): the kernels read one
+        # dtype, so the bank is rounded to x's; autograd casts dA/dB back to float32.
+        p.lora_A, p.lora_B = lora_A.to(x.dtype), lora_B.to(x.dtype)
+    K = p.num_adapters
+    grad_adapters = [True] * K if trainable_adapters is None else _flags(
+        "trainable_adapters", trainable_adapters, K)
+    hint = None if nonzero_gates is None else _flags("nonzero_gates", nonzero_gates, K)
+    return Call(x=x, problem=p, grad_adapters=grad_adapters, nonzero_gates=hint,
+                p_drop=check_p(dropout), backend=backend)
