@@ -12,6 +12,8 @@ blocks ``[BLOCK_K, BLOCK_N]`` (``B_KMAJOR=False`` in ``tiles.descriptor_tile``).
 dropout the op runs this base-only and adds the masked adapter term with
 ``dropout.masked_addmm_``. Variants, their choice and ``config=`` as in ``fused_xw_sgb``
 (the forward); ``SWEEP_CONFIGS`` is the wider set ``benchmarks/gpu_check.sh --tune`` times.
+Each variant is one ``fused_launch.Variant`` record in ``VARIANTS``; the kernels are named
+``fused_dyw_dsa_<variant>_kernel`` and carry ``launch_metadata`` (``fused_launch``).
 """
 from __future__ import annotations
 
@@ -19,50 +21,20 @@ import torch
 import triton
 import triton.language as tl
 
-from . import LAUNCH_COUNTS
-from .compile_spec import KernelSpec
-from .fused_xw_sgb import (WS_MAX_BLOCK_R, _descriptors, _gemm, _persistent_smem, _pointer_smem,
-                           _tma_smem, ws_fits, ws_smem)
-from .shrink_dyb import _check_2d, _check_same_dtype
-from .tiles import descriptor_tile, grouped_tile, store_tile, two_stretch_tile, ws_descriptor_tile
-from .tuning import (INTERPRET, TMA_MIN_ARCH, Launcher, block_hook, block_r, buckets, by_dtype,
-                     check_out, choose_variant, dot_precision, has_ws, n_bucket, num_sms,
-                     on_device, run_variant, tma_operand)
+from .fused_launch import (WS_MAX_BLOCK_R, FusedGemm, Variant, descriptors, gemm_config,
+                           gemm_launch_metadata, persistent_smem, pointer_smem, tma_smem,
+                           ws_fits, ws_smem)
+from .tiles import (descriptor_tile, grouped_offsets, grouped_tile, store_masked, store_tile,
+                    tile_count, two_stretch_tile, ws_descriptor_tile)
+from .tuning import (TMA_MIN_ARCH, block_r, buckets, check_2d, check_out, check_same_dtype,
+                     dot_precision, has_ws, n_bucket, tma_operand)
 
-# ---------------------------------------------------------------------------------------------
-# Configs (data; ``tuning.STATUS``): the base GEMM N x D_in x D_out is compute-bound, so the
-# classic Hopper GEMM tiles (as the forward's); fp32 (TF32) 32-deep tiles; warp specialization
-# with num_warps=4, 16-bit only (``fused_xw_sgb.ws_fits``).
-# ---------------------------------------------------------------------------------------------
-CONFIGS = {
-    "pointer": {"16-bit": [_gemm(128, 128, 64, 8, 4), _gemm(128, 256, 64, 8, 3),
-                           _gemm(64, 128, 64, 4, 5)],
-                "fp32": [_gemm(128, 128, 32, 8, 3)]},
-    "tma": {"16-bit": [_gemm(128, 128, 64, 8, 4, split=False), _gemm(128, 256, 64, 8, 3, split=False)],
-            "fp32": [_gemm(128, 128, 32, 8, 3, split=False)]},
-    "tma_persistent": {"16-bit": [_gemm(128, 128, 64, 8, 4, split=False)],
-                       "fp32": [_gemm(128, 128, 32, 8, 3, split=False)]},
-    "tma_ws": {"16-bit": [_gemm(128, 128, 64, 4, 4)]},
-}
-SWEEP_CONFIGS = {
-    "pointer": [_gemm(128, 256, 64, 8, 3), _gemm(128, 128, 64, 4, 4)],
-    "tma": [_gemm(128, 256, 64, 8, 4, split=True), _gemm(256, 128, 64, 8, 3, split=True),
-            _gemm(128, 128, 64, 8, 5, split=True), _gemm(128, 128, 64, 4, 4, split=False)],
-    "tma_persistent": [_gemm(128, 256, 64, 8, 3, split=True), _gemm(128, 128, 64, 8, 4, split=True),
-                       _gemm(128, 128, 64, 8, 4, group=16, split=False)],
-    "tma_ws": [_gemm(128, 128, 64, 4, 3), _gemm(128, 128, 64, 4, 4, group=16)],
-}
-INTERPRETER_CONFIG = {
-    "pointer": _gemm(32, 32, 32, 4, 1, group=2),
-    "tma": _gemm(32, 32, 16, 4, 1, group=2, split=True),
-    "tma_persistent": _gemm(32, 32, 16, 4, 1, group=2, split=False),
-    "tma_ws": _gemm(32, 32, 16, 4, 1, group=2),
-}
-KEY = ["N_BUCKET", "D_in", "D_out", "R_act", "DOT_PRECISION"]
+# Each launch's name with N, D_in, D_out, R_act, its FLOPs and bytes, for profilers.
+launch_metadata = gemm_launch_metadata(cols="D_in", depth="D_out")
 
 
-@triton.jit
-def _pointer_kernel(
+@triton.jit(launch_metadata=launch_metadata)
+def fused_dyw_dsa_pointer_kernel(
     dy_ptr,       # (N, D_out) upstream gradient
     weight_ptr,   # (D_out, D_in) base weight, dy's dtype
     dS_ptr,       # (N, R_act) adapter-column gradient from grad_shrink, dy's dtype
@@ -81,10 +53,9 @@ def _pointer_kernel(
         pid_m, pid_n, N, D_in, D_out, R_act, dy_ptr, weight_ptr, dS_ptr, lora_A_ptr,
         stride_dy_n, stride_dy_o, stride_weight_o, stride_weight_i,
         stride_dS_n, stride_dS_r, stride_lora_A_r, stride_lora_A_i,
-        DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_K)
-    mask = (offs_m[:, None] < N) & (offs_n[None, :] < D_in)
-    tl.store(dx_ptr + offs_m.to(tl.int64)[:, None] * stride_dx_n + offs_n.to(tl.int64)[None, :] * stride_dx_i,
-             acc.to(dx_ptr.dtype.element_ty), mask=mask)
+        DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+        BLOCK_R=BLOCK_K)
+    store_masked(dx_ptr, acc, offs_m, offs_n, N, D_in, stride_dx_n, stride_dx_i)
 
 
 def _tma_blocks(meta):
@@ -94,7 +65,19 @@ def _tma_blocks(meta):
 
 
 @triton.jit
-def _tma_kernel(
+def _descriptor_output_tile(dy_desc, weight_desc, dS_desc, lora_A_desc, dx_desc, off_m, off_n,
+                            D_out, R_act, HAS_ADAPTER: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                            EPILOGUE_SPLIT: tl.constexpr):
+    # One output tile of the tma kernels: the single loop (b operands N-major), the TMA store.
+    acc = descriptor_tile(dy_desc, weight_desc, dS_desc, lora_A_desc, off_m, off_n, D_out, R_act,
+                          DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+                          BLOCK_K=BLOCK_K, B_KMAJOR=False, HAS_ADAPTER=HAS_ADAPTER)
+    store_tile(dx_desc, acc, off_m, off_n, BLOCK_M, BLOCK_N, EPILOGUE_SPLIT=EPILOGUE_SPLIT)
+
+
+@triton.jit(launch_metadata=launch_metadata)
+def fused_dyw_dsa_tma_kernel(
     dy_desc,          # (N, D_out)      block [BLOCK_M, BLOCK_K]
     weight_desc,      # (D_out, D_in)   block [BLOCK_K, BLOCK_N]
     dS_desc,          # (N, R_act)      block [BLOCK_M, BLOCK_K]
@@ -106,29 +89,29 @@ def _tma_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EPILOGUE_SPLIT: tl.constexpr,
 ):
-    pid_m, pid_n = grouped_tile(tl.program_id(0), N, D_in, BLOCK_M, BLOCK_N, GROUP_M)
-    acc = descriptor_tile(dy_desc, weight_desc, dS_desc, lora_A_desc, pid_m * BLOCK_M,
-                          pid_n * BLOCK_N, D_out, R_act, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
-                          False, HAS_ADAPTER)
-    store_tile(dx_desc, acc, pid_m * BLOCK_M, pid_n * BLOCK_N, BLOCK_M, BLOCK_N, EPILOGUE_SPLIT)
+    off_m, off_n = grouped_offsets(tl.program_id(0), N, D_in, BLOCK_M, BLOCK_N, GROUP_M)
+    _descriptor_output_tile(dy_desc, weight_desc, dS_desc, lora_A_desc, dx_desc, off_m, off_n,
+                            D_out, R_act, HAS_ADAPTER=HAS_ADAPTER, DOT_PRECISION=DOT_PRECISION,
+                            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+                            EPILOGUE_SPLIT=EPILOGUE_SPLIT)
 
 
-@triton.jit
-def _tma_persistent_kernel(
-    dy_desc, weight_desc, dS_desc, lora_A_desc, dx_desc,   # as _tma_kernel
+@triton.jit(launch_metadata=launch_metadata)
+def fused_dyw_dsa_tma_persistent_kernel(
+    dy_desc, weight_desc, dS_desc, lora_A_desc, dx_desc,   # as fused_dyw_dsa_tma_kernel
     N, D_in, D_out, R_act,
     N_BUCKET,         # autotune key only
     HAS_ADAPTER: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EPILOGUE_SPLIT: tl.constexpr,
 ):
-    num_tiles = tl.cdiv(N, BLOCK_M) * tl.cdiv(D_in, BLOCK_N)
-    for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), flatten=True):
-        pid_m, pid_n = grouped_tile(tile, N, D_in, BLOCK_M, BLOCK_N, GROUP_M)
-        acc = descriptor_tile(dy_desc, weight_desc, dS_desc, lora_A_desc, pid_m * BLOCK_M,
-                              pid_n * BLOCK_N, D_out, R_act, DOT_PRECISION, BLOCK_M, BLOCK_N,
-                              BLOCK_K, False, HAS_ADAPTER)
-        store_tile(dx_desc, acc, pid_m * BLOCK_M, pid_n * BLOCK_N, BLOCK_M, BLOCK_N, EPILOGUE_SPLIT)
+    for tile in tl.range(tl.program_id(0), tile_count(N, D_in, BLOCK_M, BLOCK_N),
+                         tl.num_programs(0), flatten=True):
+        off_m, off_n = grouped_offsets(tile, N, D_in, BLOCK_M, BLOCK_N, GROUP_M)
+        _descriptor_output_tile(dy_desc, weight_desc, dS_desc, lora_A_desc, dx_desc, off_m,
+                                off_n, D_out, R_act, HAS_ADAPTER=HAS_ADAPTER,
+                                DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+                                BLOCK_K=BLOCK_K, EPILOGUE_SPLIT=EPILOGUE_SPLIT)
 
 
 def _ws_blocks(meta):
@@ -137,8 +120,8 @@ def _ws_blocks(meta):
             "lora_A_desc": [br, bn]}
 
 
-@triton.jit
-def _tma_ws_kernel(
+@triton.jit(launch_metadata=launch_metadata)
+def fused_dyw_dsa_tma_ws_kernel(
     dy_desc,          # (N, D_out)      block [BLOCK_M, BLOCK_K]
     weight_desc,      # (D_out, D_in)   block [BLOCK_K, BLOCK_N]
     dS_desc,          # (N, R_act)      block [BLOCK_M, BLOCK_R]: every adapter column at once
@@ -151,24 +134,20 @@ def _tma_ws_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    pid_m, pid_n = grouped_tile(tl.program_id(0), N, D_in, BLOCK_M, BLOCK_N, GROUP_M)
-    acc = ws_descriptor_tile(dy_desc, weight_desc, dS_desc, lora_A_desc, pid_m * BLOCK_M,
-                             pid_n * BLOCK_N, D_out, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
-                             False, HAS_ADAPTER)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (offs_m < N)[:, None] & (offs_n < D_in)[None, :]
-    tl.store(dx_ptr + offs_m.to(tl.int64)[:, None] * stride_dx_n + offs_n[None, :],
-             acc.to(dx_ptr.dtype.element_ty), mask=mask)
+    off_m, off_n = grouped_offsets(tl.program_id(0), N, D_in, BLOCK_M, BLOCK_N, GROUP_M)
+    acc = ws_descriptor_tile(dy_desc, weight_desc, dS_desc, lora_A_desc, off_m, off_n, D_out,
+                             DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+                             BLOCK_K=BLOCK_K, B_KMAJOR=False, HAS_ADAPTER=HAS_ADAPTER)
+    store_masked(dx_ptr, acc, off_m + tl.arange(0, BLOCK_M), off_n + tl.arange(0, BLOCK_N),
+                 N, D_in, stride_dx_n, 1)
 
 
-_KERNELS = {"pointer": _pointer_kernel, "tma": _tma_kernel,
-            "tma_persistent": _tma_persistent_kernel, "tma_ws": _tma_ws_kernel}
-_SMEM = {"pointer": _pointer_smem, "tma": _tma_smem, "tma_persistent": _persistent_smem,
-         "tma_ws": ws_smem}
-_BLOCKS = {"tma": _tma_blocks, "tma_persistent": _tma_blocks, "tma_ws": _ws_blocks}
-
-
+# ---------------------------------------------------------------------------------------------
+# The variants. Configs (data; ``tuning.STATUS``): the base GEMM N x D_in x D_out is
+# compute-bound, so the classic Hopper GEMM tiles (as the forward's); fp32 (TF32) 32-deep tiles;
+# warp specialization with num_warps=4, 16-bit only (``fused_launch.ws_fits``). ``sweep`` and
+# ``interpreter`` as in ``fused_xw_sgb``.
+# ---------------------------------------------------------------------------------------------
 def _pointer_spills(c, elem, consts, arch):
     # mma.sync compiles (no wgmma): a 128 x 128 16-bit tile on 4 warps spills 48 B on sm_89
     # (255 registers: the fp32 accumulator alone is 128 per thread), 128 x 256 on 8 warps 16 B
@@ -178,25 +157,51 @@ def _pointer_spills(c, elem, consts, arch):
     return arch < TMA_MIN_ARCH and (tile >= 128 * 256 or (c.num_warps == 4 and tile >= 128 * 128))
 
 
-_LAUNCH = {v: {fp32: Launcher("fused_dx", _KERNELS[v], configs, INTERPRETER_CONFIG[v], KEY,
-                              _SMEM[v], v, pre_hook=block_hook(_BLOCKS[v]) if v in _BLOCKS else None,
-                              spills=_pointer_spills if v == "pointer" else None)
-               for fp32, configs in by_dtype(CONFIGS[v]).items()}
-           for v in _KERNELS}
-
-SPECS = [
-    KernelSpec("fused_dx", "pointer", _pointer_kernel, _LAUNCH["pointer"],
-               unit_strides=("stride_dy_o", "stride_weight_i", "stride_dS_r", "stride_lora_A_i",
-                             "stride_dx_i"), sweep=tuple(SWEEP_CONFIGS["pointer"])),
-    *[KernelSpec("fused_dx", v, _KERNELS[v], _LAUNCH[v], dtypes=("bf16", "fp16", "fp32"),
-                 blocks=_BLOCKS[v], consts={"HAS_ADAPTER": True}, sweep=tuple(SWEEP_CONFIGS[v]))
-      for v in ("tma", "tma_persistent")],
-    # fp32 fused_dx never takes tma_ws (``ws_fits``).
-    KernelSpec("fused_dx", "tma_ws", _tma_ws_kernel, _LAUNCH["tma_ws"], dtypes=("bf16", "fp16"),
-               blocks=_ws_blocks, consts={"HAS_ADAPTER": True},
-               buckets=lambda dt, flags: {"BLOCK_R": buckets(WS_MAX_BLOCK_R)},
-               sweep=tuple(SWEEP_CONFIGS["tma_ws"])),
-]
+_DESCRIPTOR_SPEC = dict(dtypes=("bf16", "fp16", "fp32"), consts={"HAS_ADAPTER": True})
+KEY = ["N_BUCKET", "D_in", "D_out", "R_act", "DOT_PRECISION"]
+DX = FusedGemm("fused_dx", KEY, [
+    Variant("pointer", fused_dyw_dsa_pointer_kernel,
+            configs={"16-bit": [gemm_config(128, 128, 64, 8, 4), gemm_config(128, 256, 64, 8, 3),
+                                gemm_config(64, 128, 64, 4, 5)],
+                     "fp32": [gemm_config(128, 128, 32, 8, 3)]},
+            sweep=(gemm_config(128, 256, 64, 8, 3), gemm_config(128, 128, 64, 4, 4)),
+            interpreter=gemm_config(32, 32, 32, 4, 1, group=2),
+            smem=pointer_smem, spills=_pointer_spills,
+            spec=dict(unit_strides=("stride_dy_o", "stride_weight_i", "stride_dS_r",
+                                    "stride_lora_A_i", "stride_dx_i"))),
+    Variant("tma", fused_dyw_dsa_tma_kernel,
+            configs={"16-bit": [gemm_config(128, 128, 64, 8, 4, split=False),
+                                gemm_config(128, 256, 64, 8, 3, split=False)],
+                     "fp32": [gemm_config(128, 128, 32, 8, 3, split=False)]},
+            sweep=(gemm_config(128, 256, 64, 8, 4, split=True),
+                   gemm_config(256, 128, 64, 8, 3, split=True),
+                   gemm_config(128, 128, 64, 8, 5, split=True),
+                   gemm_config(128, 128, 64, 4, 4, split=False)),
+            interpreter=gemm_config(32, 32, 16, 4, 1, group=2, split=True),
+            smem=tma_smem, blocks=_tma_blocks, spec=_DESCRIPTOR_SPEC),
+    Variant("tma_persistent", fused_dyw_dsa_tma_persistent_kernel,
+            configs={"16-bit": [gemm_config(128, 128, 64, 8, 4, split=False)],
+                     "fp32": [gemm_config(128, 128, 32, 8, 3, split=False)]},
+            sweep=(gemm_config(128, 256, 64, 8, 3, split=True),
+                   gemm_config(128, 128, 64, 8, 4, split=True),
+                   gemm_config(128, 128, 64, 8, 4, group=16, split=False)),
+            interpreter=gemm_config(32, 32, 16, 4, 1, group=2, split=False),
+            smem=persistent_smem, blocks=_tma_blocks, spec=_DESCRIPTOR_SPEC),
+    # fp32 fused_dx never takes tma_ws (``ws_fits``): one 16-bit list serves both keys.
+    Variant("tma_ws", fused_dyw_dsa_tma_ws_kernel,
+            configs={"16-bit": [gemm_config(128, 128, 64, 4, 4)]},
+            sweep=(gemm_config(128, 128, 64, 4, 3), gemm_config(128, 128, 64, 4, 4, group=16)),
+            interpreter=gemm_config(32, 32, 16, 4, 1, group=2),
+            smem=ws_smem, blocks=_ws_blocks,
+            spec=dict(_DESCRIPTOR_SPEC, dtypes=("bf16", "fp16"),
+                      buckets=lambda dt, flags: {"BLOCK_R": buckets(WS_MAX_BLOCK_R)})),
+])
+VARIANTS = DX.variants
+# Read off the records, by variant (as in ``fused_xw_sgb``).
+CONFIGS = {name: v.configs for name, v in VARIANTS.items()}
+SWEEP_CONFIGS = {name: list(v.sweep) for name, v in VARIANTS.items()}
+_LAUNCH = {name: v.launchers for name, v in VARIANTS.items()}
+SPECS = DX.specs
 
 
 def fused_dx(dy, weight, dS, lora_A, *, out=None, variant=None, config=None):
@@ -210,16 +215,16 @@ def fused_dx(dy, weight, dS, lora_A, *, out=None, variant=None, config=None):
     ``LAUNCH_COUNTS["fused_dx/<variant>"]`` records which one ran.
     """
     N, D_out = dy.shape
-    _check_2d("weight", weight, rows=D_out)
+    check_2d("weight", weight, rows=D_out)
     D_in = weight.shape[1]
     if dS is None or lora_A is None:
         if (dS is None) != (lora_A is None):
             raise ValueError("fused_dx: dS and lora_A must be both given or both None")
         dS, lora_A = dy.new_empty((N, 0)), weight.new_empty((0, D_in))
-    _check_2d("dS", dS, rows=N)
+    check_2d("dS", dS, rows=N)
     R_act = dS.shape[1]
-    _check_2d("lora_A", lora_A, rows=R_act, cols=D_in)
-    _check_same_dtype(dy=dy, weight=weight, dS=dS, lora_A=lora_A)
+    check_2d("lora_A", lora_A, rows=R_act, cols=D_in)
+    check_same_dtype(dy=dy, weight=weight, dS=dS, lora_A=lora_A)
     dx = check_out(out, "out (dx)", (N, D_in), dy.dtype, dy.device)
     if N == 0 or D_in == 0:
         return dx
@@ -231,16 +236,10 @@ def fused_dx(dy, weight, dS, lora_A, *, out=None, variant=None, config=None):
     big = (dy, weight, dx) + ((lora_A,) if has_adapter else ())
     ws_ok = ws_fits(R_act, fp32, b_kmajor=False) and has_ws(dy.device)
     precision = dot_precision(dy)
-    first = INTERPRETER_CONFIG["tma"] if INTERPRET else by_dtype(CONFIGS["tma"])[fp32][0]
-    tiles = triton.cdiv(N, first.kwargs["BLOCK_M"]) * triton.cdiv(D_in, first.kwargs["BLOCK_N"])
-    sms = num_sms(dy.device)
-    chosen = choose_variant(variant, dy.device, big, ws_ok, precision, tiles=tiles, sms=sms)
+    chosen = DX.choose(variant, dy.device, big, ws_ok, precision, fp32, N, D_in)
     ds_arg, a_arg = (dS, lora_A) if has_adapter else (dy, weight)   # placeholders: never read
 
     def run(v, cfg):
-        launcher = _LAUNCH[v][fp32]
-        launch = launcher.with_config(cfg) if cfg is not None else launcher
-        count = lambda m: triton.cdiv(N, m["BLOCK_M"]) * triton.cdiv(D_in, m["BLOCK_N"])
         consts = dict(DOT_PRECISION=precision)
         if v == "pointer":
             args = (dy, weight, ds_arg, a_arg, dx, N, D_in, D_out, R_act, n_bucket(N),
@@ -248,20 +247,15 @@ def fused_dx(dy, weight, dS, lora_A, *, out=None, variant=None, config=None):
                     ds_arg.stride(0), ds_arg.stride(1), a_arg.stride(0), a_arg.stride(1),
                     dx.stride(0), dx.stride(1))
         else:
-            descs = _descriptors(dy, weight, tma_operand(ds_arg) if has_adapter else ds_arg, a_arg)
+            descs = descriptors(dy, weight, tma_operand(ds_arg) if has_adapter else ds_arg, a_arg)
             consts["HAS_ADAPTER"] = has_adapter
             if v == "tma_ws":
                 args = (*descs, dx, N, D_in, D_out, R_act, n_bucket(N), dx.stride(0))
                 consts["BLOCK_R"] = block_r(R_act, WS_MAX_BLOCK_R)
             else:
-                args = (*descs, *_descriptors(dx), N, D_in, D_out, R_act, n_bucket(N))
-        grid = (lambda m: (min(count(m), sms),)) if v == "tma_persistent" else (lambda m: (count(m),))
-        with on_device(dy):
-            launch[grid](*args, **consts)
+                args = (*descs, *descriptors(dx), N, D_in, D_out, R_act, n_bucket(N))
+        DX.launch(v, cfg, fp32, N, D_in, dy, args, consts)
 
     key = (n_bucket(N), D_in, D_out, R_act, precision, str(dy.dtype))
-    chosen = run_variant("fused_dx", variant, chosen, config, key,
-                         ["tma", "tma_persistent"] + (["tma_ws"] if ws_ok else []), run)
-    LAUNCH_COUNTS["fused_dx"] += 1
-    LAUNCH_COUNTS[f"fused_dx/{chosen}"] += 1
+    DX.dispatch(variant, chosen, config, key, ws_ok, run)
     return dx

@@ -24,9 +24,10 @@ import triton.language as tl
 from . import LAUNCH_COUNTS
 from .compile_spec import KernelSpec
 from .shrink_xa import rank_smem
-from .tiles import rank_tile
-from .tuning import (TCGEN05_ARCH, Launcher, block_r, buckets, by_dtype, check_launch, check_out,
-                     dot_precision, n_bucket, on_device, padded_columns)
+from .tiles import expanded_gate, rank_tile, store_rank_tile
+from .tuning import (TCGEN05_ARCH, Launcher, block_r, buckets, by_dtype, check_2d, check_launch,
+                     check_out, check_same_dtype, dot_precision, n_bucket, on_device,
+                     padded_columns)
 
 # ---------------------------------------------------------------------------------------------
 # Configs (data; ``tuning.STATUS``). Small row tiles give enough programs to fill 132 SMs at
@@ -69,19 +70,17 @@ def _grad_shrink_kernel(
     NEED_GATE_GRAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    acc, g_e, scale, rows, cols, out_m, out_r, mask = rank_tile(
-        tl.program_id(0), N, R_act, D_out, dy_ptr, lora_B_ptr, stride_dy_n, stride_dy_o,
-        stride_lora_B_o, stride_lora_B_r, col_adapter_ptr, col_scale_ptr, gates_ptr,
-        stride_gates_n, stride_gates_k, 0, DOT_PRECISION, BLOCK_M, BLOCK_K, BLOCK_R, 0.0)
-    out_rows = out_m[:, None]
-    out_cols = out_r[None, :]
-    dS = acc * g_e
-    tl.store(dS_ptr + out_rows * stride_dS_n + out_cols * stride_dS_r,
-             dS.to(dS_ptr.dtype.element_ty), mask=mask)
+    pid = tl.program_id(0)
+    acc, rows, cols = rank_tile(pid, N, R_act, D_out, dy_ptr, lora_B_ptr, stride_dy_n,
+                                stride_dy_o, stride_lora_B_o, stride_lora_B_r, DOT_PRECISION,
+                                BLOCK_M, BLOCK_K, BLOCK_R)
+    g_e, scale = expanded_gate(rows, cols, col_adapter_ptr, col_scale_ptr, gates_ptr,
+                               stride_gates_n, stride_gates_k)
+    store_rank_tile(dS_ptr, acc * g_e, pid, N, R_act, stride_dS_n, stride_dS_r, BLOCK_M, BLOCK_R)
     if NEED_GATE_GRAD:
         s = tl.load(S_ptr + rows[:, None] * stride_S_n + cols[None, :] * stride_S_r)
         p = acc * s.to(tl.float32) * scale[None, :]
-        tl.store(P_ptr + out_rows * stride_P_n + out_cols * stride_P_r, p, mask=mask)
+        store_rank_tile(P_ptr, p, pid, N, R_act, stride_P_n, stride_P_r, BLOCK_M, BLOCK_R)
 
 
 def _spills(c, elem, consts, arch):
@@ -111,18 +110,6 @@ SPECS = [KernelSpec(
     flags=({"NEED_GATE_GRAD": True},))]     # the heavier epilogue (S read, P written)
 
 
-def _check_2d(name, t, rows=None, cols=None):
-    if t.dim() != 2 or (rows is not None and t.shape[0] != rows) or (cols is not None and t.shape[1] != cols):
-        want = f"({'?' if rows is None else rows}, {'?' if cols is None else cols})"
-        raise ValueError(f"{name}: expected shape {want}, got {tuple(t.shape)}")
-
-
-def _check_same_dtype(**tensors):
-    dtypes = {name: t.dtype for name, t in tensors.items()}
-    if len(set(dtypes.values())) != 1:
-        raise TypeError(f"matmul operands must share one dtype, got {dtypes}")
-
-
 def grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, need_gate_grad, *, out=None):
     """``(dS, P)`` of the active bank (see the module docstring).
 
@@ -133,15 +120,15 @@ def grad_shrink(dy, lora_B, S, gates2d, col_adapter, col_scale, need_gate_grad, 
     ``dS`` is a view of a buffer padded to 16 columns (descriptor-legal rows for ``fused_dx``).
     """
     N, D_out = dy.shape
-    _check_2d("lora_B", lora_B, rows=D_out)
+    check_2d("lora_B", lora_B, rows=D_out)
     R_act = lora_B.shape[1]
-    _check_2d("gates2d", gates2d, rows=N)
+    check_2d("gates2d", gates2d, rows=N)
     check_launch(col_adapter.shape == (R_act,) and col_scale.shape == (R_act,),
                  f"col_adapter/col_scale: expected ({R_act},), got "
                  f"{tuple(col_adapter.shape)} and {tuple(col_scale.shape)}")
     if need_gate_grad:
-        _check_2d("S", S, rows=N, cols=R_act)
-    _check_same_dtype(dy=dy, lora_B=lora_B)
+        check_2d("S", S, rows=N, cols=R_act)
+    check_same_dtype(dy=dy, lora_B=lora_B)
     out_dS, out_P = out if out is not None else (None, None)
     if out_dS is None:
         dS = padded_columns(N, R_act, dy.dtype, dy.device)

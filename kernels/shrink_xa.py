@@ -20,7 +20,7 @@ import triton.language as tl
 
 from . import LAUNCH_COUNTS
 from .compile_spec import KernelSpec
-from .tiles import rank_tile
+from .tiles import expanded_gate, rank_tile, store_rank_tile
 from .tuning import (TCGEN05_ARCH, TMA_MIN_ARCH, Launcher, block_r, buckets, by_dtype,
                      check_launch, check_out, dot_precision, n_bucket, on_device, padded_columns,
                      stage_bytes)
@@ -74,16 +74,14 @@ def _shrink_kernel(
     drop_seed = 0
     if P_DROP > 0.0:
         drop_seed = tl.load(seed_ptr)
-    acc, g_e, _, _, _, out_m, out_r, mask = rank_tile(
-        tl.program_id(0), N, R_act, D_in, x_ptr, lora_A_ptr, stride_x_n, stride_x_i,
-        stride_lora_A_i, stride_lora_A_r, col_adapter_ptr, col_scale_ptr, gates_ptr,
-        stride_gates_n, stride_gates_k, drop_seed, DOT_PRECISION, BLOCK_M, BLOCK_K, BLOCK_R,
-        P_DROP)
-    sg = acc * g_e
-    tl.store(S_ptr + out_m[:, None] * stride_S_n + out_r[None, :] * stride_S_r,
-             acc.to(S_ptr.dtype.element_ty), mask=mask)
-    tl.store(SG_ptr + out_m[:, None] * stride_SG_n + out_r[None, :] * stride_SG_r,
-             sg.to(SG_ptr.dtype.element_ty), mask=mask)
+    pid = tl.program_id(0)
+    acc, rows, cols = rank_tile(pid, N, R_act, D_in, x_ptr, lora_A_ptr, stride_x_n, stride_x_i,
+                                stride_lora_A_i, stride_lora_A_r, DOT_PRECISION, BLOCK_M,
+                                BLOCK_K, BLOCK_R, drop_seed=drop_seed, P_DROP=P_DROP)
+    g_e, _ = expanded_gate(rows, cols, col_adapter_ptr, col_scale_ptr, gates_ptr,
+                           stride_gates_n, stride_gates_k)
+    store_rank_tile(S_ptr, acc, pid, N, R_act, stride_S_n, stride_S_r, BLOCK_M, BLOCK_R)
+    store_rank_tile(SG_ptr, acc * g_e, pid, N, R_act, stride_SG_n, stride_SG_r, BLOCK_M, BLOCK_R)
 
 
 def rank_smem(c, elem, consts):

@@ -8,9 +8,12 @@ rank columns (the shrink's output columns, the warp-specialized kernel's adapter
 gradients' narrow side); ``GROUP_M`` the grouped tile order. So ``BLOCK_N`` is never "rows": the
 fused forward's ``BLOCK_N`` runs over D_out, the fused dx's over D_in.
 
-- ``grouped_tile``: the program's output tile in grouped order, for L2 reuse.
+- ``grouped_tile``: the program's output tile in grouped order, for L2 reuse;
+  ``grouped_offsets``: that tile's first row and column; ``tile_count``: the output's tiles
+  (the persistent kernels' loop bound). The fused GEMMs' prologue.
 - ``keep_scale``: the LoRA-dropout keep factor of a tile of ``x`` (``kernels/dropout.py``).
-- ``rank_tile``: the shrink's and grad-shrink's tile, ``a @ b`` over all R_act columns plus its gate.
+- ``rank_tile``: the shrink's and grad-shrink's tile, ``a @ b`` over all R_act columns;
+  ``expanded_gate``: its gate ``G_E``; ``store_rank_tile``: its masked store.
 - ``two_stretch_tile``: the pointer kernels' fused tile, ``a1 @ b1 + a2 @ b2`` on one accumulator.
 - ``dot_loop``: one stretch of a reduction, ``acc += a_tile @ b_tile`` over ``length`` steps,
   masked at the ragged end. The pointer kernels of the fused GEMMs call it once per stretch (base
@@ -18,7 +21,10 @@ fused forward's ``BLOCK_N`` runs over D_out, the fused dx's over D_in.
 - ``descriptor_tile``: the descriptor kernels' fused tile, base and adapter steps in ONE loop (the
   "tma" and "tma_persistent" kernels); ``ws_descriptor_tile``: the warp-specialized loop and its
   single adapter step; ``add_bias``: the forward's bias row; ``store_tile``: the TMA-store
-  epilogue, whole or split in two column halves.
+  epilogue, whole or split in two column halves; ``store_masked``: the pointer-store epilogue.
+
+Callers pass the optional and the flag arguments by keyword (``P_DROP=P_DROP``,
+``B_KMAJOR=True``): Triton binds ``@triton.jit`` callees' keywords as Python does.
 
 Triton inlines ``@triton.jit`` callees before its software pipeliner and its warp-specialization
 pass run, so a loop here is pipelined (cp.async or TMA stages feeding wgmma on sm_90) exactly as
@@ -46,6 +52,20 @@ def grouped_tile(pid, rows, cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     pid_m = first_m + ((pid % per_group) % group_size)
     pid_n = (pid % per_group) // group_size
     return pid_m, pid_n
+
+
+@triton.jit
+def grouped_offsets(tile, rows, cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    GROUP_M: tl.constexpr):
+    """``(off_m, off_n)``: the first row and column of output tile ``tile`` (``grouped_tile``)."""
+    pid_m, pid_n = grouped_tile(tile, rows, cols, BLOCK_M, BLOCK_N, GROUP_M)
+    return pid_m * BLOCK_M, pid_n * BLOCK_N
+
+
+@triton.jit
+def tile_count(rows, cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Output tiles of a ``rows x cols`` output: the persistent kernels' tile-loop bound."""
+    return tl.cdiv(rows, BLOCK_M) * tl.cdiv(cols, BLOCK_N)
 
 
 @triton.jit
@@ -145,25 +165,29 @@ def two_stretch_tile(pid_m, pid_n, rows_total, cols_total, K1, K2,
 
 
 @triton.jit
-def rank_tile(pid, N, R_act, K, a_ptr, b_ptr, stride_a_n, stride_a_k, stride_b_k, stride_b_r,
-              col_adapter_ptr, col_scale_ptr, gates_ptr, stride_gates_n, stride_gates_k,
-              drop_seed, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, P_DROP: tl.constexpr):
-    """The rank-side kernels' tile (shrink: ``x @ lora_A^T``; grad-shrink: ``dy @ lora_B``):
-    ``acc = a[rows] @ b[:, cols]`` over ``K`` for BLOCK_M rows and BLOCK_R of the R_act adapter
-    columns, and the tile's expanded gate ``G_E[n, j] = gates[n, col_adapter[j]] * col_scale[j]``.
-
-    The R_act blocks of one row block are neighbouring programs, so when R_act > BLOCK_R the
-    second read of the same ``a`` rows comes from L2, not HBM. Rows and columns past the edge wrap
-    back into range (only the K edge needs a load mask; the returned ``mask`` is for the stores),
-    with int64 offsets. ``P_DROP > 0``: ``a`` is ``x`` and gets the call's dropout mask
-    (``dot_loop``). Returns ``(acc, g_e, scale, rows, cols, out_m, out_r, mask)``.
-    """
+def rank_offsets(pid, R_act, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr):
+    """``(offs_m, offs_r)``: the rows and the adapter columns of the rank-side tile of program
+    ``pid``. The R_act blocks of one row block are neighbouring programs, so when R_act > BLOCK_R
+    the second read of the same ``a`` rows comes from L2, not HBM."""
     num_r = (R_act + BLOCK_R - 1) // BLOCK_R
-    pid_m = pid // num_r
-    pid_r = pid % num_r
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    return ((pid // num_r) * BLOCK_M + tl.arange(0, BLOCK_M),
+            (pid % num_r) * BLOCK_R + tl.arange(0, BLOCK_R))
+
+
+@triton.jit
+def rank_tile(pid, N, R_act, K, a_ptr, b_ptr, stride_a_n, stride_a_k, stride_b_k, stride_b_r,
+              DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+              BLOCK_R: tl.constexpr, drop_seed=0, P_DROP: tl.constexpr = 0.0):
+    """The rank-side kernels' tile (shrink: ``x @ lora_A^T``; grad-shrink: ``dy @ lora_B``):
+    ``acc = a[rows] @ b[:, cols]`` over ``K`` for the BLOCK_M rows and BLOCK_R of the R_act
+    adapter columns of program ``pid`` (``rank_offsets``).
+
+    Rows and columns past the edge wrap back into range (only the K edge needs a load mask;
+    ``store_rank_tile`` masks the stores), with int64 offsets. ``P_DROP > 0``: ``a`` is ``x`` and
+    gets the call's dropout mask from ``drop_seed`` (``dot_loop``). Returns ``(acc, rows, cols)``,
+    the wrapped row and column indices for the epilogue's loads (``expanded_gate``, ``S``).
+    """
+    offs_m, offs_r = rank_offsets(pid, R_act, BLOCK_M, BLOCK_R)
     offs_k = tl.arange(0, BLOCK_K)
     rows = (offs_m % N).to(tl.int64)
     cols = (offs_r % R_act).to(tl.int64)
@@ -171,13 +195,31 @@ def rank_tile(pid, N, R_act, K, a_ptr, b_ptr, stride_a_n, stride_a_k, stride_b_k
     b_ptrs = b_ptr + offs_k[:, None] * stride_b_k + cols[None, :] * stride_b_r
     acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     acc = dot_loop(acc, a_ptrs, b_ptrs, K, stride_a_k, stride_b_k, BLOCK_K, DOT_PRECISION,
-                   drop_seed, rows[:, None], offs_k[None, :], 1, False, P_DROP)
+                   drop_seed=drop_seed, drop_n=rows[:, None], drop_d=offs_k[None, :],
+                   P_DROP=P_DROP)
+    return acc, rows, cols
+
+
+@triton.jit
+def expanded_gate(rows, cols, col_adapter_ptr, col_scale_ptr, gates_ptr, stride_gates_n,
+                  stride_gates_k):
+    """``(g_e, scale)`` of a rank-side tile: the expanded gate ``G_E[n, j] = gates[n,
+    col_adapter[j]] * col_scale[j]`` (fp32, ``(rows, cols)``) and the ``(cols,)`` scalings."""
     adapter = tl.load(col_adapter_ptr + cols).to(tl.int64)
     scale = tl.load(col_scale_ptr + cols).to(tl.float32)
     gate = tl.load(gates_ptr + rows[:, None] * stride_gates_n + adapter[None, :] * stride_gates_k)
-    g_e = gate.to(tl.float32) * scale[None, :]
+    return gate.to(tl.float32) * scale[None, :], scale
+
+
+@triton.jit
+def store_rank_tile(ptr, value, pid, N, R_act, stride_n, stride_r, BLOCK_M: tl.constexpr,
+                    BLOCK_R: tl.constexpr):
+    """Store ``value`` (program ``pid``'s rank-side tile) into the ``(N, R_act)`` output at
+    ``ptr``, in its dtype, masked at the edges."""
+    offs_m, offs_r = rank_offsets(pid, R_act, BLOCK_M, BLOCK_R)
     mask = (offs_m < N)[:, None] & (offs_r < R_act)[None, :]
-    return acc, g_e, scale, rows, cols, offs_m.to(tl.int64), offs_r.to(tl.int64), mask
+    tl.store(ptr + offs_m.to(tl.int64)[:, None] * stride_n + offs_r.to(tl.int64)[None, :] * stride_r,
+             value.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -264,3 +306,12 @@ def store_tile(out_desc, acc, off_m, off_n, BLOCK_M: tl.constexpr, BLOCK_N: tl.c
         out_desc.store([off_m, off_n + BLOCK_N // 2], right.to(out_desc.dtype))
     else:
         out_desc.store([off_m, off_n], acc.to(out_desc.dtype))
+
+
+@triton.jit
+def store_masked(ptr, acc, offs_m, offs_n, rows, cols, stride_m, stride_n):
+    """The pointer-store epilogue: ``acc`` at ``(offs_m, offs_n)`` of the ``rows x cols`` output
+    at ``ptr`` (int64 offsets), in its dtype, masked at the edges."""
+    mask = (offs_m < rows)[:, None] & (offs_n < cols)[None, :]
+    tl.store(ptr + offs_m.to(tl.int64)[:, None] * stride_m + offs_n.to(tl.int64)[None, :] * stride_n,
+             acc.to(ptr.dtype.element_ty), mask=mask)

@@ -519,6 +519,21 @@ def check_launch(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def check_2d(name, t, rows=None, cols=None) -> None:
+    """``ValueError`` naming ``name`` unless ``t`` is 2-D with ``rows`` rows and ``cols`` columns
+    (either None: any)."""
+    if t.dim() != 2 or (rows is not None and t.shape[0] != rows) or (cols is not None and t.shape[1] != cols):
+        want = f"({'?' if rows is None else rows}, {'?' if cols is None else cols})"
+        raise ValueError(f"{name}: expected shape {want}, got {tuple(t.shape)}")
+
+
+def check_same_dtype(**tensors) -> None:
+    """``TypeError`` naming every operand's dtype unless they share one."""
+    dtypes = {name: t.dtype for name, t in tensors.items()}
+    if len(set(dtypes.values())) != 1:
+        raise TypeError(f"matmul operands must share one dtype, got {dtypes}")
+
+
 def check_out(out, name, shape, dtype, device):
     """A caller-supplied output buffer must match exactly what the launcher would allocate."""
     import torch

@@ -89,10 +89,11 @@ def _tn_tile(
     a_ptr, b_ptr, out_ptr, pid_m, pid_p, pid_s,
     N, M, P, chunk,
     stride_a_n, stride_a_m, stride_b_n, stride_b_p, stride_out_s, stride_out_m, stride_out_p,
-    gates_ptr, col_adapter_ptr, col_scale_ptr, stride_gates_n, stride_gates_k, use_gate,
-    drop_seed, drop_on,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, GATED: tl.constexpr, P_DROP: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    gates_ptr=0, col_adapter_ptr=0, col_scale_ptr=0, stride_gates_n=0, stride_gates_k=0,
+    use_gate=False, GATED: tl.constexpr = False,
+    drop_seed=0, drop_on=0, P_DROP: tl.constexpr = 0.0,
 ):
     """One (BLOCK_M, BLOCK_N) tile of ``a^T @ b`` over rows [pid_s * chunk, +chunk) of N, stored
     at ``out_ptr + pid_s * stride_out_s`` (the split's partial, or the output itself). With
@@ -121,8 +122,10 @@ def _tn_tile(
         g_ptrs, g_scale = 0, 1.0
     # a's tile holds x[n, d] at (d = rows_m, n = n_start + k): the mask walks along n.
     acc = dot_loop(acc, a_ptrs, b_ptrs, n_len, stride_a_n, stride_b_n, BLOCK_K, DOT_PRECISION,
-                   drop_seed, (n_start + offs_k)[None, :], rows_m[:, None], drop_on,
-                   True, P_DROP, g_ptrs, g_scale, use_gate, stride_gates_n, GATED)
+                   drop_seed=drop_seed, drop_n=(n_start + offs_k)[None, :],
+                   drop_d=rows_m[:, None], drop_on=drop_on, DROP_ALONG_N=True, P_DROP=P_DROP,
+                   g_ptrs=g_ptrs, g_scale=g_scale, use_gate=use_gate, step_g=stride_gates_n,
+                   GATE_B=GATED)
 
     out_ptrs = (out_ptr + pid_s.to(tl.int64) * stride_out_s
                 + offs_m.to(tl.int64)[:, None] * stride_out_m
@@ -147,8 +150,7 @@ def _matmul_tn_kernel(
     pid_m, pid_p = grouped_tile(tl.program_id(0), M, P, BLOCK_M, BLOCK_N, GROUP_M)
     _tn_tile(a_ptr, b_ptr, out_ptr, pid_m, pid_p, tl.program_id(1), N, M, P, chunk,
              stride_a_n, stride_a_m, stride_b_n, stride_b_p, stride_out_s, stride_out_m,
-             stride_out_p, b_ptr, b_ptr, b_ptr, 0, 0, False, 0, 0, DOT_PRECISION, BLOCK_M,
-             BLOCK_N, BLOCK_K, False, 0.0)
+             stride_out_p, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 @triton.jit
@@ -192,9 +194,11 @@ def _lora_weight_grads_kernel(
         stride_out_s, stride_out_m, stride_out_p = stride_dB_s, stride_dB_o, stride_dB_r
     _tn_tile(a_ptr, b_ptr, out_ptr, local // tiles_p, local % tiles_p, tl.program_id(1),
              N, M, R, chunk, stride_a_n, stride_a_m, stride_b_n, stride_b_p,
-             stride_out_s, stride_out_m, stride_out_p, gates_ptr, col_adapter_ptr, col_scale_ptr,
-             stride_gates_n, stride_gates_k, pid >= tiles_dA, drop_seed, pid < tiles_dA,
-             DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, GATED, P_DROP)
+             stride_out_s, stride_out_m, stride_out_p, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+             gates_ptr=gates_ptr, col_adapter_ptr=col_adapter_ptr, col_scale_ptr=col_scale_ptr,
+             stride_gates_n=stride_gates_n, stride_gates_k=stride_gates_k,
+             use_gate=pid >= tiles_dA, GATED=GATED,
+             drop_seed=drop_seed, drop_on=pid < tiles_dA, P_DROP=P_DROP)
 
 
 @triton.jit

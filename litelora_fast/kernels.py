@@ -16,6 +16,7 @@ configs are tuned).
 One file per fused product (docs/kernels.md): ``shrink_xa`` (S, SG), ``fused_xw_sgb`` (y),
 ``shrink_dyb`` (dS, P), ``fused_dyw_dsa`` (dx), ``weight_grad`` (dA, dB, dW), ``dropout``
 (masked dx term, the mask); ``tiles`` (device helpers), ``tuning`` (launch helpers),
+``fused_launch`` (the fused GEMMs' variant records and launch),
 ``compile_spec`` and ``compile_report`` (the offline sm_90 check).
 
 ``LAUNCH_COUNTS`` counts kernel launches by kernel name (and ``"<kernel>/<variant>"`` for the
@@ -57,7 +58,7 @@ _EXPORTS = {
     "dropout_mask": "dropout",
     "chosen_configs": "tuning",
     "STATUS": "tuning",
-    "ws_fits": "fused_xw_sgb",
+    "ws_fits": "fused_launch",
     "config_lists": "compile_report",
 }
 
