@@ -22,7 +22,7 @@ COMMANDS = {
     "analyze": ("litelora_fast.litelora.demo:analyze_main",
                 "adapter redundancy of a saved checkpoint: subspace similarity matrix + heat map"),
     "validate": ("litelora_fast.tools.validate", "fused-or-fast path vs the reference on random shapes"),
-    "roofline": ("litelora_fast.tools.roofline", "FLOPs, bytes and predicted H200 times of each benchmark case"),
+    "roofline": ("litelora_fast.tools.roofline", "FLOPs, bytes and predicted times (H200 or H100 ceilings) of each benchmark case"),
     "report": ("litelora_fast.tools.report", "pytest-benchmark JSON -> markdown table and speedup plot"),
     "tune": ("litelora_fast.tools.tune", "pre-tune the kernels-vs-cuBLAS choice for a model's shapes (CUDA)"),
     "inspect": ("litelora_fast.kernels.compile_report",

@@ -15,7 +15,8 @@ import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 BENCH = os.path.join(ROOT, "benchmarks")
-sys.path.insert(0, BENCH)
+GPU = os.path.join(BENCH, "gpu")   # the GPU check's helper modules
+sys.path.insert(0, GPU)
 
 import gpu_estimate  # noqa: E402
 import gpu_plan  # noqa: E402
@@ -252,7 +253,7 @@ def test_block_step_runs_on_the_cpu_at_a_tiny_size(tmp_path):
     pytest.importorskip("peft")
     pytest.importorskip("transformers")
     path = tmp_path / "block.json"
-    out = subprocess.run([sys.executable, os.path.join(BENCH, "gpu_block.py"), "--tiny", "--json",
+    out = subprocess.run([sys.executable, os.path.join(GPU, "gpu_block.py"), "--tiny", "--json",
                           str(path)], capture_output=True, text=True, cwd=ROOT, timeout=900,
                          env={**os.environ, "TRITON_INTERPRET": "0", "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stdout + out.stderr
