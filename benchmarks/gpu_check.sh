@@ -134,7 +134,7 @@ step() {   # step NAME LOG COMMAND...: run under min(its limit, time left), log,
 {
     echo "package: $PKG_FILE"
     echo "kernels: $KERNELS_FILE"
-    echo "call: $RUN"
+    echo "call: $RUN (rerun marker: $MARKER)"
     for name in $STEPS total; do
         echo "limit $name: $(limit_of "$name") s"
     done

@@ -52,8 +52,8 @@ VARIABLES = {
     SWEEP_DEADLINE: ("a Unix time in seconds", "none",
                      "GPU check: sweep rows that would end after it are skipped"),
     GPU_CHECK_WARM: ("a switch", "off",
-                     "GPU check: Triton's cache already holds this commit's compiles (a rerun "
-                     "on the same machine), so the steps budget without compile times"),
+                     "GPU check: the rerun on a machine whose Triton cache holds what the first "
+                     "call compiled (warm limits and budgets)"),
 }
 
 

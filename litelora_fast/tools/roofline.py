@@ -419,7 +419,15 @@ def main(argv=None) -> int:
         peak, note = ceilings_for(measured_gpu(ns.measured))
     else:
         peak = device_ceilings()
+    before = active()
     use(peak)
+    try:
+        return _print(ns, peak, note)
+    finally:   # the model's other callers in this process keep their ceilings
+        use(before)
+
+
+def _print(ns, peak: Ceilings, note: str) -> int:
     measured = None
     if ns.measured:
         measured = load_measured(ns.measured)
