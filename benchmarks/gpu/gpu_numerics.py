@@ -138,7 +138,8 @@ def main(argv=None) -> int:
     json_path = argv[argv.index("--json") + 1] if "--json" in argv else None
     if "--list" in argv:
         for item in plan:
-            print(f"[tier {gpu_plan.item_tier(item):g}] " + getattr(item, "label", f"check: {item}"))
+            label = getattr(item, "label", f"check: {item}")
+            print(f"[tier {gpu_plan.item_tier(item):g}] {label}")
         print(f"{n_runs} runs x {gpu_plan.SEEDS_PER_RUN} seeds + "
               f"{len(gpu_plan.CHECK_TIERS)} kernel checks")
         return 0

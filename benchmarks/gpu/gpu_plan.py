@@ -1,6 +1,6 @@
 """What ``benchmarks/gpu_check.sh`` runs, as data: the numerics runs, the steady-state runs, the
-benchmark grid, the sweep and the block step, and each step's time limit (one call runs them all). The GPU
-scripts (``gpu_numerics.py``, ``gpu_steady.py``, ``gpu_sweep.py``, ``gpu_block.py``) run these
+benchmark grid, the sweep and the block step, and each step's time limit (one call runs them
+all). The GPU scripts (``gpu_numerics.py``, ``gpu_steady.py``, ``gpu_sweep.py``, ``gpu_block.py``) run these
 lists and ``gpu_estimate.py`` prices the same lists, so the estimate stays true when the lists
 (or the kernels' config lists) change.
 

@@ -377,7 +377,8 @@ def table(cases: list, measured: Optional[dict] = None) -> str:
                     continue
                 p = cost(c, peer, mode)
                 peak = active()
-                bound = "compute" if p["flops"] / peak.flops >= p["bytes"] / peak.bytes else "memory"
+                compute = p["flops"] / peak.flops >= p["bytes"] / peak.bytes
+                bound = "compute" if compute else "memory"
                 name = f"ours ({p['impl']})" if peer == "ours" else peer
                 row = [c.id, mode, name, f"{p['flops'] / 1e9:.1f}", f"{p['bytes'] / 1e6:.1f}",
                        f"{p['flops'] / max(p['bytes'], 1):.0f}", bound,
