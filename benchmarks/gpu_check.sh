@@ -81,7 +81,8 @@ SUMMARY="$OUT/summary.txt"
 LOG="$OUT/steps.log"
 export LITELORA_CACHE_DIR="$CACHE"   # the op's implementation choices, fresh per run
 # A rerun on the same machine: Triton's on-disk cache holds what a call of these kernels
-# compiled (the marker, keyed by the kernel sources, is written when a call on a GPU ends).
+# compiled (the marker, keyed by the kernel sources, is written when a call on a GPU starts its
+# steps: a first call cut short still makes the next one a rerun, with the rerun's limits).
 KERNELS_KEY=$(cat kernels/*.py | cksum | cut -d' ' -f1)
 MARKER="${TRITON_CACHE_DIR:-$HOME/.triton/cache}/litelora_gpu_check.$KERNELS_KEY"
 if [ -e "$MARKER" ]; then export LITELORA_GPU_CHECK_WARM=1; RUN=rerun; else export LITELORA_GPU_CHECK_WARM=0; RUN=cold; fi
@@ -143,6 +144,9 @@ for f in "$PKG_FILE" "$KERNELS_FILE"; do
     case "$f" in "$PKG"/*) ;; *) echo "gpu_check.sh: $f does not come from the package copy $PKG" | tee -a "$SUMMARY" >&2; exit 3 ;; esac
 done
 echo "CUDA: $HAVE_GPU; setup $((SECONDS - START))s" >>"$SUMMARY"
+if [ "$HAVE_GPU" = 1 ]; then   # the next call on this machine is a rerun
+    mkdir -p "$(dirname "$MARKER")" && touch "$MARKER"
+fi
 
 step_deadline() {   # seconds since the epoch at which step $1 should stop starting work ($2 s early)
     local limit left
@@ -210,7 +214,6 @@ if [ "$HAVE_GPU" = 1 ]; then
     LITELORA_SWEEP_DEADLINE=$(step_deadline sweep "$MARGIN_sweep") \
         step sweep "$LOG" "$PY" "$GPU_DIR/gpu_sweep.py" --json "$OUT/sweep.json"
     in_call sweep && tail -6 "$LOG" >>"$SUMMARY"
-    mkdir -p "$(dirname "$MARKER")" && touch "$MARKER"   # the next call here is a rerun
 else
     echo "== block, sweep: skipped (no CUDA device); checking what they would run:" >>"$SUMMARY"
     "$PY" "$GPU_DIR/gpu_block.py" --list 2>&1 | tail -1 >>"$SUMMARY"

@@ -79,7 +79,7 @@ def test_rerun_on_the_warm_machine_takes_the_warm_limits(tmp_path):
     assert marker.startswith(str(tmp_path / "tc") + os.sep)
     assert not os.path.exists(marker)   # a dry run compiles nothing: no marker
     os.makedirs(os.path.dirname(marker), exist_ok=True)
-    open(marker, "w").close()           # what a call on a GPU leaves at its end
+    open(marker, "w").close()           # what a call on a GPU leaves when its steps start
     warm = _script(env=env)
     assert warm.returncode == 0, warm.stdout + warm.stderr
     assert re.search(r"^call: rerun ", warm.stdout, re.M), warm.stdout
