@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
-# The one script for a lent GPU: two calls at most, each with its own ceiling and at most 8 files
-# in $OUT. Every step has a limit (benchmarks/gpu_plan.py) and none runs past the call's ceiling.
+# The one script for a lent GPU: ONE call runs every step (the machine stays warm only 30 s
+# after a command: a second command would land on a fresh machine with a cold compile cache),
+# within 450 s on a fresh machine, setup included; the same command rerun on the still-warm
+# machine ends within 200 s and goes further down the numerics and the benchmark. At most 8
+# files in $OUT. Every step has its own limit (benchmarks/gpu/gpu_plan.py: LIMITS, WARM_LIMITS)
+# and deadline, none runs past the call's ceiling, and each writes its JSON as it goes, so a
+# killed step still returns what it measured.
 #
-#   bash benchmarks/gpu_check.sh              # first call, <= 300 s cold (setup included):
-#     numerics   every kernel in bf16 against float64 on a GPU shape whose weight gradients
-#                split N (pointer path and each descriptor variant forced, LoRA dropout) and a
-#                non-first launch config of each fused GEMM; LITELORA_AUTOTUNE=0; each step of
-#                both calls skips the items whose estimated cost no longer fits (gpu_numerics.py)
+#   bash benchmarks/gpu_check.sh              # the GPU check, in this order:
+#     numerics   every kernel x variant (pointer, tma, tma_persistent, tma_ws) x dtype (bf16,
+#                fp16, fp32 with TF32, exact fp32) and LoRA dropout once on one shape, before
+#                any second shape; then a non-first launch config of each fused GEMM, the
+#                kernels' 8 bf16 GPU tests of tests/, frozen gates, the other shapes and edge
+#                cases; each output and dx also row by row; LITELORA_AUTOTUNE=0; items whose
+#                estimated cost no longer fits are skipped and listed  (gpu/gpu_numerics.py)
 #     steady     training steps under torch.cuda.set_sync_debug_mode("error") (ours and peer
-#                (b)), and one step captured in a CUDA graph               (gpu_steady.py)
+#                (b)), and one step captured in a CUDA graph              (gpu/gpu_steady.py)
 #     benchmark  the headline grid, most valuable rows first (4096x14336, LoRA dropout): ours vs
 #                (a), (b), (c), PEFT and the hybrid backend, autotuning on; per bucket every
 #                candidate's time, the Triton configs chosen, the base GEMM vs cuBLAS
-#     report     the table and the plot;  roofline: measured beside predicted
-#   bash benchmarks/gpu_check.sh --tune       # second call, <= 240 s:
-#     block      one training step of a Llama-like decoder block, ours vs PEFT (gpu_block.py)
-#     sweep      SWEEP_CONFIGS of the fused GEMMs at the headline shapes vs cuBLAS (gpu_sweep.py)
-#     numerics   the rest of the numerics plan: fp32 and fp16, the kernels' 8 bf16 GPU tests of
-#                tests/, the edge cases (gpu_numerics.py --tune-part)
+#     report     the table and the plot;  roofline: measured beside predicted, at the ceilings
+#                of the GPU it runs on (H100 SXM or H200: litelora_fast.tools.roofline)
+#     block      one training step of a Llama-like decoder block, ours vs PEFT (gpu/gpu_block.py)
+#     sweep      SWEEP_CONFIGS of the fused GEMMs at the headline shapes vs cuBLAS (gpu/gpu_sweep.py)
+#   The rerun (the script finds the marker a call of the same kernels left in Triton's cache)
+#   runs numerics, steady, benchmark, report and roofline again under WARM_LIMITS.
 #   bash benchmarks/gpu_check.sh --estimate   # no GPU: compiles, timed configs, predicted totals
 #
 # It runs with the machine's own python3 and packages (no network, no install): the package is
@@ -28,9 +35,9 @@
 # (the interpreter tests need numpy < 2.4); it imports helpers from there. A failing step is
 # recorded in summary.txt and the next step still runs. Without CUDA (a dry run) the GPU steps
 # are skipped after checking that they import and collect.
-# Files in $OUT, first call: summary.txt numerics.log steady.log bench.log bench_gpu.json (or
-# bench_gpu.jsonl) bench_gpu.md bench_gpu.png roofline.md; --tune: summary.txt block.log
-# block.json sweep.log sweep.json numerics.log.
+# Files in $OUT: summary.txt (the steps, their limits and ends, the report's and the roofline's
+# tables), steps.log (every step's output), numerics.json, bench_gpu.json (or bench_gpu.jsonl),
+# bench_gpu.md, bench_gpu.png, block.json, sweep.json.
 set -u
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
@@ -43,10 +50,10 @@ unset TRITON_INTERPRET
 MODE=check
 case "${1:-}" in
     "") ;;
-    --tune) MODE=tune ;;
     --estimate) MODE=estimate ;;
-    *) echo "usage: bash benchmarks/gpu_check.sh [--tune | --estimate]" >&2; exit 2 ;;
+    *) echo "usage: bash benchmarks/gpu_check.sh [--estimate]" >&2; exit 2 ;;
 esac
+GPU_DIR=benchmarks/gpu   # the check's helper modules
 START=$SECONDS
 
 # The package as it installs, without pip or network, in a folder of this run's own.
@@ -63,7 +70,7 @@ export PYTHONPATH="$PKG${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONSAFEPATH=1
 
 if [ "$MODE" = estimate ]; then
-    "$PY" benchmarks/gpu_estimate.py
+    "$PY" "$GPU_DIR/gpu_estimate.py"
     exit $?
 fi
 
@@ -71,31 +78,44 @@ OUT="${OUT:-./out}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 SUMMARY="$OUT/summary.txt"
+LOG="$OUT/steps.log"
 export LITELORA_CACHE_DIR="$CACHE"   # the op's implementation choices, fresh per run
+# A rerun on the same machine: Triton's on-disk cache holds what a call of these kernels
+# compiled (the marker, keyed by the kernel sources, is written when a call on a GPU starts its
+# steps: a first call cut short still makes the next one a rerun, with the rerun's limits).
+KERNELS_KEY=$(cat kernels/*.py | cksum | cut -d' ' -f1)
+MARKER="${TRITON_CACHE_DIR:-$HOME/.triton/cache}/litelora_gpu_check.$KERNELS_KEY"
+if [ -e "$MARKER" ]; then export LITELORA_GPU_CHECK_WARM=1; RUN=rerun; else export LITELORA_GPU_CHECK_WARM=0; RUN=cold; fi
 {
-    echo "gpu_check.sh $MODE $(date -u +%Y-%m-%dT%H:%M:%SZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+    echo "gpu_check.sh $RUN $(date -u +%Y-%m-%dT%H:%M:%SZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv 2>&1 | head -3
 } >"$SUMMARY"
 
 # One probe (gpu_setup.py), run as every step runs: versions into the summary; the plan's limits
 # (read with the copy on the path; the script stops if they cannot be), where the package comes
 # from and whether CUDA is there, for the eval.
-if ! SETUP_SH=$("$PY" benchmarks/gpu_setup.py "$MODE" "$SUMMARY" 2>"$CACHE/setup.err"); then
-    echo "gpu_check.sh: cannot read the step limits from benchmarks/gpu_plan.py (or import the package copy):" | tee -a "$SUMMARY" >&2
+if ! SETUP_SH=$("$PY" "$GPU_DIR/gpu_setup.py" "$SUMMARY" 2>"$CACHE/setup.err"); then
+    echo "gpu_check.sh: cannot read the step limits from benchmarks/gpu/gpu_plan.py (or import the package copy):" | tee -a "$SUMMARY" >&2
     tail -20 "$CACHE/setup.err" | tee -a "$SUMMARY" >&2
     exit 3
 fi
 eval "$SETUP_SH"
 TOTAL_LIMIT=$LIMIT_total
-limit_of() {   # the step's limit; a missing one is a bug in gpu_plan.py, never a default
+limit_of() {   # the step's limit; a missing one is a bug in gpu/gpu_plan.py, never a default
     local v="LIMIT_$1"
-    if [ -z "${!v:-}" ]; then echo "gpu_check.sh: no limit for step $1 in gpu_plan.py" >&2; exit 3; fi
+    if [ -z "${!v:-}" ]; then echo "gpu_check.sh: no limit for step $1 in gpu/gpu_plan.py" >&2; exit 3; fi
     echo "${!v}"
 }
+
+in_call() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 step() {   # step NAME LOG COMMAND...: run under min(its limit, time left), log, never abort
     local name=$1 log=$2; shift 2
     local limit left t0=$SECONDS rc
+    if ! in_call "$name"; then
+        echo "== $name: not in the rerun (the cold call ran it)" >>"$SUMMARY"
+        return 0
+    fi
     limit=$(limit_of "$name") || exit 3
     left=$(( TOTAL_LIMIT - 5 - (SECONDS - START) ))
     [ "$left" -lt "$limit" ] && limit=$left
@@ -104,6 +124,7 @@ step() {   # step NAME LOG COMMAND...: run under min(its limit, time left), log,
         return 124
     fi
     echo "== $name (limit ${limit}s): $*" >>"$SUMMARY"
+    echo "== $name (limit ${limit}s)" >>"$LOG"
     timeout -k 5 "$limit" "$@" >>"$log" 2>&1
     rc=$?
     echo "== $name: rc=$rc in $((SECONDS - t0))s" >>"$SUMMARY"
@@ -114,7 +135,8 @@ step() {   # step NAME LOG COMMAND...: run under min(its limit, time left), log,
 {
     echo "package: $PKG_FILE"
     echo "kernels: $KERNELS_FILE"
-    for name in $(echo "$SETUP_SH" | sed -n 's/^LIMIT_\([a-z_]*\)=.*/\1/p'); do
+    echo "call: $RUN (rerun marker: $MARKER)"
+    for name in $STEPS total; do
         echo "limit $name: $(limit_of "$name") s"
     done
 } | tee -a "$SUMMARY"
@@ -122,47 +144,30 @@ for f in "$PKG_FILE" "$KERNELS_FILE"; do
     case "$f" in "$PKG"/*) ;; *) echo "gpu_check.sh: $f does not come from the package copy $PKG" | tee -a "$SUMMARY" >&2; exit 3 ;; esac
 done
 echo "CUDA: $HAVE_GPU; setup $((SECONDS - START))s" >>"$SUMMARY"
+if [ "$HAVE_GPU" = 1 ]; then   # the next call on this machine is a rerun
+    mkdir -p "$(dirname "$MARKER")" && touch "$MARKER"
+fi
 
 step_deadline() {   # seconds since the epoch at which step $1 should stop starting work ($2 s early)
     local limit left
+    in_call "$1" || { echo 0; return; }
     limit=$(limit_of "$1") || exit 3
     left=$(( TOTAL_LIMIT - 5 - (SECONDS - START) ))
     [ "$left" -lt "$limit" ] && limit=$left
     echo $(( $(date +%s) + limit - $2 ))
 }
 
-if [ "$MODE" = tune ]; then
-    if [ "$HAVE_GPU" = 1 ]; then
-        step block "$OUT/block.log" "$PY" benchmarks/gpu_block.py --json "$OUT/block.json"
-        tail -2 "$OUT/block.log" >>"$SUMMARY"
-        LITELORA_SWEEP_DEADLINE=$(step_deadline sweep 5) \
-            step sweep "$OUT/sweep.log" "$PY" benchmarks/gpu_sweep.py --json "$OUT/sweep.json"
-        tail -6 "$OUT/sweep.log" >>"$SUMMARY"
-        LITELORA_NUMERICS_END=$(step_deadline numerics 5) LITELORA_AUTOTUNE=0 \
-            step numerics "$OUT/numerics.log" "$PY" benchmarks/gpu_numerics.py --tune-part
-        tail -3 "$OUT/numerics.log" >>"$SUMMARY"
-    else
-        echo "== block, sweep, numerics: skipped (no CUDA device); checking what they would run:" >>"$SUMMARY"
-        "$PY" benchmarks/gpu_block.py --list 2>&1 | tail -1 >>"$SUMMARY"
-        "$PY" benchmarks/gpu_sweep.py --list 2>&1 | tail -1 >>"$SUMMARY"
-        "$PY" benchmarks/gpu_numerics.py --list 2>&1 | tail -1 >>"$SUMMARY"
-    fi
-    echo "== total: $((SECONDS - START))s of ${TOTAL_LIMIT}s; files in $OUT: $(ls "$OUT" | wc -l)" >>"$SUMMARY"
-    grep -E '^== ' "$SUMMARY"
-    exit 0
-fi
-
 if [ "$HAVE_GPU" = 1 ]; then
-    LITELORA_NUMERICS_END=$(step_deadline numerics 3) LITELORA_AUTOTUNE=0 step numerics "$OUT/numerics.log" "$PY" benchmarks/gpu_numerics.py
-    tail -3 "$OUT/numerics.log" >>"$SUMMARY"
-    LITELORA_AUTOTUNE=0 step steady "$OUT/steady.log" "$PY" benchmarks/gpu_steady.py
-    tail -9 "$OUT/steady.log" >>"$SUMMARY"
+    LITELORA_NUMERICS_END=$(step_deadline numerics "$MARGIN_numerics") LITELORA_AUTOTUNE=0 \
+        step numerics "$LOG" "$PY" "$GPU_DIR/gpu_numerics.py" --json "$OUT/numerics.json"
+    tail -3 "$LOG" >>"$SUMMARY"
+    LITELORA_AUTOTUNE=0 step steady "$LOG" "$PY" "$GPU_DIR/gpu_steady.py"
+    tail -9 "$LOG" >>"$SUMMARY"
 else
     echo "== numerics, steady: skipped (no CUDA device); checking that they import:" >>"$SUMMARY"
-    "$PY" benchmarks/gpu_numerics.py --list 2>&1 | tail -1 >>"$SUMMARY"
-    "$PY" benchmarks/gpu_steady.py --list >>"$SUMMARY" 2>&1
+    "$PY" "$GPU_DIR/gpu_numerics.py" --list 2>&1 | tail -1 >>"$SUMMARY"
+    "$PY" "$GPU_DIR/gpu_steady.py" --list >>"$SUMMARY" 2>&1
 fi
-
 # The benchmark skips the cases whose estimated cost would run past BENCH_MARGIN s before its
 # limit (LITELORA_BENCH_DEADLINE), so pytest still writes its JSON; the JSON lines are written as
 # it goes, in case it is killed.
@@ -172,10 +177,10 @@ rm -f "$BENCH"
 export LITELORA_BENCH_DEADLINE=$(step_deadline benchmark "$BENCH_MARGIN")
 export LITELORA_BENCH_JSONL="$JSONL"
 if [ "$HAVE_GPU" = 1 ]; then
-    step benchmark "$OUT/bench.log" "$PY" -m pytest benchmarks/test_gated_lora.py -k test_gpu \
+    step benchmark "$LOG" "$PY" -m pytest benchmarks/test_gated_lora.py -k test_gpu \
         --grid headline -q -p no:cacheprovider --benchmark-json "$BENCH" \
         --benchmark-columns=median,rounds
-    tail -3 "$OUT/bench.log" >>"$SUMMARY"
+    tail -3 "$LOG" >>"$SUMMARY"
 else
     echo "== benchmark: skipped (no CUDA device); collecting the headline grid:" >>"$SUMMARY"
     "$PY" -m pytest benchmarks/test_gated_lora.py -k test_gpu --grid headline -q \
@@ -189,18 +194,32 @@ if ! has_entries "$BENCH" && has_entries "$JSONL"; then
     rm -f "$BENCH"   # unreadable or empty: the JSON lines stand in for it (still <= 8 files)
     cp "$JSONL" "$OUT/bench_gpu.jsonl" && BENCH="$OUT/bench_gpu.jsonl"
 fi
+# the roofline's table goes into summary.txt (at most 8 files in $OUT)
 if has_entries "$BENCH"; then
     step report "$SUMMARY" "$PY" -m litelora_fast report "$BENCH" --out "$OUT" --name bench_gpu
-    step roofline "$OUT/roofline.md" "$PY" -m litelora_fast roofline --measured "$BENCH"
+    step roofline "$SUMMARY" "$PY" -m litelora_fast roofline --measured "$BENCH"
 elif [ "$HAVE_GPU" = 1 ]; then
     echo "== report: skipped, the benchmark wrote no results (no GPU case ran)" >>"$SUMMARY"
-    step roofline "$OUT/roofline.md" "$PY" -m litelora_fast roofline --grid headline
+    step roofline "$SUMMARY" "$PY" -m litelora_fast roofline --grid headline
 else   # a dry run: the predictions alone, with no time limit (a loaded CPU machine is slow)
     echo "== report: skipped, the benchmark wrote no results (no GPU case ran)" >>"$SUMMARY"
-    "$PY" -m litelora_fast roofline --grid headline >"$OUT/roofline.md" 2>&1
+    "$PY" -m litelora_fast roofline --grid headline >>"$SUMMARY" 2>&1
     echo "== roofline (dry run, no limit): rc=$?" >>"$SUMMARY"
 fi
-echo "== total: $((SECONDS - START))s of ${TOTAL_LIMIT}s; files in $OUT: $(ls "$OUT" | wc -l)" >>"$SUMMARY"
+
+if [ "$HAVE_GPU" = 1 ]; then
+    step block "$LOG" "$PY" "$GPU_DIR/gpu_block.py" --json "$OUT/block.json" \
+        --deadline "$(step_deadline block "$MARGIN_block")"
+    in_call block && tail -2 "$LOG" >>"$SUMMARY"
+    LITELORA_SWEEP_DEADLINE=$(step_deadline sweep "$MARGIN_sweep") \
+        step sweep "$LOG" "$PY" "$GPU_DIR/gpu_sweep.py" --json "$OUT/sweep.json"
+    in_call sweep && tail -6 "$LOG" >>"$SUMMARY"
+else
+    echo "== block, sweep: skipped (no CUDA device); checking what they would run:" >>"$SUMMARY"
+    "$PY" "$GPU_DIR/gpu_block.py" --list 2>&1 | tail -1 >>"$SUMMARY"
+    "$PY" "$GPU_DIR/gpu_sweep.py" --list 2>&1 | tail -1 >>"$SUMMARY"
+fi
+echo "== total: $((SECONDS - START))s of ${TOTAL_LIMIT}s ($RUN); files in $OUT: $(ls "$OUT" | wc -l)" >>"$SUMMARY"
 # The last lines of the reply: where each step ended (the package's files and the limits were
 # printed first).
 grep -E '^== ' "$SUMMARY"

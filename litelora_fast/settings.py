@@ -30,6 +30,7 @@ BENCH_DEADLINE = "LITELORA_BENCH_DEADLINE"
 BENCH_JSONL = "LITELORA_BENCH_JSONL"
 NUMERICS_END = "LITELORA_NUMERICS_END"
 SWEEP_DEADLINE = "LITELORA_SWEEP_DEADLINE"
+GPU_CHECK_WARM = "LITELORA_GPU_CHECK_WARM"
 
 # name -> (allowed values, default, meaning): the table of docs/settings.md (a test checks that
 # the page lists every name here and that no module outside this one reads os.environ).
@@ -49,7 +50,10 @@ VARIABLES = {
     NUMERICS_END: ("a Unix time in seconds", "none",
                    "GPU check: numerics runs that would end after it are skipped and listed"),
     SWEEP_DEADLINE: ("a Unix time in seconds", "none",
-                     "GPU check --tune: sweep rows that would end after it are skipped"),
+                     "GPU check: sweep rows that would end after it are skipped"),
+    GPU_CHECK_WARM: ("a switch", "off",
+                     "GPU check: the rerun on a machine whose Triton cache holds what the first "
+                     "call compiled (warm limits and budgets)"),
 }
 
 
@@ -146,6 +150,11 @@ def numerics_end() -> Optional[float]:
 def sweep_deadline() -> Optional[float]:
     """``LITELORA_SWEEP_DEADLINE``: the GPU check's config sweep ends by this Unix time."""
     return _unix_time(SWEEP_DEADLINE)
+
+
+def gpu_check_warm() -> bool:
+    """``LITELORA_GPU_CHECK_WARM``: the GPU check reruns on a machine whose Triton cache is warm."""
+    return switch(GPU_CHECK_WARM, False)
 
 
 def bench_jsonl() -> Optional[str]:

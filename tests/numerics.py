@@ -57,6 +57,20 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor, scale: Optional[torch.Tensor] 
     return (out - ref).norm().item() / (denom if denom > 0 else 1.0)
 
 
+def worst_row_rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """The largest ``||out_r - ref_r|| / ||ref_r||`` over the rows ``r`` (every index but the
+    last dimension's), in float64: one wrong row of N moves the whole-tensor error by only about
+    1/sqrt(N). A row whose reference is 0 is measured against the mean row norm (1 if all are
+    0)."""
+    out, ref = out.detach().double(), ref.detach().double()
+    if ref.dim() < 2 or ref.numel() == 0:
+        return rel_err(out, ref)
+    diff = (out - ref).reshape(-1, ref.shape[-1]).norm(dim=1)
+    norms = ref.reshape(-1, ref.shape[-1]).norm(dim=1)
+    floor = norms.mean().item() or 1.0
+    return (diff / torch.where(norms > 0, norms, torch.full_like(norms, floor))).max().item()
+
+
 def assert_rel(name: str, out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype,
                scale: Optional[torch.Tensor] = None, tol: Optional[float] = None) -> float:
     """Assert ``out`` matches the float64 ``ref`` within ``TOL[dtype]`` (or ``tol``); returns

@@ -2,7 +2,7 @@
 and backward make no host sync (counted on the CPU by patching every Python-level way a tensor
 reaches the host), ``repeat_interleave`` gets its ``output_size``, and it computes the layer's
 function (float64 reference), with LoRA dropout on the mask it drew. The GPU's own word on syncs
-is ``benchmarks/gpu_steady.py`` (peer (b) under ``torch.cuda.set_sync_debug_mode("error")``).
+is ``benchmarks/gpu/gpu_steady.py`` (peer (b) under ``torch.cuda.set_sync_debug_mode("error")``).
 """
 import contextlib
 import os
@@ -12,6 +12,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks",
+                                "gpu"))
 
 import harness  # noqa: E402
 import peers  # noqa: E402
@@ -153,7 +155,7 @@ def test_tuning_record_reads_the_op_and_the_kernels(monkeypatch):
 
 
 def test_sweep_lists_every_sweep_config_of_the_fused_gemms():
-    # the --tune sweep launches SWEEP_CONFIGS entries with config=; its plan takes them in value
+    # the sweep launches SWEEP_CONFIGS entries with config=; its plan takes them in value
     # order under gpu_plan's bound
     import gpu_plan
     import gpu_sweep

@@ -268,3 +268,33 @@ def test_cli_prints_predictions_and_measured(tmp_path, capsys):
 def test_cli_names_a_missing_measured_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         roofline.main(["--measured", str(tmp_path / "missing.json")])
+
+
+def test_the_ceilings_are_the_gpu_s_own():
+    h100, note = roofline.ceilings_for("NVIDIA H100 80GB HBM3")
+    assert h100 is roofline.CEILINGS["H100 SXM"] and note == ""
+    assert roofline.ceilings_for("NVIDIA H200")[0] is roofline.CEILINGS["H200"]
+    other, note = roofline.ceilings_for("NVIDIA A100-SXM4-80GB")
+    assert other is roofline.CEILINGS["H200"] and "no measured ceilings" in note
+    # a memory-bound step takes longer at the H100's 3.0 TB/s than at the H200's 4.3
+    step = roofline.moved("copy", 43 * 10**9)
+    h200_s = step.seconds()
+    roofline.use(h100)
+    try:
+        assert step.seconds() == pytest.approx(43e9 / 3.0e12)
+    finally:
+        roofline.use(roofline.CEILINGS["H200"])
+    assert step.seconds() == h200_s
+
+
+def test_cli_takes_the_ceilings_of_the_gpu_the_run_names(tmp_path, capsys):
+    bench = {"benchmarks": [{"extra_info": {
+        "case_id": SHAPE1.id, "mode": "forward", "case": SHAPE1.to_dict(), "impl_ours": "kernels",
+        "ms_ours": 0.5, "cuda_device": "NVIDIA H100 80GB HBM3"}}]}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(bench))
+    assert roofline.main(["--measured", str(path)]) == 0
+    assert "ceilings of the H100 SXM 798 TFLOP/s bf16, 3.0 TB/s" in capsys.readouterr().out
+    assert roofline.active() is roofline.CEILINGS["H200"]   # restored after the command
+    assert roofline.main(["--gpu", "H100 SXM"]) == 0
+    assert "ceilings of the H100 SXM" in capsys.readouterr().out

@@ -3,7 +3,8 @@
 - ``bench_cases``: the benchmark cases (``Case``, the GPU grids) shared by the roofline model,
   the benchmarks and the report;
 - ``bench_json``: reading a benchmark run (pytest-benchmark JSON or the harness's JSON lines);
-- ``roofline``: FLOPs, bytes and predicted H200 times of each case and peer (``roofline`` command);
+- ``roofline``: FLOPs, bytes and predicted times (H200 or H100 ceilings) of each case and peer
+  (``roofline`` command);
 - ``report``: a benchmark run -> markdown table + speedup plot (``report`` command);
 - ``validate``: the op against the float64 reference on random shapes (``validate`` command);
 - ``tune``: pre-tunes the op's kernels-vs-cuBLAS choice for a model's shapes (``tune`` command);

@@ -1,4 +1,6 @@
-"""Roofline model of the benchmark cases: FLOPs, minimal bytes and predicted H200 times.
+"""Roofline model of the benchmark cases: FLOPs, minimal bytes and predicted times at the
+ceilings of one GPU (``CEILINGS``: the H200 and the H100 SXM, measured; the GPU a run is on is
+read from the device or from the benchmark JSON, ``ceilings_for``).
 
 Each implementation is written out as the list of steps it runs; a step is one GEMM or one
 pointwise pass. A step's FLOPs count only matrix products (``2 m n k``); its bytes are its inputs
@@ -41,11 +43,62 @@ from . import bench_json
 from .bench_cases import GRIDS, MODES, PEERS, Case, applicable, gpu_cases
 from .cli_types import output_file
 
-# Ceilings measured on this workplace's H200 (docs of the device tool, 2026-10-28/11-04): an
-# 8192^3 bf16 matrix product through PyTorch on random data, and a device-to-device copy counting
-# bytes read plus bytes written.
-PEAK_FLOPS = 790e12
-PEAK_BYTES = 4.3e12
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """One GPU's measured ceilings: bf16 matrix FLOP/s and HBM bytes/s."""
+
+    gpu: str
+    flops: float
+    bytes: float
+    source: str
+
+    def describe(self) -> str:
+        return (f"{self.gpu} {self.flops / 1e12:.0f} TFLOP/s bf16, {self.bytes / 1e12:.1f} TB/s "
+                f"({self.source})")
+
+
+# Measured on this workplace's machines (the device tool's docs): an 8192^3 bf16 matrix product
+# through PyTorch on random data, and a device-to-device copy counting bytes read plus written.
+CEILINGS = {
+    "H200": Ceilings("H200", 790e12, 4.3e12, "measured here 2026-10-28/11-04"),
+    "H100 SXM": Ceilings("H100 SXM", 798e12, 3.0e12, "measured here 2026-11-13, H100 80GB HBM3"),
+}
+DEFAULT_GPU = "H200"
+# The ceilings the model predicts with (``use``): the H200's unless told otherwise.
+PEAK_FLOPS = CEILINGS[DEFAULT_GPU].flops
+PEAK_BYTES = CEILINGS[DEFAULT_GPU].bytes
+_active = [CEILINGS[DEFAULT_GPU]]
+
+
+def ceilings_for(device_name: Optional[str]) -> tuple:
+    """``(Ceilings, note)`` for a device name as CUDA reports it (``"NVIDIA H100 80GB HBM3"``,
+    ``"NVIDIA H200"``); an H100 other than SXM (PCIe, NVL: HBM2e, other clocks) or another GPU
+    has no measured row: the H200's ceilings, and a note saying so."""
+    name = (device_name or "").upper()
+    if "H200" in name:
+        return CEILINGS["H200"], ""
+    if "H100" in name and ("HBM3" in name or "SXM" in name):
+        return CEILINGS["H100 SXM"], ""
+    return CEILINGS[DEFAULT_GPU], (f"no measured ceilings for {device_name!r}: the "
+                                   f"{DEFAULT_GPU}'s are used" if device_name else "")
+
+
+def device_ceilings() -> Ceilings:
+    """The ceilings of the CUDA device this process sees (the H200's without one)."""
+    import torch
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return ceilings_for(name)[0]
+
+
+def use(ceilings: Ceilings) -> None:
+    """Predict with ``ceilings`` from now on (this process)."""
+    _active[0] = ceilings
+
+
+def active() -> Ceilings:
+    return _active[0]
 
 ELEMENT_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}
 IMPLS = ("kernels", "composite")
@@ -61,7 +114,8 @@ class Step:
     bytes: int
 
     def seconds(self) -> float:
-        return max(self.flops / PEAK_FLOPS, self.bytes / PEAK_BYTES)
+        peak = _active[0]
+        return max(self.flops / peak.flops, self.bytes / peak.bytes)
 
 
 def gemm(name: str, m: int, n: int, k: int, e: int, accumulate: bool = False) -> Step:
@@ -247,7 +301,8 @@ def steps(case: Case, peer: str, mode: str) -> list:
 
 
 def cost(case: Case, peer: str, mode: str) -> dict:
-    """``{"flops", "bytes", "seconds"}``: totals over the steps and the predicted H200 time; for
+    """``{"flops", "bytes", "seconds"}``: totals over the steps and the predicted time (at the
+    ``active()`` ceilings); for
     ``ours`` also ``"impl"``, the implementation the model picks."""
     s = steps(case, peer, mode)
     out = {"flops": sum(x.flops for x in s), "bytes": sum(x.bytes for x in s),
@@ -290,6 +345,13 @@ def targets(cases: list) -> list:
 
 # --- command line -----------------------------------------------------------------------------
 
+def measured_gpu(path: str) -> Optional[str]:
+    """The CUDA device a benchmark run names (its rows' ``cuda_device``), or ``None``."""
+    names = {info.get("cuda_device") for info in bench_json.rows(bench_json.load(path), path)}
+    names.discard(None)
+    return sorted(names)[0] if names else None
+
+
 def load_measured(path: str) -> dict:
     """``{(case_id, mode): (Case, {peer: ms}, impl or None)}`` from a benchmark run."""
     out = {}
@@ -314,7 +376,9 @@ def table(cases: list, measured: Optional[dict] = None) -> str:
                 if not applicable(c, peer):
                     continue
                 p = cost(c, peer, mode)
-                bound = "compute" if p["flops"] / PEAK_FLOPS >= p["bytes"] / PEAK_BYTES else "memory"
+                peak = active()
+                compute = p["flops"] / peak.flops >= p["bytes"] / peak.bytes
+                bound = "compute" if compute else "memory"
                 name = f"ours ({p['impl']})" if peer == "ours" else peer
                 row = [c.id, mode, name, f"{p['flops'] / 1e9:.1f}", f"{p['bytes'] / 1e6:.1f}",
                        f"{p['flops'] / max(p['bytes'], 1):.0f}", bound,
@@ -332,9 +396,10 @@ def table(cases: list, measured: Optional[dict] = None) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m litelora_fast roofline",
-        description="FLOPs, minimal bytes and predicted H200 times (790 TFLOP/s bf16, 4.3 TB/s) of "
-                    "the fused layer and each peer; 'pred x' is the peer's predicted time over "
-                    "ours (> 1: ours should be faster). Predictions, not measurements.")
+        description="FLOPs, minimal bytes and predicted times of the fused layer and each peer at "
+                    "one GPU's measured ceilings (H200: 790 TFLOP/s bf16, 4.3 TB/s; H100 SXM: "
+                    "798, 3.0); 'pred x' is the peer's predicted time over ours (> 1: ours "
+                    "should be faster). Predictions, not measurements.")
     parser.add_argument("--grid", choices=GRIDS, default="default",
                         help="which GPU cases (default: the default subset of `pytest benchmarks/`)")
     parser.add_argument("--full", action="store_true", help="same as --grid full")
@@ -344,7 +409,26 @@ def main(argv=None) -> int:
                              "predicted)")
     parser.add_argument("--out", metavar="FILE", type=output_file,
                         help="also write the text to FILE")
+    parser.add_argument("--gpu", choices=("auto",) + tuple(CEILINGS), default="auto",
+                        help="whose ceilings: auto (default) = the GPU the --measured run names, "
+                             "else this process's CUDA device, else the H200")
     ns = parser.parse_args(argv)
+    note = ""
+    if ns.gpu != "auto":
+        peak = CEILINGS[ns.gpu]
+    elif ns.measured and measured_gpu(ns.measured):
+        peak, note = ceilings_for(measured_gpu(ns.measured))
+    else:
+        peak = device_ceilings()
+    before = active()
+    use(peak)
+    try:
+        return _print(ns, peak, note)
+    finally:   # the model's other callers in this process keep their ceilings
+        use(before)
+
+
+def _print(ns, peak: Ceilings, note: str) -> int:
     measured = None
     if ns.measured:
         measured = load_measured(ns.measured)
@@ -352,8 +436,8 @@ def main(argv=None) -> int:
     else:
         cases = gpu_cases("full" if ns.full else ns.grid)
     goals = targets(cases)
-    text = [f"Roofline: H200 ceilings {PEAK_FLOPS / 1e12:.0f} TFLOP/s, {PEAK_BYTES / 1e12:.1f} "
-            f"TB/s; times are predictions, not measurements. 'ours' is the cheaper of the "
+    text = [f"Roofline: ceilings of the {peak.describe()}" + (f"; {note}" if note else "")
+            + "; times are predictions, not measurements. 'ours' is the cheaper of the "
             f"kernels (TMA, one pipelined loop, bank padded to {PAD} columns) and the cuBLAS "
             f"composite, as the op's measured choice.", ""]
     if goals:

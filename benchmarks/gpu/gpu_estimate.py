@@ -33,7 +33,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gpu_plan  # noqa: E402
-import harness  # noqa: E402
 import timing  # noqa: E402
 from litelora_fast.tools import roofline  # noqa: E402
 from litelora_fast.tools.bench_cases import MODES, PEERS, applicable, gpu_cases  # noqa: E402
@@ -49,8 +48,6 @@ PROCESS_START_S = 6.0     # python + torch + triton import + CUDA context, per P
 SETUP_S = 15.0            # the script's own setup: package copy, nvidia-smi, the probe (gpu_setup)
 FP64_FLOPS = 60e12        # float64 matrix rate for the benchmark's oracle check (H100/H200 class)
 BLOCK_BUILD_S = 8.0       # one Llama-like block built, moved to the GPU, and its optimizer
-NUMERICS_SLACK_S = 5.0    # gpu_check.sh ends the numerics' budget this long before its limit
-SWEEP_SLACK_S = 5.0       # ... and the sweep's
 BLOCK_STEP_S = 0.08       # one training step of the block at 8192 tokens (~11 TFLOP + attention)
 
 
@@ -174,13 +171,21 @@ def launches(case, dtype: str, variant: str, gates_train: bool, strided: bool = 
 class Pricer:
     """Counts compiles across steps (one shared cache) and timed configs per step."""
 
-    def __init__(self, configs: dict, warm: bool = False):
+    def __init__(self, configs: dict, warm: bool = False, limits: dict = None):
         self.configs = configs
+        self.limits = dict(gpu_plan.LIMITS if limits is None else limits)   # this call's steps
         self.warm = warm          # Triton's cache already holds every compile: they cost 0
         self.compiled = set()
         self.kernels = {k for k, _ in configs}
         self.by_kernel = {}
         self.bucketed = bucketed_variants()
+
+    def snapshot(self) -> tuple:
+        """What ``restore`` takes back to: the compiled keys and the per-kernel counts."""
+        return set(self.compiled), dict(self.by_kernel)
+
+    def restore(self, snap: tuple) -> None:
+        self.compiled, self.by_kernel = set(snap[0]), dict(snap[1])
 
     def candidates(self, kernel: str, variant: str, dtype: str, autotune: bool) -> list:
         """The configs a launch may compile: the first one untuned; with autotuning the list of
@@ -247,6 +252,20 @@ class Step:
     def seconds(self) -> float:
         return self.fixed_s + sum(s for _, s in self.items)
 
+    def add(self, label: str, seconds: float, pricer: "Pricer" = None, snap: tuple = None,
+            compiles: int = 0) -> None:
+        """Append an item priced from ``snap`` on; one that will not fit (``dropped``) is not
+        run, so its compiles are not in the cache for the later items and steps."""
+        fits = label not in self.dropped_after(label, seconds)
+        if not fits and pricer is not None:
+            pricer.restore(snap)
+        self.compiles += compiles if fits else 0
+        self.items.append((label, seconds))
+
+    def dropped_after(self, label: str, seconds: float) -> list:
+        return Step(self.name, self.limit, self.fixed_s, self.items + [(label, seconds)],
+                    margin_s=self.margin_s).dropped()
+
     def dropped(self) -> list:
         """Items expected to be skipped: as the live scripts do, an item runs only if its
         estimated cost still fits before the step's end (limit - margin)."""
@@ -276,39 +295,67 @@ class Step:
         return out
 
 
-def _numerics(pricer: Pricer, part: str = "check") -> Step:
-    limit = (gpu_plan.LIMITS if part == "check" else gpu_plan.TUNE_LIMITS)["numerics"]
-    st = Step("numerics", limit, PROCESS_START_S, margin_s=NUMERICS_SLACK_S)
-    items = gpu_plan.numerics_part(part)
+def _numerics(pricer: Pricer) -> Step:
+    st = Step("numerics", pricer.limits["numerics"], PROCESS_START_S,
+              margin_s=gpu_plan.DEADLINE_MARGIN_S["numerics"])
+    items = gpu_plan.numerics_plan()
     runs = [r for r in items if not isinstance(r, str)]
     for item in items:
+        snap = pricer.snapshot()
         if item == "kernel_tests":
-            st.items.append(("kernel tests (8 bf16 tests of tests/)", _kernel_tests(pricer, st)))
+            new, secs = _kernel_tests(pricer)
+            st.add("kernel tests (8 bf16 tests of tests/)", secs, pricer, snap, new)
         elif item == "non_first_configs":
-            st.compiles += 2   # fused_forward and fused_dx, each with its second config
-            st.items.append(("non-first configs",
-                             (0 if pricer.warm else 2 * COMPILE_S["bfloat16"]) + 0.2))
+            # fused_forward and fused_dx, each with its second config
+            st.add("non-first configs", (0 if pricer.warm else 2 * COMPILE_S["bfloat16"]) + 0.2,
+                   compiles=2)
         else:
             r = item
             ls = launches(r.case, r.dtype, r.variant, r.gates == "train", r.case.strided_x,
                           r.dropout, r.tf32)
             new, secs, _ = pricer.price(ls, autotune=False)
-            st.compiles += new
-            st.items.append((r.label, secs + 0.03 * gpu_plan.SEEDS_PER_RUN))
+            st.add(r.label, secs + 0.03 * gpu_plan.SEEDS_PER_RUN, pricer, snap, new)
     per_dtype = {d: sum(r.dtype == d for r in runs) for d in gpu_plan.DTYPES}
     st.notes.append(f"{len(runs)} runs {per_dtype} x {gpu_plan.SEEDS_PER_RUN} seeds and the "
                     f"kernel checks {sorted(gpu_plan.CHECK_TIERS)}, in value order")
     st.notes.append("compiles by kernel: " + ", ".join(
         f"{k} {v}" for k, v in sorted(pricer.by_kernel.items())))
+    dropped = set(st.dropped())
+    reached = [label for label, _ in st.items if label not in dropped]
+    st.notes.append(f"reached ({len(reached)} of {len(st.items)}, in run order): "
+                    + ", ".join(reached))
+    st.notes.append("coverage (dtype kind x variant, dropout; tier 1) reached: "
+                    + ("all " + str(len(coverage(items, dropped))) if not missing_coverage(
+                        items, dropped) else "NOT " + ", ".join(missing_coverage(items, dropped))))
     return st
 
 
-def _kernel_tests(pricer: Pricer, st: Step) -> float:
+def _coverage_label(key: tuple) -> str:
+    dtype, tf32, variant, dropout = key
+    kind = dtype + ("/tf32" if tf32 else "/exact" if dtype == "float32" else "")
+    return f"{kind}/{variant}" + ("/dropout" if dropout else "")
+
+
+def coverage(items: list, dropped: set = frozenset()) -> list:
+    """The kernel x variant x dtype kinds (and dropout per dtype kind) the reached runs cover:
+    ``gpu_plan.coverage_key`` labels, in run order."""
+    keys = [gpu_plan.coverage_key(r) for r in items
+            if not isinstance(r, str) and r.label not in dropped]
+    return [_coverage_label(k) for k in dict.fromkeys(keys)]
+
+
+def missing_coverage(items: list, dropped: set) -> list:
+    """The coverage labels of the plan that the reached runs miss."""
+    reached = set(coverage(items, dropped))
+    return [c for c in coverage(items) if c not in reached]
+
+
+def _kernel_tests(pricer: Pricer) -> tuple:
     """The 8 bf16 GPU tests of tests/ (gpu_kernel_checks.kernel_tests): shrink and fused forward
     at (300, 257 or 264, 190 or 200); grad-shrink, fused dx, matmul_tn and lora_weight_grads
     with split_n = 3 at N = 1000; per-row gates, R = 21."""
     from types import SimpleNamespace as NS
-    secs = 0.0
+    secs, compiles = 0.0, 0
     for variant in ("pointer",) + gpu_plan.TMA_VARIANTS:
         d_in, d_out = (257, 190) if variant == "pointer" else (264, 200)
         fwd = NS(lead=(300,), d_in=d_in, d_out=d_out, ranks=[16, 5], zero_gates=(), per_row=True,
@@ -320,13 +367,13 @@ def _kernel_tests(pricer: Pricer, st: Step) -> float:
             bwd, "bfloat16", variant, True)[2:] + [("matmul_tn_sum_partials", "fixed",
                                                     ("bfloat16",), None)]
         new, s, _ = pricer.price(ls, autotune=False)
-        st.compiles += new
+        compiles += new
         secs += s + 0.05
-    return secs
+    return compiles, secs
 
 
 def _steady(pricer: Pricer) -> Step:
-    st = Step("steady", gpu_plan.LIMITS["steady"], PROCESS_START_S)
+    st = Step("steady", pricer.limits["steady"], PROCESS_START_S)
     c = gpu_plan.STEADY_CASE
     for kind in gpu_plan.STEADY_GATES:
         zero = (1,) if kind == "frozen-with-a-zero" else ()
@@ -357,10 +404,11 @@ def _bench_case_launches(bc) -> list:
 
 
 def _benchmark(pricer: Pricer) -> Step:
-    st = Step("benchmark", gpu_plan.LIMITS["benchmark"], PROCESS_START_S,
+    st = Step("benchmark", pricer.limits["benchmark"], PROCESS_START_S,
               margin_s=gpu_plan.BENCH_MARGIN_S)
     tuned, choices = set(), set()
     for bc in gpu_cases(gpu_plan.BENCH_GRID):
+        snap = pricer.snapshot()
         new, secs, timed = pricer.price(_bench_case_launches(bc), autotune=True, tuned=tuned)
         bucket = (bc.n, bc.d_in, bc.d_out, bc.active_rank, bc.train_gates, bc.dropout)
         choice = choice_candidates() if bucket not in choices else 0
@@ -368,12 +416,12 @@ def _benchmark(pricer: Pricer) -> Step:
         peers = [p for p in PEERS if applicable(bc, p)] + ["hybrid"]
         ref = roofline.cost(bc, "reference", "fwd_bwd")
         work = ref["flops"] / FP64_FLOPS + 2 * len(peers) * ref["seconds"]
-        work += sum((harness.BENCH_ROUNDS + 1) * roofline.cost(bc, "ours", m)["seconds"]
+        work += sum((timing.BENCH_ROUNDS + 1) * roofline.cost(bc, "ours", m)["seconds"]
                     for m in MODES)
         n_peer = len(peers) * len(MODES) + 6   # + tuning_record.base_gemm: 2 kernels x 3
-        st.compiles += new
         st.timed += timed + choice + n_peer
-        st.items.append((bc.id, secs + (timed + choice) * TIMED_S + n_peer * PEER_TIMED_S + work))
+        st.add(bc.id, secs + (timed + choice) * TIMED_S + n_peer * PEER_TIMED_S + work, pricer,
+               snap, new)
     st.notes.append(f"{len(st.items)} cases ({gpu_plan.BENCH_GRID} grid, run order) x "
                     f"{len(MODES)} modes; peers {', '.join(PEERS)}, hybrid; do_bench "
                     f"{timing.GPU_WARMUP_MS} + {timing.GPU_REP_MS} ms per timing")
@@ -382,7 +430,8 @@ def _benchmark(pricer: Pricer) -> Step:
 
 def _sweep(pricer: Pricer) -> Step:
     import gpu_sweep
-    st = Step("sweep", gpu_plan.TUNE_LIMITS["sweep"], PROCESS_START_S, margin_s=SWEEP_SLACK_S)
+    st = Step("sweep", pricer.limits["sweep"], PROCESS_START_S,
+              margin_s=gpu_plan.DEADLINE_MARGIN_S["sweep"])
     plan = gpu_sweep.plan()
     shapes, ranks = gpu_plan.SWEEP_SHAPES, gpu_plan.SWEEP_RANKS
     for R in ranks:
@@ -396,13 +445,13 @@ def _sweep(pricer: Pricer) -> Step:
                 # (tma_ws); R_act = 16 and 64 share Triton's integer specialisation
                 width = _pow2(R, cap=bucket_caps()[k]) if (k, variant) in pricer.bucketed else 0
                 key = ("sweep", k, label, width)
+                snap = pricer.snapshot()
                 new = key not in pricer.compiled
                 pricer.compiled.add(key)
-                st.compiles += new
                 st.timed += len(shapes)
-                st.items.append((f"{k} R={R} {label}",
-                                 (COMPILE_S["bfloat16"] if new and not pricer.warm else 0)
-                                 + len(shapes) * (PEER_TIMED_S + 0.05)))
+                st.add(f"{k} R={R} {label}",
+                       (COMPILE_S["bfloat16"] if new and not pricer.warm else 0)
+                       + len(shapes) * (PEER_TIMED_S + 0.05), pricer, snap, int(new))
     st.notes.append(", ".join(f"{k}: {len(c)} configs from {src}" for k, (c, src) in plan.items())
                     + f"; shapes {shapes}; R {ranks}")
     return st
@@ -411,7 +460,8 @@ def _sweep(pricer: Pricer) -> Step:
 def _block(pricer: Pricer) -> Step:
     from types import SimpleNamespace as NS
     b = gpu_plan.BLOCK
-    st = Step("block", gpu_plan.TUNE_LIMITS["block"], PROCESS_START_S)
+    st = Step("block", pricer.limits["block"], PROCESS_START_S,
+              margin_s=gpu_plan.DEADLINE_MARGIN_S["block"])
     h, i, kv = b["hidden"], b["intermediate"], b["hidden"] * b["kv_heads"] // b["heads"]
     n = b["batch"] * b["seq"]
     shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
@@ -436,73 +486,105 @@ def _block(pricer: Pricer) -> Step:
     return st
 
 
-def numerics_costs(part: str = "check") -> list:
-    """Estimated seconds of each item of ``gpu_plan.numerics_part(part)``, in order (what
-    ``gpu_numerics.py`` budgets with); the tune part priced after the check call."""
+def _priced_until(name, warm: bool = None) -> tuple:
+    """``(pricer, steps)``: the call's steps priced in run order up to and including ``name``
+    (``None``: all), a step's compiles cached for the later ones. Cold: a fresh machine, the
+    steps of ``gpu_plan.LIMITS``. Warm: the rerun on the same machine (the steps of
+    ``gpu_plan.WARM_LIMITS``), its Triton cache holding what the cold call compiled (the items
+    the cold call reached), so the items it did not reach still pay their compiles.
+    ``warm=None``: as ``LITELORA_GPU_CHECK_WARM`` says (gpu_check.sh sets it on a rerun)."""
+    if warm is None:
+        from litelora_fast import settings
+        warm = settings.gpu_check_warm()
     pricer = Pricer(kernel_configs())
-    if part == "tune":
-        estimate("check", pricer)
-    return [s for _, s in _numerics(pricer, part).items]
+    if warm:
+        for _, price in STEPS:   # the cold call, which filled the cache
+            price(pricer)
+        pricer.limits = dict(gpu_plan.WARM_LIMITS)
+    steps = []
+    for step_name, price in STEPS:
+        if step_name in pricer.limits:
+            steps.append(price(pricer))
+        if step_name == name:
+            break
+    return pricer, steps
+
+
+def numerics_costs() -> list:
+    """Estimated seconds of each item of ``gpu_plan.numerics_plan()``, in order (what
+    ``gpu_numerics.py`` budgets with)."""
+    return [s for _, s in _priced_until("numerics")[1][-1].items]
 
 
 def bench_costs() -> dict:
     """``{case id: estimated seconds}`` of the benchmark's cases (their first mode pays the
     compiles and autotuning), priced after the numerics and steady steps as the call runs them
-    (what ``harness.run_case`` budgets with)."""
-    pricer = Pricer(kernel_configs())
-    _numerics(pricer)
-    _steady(pricer)
-    return dict(_benchmark(pricer).items)
+    (what ``harness.run_case`` budgets with), at the ceilings of this process's GPU."""
+    roofline.use(roofline.device_ceilings())
+    return dict(_priced_until("benchmark")[1][-1].items)
 
 
-def _fixed(name: str, work: float) -> Step:
-    return Step(name, gpu_plan.LIMITS[name], PROCESS_START_S + work)
+def block_costs() -> dict:
+    """``{"ours" | "peft": estimated seconds}`` of the block step's implementations, priced after
+    the steps before it (what ``gpu_block.py`` budgets with)."""
+    items = dict(_priced_until("block")[1][-1].items)
+    return {"ours": items["ours (inject)"], "peft": items["peft"]}
 
 
-def estimate(mode: str = "check", pricer: Pricer = None) -> tuple:
-    """``(charged seconds, printed lines)`` of one call (``"check"`` or ``"tune"``); the tune
-    call is priced after the check call on the same machine (its Triton cache warm)."""
-    pricer = Pricer(kernel_configs()) if pricer is None else pricer
-    if mode == "check":
-        steps = [_numerics(pricer), _steady(pricer), _benchmark(pricer), _fixed("report", 2.0),
-                 _fixed("roofline", 0.5)]
-    elif mode == "tune":
-        if not pricer.compiled:   # the check call ran first: its compiles are cached
-            estimate("check", pricer)
-        steps = [_block(pricer), _sweep(pricer), _numerics(pricer, "tune")]
-    else:
-        raise ValueError(f"mode must be 'check' or 'tune', got {mode!r}")
-    limits = gpu_plan.limits(mode)
+def _fixed(pricer: Pricer, name: str, work: float) -> Step:
+    return Step(name, pricer.limits[name], PROCESS_START_S + work)
+
+
+# The call's steps in run order (gpu_check.sh), each priced on one shared pricer.
+STEPS = (("numerics", _numerics), ("steady", _steady), ("benchmark", _benchmark),
+         ("report", lambda p: _fixed(p, "report", 2.0)),
+         ("roofline", lambda p: _fixed(p, "roofline", 0.5)),
+         ("block", _block), ("sweep", _sweep))
+
+
+def estimate(warm: bool = False) -> tuple:
+    """``(charged seconds, printed lines, steps)`` of one call of gpu_check.sh: on a fresh
+    machine (``warm=False``: every compile paid, the steps of ``gpu_plan.LIMITS``) or rerun on
+    the still-warm one (``gpu_plan.WARM_LIMITS``; the cold call's compiles cached; autotuning
+    and the op's choices are timed again: the script's choice cache is fresh per run and the
+    autotuner's lives in the process)."""
+    if [n for n, _ in STEPS] != list(gpu_plan.LIMITS):
+        raise ValueError(f"estimate steps {[n for n, _ in STEPS]} differ from the plan's "
+                         f"limits {list(gpu_plan.LIMITS)} (update benchmarks/gpu/gpu_estimate.py)")
+    limits = gpu_plan.limits(warm)
     over = {k: v for k, v in limits.items() if v <= 0}
     if over:
         raise ValueError(f"non-positive step limits: {over}")
+    _, steps = _priced_until(None, warm=bool(warm))
     lines = [f"[setup] package copy, nvidia-smi, the probe (versions, limits, package files): "
              f"{SETUP_S:.0f} s"]
     for st in steps:
         lines += st.lines()
+    skipped = [n for n in gpu_plan.LIMITS if n not in limits]
+    if skipped:
+        lines.append(f"not in this call (the cold call ran them): {', '.join(skipped)}")
     total = SETUP_S + sum(st.charged for st in steps)
-    lines.append(f"sum of step limits: {sum(limits.values())} s + setup {SETUP_S:.0f} s "
-                 f"(the call's ceiling: {gpu_plan.TOTAL_LIMITS[mode]} s)")
+    lines.append(f"sum of step limits: {sum(limits.values())} s + setup {SETUP_S:.0f} s (the "
+                 f"call's ceiling: {gpu_plan.total_limit(warm)} s)")
     return total, lines, steps
 
 
 def main(argv=None) -> int:
-    pricer = Pricer(kernel_configs())
     print("gpu_check.sh estimate (no GPU): compiles, timed configs and work per step")
     totals = {}
-    for mode in ("check", "tune"):
-        total, lines, _ = estimate(mode, pricer)
-        print(f"--- call {'gpu_check.sh' if mode == 'check' else 'gpu_check.sh --tune'} ---")
+    for warm in (False, True):
+        total, lines, steps = estimate(warm)
+        print(f"--- gpu_check.sh, {'rerun on the warm machine' if warm else 'cold'} ---")
         for line in lines:
             print(line)
-        totals[mode] = total
-    warm, _, _ = estimate("check", Pricer(kernel_configs(), warm=True))
-    print(f"estimated gpu_check.sh again on the same machine (Triton's cache warm): "
-          f"{round(warm)} s")
-    for mode, total in totals.items():
-        name = "check" if mode == "check" else "--tune"
-        print(f"estimated total ({name}): {round(total)} s of {gpu_plan.TOTAL_LIMITS[mode]} s")
-    return 0 if all(totals[m] <= gpu_plan.TOTAL_LIMITS[m] for m in totals) else 1
+        not_reached = [f"{st.name}: {len(st.dropped())}" for st in steps if st.dropped()]
+        print("not reached: " + (", ".join(not_reached) if not_reached else "none"))
+        totals[warm] = total
+    print(f"estimated total (cold): {round(totals[False])} s of {gpu_plan.TOTAL_LIMIT_S} s")
+    print(f"estimated total (warm): {round(totals[True])} s of {gpu_plan.WARM_LIMIT_S} s "
+          f"(the rerun)")
+    return 0 if (totals[False] <= gpu_plan.TOTAL_LIMIT_S
+                 and totals[True] <= gpu_plan.WARM_LIMIT_S) else 1
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@ step runs,
 
 - appends the versions (python, torch, CUDA, triton, numpy, peft, transformers) and the GPU to
   the summary file;
-- prints, for the script's ``eval``: the step limits of the call (``gpu_plan.shell_limits``),
+- prints, for the script's ``eval``: the steps and limits of the call (``gpu_plan.shell_limits``:
+  cold, or the rerun where ``LITELORA_GPU_CHECK_WARM`` is on),
   ``PKG_FILE`` and ``KERNELS_FILE`` (where ``litelora_fast`` and the kernel files come from:
   ``litelora_fast.kernels.fused_xw_sgb``, one file of the ``kernels/`` folder that
   ``litelora_fast/kernels.py`` puts on the package's ``__path__``) and ``HAVE_GPU``.
 
-    python benchmarks/gpu_setup.py check|tune SUMMARY
+    python benchmarks/gpu/gpu_setup.py SUMMARY
 
 Exits non-zero (the script then stops with this process's message) if the plan cannot be read.
 """
@@ -31,9 +32,10 @@ def _version(name: str) -> str:
 
 
 def main(argv=None) -> int:
-    mode, summary = (sys.argv[1:] if argv is None else argv)[:2]
+    summary = (sys.argv[1:] if argv is None else argv)[0]
     import gpu_plan   # imports the package (tests/op_cases): the copy on the path
-    limits = gpu_plan.shell_limits(mode)
+    from litelora_fast import settings
+    limits = gpu_plan.shell_limits(settings.gpu_check_warm())
 
     import litelora_fast
     from litelora_fast.kernels import fused_xw_sgb
@@ -47,8 +49,11 @@ def main(argv=None) -> int:
                 f"{torch.version.cuda} triton {triton.__version__} numpy {numpy.__version__} "
                 f"peft {_version('peft')} transformers {_version('transformers')}\n")
         if have_gpu:
+            from litelora_fast.tools import roofline
+            peak = roofline.device_ceilings()
             f.write(f"gpu {torch.cuda.get_device_name()}, "
-                    f"{torch.cuda.get_device_properties(0).multi_processor_count} SMs\n")
+                    f"{torch.cuda.get_device_properties(0).multi_processor_count} SMs; "
+                    f"roofline ceilings {peak.describe()}\n")
     print(limits)
     print(f"PKG_FILE={shlex.quote(litelora_fast.__file__)}")
     print(f"KERNELS_FILE={shlex.quote(fused_xw_sgb.__file__)}")

@@ -1,7 +1,9 @@
 """GPU numerics of the public op: ``gated_lora_linear`` through the Triton kernels on CUDA against
 the float64 reference, in bf16, fp16 and fp32, output and every gradient.
 
-The runs are ``gpu_plan.numerics_runs()``: the pointer path on the named edge cases of
+The runs are ``gpu_plan.numerics_runs()``, coverage first (every kernel x variant x dtype kind
+once on one shape before any second shape), each output and dx also checked row by row; the
+pointer path on the named edge cases of
 ``tests/op_cases.py`` (one row, K = 1, ragged ranks, rank-0 adapters, zero gates, per-row gates,
 3-D and strided inputs) and GPU-sized shapes; each descriptor variant of the fused GEMMs
 (``LITELORA_KERNEL_VARIANT`` = tma, tma_persistent, tma_ws) on a descriptor-legal shape; LoRA
@@ -18,11 +20,16 @@ Then the kernels' own GPU checks (``gpu_kernel_checks.py``): the 8 ``test_bf16_o
 each fused GEMM.
 
 Run with ``LITELORA_AUTOTUNE=0`` (``gpu_check.sh`` sets it): one config per kernel, no tuning.
-Prints one line per draw and a summary; exits 1 on any error over its bound, or when a kernel
-never launched in a dtype. ``--list`` prints the runs and exits (no GPU needed).
+Prints one line per draw and a summary, and (``--json PATH``) rewrites the JSON after every
+draw, so a killed step keeps what it measured; exits 1 on any error over its bound, or when a
+kernel never launched in a dtype. ``--list`` prints the runs and exits (no GPU needed).
+
+    python benchmarks/gpu/gpu_numerics.py --json numerics.json   # GPU
+    python benchmarks/gpu/gpu_numerics.py --list                 # the plan, no GPU
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -35,7 +42,7 @@ from litelora_fast import settings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gpu_plan  # noqa: E402  (puts tests/ on sys.path for op_cases and numerics)
-from numerics import TOL, TOL_FP32_LONG, TOL_TF32, rel_err  # noqa: E402
+from numerics import TOL, TOL_FP32_LONG, TOL_TF32, rel_err, worst_row_rel_err  # noqa: E402
 from op_cases import call, gate_grad_scale, leaves, make_inputs, oracle  # noqa: E402
 
 VARIANT_ENV = "LITELORA_KERNEL_VARIANT"
@@ -45,15 +52,25 @@ VARIANT_ENV = "LITELORA_KERNEL_VARIANT"
 END_ENV = "LITELORA_NUMERICS_END"
 
 
-def item_costs(part: str) -> list:
-    """Estimated seconds of each item of ``gpu_plan.numerics_part(part)`` (``gpu_estimate``'s
+def item_costs() -> list:
+    """Estimated seconds of each item of ``gpu_plan.numerics_plan()`` (``gpu_estimate``'s
     model, compiles shared along the list); zeros if the estimate cannot be made."""
     try:
         import gpu_estimate
-        return gpu_estimate.numerics_costs(part)
+        return gpu_estimate.numerics_costs()
     except Exception as e:   # never lose the numerics over the estimate
         print(f"(no cost estimate: {type(e).__name__}: {e}; every item is tried)")
-        return [0.0] * len(gpu_plan.numerics_part(part))
+        return [0.0] * len(gpu_plan.numerics_plan())
+
+
+def write_json(path, result: dict) -> None:
+    """Rewrite ``path`` whole (a kill mid-write leaves the previous version)."""
+    if path:
+        with open(path + ".tmp", "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(path + ".tmp", path)
+
+
 FUSED = ("fused_forward", "fused_dx")   # the kernels with variants
 
 
@@ -83,7 +100,8 @@ def check(run: gpu_plan.Run, seed: int, device: str = "cuda") -> dict:
     if run.dropout:   # the reference drops the same elements
         ref_kwargs = dict(dropout=run.dropout, dropout_mask=masks[0].reshape(t["x"].shape))
     y_ref, g_ref = oracle(case, t, dy, **ref_kwargs)
-    errs = {"y": rel_err(y, y_ref)}
+    # each row too (``worst_row_rel_err``): one wrong row of 2100 would hide in the whole
+    errs = {"y": rel_err(y, y_ref), "y/rows": worst_row_rel_err(y, y_ref)}
     if leaves(t):
         y.backward(dy)
         for arg, leaf in leaves(t).items():
@@ -95,6 +113,8 @@ def check(run: gpu_plan.Run, seed: int, device: str = "cuda") -> dict:
                 errs["dgates"] = rel_err(leaf.grad, g_ref[arg], scale)
             else:
                 errs[f"d{arg}"] = rel_err(leaf.grad, g_ref[arg])
+                if arg == "x":
+                    errs["dx/rows"] = worst_row_rel_err(leaf.grad, g_ref[arg])
     return errs
 
 
@@ -113,13 +133,14 @@ def kernel_checks(name: str, seed: int) -> list:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    runs = gpu_plan.numerics_runs()
+    plan = gpu_plan.numerics_plan()
+    n_runs = sum(not isinstance(i, str) for i in plan)
+    json_path = argv[argv.index("--json") + 1] if "--json" in argv else None
     if "--list" in argv:
-        for item in gpu_plan.numerics_plan():
-            tier = gpu_plan.CHECK_TIERS[item] if isinstance(item, str) else item.tier
-            call = "check" if tier <= gpu_plan.CHECK_CALL_MAX_TIER else "tune"
-            print(f"[{call}] " + getattr(item, "label", f"check: {item}"))
-        print(f"{len(runs)} runs x {gpu_plan.SEEDS_PER_RUN} seeds + "
+        for item in plan:
+            label = getattr(item, "label", f"check: {item}")
+            print(f"[tier {gpu_plan.item_tier(item):g}] {label}")
+        print(f"{n_runs} runs x {gpu_plan.SEEDS_PER_RUN} seeds + "
               f"{len(gpu_plan.CHECK_TIERS)} kernel checks")
         return 0
     if not torch.cuda.is_available():
@@ -132,19 +153,23 @@ def main(argv=None) -> int:
           f"TF32 per run (fp32 descriptor runs with it on)", flush=True)
     start, failures, draws = time.time(), [], 0
     end = settings.numerics_end() or math.inf
-    part = "tune" if "--tune-part" in argv else "check"
-    plan = gpu_plan.numerics_part(part)
-    costs = item_costs(part)
+    costs = item_costs()
     launched = {}   # (dtype, variant) -> Counter of launches
     base_seed = torch.seed() % 2**31
     done, not_run = [], []
+    # rewritten after every item, so a killed step still returns what it measured
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "items": [], "not_run": not_run, "failures": failures}
     for i, (item, cost) in enumerate(zip(plan, costs)):
         name = getattr(item, "label", item)
         if time.time() + cost > end:   # would not finish in the step's time: the next may
             not_run.append(f"{name} (~{cost:.0f} s)")
             continue
         if isinstance(item, str):
-            failures += kernel_checks(item, base_seed)
+            failed = kernel_checks(item, base_seed)
+            failures += failed
+            result["items"].append({"check": item, "failed": len(failed)})
+            write_json(json_path, result)
             continue
         run = item
         done.append(run)
@@ -154,6 +179,7 @@ def main(argv=None) -> int:
         for j in range(gpu_plan.SEEDS_PER_RUN):
             seed = base_seed + 1000 * i + j
             draws += 1
+            errs = {}
             try:
                 errs = check(run, seed)
                 worst = max(errs, key=lambda k: errs[k] if errs[k] == errs[k] else float("inf"))
@@ -165,6 +191,9 @@ def main(argv=None) -> int:
                   f"(bound {limit:g})", flush=True)
             if not ok:
                 failures.append((run.label, seed, msg))
+            result["items"].append({"run": run.label, "tier": run.tier, "seed": seed,
+                                    "ok": ok, "bound": limit, "errors": errs, "message": msg})
+            write_json(json_path, result)
         counts = launched.setdefault((run.dtype, run.variant), {})
         for k, v in LAUNCH_COUNTS.items():
             counts[k] = counts.get(k, 0) + v - before.get(k, 0)
@@ -189,10 +218,11 @@ def main(argv=None) -> int:
     if not_run:
         print(f"NOT RUN (estimated not to fit the step's time): {len(not_run)} items: "
               + ", ".join(not_run))
-    n_runs = sum(not isinstance(i, str) for i in plan)
+    result.update(launched={f"{d}/{v}": c for (d, v), c in launched.items()},
+                  never_launched=missing, seconds=time.time() - start)
+    write_json(json_path, result)
     print(f"{len(failures)} failed draws or checks of {draws} draws; {len(done)} of {n_runs} "
-          f"runs of the {part} part; "
-          f"{time.time() - start:.1f} s")
+          f"runs; {time.time() - start:.1f} s")
     return 1 if failures or missing or not kernels else 0
 
 

@@ -1,6 +1,6 @@
 """What ``benchmarks/gpu_check.sh`` runs, as data: the numerics runs, the steady-state runs, the
-benchmark grid, the ``--tune`` call's sweep and block step, and each step's time limit. The GPU
-scripts (``gpu_numerics.py``, ``gpu_steady.py``, ``gpu_sweep.py``, ``gpu_block.py``) run these
+benchmark grid, the sweep and the block step, and each step's time limit (one call runs them
+all). The GPU scripts (``gpu_numerics.py``, ``gpu_steady.py``, ``gpu_sweep.py``, ``gpu_block.py``) run these
 lists and ``gpu_estimate.py`` prices the same lists, so the estimate stays true when the lists
 (or the kernels' config lists) change.
 
@@ -12,7 +12,15 @@ import dataclasses
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+# The GPU scripts run as files (PYTHONSAFEPATH=1 keeps their folder off sys.path: each puts it
+# there itself, then imports this module), and import helpers of tests/ (op_cases, numerics) and
+# of benchmarks/ (timing, peers, tuning_record: shared with the pytest benchmarks), one way only:
+# nothing in benchmarks/ or tests/ imports these modules at import time.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _folder in (os.path.join(_HERE, "..", "..", "tests"), os.path.join(_HERE, "..")):
+    _folder = os.path.normpath(_folder)
+    if _folder not in sys.path:
+        sys.path.insert(0, _folder)
 
 from op_cases import CASES, Case  # noqa: E402
 
@@ -44,7 +52,6 @@ BF16_CASES = {
 # row, D_in = 1, a strided x, a rank-0 adapter, no bias): the interpreter cannot run bf16 dots
 # (triton issue 11584), so the GPU is the only place they are checked in bf16. fp16 and fp32 run
 # every kernel on all edge cases on the CPU under the interpreter already.
-EDGE_CASE_DTYPES = ("bfloat16",)
 EDGE_CASES = ("N1-K1", "Din1", "strided-x", "rank0-adapter", "zero-gates-perrow-nobias")
 SEEDS_PER_RUN = 2
 DROPOUT = 0.1
@@ -88,44 +95,25 @@ def ws_runs_dx(dtype: str) -> bool:
     return kernels.ws_fits(sum(case.ranks), dtype == "float32", b_kmajor=False)
 
 
-# bf16 (the benchmark dtype, and the one the interpreter cannot check) runs everything above;
-# fp16 and fp32, whose math the interpreter checks on the CPU for every kernel and case, run the
-# compiled kernels once each on TMA_CASE: the pointer path (fp32: exact products, torch's
-# default), LoRA dropout, and the descriptor variants of OTHER_DTYPE_VARIANTS (fp32 with TF32 on).
-# Each fp32 compile costs several times a bf16 one, so the list stays short.
-FULL_DTYPES = ("bfloat16",)
-OTHER_DTYPE_VARIANTS = ("tma_ws", "tma_persistent")
+# The dtype kinds, each with the fused-GEMM variants its launchers can pick on sm_90
+# (kernels.tuning.choose_variant): exact fp32 takes the pointer kernel only; fp32 reaches the
+# descriptor kernels with TF32 on. ``(dtype, tf32, variants)``.
+DTYPE_KINDS = (("bfloat16", False, (POINTER,) + TMA_VARIANTS),
+               ("float16", False, (POINTER,) + TMA_VARIANTS),
+               ("float32", True, (POINTER,) + TMA_VARIANTS),
+               ("float32", False, (POINTER,)))
 
-
-# Value order of the numerics (gpu_numerics.py runs the items of numerics_plan() in this order,
-# skipping an item whose estimated cost no longer fits the step's time, and lists what it did
-# not run): tier 1 = bf16 on the descriptor-legal GPU shape (split-N weight gradients), pointer
-# path and every descriptor variant, and LoRA dropout; then a non-first launch config of each
-# fused GEMM (CHECK_TIERS); the kernels' 8 bf16 GPU tests of tests/ (bf16: the interpreter
-# cannot check them); 2 = fp16 and fp32 (exact products) on the pointer path; 4 = bf16 on the
-# other GPU shapes and the edge cases, fp16/fp32 descriptor variants and dropout.
+# Run order (gpu_numerics.py runs the items of numerics_plan() in this order, skipping an item
+# whose estimated cost no longer fits the step's time, and lists what it did not run). Coverage
+# before depth: tier 1 runs every kernel x variant x dtype kind once, on the one shape
+# TMA_CASE (split-N weight gradients, descriptor-legal), with LoRA dropout once per dtype kind,
+# before any second shape of anything; then a non-first launch config of each fused GEMM and the
+# kernels' 8 bf16 GPU tests of tests/ (CHECK_TIERS); 2 = bf16 frozen gates (the zero-gate
+# skipping path) on TMA_CASE; 3 = bf16 on the other GPU shapes and the named edge cases (the
+# interpreter cannot check bf16 dots: triton issue 11584); fp16 and fp32 run every kernel on all
+# edge cases on the CPU under the interpreter already.
+TIER_COVERAGE, TIER_FROZEN, TIER_SHAPES = 1, 2, 3
 CHECK_TIERS = {"non_first_configs": 1.5, "kernel_tests": 1.8}
-# The first call (gpu_check.sh) runs the items up to this tier, so the benchmark gets the time;
-# the second (--tune) runs the rest after its block step and sweep.
-CHECK_CALL_MAX_TIER = 1.5
-
-
-def numerics_part(part: str) -> list:
-    """The items of ``numerics_plan()`` one call runs: ``"check"`` (tiers up to
-    ``CHECK_CALL_MAX_TIER``), ``"tune"`` (the others) or ``"all"``."""
-    if part not in ("check", "tune", "all"):
-        raise ValueError(f"part must be 'check', 'tune' or 'all', got {part!r}")
-    items = numerics_plan()
-    if part == "all":
-        return items
-    tier = (lambda i: CHECK_TIERS[i] if isinstance(i, str) else i.tier)
-    return [i for i in items if (tier(i) <= CHECK_CALL_MAX_TIER) == (part == "check")]
-
-
-def _tier(dtype: str, name: str, variant: str, dropout: float) -> int:
-    if dtype in FULL_DTYPES:
-        return 1 if name == TMA_CASE else 4
-    return 2 if variant == POINTER and not dropout else 4
 
 
 def numerics_plan() -> list:
@@ -136,35 +124,44 @@ def numerics_plan() -> list:
     return [item for *_, item in sorted(items, key=lambda x: x[:3])]
 
 
+def item_tier(item) -> float:
+    """The tier of one item of ``numerics_plan()``."""
+    return CHECK_TIERS[item] if isinstance(item, str) else item.tier
+
+
+def coverage_key(run: "Run") -> tuple:
+    """What one run covers: ``(dtype, tf32, variant, dropout)``."""
+    return (run.dtype, run.tf32, run.variant, bool(run.dropout))
+
+
+def _variant_case(dtype: str, variant: str) -> Case:
+    case = GPU_CASES[TMA_CASE]
+    if variant == "tma_ws" and not ws_runs_dx(dtype):   # no fused dx kernel: forward only
+        case = dataclasses.replace(case, trainable=dict(case.trainable, x=False))
+    return case
+
+
 def numerics_runs() -> list:
-    """Every kernel in every dtype, in value order (``tier``): in bf16 the pointer path on the
-    GPU shapes and the named edge cases of ``tests/op_cases.py``, each descriptor variant of the
-    fused GEMMs on ``TMA_CASE`` (``tma_ws`` without the fused dx where it is not shipped:
-    ``ws_runs_dx``), gates trainable and frozen; in fp16 and fp32 the pointer path and
-    ``OTHER_DTYPE_VARIANTS`` on ``TMA_CASE``; LoRA dropout in every dtype."""
+    """Every kernel x variant x dtype kind (``DTYPE_KINDS``) on ``TMA_CASE`` with trainable
+    gates, and LoRA dropout per dtype kind (tier 1); then bf16 with frozen gates on it (tier 2);
+    then bf16's pointer path on the other GPU shapes and the named edge cases of
+    ``tests/op_cases.py``, gates trainable and frozen (tier 3)."""
     runs = []
-    for dtype in DTYPES:
-        full = dtype in FULL_DTYPES
-        edge = ({**{n: CASES[n] for n in EDGE_CASES}, **BF16_CASES}
-                if dtype in EDGE_CASE_DTYPES else {})
-        cases = {**edge, **GPU_CASES} if full else {TMA_CASE: GPU_CASES[TMA_CASE]}
-        for name, case in cases.items():
-            for gates, c in (_gate_modes(case) if full else [("train", case)]):
-                runs.append(Run(name, c, dtype, POINTER, gates,
-                                tier=_tier(dtype, name, POINTER, 0.0)))
-        # fp32 reaches the descriptor kernels only with TF32 on (exact fp32 takes the pointer
-        # kernel: kernels.tuning.choose_variant), so the forced variants run with it on.
-        tf32 = dtype == "float32"
-        for variant in (TMA_VARIANTS if full else OTHER_DTYPE_VARIANTS):
-            case = GPU_CASES[TMA_CASE]
-            if variant == "tma_ws" and not ws_runs_dx(dtype):
-                case = dataclasses.replace(case, trainable=dict(case.trainable, x=False))
-            for gates, c in (_gate_modes(case) if full else [("train", case)]):
-                runs.append(Run(TMA_CASE, c, dtype, variant, gates, tf32=tf32,
-                                tier=_tier(dtype, TMA_CASE, variant, 0.0)))
+    for dtype, tf32, variants in DTYPE_KINDS:
+        for variant in variants:
+            runs.append(Run(TMA_CASE, _variant_case(dtype, variant), dtype, variant, "train",
+                            tf32=tf32, tier=TIER_COVERAGE))
         # LoRA dropout: the in-kernel mask in the shrink and dA, and the masked dx term
-        runs.append(Run(TMA_CASE, GPU_CASES[TMA_CASE], dtype, POINTER, "train", dropout=DROPOUT,
-                        tier=_tier(dtype, TMA_CASE, POINTER, DROPOUT)))
+        runs.append(Run(TMA_CASE, GPU_CASES[TMA_CASE], dtype, POINTER, "train", tf32=tf32,
+                        dropout=DROPOUT, tier=TIER_COVERAGE))
+    for variant in (POINTER,) + TMA_VARIANTS:
+        for gates, c in list(_gate_modes(_variant_case("bfloat16", variant)))[1:]:
+            runs.append(Run(TMA_CASE, c, "bfloat16", variant, gates, tier=TIER_FROZEN))
+    shapes = {**{n: CASES[n] for n in EDGE_CASES}, **BF16_CASES,
+              **{n: c for n, c in GPU_CASES.items() if n != TMA_CASE}}
+    for name, case in shapes.items():
+        for gates, c in _gate_modes(case):
+            runs.append(Run(name, c, "bfloat16", POINTER, gates, tier=TIER_SHAPES))
     return sorted(runs, key=lambda r: r.tier)   # stable: the order above within a tier
 
 
@@ -175,35 +172,51 @@ STEADY_CASE = GPU_CASES[TMA_CASE]
 STEADY_GATES = ("frozen-with-a-zero", "train", "per-row")
 STEADY_WARMUP_STEPS, STEADY_CHECKED_STEPS = 3, 4
 
-# Step time limits of gpu_check.sh (seconds; the script reads them from here, after the package
-# copy is on the path, and stops if it cannot). The first call (no option) must end within
-# TOTAL_LIMITS["check"] cold, setup included; the second (--tune) within TOTAL_LIMITS["tune"].
-LIMITS = {"numerics": 66, "steady": 15, "benchmark": 182, "report": 9, "roofline": 8}
-TUNE_LIMITS = {"block": 50, "sweep": 90, "numerics": 80}
-TOTAL_LIMITS = {"check": 300, "tune": 240}
+# Step time limits of gpu_check.sh, in run order (seconds; the script reads them from here, after
+# the package copy is on the path, and stops if it cannot). One call runs every step: the GPU
+# machine stays warm only 30 s after a command, so a second call would start a fresh machine
+# with a cold compile cache. The call must end within TOTAL_LIMIT_S cold, setup included, and a
+# rerun on the still-warm machine (Triton's cache holding every compile) within WARM_LIMIT_S:
+# a start of 1-2 minutes + 450 + 200 stays inside a lease's 15 minutes.
+LIMITS = {"numerics": 182, "steady": 15, "benchmark": 167, "report": 9, "roofline": 8,
+          "block": 38, "sweep": 16}
+TOTAL_LIMIT_S = 450
+# The rerun (gpu_check.sh finds this kernels version's marker in Triton's cache: the cold call
+# ran here) repeats the steps in the same order, fresh seeds, its cached items quick, and so
+# reaches the items the cold call had no time for (the numerics' edge cases, the last benchmark
+# rows, most of the sweep); the block step, which the cold call ran whole, is left out.
+WARM_LIMITS = {"numerics": 62, "steady": 10, "benchmark": 62, "report": 9, "roofline": 8,
+               "sweep": 34}
+WARM_LIMIT_S = 200
 SETUP_LIMIT_S = 15          # the script's own setup before the first step (versions, copy)
 BENCH_GRID = "headline"
 # The benchmark stops starting cases this long before its limit, so pytest writes its JSON.
 BENCH_MARGIN_S = 8
+# The steps whose scripts stop starting work this long before their limit (their deadline).
+DEADLINE_MARGIN_S = {"numerics": 3, "block": 3, "sweep": 5}
 
 
-def limits(mode: str) -> dict:
-    """The step limits of one call of gpu_check.sh: ``"check"`` (no option) or ``"tune"``."""
-    if mode not in TOTAL_LIMITS:
-        raise ValueError(f"mode must be one of {sorted(TOTAL_LIMITS)}, got {mode!r}")
-    return dict(LIMITS if mode == "check" else TUNE_LIMITS)
+def limits(warm: bool = False) -> dict:
+    """The step limits of one call of gpu_check.sh in run order: cold or the warm rerun."""
+    return dict(WARM_LIMITS if warm else LIMITS)
 
 
-def shell_limits(mode: str) -> str:
-    """``LIMIT_<step>=<s>`` lines (and ``LIMIT_total``, ``BENCH_MARGIN``) for the script's
-    ``eval``."""
-    lines = [f"LIMIT_{k}={int(v)}" for k, v in limits(mode).items()]
-    lines.append(f"LIMIT_total={int(TOTAL_LIMITS[mode])}")
+def total_limit(warm: bool = False) -> int:
+    return WARM_LIMIT_S if warm else TOTAL_LIMIT_S
+
+
+def shell_limits(warm: bool = False) -> str:
+    """For the script's ``eval``: ``STEPS`` (this call's steps in run order), ``LIMIT_<step>``,
+    ``LIMIT_total``, ``BENCH_MARGIN`` and ``MARGIN_<step>`` lines."""
+    lim = limits(warm)
+    lines = [f"STEPS='{' '.join(lim)}'"] + [f"LIMIT_{k}={int(v)}" for k, v in lim.items()]
+    lines.append(f"LIMIT_total={int(total_limit(warm))}")
     lines.append(f"BENCH_MARGIN={int(BENCH_MARGIN_S)}")
+    lines += [f"MARGIN_{k}={int(v)}" for k, v in DEADLINE_MARGIN_S.items()]
     return "\n".join(lines)
 
 
-# --tune, the sweep (gpu_sweep.py): the fused GEMMs' SWEEP_CONFIGS (kernels/fused_xw_sgb.py,
+# The sweep (gpu_sweep.py): the fused GEMMs' SWEEP_CONFIGS (kernels/fused_xw_sgb.py,
 # kernels/fused_dyw_dsa.py), each launched alone (the launchers' ``config=``) at the headline shapes, against
 # cuBLAS; N = 8192, bf16, R_act = 16 (K = 1) and 64 (K = 4).
 SWEEP_SHAPES = ((4096, 4096), (4096, 14336))
@@ -216,7 +229,7 @@ SWEEP_MAX_CONFIGS = 10
 # value order: the variant untuned "auto" takes at the sweep's shapes (more tiles than SMs) first
 SWEEP_VARIANT_ORDER = ("tma_persistent", "tma", "tma_ws", "pointer")
 
-# --tune, the block step (gpu_block.py): one training step of a Llama-like decoder block.
+# The block step (gpu_block.py): one training step of a Llama-like decoder block.
 BLOCK = dict(hidden=4096, intermediate=14336, heads=32, kv_heads=8, batch=4, seq=2048,
              rank=16, alpha=32, dropout=0.1, warmup_steps=2, timed_steps=5)
 BLOCK_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

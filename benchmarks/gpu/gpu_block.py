@@ -11,14 +11,20 @@ the same base weights and inputs for both. Per implementation: the median time o
 step (forward, backward, optimizer step; CUDA events after warm-up steps), peak memory above
 the model and inputs, trainable parameters, and (ours) the op's implementation choice per bucket.
 
-    python benchmarks/gpu_block.py --json block.json        # GPU
-    python benchmarks/gpu_block.py --tiny                     # CPU, a tiny block (the test)
-    python benchmarks/gpu_block.py --list                     # the plan, no work
+    python benchmarks/gpu/gpu_block.py --json block.json --deadline T   # GPU
+    python benchmarks/gpu/gpu_block.py --tiny                     # CPU, a tiny block (the test)
+    python benchmarks/gpu/gpu_block.py --list                     # the plan, no work
+
+The JSON is rewritten after each implementation, so a killed step keeps what it measured; with
+``--deadline`` (seconds since the epoch: gpu_check.sh sets it a few seconds before the step's
+limit) an implementation whose estimated cost (``gpu_estimate.block_costs``) would end past it is
+not started and is listed under ``not_reached``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -115,8 +121,7 @@ def measure(impl: str, p: dict, device: str = "cuda", dtype: torch.dtype = torch
            "peak_bytes_above_start": (torch.cuda.max_memory_allocated() - before
                                       if device == "cuda" else None)}
     if impl == "ours" and device == "cuda":
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import tuning_record
+        import tuning_record   # benchmarks/ (gpu_plan put it on sys.path)
         out["op_choices"] = tuning_record._jsonable(tuning_record.all_timings())
     del block, opt, x, dy
     if device == "cuda":
@@ -124,28 +129,58 @@ def measure(impl: str, p: dict, device: str = "cuda", dtype: torch.dtype = torch
     return out
 
 
-def run(p: dict, device: str, dtype: torch.dtype) -> dict:
+def _write(result: dict, json_path) -> None:
+    if json_path:   # whole or not at all: a kill mid-write leaves the previous version
+        with open(json_path + ".tmp", "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(json_path + ".tmp", json_path)
+
+
+def block_costs() -> dict:
+    """``{impl: estimated seconds}`` (``gpu_estimate``'s model); zeros if it cannot be made."""
+    try:
+        import gpu_estimate
+        return gpu_estimate.block_costs()
+    except Exception as e:   # never lose the block step over the estimate
+        print(f"(no cost estimate: {type(e).__name__}: {e}; every implementation is tried)")
+        return {impl: 0.0 for impl in IMPLS}
+
+
+def run(p: dict, device: str, dtype: torch.dtype, json_path: str = None,
+        deadline: float = math.inf) -> dict:
     import importlib.metadata
     result = {"block": dict(p), "targets": list(gpu_plan.BLOCK_TARGETS), "device": device,
               "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
               "transformers": importlib.metadata.version("transformers")}
     if device == "cuda":
         result["gpu"] = torch.cuda.get_device_name()
+    costs = block_costs() if deadline < math.inf else {}
+    result["not_reached"] = []
     for impl in IMPLS:
+        if time.time() + costs.get(impl, 0.0) > deadline:
+            result["not_reached"].append(impl)
+            print(f"{impl}: not started (~{costs[impl]:.0f} s would end past the deadline)",
+                  flush=True)
+            continue
         try:
             result[impl] = measure(impl, p, device, dtype)
         except Exception as e:   # one impl failing still reports the other
             result[impl] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
         print(f"{impl}: {result[impl]}", flush=True)
-    o, q = result["ours"], result["peft"]
+        _write(result, json_path)
+    o, q = result.get("ours", {}), result.get("peft", {})
     if "ms_step_median" in o and "ms_step_median" in q:
         result["speedup_vs_peft"] = q["ms_step_median"] / o["ms_step_median"]
+    _write(result, json_path)
     return result
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", help="write the result here")
+    parser.add_argument("--json", help="write the result here (rewritten after each impl)")
+    parser.add_argument("--deadline", type=float, default=math.inf,
+                        help="seconds since the epoch: start no implementation that would end "
+                             "after it")
     parser.add_argument("--tiny", action="store_true", help="a tiny fp32 block on the CPU")
     parser.add_argument("--list", action="store_true", help="print the plan and exit")
     ns = parser.parse_args(argv)
@@ -161,10 +196,7 @@ def main(argv=None) -> int:
     else:
         print("gpu_block: no CUDA device (use --tiny for the CPU check)")
         return 2
-    result = run(p, device, dtype)
-    if ns.json:
-        with open(ns.json, "w") as f:
-            json.dump(result, f, indent=1)
+    result = run(p, device, dtype, ns.json, ns.deadline)
     if "speedup_vs_peft" in result:
         o, q = result["ours"], result["peft"]
         print(f"block step: ours {o['ms_step_median']:.2f} ms, PEFT {q['ms_step_median']:.2f} ms "
