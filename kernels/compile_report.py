@@ -105,7 +105,7 @@ def uncovered(arch: str = "sm_90") -> list:
 def config_lists() -> dict:
     """``{(kernel, variant): [triton.Config, ...]}``: every config list the launchers can tune
     over on a GPU (16-bit lists, and the fp32 lists under ``variant + "/fp32"`` where they
-    differ), for tools that count compiles and timings (``benchmarks/gpu_estimate.py``)."""
+    differ), for tools that count compiles and timings (``benchmarks/gpu/gpu_estimate.py``)."""
     lists = {}
     for k in kernel_specs():
         if not k.listed:

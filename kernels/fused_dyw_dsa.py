@@ -11,7 +11,7 @@ b operands (weight (D_out, D_in), lora_A (R_act, D_in)) are read across the redu
 blocks ``[BLOCK_K, BLOCK_N]`` (``B_KMAJOR=False`` in ``tiles.descriptor_tile``). With LoRA
 dropout the op runs this base-only and adds the masked adapter term with
 ``dropout.masked_addmm_``. Variants, their choice and ``config=`` as in ``fused_xw_sgb``
-(the forward); ``SWEEP_CONFIGS`` is the wider set ``benchmarks/gpu_check.sh --tune`` times.
+(the forward); ``SWEEP_CONFIGS`` is the wider set ``benchmarks/gpu_check.sh`` times (its sweep step).
 Each variant is one ``fused_launch.Variant`` record in ``VARIANTS``; the kernels are named
 ``fused_dyw_dsa_<variant>_kernel`` and carry ``launch_metadata`` (``fused_launch``).
 """

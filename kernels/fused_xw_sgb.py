@@ -28,7 +28,7 @@ on a GPU, ``tuning.untuned_variant`` untimed):
 
 Exact fp32 (torch's TF32 switch off) takes the pointer kernel only (``tuning.choose_variant``).
 ``config=`` launches one explicit ``triton.Config`` of a concrete ``variant=`` (bypassing the
-tuner): ``SWEEP_CONFIGS`` is the wider set ``benchmarks/gpu_check.sh --tune`` times.
+tuner): ``SWEEP_CONFIGS`` is the wider set ``benchmarks/gpu_check.sh`` times (its sweep step).
 
 Each variant is one ``fused_launch.Variant`` record in ``VARIANTS`` (kernel, configs, sweep and
 interpreter configs, shared-memory model, descriptor blocks, compile spec, launchers);

@@ -39,7 +39,7 @@ AUTOTUNE = settings.autotune() and not INTERPRET
 STATUS = ("untuned: the launch configs in kernels/ were written without a GPU, from the Triton "
           "tutorials' Hopper lists and common practice (128x128 / 128x256 tiles, 3-4 stages, "
           "64 rows per warpgroup for wgmma); nobody has timed them on an H200 yet "
-          "(benchmarks/gpu_check.sh --tune times SWEEP_CONFIGS and records chosen_configs())")
+          "(benchmarks/gpu_check.sh times SWEEP_CONFIGS and records chosen_configs())")
 
 # Shared memory per block (``shared_memory_per_block_optin``): 232,448 B (227 KiB) on Hopper
 # (sm_90) and datacenter Blackwell (sm_100), 166,912 B on A100 (sm_80), 101,376 B on the A10 /

@@ -2,7 +2,7 @@
 plan's real limits, the estimate fits both calls and follows the real lists, the numerics plan
 covers every kernel, variant and dtype, and the GPU scripts' CPU paths run.
 
-No GPU is needed: the estimate prices the lists the GPU scripts run (``benchmarks/gpu_plan.py``)
+No GPU is needed: the estimate prices the lists the GPU scripts run (``benchmarks/gpu/gpu_plan.py``)
 against the kernels' config lists (``litelora_fast.kernels.config_lists``).
 """
 import json
@@ -229,7 +229,7 @@ def test_estimate_follows_the_kernels_config_lists(monkeypatch):
     assert base > 0
     # and an unknown kernel name in a launch fails loudly rather than pricing nothing
     pricer = gpu_estimate.Pricer({("shrink", "pointer"): real[("shrink", "pointer")]})
-    with pytest.raises(KeyError, match="update benchmarks/gpu_estimate.py"):
+    with pytest.raises(KeyError, match="update benchmarks/gpu/gpu_estimate.py"):
         pricer.candidates("fused_forward", "tma", "bfloat16", autotune=False)
 
 

@@ -207,7 +207,7 @@ class Pricer:
         if missing:
             raise KeyError(f"estimate: no config list for kernel {kernel!r} variant(s) {missing} "
                            f"in litelora_fast.kernels.config_lists(); known: "
-                           f"{sorted(self.configs)} (update benchmarks/gpu_estimate.py)")
+                           f"{sorted(self.configs)} (update benchmarks/gpu/gpu_estimate.py)")
         lists = [(n, c) for n in names for c in self.configs[(kernel, n)]]
         return lists if autotune else lists[:1]
 
