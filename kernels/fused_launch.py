@@ -106,7 +106,7 @@ class Variant:
 
     ``name``: "pointer", "tma", "tma_persistent" or "tma_ws"; ``kernel``: its ``@triton.jit``
     kernel; ``configs``: ``{"16-bit": [...], "fp32": [...]}`` (``tuning.by_dtype``); ``sweep``:
-    the wider bf16 set ``benchmarks/gpu_check.sh`` times (its sweep step) (also compiled by the report);
+    the wider bf16 set the GPU check's sweep step times (also compiled by the report);
     ``interpreter``: the one small config under ``TRITON_INTERPRET=1``; ``smem``: its
     shared-memory model; ``blocks(meta)``: the descriptor block shapes (descriptor variants: the
     configs' pre_hook and the compile spec's descriptor types); ``spills``: configs the compile
