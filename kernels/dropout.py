@@ -48,6 +48,28 @@ def _mask_kernel(seed_ptr, out_ptr, N, D_in, stride_out_n, P_DROP: tl.constexpr,
 
 
 @triton.jit
+def mask_cost_kernel(seed_ptr, x_ptr, out_ptr, P_DROP: tl.constexpr, D_ALONG_ROWS: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """``out = x * keep_scale`` for one unmasked (BLOCK_M, BLOCK_D) tile and nothing else: what
+    ``compile_report.mask_instructions`` compiles with and without ``P_DROP`` to count the mask's
+    SASS instructions per element (``D_ALONG_ROWS``: the tile is ``x^T`` with ``d`` contiguous,
+    as ``lora_weight_grads``' dA programs read it)."""
+    rows = tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    if D_ALONG_ROWS:     # tile (BLOCK_D, BLOCK_M) of x^T, d contiguous in memory as dA reads it
+        ptrs = cols[:, None] + rows[None, :] * BLOCK_D
+    else:
+        ptrs = rows[:, None] * BLOCK_D + cols[None, :]
+    x = tl.load(x_ptr + ptrs)
+    if P_DROP > 0.0:
+        if D_ALONG_ROWS:
+            x = x * keep_scale(tl.load(seed_ptr), rows[None, :], cols[:, None], P_DROP, True)
+        else:
+            x = x * keep_scale(tl.load(seed_ptr), rows[:, None], cols[None, :], P_DROP)
+    tl.store(out_ptr + ptrs, x)
+
+
+@triton.jit
 def _masked_addmm_kernel(dx_ptr, dS_ptr, lora_A_ptr, seed_ptr, N, D_in, R_act,
                          stride_dx_n, stride_dx_i, stride_dS_n, stride_dS_r,
                          stride_lora_A_r, stride_lora_A_i,
