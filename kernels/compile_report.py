@@ -327,8 +327,10 @@ def mask_instructions(arch: str = "sm_90") -> dict:
 
     def count(p_drop, along_rows):
         consts = dict(tile, P_DROP=p_drop, D_ALONG_ROWS=along_rows)
-        src = ASTSource(fn=mask_cost_kernel, signature={**signature, **dict.fromkeys(consts, "constexpr")},
-                        constexprs={(mask_cost_kernel.arg_names.index(k),): v for k, v in consts.items()},
+        index = mask_cost_kernel.arg_names.index
+        src = ASTSource(fn=mask_cost_kernel,
+                        signature={**signature, **dict.fromkeys(consts, "constexpr")},
+                        constexprs={(index(k),): v for k, v in consts.items()},
                         attrs={(i,): [["tt.divisibility", 16]] for i in range(3)})
         compiled = triton.compile(src, target=GPUTarget("cuda", number, 32),
                                   options={"num_warps": warps, "num_stages": 1})

@@ -6,16 +6,20 @@ never stored: the shrink draws it while it loads ``x`` tiles, and the kernels th
 ``drop(x)`` again in the backward (``dA = dS^T @ drop(x)``, the adapter part of ``dx``) draw the
 same bits from the same seed. Saved memory stays ``x + S + one seed``.
 
-The generator is counter-based (Philox 4x32, Triton's ``tl.philox``): element ``(n, d)`` of the
-mask is a pure function of ``(seed, n, d)``, so any tile of any kernel reproduces it exactly,
-in any order. The two 32-bit counters are the row and the column, so masks never repeat inside
-a call for ``N, D_in < 2**32``. The seed lives in a one-element int64 tensor on the device
-(``litelora_fast.op.lora_dropout.new_seed``: ``torch.randint`` on that device), so a CUDA graph
-replay draws a fresh mask and no host read is needed.
+The generator is counter-based (Philox 4x32-10, the bits of Triton's ``tl.philox``): element
+``(n, d)`` of the mask is a pure function of ``(seed, n, d)``, so any tile of any kernel
+reproduces it exactly, in any order. The counters are the column group ``d // 4`` and the row;
+the group's four outputs are its four columns, each kept iff at least ``round(p * 2**32)``
+(``tiles.keep_scale``; ``lora_dropout.philox_keep_mask`` is the same rule in PyTorch), so masks
+never repeat inside a call for ``N, D_in < 2**32``. The seed lives in a one-element int64 tensor
+on the device (``litelora_fast.op.lora_dropout.new_seed``: ``torch.randint`` on that device), so
+a CUDA graph replay draws a fresh mask and no host read is needed.
 
 - ``tiles.keep_scale(seed, n_idx, d_idx, P_DROP)``: the device helper every kernel calls, a
   tile's ``keep / (1 - p)`` in fp32.
 - ``dropout_mask(seed, N, D_in, p)``: the mask as a bool tensor, for tests and the reference.
+- ``mask_cost_kernel``: the mask of one tile alone, which ``compile_report.mask_instructions``
+  compiles to count its SASS instructions per element (docs/kernels.md, "LoRA dropout mask").
 - ``masked_addmm_(dx, dS, lora_A, seed, p)``: ``dx += keep / (1 - p) * (dS @ lora_A)``, the
   adapter part of ``dx`` (the gradient flows back through ``drop``). The fused ``dx`` kernels
   keep one accumulator for ``dy @ W + dS @ lora_A``; with dropout only the second term is masked,

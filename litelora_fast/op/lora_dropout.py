@@ -7,14 +7,18 @@ As in PEFT, dropout applies to the adapter branch's input only (docs/MATH.md, se
 One mask per call is shared by all adapters of the bank (PEFT draws one per adapter; the
 expectation and the variance per adapter are the same). The mask is never stored: a call holds a
 one-element int64 ``seed`` on x's device, and the mask is a pure function of ``(seed, row,
-column)`` (``kernels/dropout.py``: Philox 4x32 with the row and the column as counters).
+column)`` (``kernels/dropout.py``: Philox 4x32-10 with the column group ``d // 4`` and the row as
+counters, its four outputs the group's four columns).
 
 - The Triton kernels draw it in-kernel: in the shrink (``S = drop(x) A^T``), for ``dA =
   dS^T drop(x)`` and for the adapter term of ``dx``. Saved for backward: ``x``, ``S``, the seed.
-- The PyTorch backend materialises it for the duration of one primitive (``keep_mask``): on CUDA
-  or under ``TRITON_INTERPRET=1`` with the same Triton mask kernel, so both backends drop the same
-  elements; on a plain CPU run from ``torch.Generator`` seeded with the seed's value (a CPU
-  tensor: reading it is no device sync), so the bits differ from the kernels' there.
+- The PyTorch backend materialises it as a ``keep / (1 - p)`` operand for the duration of one
+  primitive (``scaled_keep``): on CUDA or under ``TRITON_INTERPRET=1`` from the same Triton mask
+  kernel, so both backends drop the same elements; on a plain CPU run from a ``torch.Generator``
+  seeded with the seed's value (a CPU tensor: reading it is no device sync; other bits than the
+  kernels', cheaper to draw than ``F.dropout``'s), with a one-entry memo so that ``dA`` and ``dx``
+  share one draw.
+- ``philox_keep_mask``: the kernels' mask computed in PyTorch, bit for bit (tests, references).
 
 The seed is drawn with ``torch.randint`` on x's device: reproducible under
 ``torch.manual_seed``, no host read, and a CUDA graph replay draws a fresh one.
@@ -53,19 +57,14 @@ _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
 _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
 
 
-def keep_threshold(p: float) -> int:
-    """The uint32 a Philox output must reach to keep its element (``kernels.tiles``' rule)."""
-    return min(int(round(float(p) * 2.0**32)), 2**32 - 1)
-
-
 def philox_keep_mask(seed: torch.Tensor, n: int, d_in: int, p: float) -> torch.Tensor:
     """The kernels' ``(n, d_in)`` bool keep-mask computed in PyTorch, bit for bit.
 
     Element ``(r, c)`` is kept iff output ``c % 4`` of Philox 4x32-10 with key ``seed`` and
     counters ``(c // 4, r, 0, 0)`` is at least ``keep_threshold(p)``. Exact on any device, but
-    ~10x the cost of ``torch.bernoulli`` on the CPU (forty int64 passes per four elements), so the
-    plain-CPU path does not use it (``keep_mask``): it is what tests and a reference compare the
-    kernels' mask to."""
+    7-14x the time of ``F.dropout`` on the CPU (measured: forty int64 passes per four elements),
+    so the plain-CPU path does not use it (``keep_mask``): it is what tests and a reference
+    compare the kernels' mask to."""
     groups = (d_in + 3) // 4
     dev = seed.device
     c0 = torch.arange(groups, dtype=torch.int64, device=dev).expand(n, groups).contiguous()
@@ -79,6 +78,8 @@ def philox_keep_mask(seed: torch.Tensor, n: int, d_in: int, p: float) -> torch.T
         c0, c2 = ((prod_b >> 32) & _M32) ^ c1 ^ k0, ((prod_a >> 32) & _M32) ^ c3 ^ k1
         c1, c3 = prod_b & _M32, prod_a & _M32
         k0, k1 = (k0 + _KEY_A) & _M32, (k1 + _KEY_B) & _M32
+    from ..kernels.tiles import keep_threshold     # the kernels' own rule, run on the host
+
     bits = torch.stack((c0, c1, c2, c3), dim=-1).reshape(n, 4 * groups)[:, :d_in]
     return bits >= keep_threshold(p)
 
