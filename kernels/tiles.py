@@ -56,27 +56,6 @@ def keep_threshold(p):
 
 
 @triton.jit
-def philox4x32(seed, c0, c1, c2, c3):
-    """Philox 4x32-10 of the uint32 counters ``(c0, c1, c2, c3)`` under the key ``seed``: the
-    bits of Triton's ``tl.philox`` (``tl.randint4x``), with each round's two 32 x 32-bit products
-    taken as one 64-bit product (high and low words of one wide multiply: half the multiply
-    instructions of ``umulhi`` beside a separate low multiply)."""
-    seed = seed.to(tl.uint64)
-    k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
-    k1 = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    for _ in tl.static_range(10):
-        prod_a = c0.to(tl.uint64) * 0xD2511F53
-        prod_b = c2.to(tl.uint64) * 0xCD9E8D57
-        c0 = (prod_b >> 32).to(tl.uint32) ^ c1 ^ k0
-        c2 = (prod_a >> 32).to(tl.uint32) ^ c3 ^ k1
-        c1 = prod_b.to(tl.uint32)
-        c3 = prod_a.to(tl.uint32)
-        k0 = tl.add(k0, 0x9E3779B9, sanitize_overflow=False)
-        k1 = tl.add(k1, 0xBB67AE85, sanitize_overflow=False)
-    return c0, c1, c2, c3
-
-
-@triton.jit
 def keep_scale(seed, n_idx, d_idx, P_DROP: tl.constexpr, D_ALONG_ROWS: tl.constexpr = False):
     """``keep / (1 - p)`` (fp32) at the positions ``(n_idx, d_idx)`` of ``x``.
 
@@ -106,7 +85,7 @@ def _keep_scale_cols(seed, n_idx, d_idx, P_DROP: tl.constexpr):
     group = (tl.max(tl.reshape(d_idx, (1, C // 4, 4)), axis=2) >> 2).to(tl.uint32)
     n = n_idx.to(tl.uint32)
     z = tl.zeros_like(n)
-    b0, b1, b2, b3 = philox4x32(seed, group, n, z, z)
+    b0, b1, b2, b3 = tl.philox(seed, group, n, z, z)      # tl.randint4x with two counters
     threshold: tl.constexpr = keep_threshold(P_DROP)
     scale: tl.constexpr = 1.0 / (1.0 - P_DROP)
     k0 = tl.where(b0 >= threshold, scale, 0.0)

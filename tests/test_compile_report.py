@@ -131,11 +131,11 @@ def test_bad_arguments_are_rejected():
         compile_report.compile_report("sm_90", subset="some")
 
 
-def test_dropout_mask_costs_at_most_16_sass_instructions_per_element():
+def test_dropout_mask_sass_instructions_per_element_are_bounded():
     """The keep-mask (one Philox 4x32-10 call per 4 elements, integer threshold) compiled for
     sm_90 in both tile orientations (x for the shrink and dx, x^T for dA): at most
     ``MASK_INSTRUCTIONS_MAX`` SASS instructions per element, its use (one FMUL) and the seed's
-    load included. One Philox call per element, as before, costs ~52."""
+    load included: 17.7 measured, ~52 with one Philox call per element as before."""
     cost = compile_report.mask_instructions("sm_90")
     assert set(cost) == {"x", "x^T"}
     for orientation, per_element in cost.items():
