@@ -289,14 +289,78 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines) if lines else "0 configs"
 
 
+# The keep-mask's bound (docs/kernels.md, "LoRA dropout mask"): SASS instructions per element of
+# x. It measures 17.7 on sm_90 (51.7 with one Philox call per element). Issue 26 asks for 16: a
+# Philox with one wide multiply per product measures 13.9 but makes three dropout configs spill
+# (lora_weight_grads 64x128 w4 bf16/fp16, masked_addmm exact fp32), which their prunes would
+# first have to drop.
+MASK_INSTRUCTIONS_MAX = 18
+MASK_TILE = dict(BLOCK_M=32, BLOCK_D=128, num_warps=4)   # 32 elements per thread
+_SASS_INSTRUCTION_RE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+([^;]*);")
+
+
+def sass_instructions(sass: str) -> int:
+    """Instructions in a SASS dump, the NOP padding excluded (straight-line code: each runs once)."""
+    return sum(1 for m in _SASS_INSTRUCTION_RE.finditer(sass) if m.group(1).split()[0] != "NOP")
+
+
+def mask_instructions(arch: str = "sm_90") -> dict:
+    """SASS instructions per element of ``x`` that the LoRA-dropout keep-mask costs, both tile
+    orientations (``{"x": ..., "x^T": ...}``): ``dropout.mask_cost_kernel`` compiled with and
+    without dropout on a ``MASK_TILE`` tile, the difference over the elements each thread holds
+    (the seed's load included)."""
+    number = _parse_arch(arch)
+    if _interpreted():
+        env = dict(os.environ, TRITON_INTERPRET="0")
+        proc = subprocess.run([sys.executable, "-m", "litelora_fast.kernels.compile_report",
+                               "--arch", arch, "--mask-cost"], env=env, capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"mask_instructions subprocess failed:\n{proc.stderr[-4000:]}")
+        return json.loads(proc.stdout)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from .dropout import mask_cost_kernel
+
+    tile = dict(MASK_TILE)
+    warps = tile.pop("num_warps")
+    per_thread = tile["BLOCK_M"] * tile["BLOCK_D"] // (32 * warps)
+    signature = {"seed_ptr": "*i64", "x_ptr": "*fp32", "out_ptr": "*fp32"}
+
+    def count(p_drop, along_rows):
+        consts = dict(tile, P_DROP=p_drop, D_ALONG_ROWS=along_rows)
+        index = mask_cost_kernel.arg_names.index
+        src = ASTSource(fn=mask_cost_kernel,
+                        signature={**signature, **dict.fromkeys(consts, "constexpr")},
+                        constexprs={(index(k),): v for k, v in consts.items()},
+                        attrs={(i,): [["tt.divisibility", 16]] for i in range(3)})
+        compiled = triton.compile(src, target=GPUTarget("cuda", number, 32),
+                                  options={"num_warps": warps, "num_stages": 1})
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "mask_cost.cubin")
+            with open(path, "wb") as f:
+                f.write(compiled.asm["cubin"])
+            return sass_instructions(_sass(path))
+
+    return {name: (count(0.1, along_rows) - count(0.0, along_rows)) / per_thread
+            for name, along_rows in (("x", False), ("x^T", True))}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="sm_90")
     parser.add_argument("--subset", default="all", choices=["all", "buckets"])
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument("--mask-cost", action="store_true",
+                        help="print the dropout mask's SASS instructions per element as JSON")
     parser.add_argument("--check", action="store_true",
                         help="exit 1 if a row fails its architecture's checks (see failing_rows)")
     args = parser.parse_args(argv)
+    if args.mask_cost:
+        print(json.dumps(mask_instructions(args.arch)))
+        return 0
     rows = compile_report(args.arch, args.subset)
     print(json.dumps(rows) if args.json else format_report(rows) + "\n\n" + summary(rows))
     bad = failing_rows(rows)

@@ -6,16 +6,20 @@ never stored: the shrink draws it while it loads ``x`` tiles, and the kernels th
 ``drop(x)`` again in the backward (``dA = dS^T @ drop(x)``, the adapter part of ``dx``) draw the
 same bits from the same seed. Saved memory stays ``x + S + one seed``.
 
-The generator is counter-based (Philox 4x32, Triton's ``tl.philox``): element ``(n, d)`` of the
-mask is a pure function of ``(seed, n, d)``, so any tile of any kernel reproduces it exactly,
-in any order. The two 32-bit counters are the row and the column, so masks never repeat inside
-a call for ``N, D_in < 2**32``. The seed lives in a one-element int64 tensor on the device
-(``litelora_fast.op.lora_dropout.new_seed``: ``torch.randint`` on that device), so a CUDA graph
-replay draws a fresh mask and no host read is needed.
+The generator is counter-based (Philox 4x32-10, the bits of Triton's ``tl.philox``): element
+``(n, d)`` of the mask is a pure function of ``(seed, n, d)``, so any tile of any kernel
+reproduces it exactly, in any order. The counters are the column group ``d // 4`` and the row;
+the group's four outputs are its four columns, each kept iff at least ``round(p * 2**32)``
+(``tiles.keep_scale``; ``lora_dropout.philox_keep_mask`` is the same rule in PyTorch), so masks
+never repeat inside a call for ``N, D_in < 2**32``. The seed lives in a one-element int64 tensor
+on the device (``litelora_fast.op.lora_dropout.new_seed``: ``torch.randint`` on that device), so
+a CUDA graph replay draws a fresh mask and no host read is needed.
 
 - ``tiles.keep_scale(seed, n_idx, d_idx, P_DROP)``: the device helper every kernel calls, a
   tile's ``keep / (1 - p)`` in fp32.
 - ``dropout_mask(seed, N, D_in, p)``: the mask as a bool tensor, for tests and the reference.
+- ``mask_cost_kernel``: the mask of one tile alone, which ``compile_report.mask_instructions``
+  compiles to count its SASS instructions per element (docs/kernels.md, "LoRA dropout mask").
 - ``masked_addmm_(dx, dS, lora_A, seed, p)``: ``dx += keep / (1 - p) * (dS @ lora_A)``, the
   adapter part of ``dx`` (the gradient flows back through ``drop``). The fused ``dx`` kernels
   keep one accumulator for ``dy @ W + dS @ lora_A``; with dropout only the second term is masked,
@@ -45,6 +49,28 @@ def _mask_kernel(seed_ptr, out_ptr, N, D_in, stride_out_n, P_DROP: tl.constexpr,
     mask = (rows < N)[:, None] & (cols < D_in)[None, :]
     tl.store(out_ptr + rows.to(tl.int64)[:, None] * stride_out_n + cols[None, :], keep.to(tl.int8),
              mask=mask)
+
+
+@triton.jit
+def mask_cost_kernel(seed_ptr, x_ptr, out_ptr, P_DROP: tl.constexpr, D_ALONG_ROWS: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """``out = x * keep_scale`` for one unmasked (BLOCK_M, BLOCK_D) tile and nothing else: what
+    ``compile_report.mask_instructions`` compiles with and without ``P_DROP`` to count the mask's
+    SASS instructions per element (``D_ALONG_ROWS``: the tile is ``x^T`` with ``d`` contiguous,
+    as ``lora_weight_grads``' dA programs read it)."""
+    rows = tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    if D_ALONG_ROWS:     # tile (BLOCK_D, BLOCK_M) of x^T, d contiguous in memory as dA reads it
+        ptrs = cols[:, None] + rows[None, :] * BLOCK_D
+    else:
+        ptrs = rows[:, None] * BLOCK_D + cols[None, :]
+    x = tl.load(x_ptr + ptrs)
+    if P_DROP > 0.0:
+        if D_ALONG_ROWS:
+            x = x * keep_scale(tl.load(seed_ptr), rows[None, :], cols[:, None], P_DROP, True)
+        else:
+            x = x * keep_scale(tl.load(seed_ptr), rows[:, None], cols[None, :], P_DROP)
+    tl.store(out_ptr + ptrs, x)
 
 
 @triton.jit

@@ -54,6 +54,13 @@ def grouped_tile(pid, rows, cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     return pid_m, pid_n
 
 
+@triton.constexpr_function
+def keep_threshold(p):
+    """The uint32 a Philox output must reach to keep its element: ``round(p * 2**32)``, so an
+    element is dropped with probability ``p`` to within ``2**-33``."""
+    return min(int(round(float(p) * 2.0**32)), 2**32 - 1)
+
+
 @triton.jit
 def grouped_offsets(tile, rows, cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     GROUP_M: tl.constexpr):
@@ -69,20 +76,46 @@ def tile_count(rows, cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def keep_scale(seed, n_idx, d_idx, P_DROP: tl.constexpr):
+def keep_scale(seed, n_idx, d_idx, P_DROP: tl.constexpr, D_ALONG_ROWS: tl.constexpr = False):
     """``keep / (1 - p)`` (fp32) at the positions ``(n_idx, d_idx)`` of ``x``.
 
-    ``seed``: int scalar; ``n_idx``/``d_idx``: int tiles of absolute row and column indices that
-    broadcast to the tile's shape (``rows[:, None]`` and ``cols[None, :]``, or transposed for a
-    tile of ``x^T``); their low 32 bits are the Philox counters. ``P_DROP`` is a compile-time
-    constant, so callers compile this away entirely when ``p = 0``.
+    ``seed``: int scalar; ``n_idx`` (R, 1) and ``d_idx`` (1, C): the tile's absolute row and
+    column indices in ``x``; with ``D_ALONG_ROWS``, ``d_idx`` (C, 1) and ``n_idx`` (1, R), a tile
+    of ``x^T`` (the result is then (C, R)). ``P_DROP`` is a compile-time constant, so callers
+    compile this away entirely when ``p = 0``.
+
+    Element ``(n, d)`` is kept iff output ``d % 4`` of ``philox(seed; d // 4, n, 0, 0)`` is at
+    least ``keep_threshold(p)``: one Philox call per 4 columns, all four outputs used, compared as
+    integers (``litelora_fast.op.lora_dropout.keep_mask`` computes the same bits in PyTorch).
+    The tile's column groups of 4 start at multiples of 4 (every tile start and width along
+    ``d`` is one), and a group's counter comes from its largest column, so a group whose last
+    columns were wrapped back into range (``d % D_in`` at a ragged edge) still draws its valid
+    columns' bits.
     """
-    n = n_idx.to(tl.uint32) + tl.zeros_like(d_idx).to(tl.uint32)
-    d = d_idx.to(tl.uint32) + tl.zeros_like(n_idx).to(tl.uint32)
+    if D_ALONG_ROWS:
+        keep = tl.trans(_keep_scale_cols(seed, tl.trans(n_idx), tl.trans(d_idx), P_DROP))
+    else:
+        keep = _keep_scale_cols(seed, n_idx, d_idx, P_DROP)
+    return keep
+
+
+@triton.jit
+def _keep_scale_cols(seed, n_idx, d_idx, P_DROP: tl.constexpr):
+    C: tl.constexpr = d_idx.shape[1]
+    group = (tl.max(tl.reshape(d_idx, (1, C // 4, 4)), axis=2) >> 2).to(tl.uint32)
+    n = n_idx.to(tl.uint32)
     z = tl.zeros_like(n)
-    bits, _, _, _ = tl.philox(seed, d, n, z, z)
-    u = tl.uint_to_uniform_float(bits)
-    return tl.where(u >= P_DROP, 1.0 / (1.0 - P_DROP), 0.0)
+    b0, b1, b2, b3 = tl.philox(seed, group, n, z, z)      # tl.randint4x with two counters
+    threshold: tl.constexpr = keep_threshold(P_DROP)
+    scale: tl.constexpr = 1.0 / (1.0 - P_DROP)
+    k0 = tl.where(b0 >= threshold, scale, 0.0)
+    k1 = tl.where(b1 >= threshold, scale, 0.0)
+    k2 = tl.where(b2 >= threshold, scale, 0.0)
+    k3 = tl.where(b3 >= threshold, scale, 0.0)
+    # join stacks along a new last axis: [.., a, b] = (k0, k2)[a] if b == 0 else (k1, k3)[a],
+    # i.e. k_{2a+b}, so the row-major reshape puts k_j at column 4 * group + j.
+    keep = tl.join(tl.join(k0, k2), tl.join(k1, k3))
+    return tl.reshape(keep, (n_idx.shape[0], C))
 
 
 @triton.jit
@@ -117,7 +150,7 @@ def dot_loop(acc, a_ptrs, b_ptrs, length, step_a, step_b, BLOCK_K: tl.constexpr,
         b = tl.load(b_ptrs, mask=mask_k[:, None], other=0.0)
         if P_DROP > 0.0:
             if DROP_ALONG_N:
-                keep = keep_scale(drop_seed, drop_n + k0, drop_d, P_DROP)
+                keep = keep_scale(drop_seed, drop_n + k0, drop_d, P_DROP, True)
             else:
                 keep = keep_scale(drop_seed, drop_n, drop_d + k0, P_DROP)
             keep = tl.where(drop_on != 0, keep, 1.0)

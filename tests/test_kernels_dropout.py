@@ -15,7 +15,7 @@ import torch
 from kernel_helpers import DTYPES, column_tables, make_gates, nan_like, shrink_ref, strided
 from litelora_fast import kernels
 from litelora_fast.kernels import LAUNCH_COUNTS
-from litelora_fast.op.lora_dropout import new_seed
+from litelora_fast.op.lora_dropout import new_seed, philox_keep_mask
 from numerics import assert_rel
 
 
@@ -44,6 +44,16 @@ def test_same_seed_same_mask_other_seed_independent(seed):
     expected = 0.3 ** 2 + 0.7 ** 2      # two independent masks agree this often
     sd = (expected * (1 - expected) / a.numel()) ** 0.5
     assert abs(agree - expected) < 6 * sd
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.97])
+@pytest.mark.parametrize("shape", [(37, 17), (64, 48), (3, 130)])
+def test_kernel_mask_is_philox_of_row_and_column_group_bit_for_bit(seed, shape, p):
+    """Element (n, d) is output d % 4 of Philox 4x32-10 at counters (d // 4, n) against the
+    integer threshold: the kernels and the PyTorch rule (``philox_keep_mask``) agree on every
+    bit, at ragged widths (a last group of 1-3 columns), for small and large seeds."""
+    for s in (new_seed("cpu"), torch.tensor([0]), torch.tensor([2**31 - 2])):
+        assert torch.equal(kernels.dropout_mask(s, *shape, p), philox_keep_mask(s, *shape, p))
 
 
 def test_rows_and_columns_are_not_shifted_copies(seed):

@@ -153,3 +153,48 @@ def test_zero_dropout_is_the_plain_op_and_bad_p_is_refused(fast_path, seed):
         y = llf.gated_lora_linear(x, weight, bias, lora_A, lora_B, torch.zeros(2), offsets,
                                   dropout=0.5)
     assert masks == [] and torch.equal(y, torch.nn.functional.linear(x, weight, bias))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.005])
+def test_cpu_mask_keep_rate_and_scaled_operand(fast_path, seed, p):
+    """The plain-CPU mask (16-bit fields of 64-bit generator draws; ``torch.rand >= p`` below
+    p = 0.0077): binomial keep rate, the same bits for the same seed value, the PyTorch
+    backend's ``keep / (1 - p)`` operand the same elements, and the one-entry memo never hands
+    one seed's mask to another (6-sigma bounds, as test_kernels_dropout)."""
+    N, D = 257, 131
+    s = lora_dropout.new_seed("cpu")
+    keep = lora_dropout.keep_mask(s, N, D, p)
+    n = N * D
+    sd = (n * p * (1 - p)) ** 0.5
+    assert keep.dtype == torch.bool and abs(int(keep.sum()) - n * (1 - p)) < 6 * sd
+    for counts, length in ((keep.sum(1), D), (keep.sum(0), N)):
+        assert (counts.double() - length * (1 - p)).abs().max() < 6 * (length * p * (1 - p)) ** 0.5
+    assert torch.equal(lora_dropout.keep_mask(s.clone(), N, D, p), keep)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        scaled = lora_dropout.scaled_keep(s, N, D, p, dtype)
+        assert scaled.dtype == dtype
+        assert torch.equal(scaled, keep.to(dtype) * (1.0 / (1.0 - p)))
+    other = lora_dropout.scaled_keep(s + 1, N, D, p, torch.float32, last_use=True)
+    agree = ((other != 0) == keep).double().mean().item()
+    expected = p ** 2 + (1 - p) ** 2
+    assert abs(agree - expected) < 6 * (expected * (1 - expected) / n) ** 0.5
+    assert lora_dropout._MEMO == [None, None]     # the last use leaves no mask behind
+
+
+def test_cpu_step_draws_each_mask_once_per_pass(fast_path, monkeypatch, seed):
+    """A training step on the plain CPU draws a call's mask once in the forward and once in the
+    backward (dA and dx share it), and the backward's draw is the forward's mask."""
+    x, weight, bias, lora_A, lora_B, gates, offsets = _args((40,), 24, 16, [4], False)
+    x.requires_grad_(True)
+    draws = []
+    real = lora_dropout._cpu_keep
+
+    def counted(*args, **kwargs):
+        draws.append(real(*args, **kwargs))
+        return draws[-1]
+    monkeypatch.setattr(lora_dropout, "_cpu_keep", counted)
+    y = llf.gated_lora_linear(x, weight, bias, lora_A, lora_B, gates, offsets, dropout=0.3)
+    lora_dropout._MEMO[:] = [None, None]     # as after another layer's call
+    y.sum().backward()
+    assert len(draws) == 2 and torch.equal(draws[0], draws[1])
+    assert lora_dropout._MEMO == [None, None]

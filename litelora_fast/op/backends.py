@@ -86,9 +86,10 @@ class TorchBackend:
             return dS @ lora_A if weight is None else (dy @ weight).addmm_(dS, lora_A)
         # The adapter term flows back through drop(x): mask it.
         p, seed = dropout
-        keep = lora_dropout.keep_mask(seed, dS.shape[0], lora_A.shape[1], p)
-        term = (dS @ lora_A) * keep.to(dS.dtype) * (1.0 / (1.0 - p))
-        return term if weight is None else (dy @ weight).add_(term)
+        keep = lora_dropout.scaled_keep(seed, dS.shape[0], lora_A.shape[1], p, dS.dtype,
+                                        last_use=True)   # dx is a call's last use of its mask
+        term = dS @ lora_A
+        return term.mul_(keep) if weight is None else (dy @ weight).addcmul_(term, keep)
 
     @staticmethod
     def matmul_tn(a, b, out_dtype):
