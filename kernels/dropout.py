@@ -67,7 +67,8 @@ def mask_cost_kernel(seed_ptr, x_ptr, out_ptr, P_DROP: tl.constexpr, D_ALONG_ROW
     x = tl.load(x_ptr + ptrs)
     if P_DROP > 0.0:
         if D_ALONG_ROWS:
-            x = x * keep_scale(tl.load(seed_ptr), rows[None, :], cols[:, None], P_DROP, True)
+            x = x * keep_scale(tl.load(seed_ptr), rows[None, :], cols[:, None], P_DROP,
+                               D_ALONG_ROWS=True)
         else:
             x = x * keep_scale(tl.load(seed_ptr), rows[:, None], cols[None, :], P_DROP)
     tl.store(out_ptr + ptrs, x)

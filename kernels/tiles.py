@@ -150,7 +150,7 @@ def dot_loop(acc, a_ptrs, b_ptrs, length, step_a, step_b, BLOCK_K: tl.constexpr,
         b = tl.load(b_ptrs, mask=mask_k[:, None], other=0.0)
         if P_DROP > 0.0:
             if DROP_ALONG_N:
-                keep = keep_scale(drop_seed, drop_n + k0, drop_d, P_DROP, True)
+                keep = keep_scale(drop_seed, drop_n + k0, drop_d, P_DROP, D_ALONG_ROWS=True)
             else:
                 keep = keep_scale(drop_seed, drop_n, drop_d + k0, P_DROP)
             keep = tl.where(drop_on != 0, keep, 1.0)
