@@ -89,7 +89,7 @@ def plan_call(call: Call) -> OpArgs:
              for t in (p.x2d, p.weight, p.bias, p.lora_A, p.lora_B, p.gates2d)]
     # (inf/NaN gates take the same path as any other: every spelling of the gates gives the
     # same IEEE result, docs/MATH.md#4-public-api-contract)
-    active, _ = decide_active(p, needs[5], call.nonzero_gates)
+    active = decide_active(p, needs[5], call.nonzero_gates)
     # A seed only when an adapter is active (else nothing to drop) and there is data.
     # (D_out from lora_B: there is no weight in the LoRA-only op)
     n, d_in = p.x2d.shape
@@ -118,8 +118,7 @@ def free_to_read(t: torch.Tensor) -> bool:
 
 def decide_active(p: Problem, gates_need_grad: bool,
                   nonzero_gates: Optional[tuple] = None) -> tuple:
-    """``(active, host_gates)``: the adapters that contribute to the output or to a needed
-    gradient, and the gate values when they were known on the host (else ``None``).
+    """The adapters (ascending indices) that contribute to the output or to a needed gradient.
 
     ``nonzero_gates``: optional ``K`` booleans from the caller; ``False`` promises that adapter
     ``k``'s gate is zero in every row (it is skipped without reading the gates). Ignored when the
@@ -129,13 +128,13 @@ def decide_active(p: Problem, gates_need_grad: bool,
     # (dynamo traces this function; it does not go through the lru_cache wrapper)
     ranked = _ranked_of(offsets) if torch.compiler.is_compiling() else _ranked(offsets)
     if gates_need_grad or not ranked:
-        return ranked, None
+        return ranked
     if nonzero_gates is not None:
         ranked = tuple(k for k in ranked if nonzero_gates[k])
     if p.per_row_gates or not free_to_read(p.gates) or p.gates.numel() == 0:
-        return ranked, None
-    values = tuple(p.gates.detach().tolist())
-    return tuple(k for k in ranked if values[k] != 0), values
+        return ranked
+    values = p.gates.detach().tolist()
+    return tuple(k for k in ranked if values[k] != 0)
 
 
 def _ranked_of(offsets: tuple) -> tuple:
